@@ -1,0 +1,131 @@
+"""Capture: checkpoint a running container into a new store entry.
+
+The entry is built in a private staging directory (CRIU images, rootfs diff, spec, fingerprint,
+checksums) and published with one rename at the very end, so a capture that dies at any point
+leaves nothing that a restore would use.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from runtime import annotations as ann
+from runtime import criu_options, fingerprint, gpu_inventory, layout, rootfs_diff, runtime_log, store
+from runtime.errors import CaptureFailed
+from runtime.settings import Settings
+
+
+@dataclass(frozen=True)
+class Source:
+    """The container to capture, as the real runtime reports it."""
+    runtime_root: str
+    container_id: str
+    bundle: str
+    pid: int
+    spec: dict[str, Any]
+
+    @property
+    def rootfs(self) -> str:
+        path = (self.spec.get("root") or {}).get("path") or "rootfs"
+        return path if os.path.isabs(path) else os.path.join(self.bundle, path)
+
+
+def _now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def find_source(settings: Settings, runtime_root: str, container_id: str) -> Source:
+    proc = subprocess.run([settings.runtime, "--root", runtime_root, "state", container_id],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise CaptureFailed(f"container {container_id} not found under {runtime_root}: {proc.stderr.strip()}")
+    state = json.loads(proc.stdout)
+    if state.get("status") != "running":
+        raise CaptureFailed(f"container {container_id} is {state.get('status')}, not running")
+    spec = layout.read_json(os.path.join(state["bundle"], "config.json"))
+    return Source(runtime_root, container_id, state["bundle"], int(state["pid"]), spec)
+
+
+def checkpoint_argv(settings: Settings, src: Source, images: str, work: str, leave_running: bool) -> list[str]:
+    argv = [settings.runtime, "--root", src.runtime_root, "--criu", settings.criu, "checkpoint",
+            "--image-path", images, "--work-path", work, "--file-locks", "--ext-unix-sk"]
+    if criu_options.RUNC_CONFIG_ANNOTATION not in (src.spec.get("annotations") or {}):
+        argv.append("--tcp-established")  # not created by thaw-runc: no tcp-close from thaw's CRIU config
+    if leave_running:
+        argv.append("--leave-running")
+    return argv + [src.container_id]
+
+
+def run_checkpoint(settings: Settings, argv: list[str], work: str) -> float:
+    t = time.monotonic()
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=settings.capture_timeout_s)
+    except subprocess.TimeoutExpired:
+        raise CaptureFailed(f"checkpoint took longer than {settings.capture_timeout_s}s") from None
+    if proc.returncode != 0:
+        criu = criu_options.log_errors(os.path.join(work, layout.DUMP_LOG))
+        raise CaptureFailed(f"{settings.runtime} checkpoint failed: {proc.stderr.strip()[-500:]}"
+                            + (f"; CRIU: {criu}" if criu else ""))
+    return time.monotonic() - t
+
+
+def write_rootfs_diff(src: Source, staging: str) -> dict[str, Any]:
+    tar_path = os.path.join(staging, layout.ROOTFS_DIFF)
+    deleted_path = os.path.join(staging, layout.DELETED_FILES)
+    upper = rootfs_diff.overlay_upper(src.rootfs)
+    if upper is None:  # a plain directory rootfs: nothing to diff against, record an empty diff
+        size, _ = rootfs_diff.write(None, tar_path, deleted_path)
+        return {"kind": "none", "diff_bytes": size, "deleted": 0}
+    size, deleted = rootfs_diff.write(upper, tar_path, deleted_path)
+    return {"kind": "overlay", "diff_bytes": size, "deleted": deleted}
+
+
+def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
+            namespace: str | None = None, leave_running: bool = False) -> store.Entry:
+    ann.validate_name(name)
+    src = find_source(settings, runtime_root, container_id)
+    annotations = src.spec.get("annotations") or {}
+    namespace = ann.validate_name(namespace or ann.namespace_of(annotations), "namespace")
+    st = store.Store(settings.store).ensure()
+    criu_options.ensure_config(settings)
+    started = time.monotonic()
+    try:
+        with st.capturing(namespace, name), st.staging() as staging:
+            fp = fingerprint.of_container(src.spec, env_ignore=settings.env_ignore, criu=settings.criu,
+                                          runtime=settings.runtime,
+                                          gpu=gpu_inventory.fingerprint_of_spec(src.spec))
+            work = os.path.join(staging, "work")
+            images = os.path.join(staging, layout.CHECKPOINT_DIR)
+            dump_seconds = run_checkpoint(settings, checkpoint_argv(settings, src, images, work, leave_running), work)
+            shutil.move(os.path.join(work, layout.DUMP_LOG), os.path.join(staging, layout.DUMP_LOG))
+            shutil.rmtree(work)
+            rootfs = write_rootfs_diff(src, staging)
+            checkpoint_bytes = sum(os.path.getsize(os.path.join(images, f)) for f in os.listdir(images))
+            layout.write_json(os.path.join(staging, layout.SPEC_DUMP), src.spec)
+            layout.write_json(os.path.join(staging, layout.CONFIG_DUMP), {
+                "id": src.container_id, "name": name, "rootfsImageName": fp.image,
+                "createdTime": _now_rfc3339(), "checkpointedTime": _now_rfc3339()})
+            capture_stats = {"seconds": round(time.monotonic() - started, 3), "checkpoint_seconds": round(dump_seconds, 3),
+                             "leave_running": leave_running, "checkpoint_bytes": checkpoint_bytes}
+            layout.write_json(os.path.join(staging, layout.STATS_DUMP), capture_stats)
+            entry = st.commit(staging, {
+                "schema_version": 1, "namespace": namespace, "name": name, "created": _now_rfc3339(),
+                "fingerprint": fp.__dict__, "fingerprint_id": fp.ident(),
+                "source": {"container_id": src.container_id, "bundle": src.bundle, "runtime_root": runtime_root},
+                "rootfs": rootfs, "capture": capture_stats, "files": {},
+                "annotations": {"org.criu.checkpoint.engine": "thaw", "org.criu.checkpoint.criu-version": fp.criu,
+                                "org.criu.checkpoint.kernel": fp.kernel, "org.criu.checkpoint.arch": fp.arch},
+            })
+    except CaptureFailed as e:
+        runtime_log.event(settings.event_log, "capture-failed", container=container_id, namespace=namespace,
+                          snapshot=name, reason=str(e))
+        raise
+    runtime_log.event(settings.event_log, "captured", container=container_id, namespace=namespace, snapshot=name,
+                      entry=entry.ident, seconds=round(time.monotonic() - started, 3), bytes=entry.size())
+    return entry

@@ -1,0 +1,122 @@
+"""`thaw`: the operator's command line. Flag definitions and printing only; the work is elsewhere."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from runtime import settings as settings_mod
+from runtime.errors import ThawError
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def cmd_capture(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
+    from runtime import capture
+    entry = capture.capture(cfg, a.root, a.container_id, a.name, a.namespace, a.leave_running)
+    print(f"captured {entry.namespace}/{entry.name} ({_size(entry.size())}, "
+          f"{entry.manifest['capture']['seconds']}s) -> {entry.path}")
+    return 0
+
+
+def cmd_ls(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
+    from runtime import store
+    entries = store.Store(cfg.store).all_entries()
+    if a.json:
+        print(json.dumps([{"namespace": e.namespace, "name": e.name, "entry": e.ident, "bytes": e.size(),
+                           "created": e.manifest["created"], "image": e.manifest["fingerprint"]["image"]}
+                          for e in entries], indent=2))
+        return 0
+    print(f"{'NAMESPACE':<16} {'NAME':<24} {'SIZE':>10}  {'CREATED':<20}  ENTRY")
+    for e in entries:
+        print(f"{e.namespace:<16} {e.name:<24} {_size(e.size()):>10}  {e.manifest['created']:<20}  {e.ident}")
+    return 0
+
+
+def cmd_inspect(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
+    from runtime import store
+    entries = store.Store(cfg.store).entries(a.namespace, a.name)
+    if not entries:
+        print(f"no snapshot {a.namespace}/{a.name}", file=sys.stderr)
+        return 1
+    print(json.dumps([{"path": e.path, "manifest": e.manifest} for e in entries], indent=2))
+    return 0
+
+
+def cmd_rm(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
+    from runtime import store
+    n = store.Store(cfg.store).remove(a.namespace, a.name)
+    print(f"removed {n} entr{'y' if n == 1 else 'ies'} of {a.namespace}/{a.name}")
+    return 0 if n else 1
+
+
+def cmd_gc(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
+    from runtime import store
+    for path in store.Store(cfg.store).gc(a.max_bytes):
+        print(f"removed {path}")
+    return 0
+
+
+def cmd_doctor(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
+    from runtime import doctor
+    return doctor.run(cfg)
+
+
+def cmd_demo(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
+    from runtime import demo
+    return demo.run(cfg, warm_seconds=a.warm_seconds)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="thaw", description="Capture and restore warmed-up inference workers.")
+    p.add_argument("--config", help=f"thaw config file (default $THAW_CONFIG or {settings_mod.DEFAULT_PATH})")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("capture", help="checkpoint a running container into the store")
+    c.add_argument("container_id")
+    c.add_argument("--root", default="/run/runc", help="the runtime's state root (runc --root)")
+    c.add_argument("--name", required=True, help="snapshot name (what thaw.dev/snapshot names)")
+    c.add_argument("--namespace", help="Kubernetes namespace (default: from the container's annotations)")
+    c.add_argument("--leave-running", action="store_true", help="keep the container running after capture")
+    c.set_defaults(func=cmd_capture)
+
+    c = sub.add_parser("ls", help="list snapshots")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_ls)
+
+    for verb, func, text in (("inspect", cmd_inspect, "show a snapshot's manifest"),
+                             ("rm", cmd_rm, "remove a snapshot")):
+        c = sub.add_parser(verb, help=text)
+        c.add_argument("name")
+        c.add_argument("--namespace", default="default")
+        c.set_defaults(func=func)
+
+    c = sub.add_parser("gc", help="remove abandoned captures and least recently used snapshots")
+    c.add_argument("--max-bytes", type=int, required=True, help="keep the store at or below this size")
+    c.set_defaults(func=cmd_gc)
+
+    c = sub.add_parser("doctor", help="check this node: CRIU, runtime, store, config")
+    c.set_defaults(func=cmd_doctor)
+
+    c = sub.add_parser("demo", help="cold start a worker, capture it, restore a second one; print timings")
+    c.add_argument("--warm-seconds", type=float, default=10.0, help="how long the demo worker warms up")
+    c.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
+    try:
+        cfg = settings_mod.load(a.config)
+        sys.exit(a.func(cfg, a))
+    except (ThawError, settings_mod.SettingsError, ValueError) as e:
+        print(f"thaw {a.command}: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,72 @@
+"""`create` of a container that carries thaw.dev/ annotations: restore it, or cold start it.
+
+This module decides and reports; `restore` does the work. Whatever happens, the caller gets
+either a restored container or the real runtime's own `create` (unless thaw.dev/fallback: fail),
+and the reason is written to the runtime log, thaw's event log and the pod's log.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import NoReturn
+
+from runtime import annotations as ann
+from runtime import criu_options, layout, runtime_log
+from runtime.errors import ThawError
+from runtime.runc_argv import RuncCall
+from runtime.settings import Settings
+
+
+def _prepare_spec(call: RuncCall, settings: Settings) -> dict:
+    """Point the container at thaw's CRIU options, for its restore now and its capture later."""
+    path = os.path.join(call.bundle, "config.json")
+    spec = layout.read_json(path)
+    annotations = spec.setdefault("annotations", {})
+    if criu_options.RUNC_CONFIG_ANNOTATION not in annotations:
+        annotations[criu_options.RUNC_CONFIG_ANNOTATION] = criu_options.ensure_config(settings)
+        layout.write_json(path, spec, mode=os.stat(path).st_mode & 0o777)
+    return spec
+
+
+def create(call: RuncCall, settings: Settings, annotations: dict[str, str],
+           config_error: str | None) -> NoReturn:
+    if ann.is_sandbox(annotations):  # pod annotations reach the pause container too: never restore it
+        os.execvp(settings.runtime, [settings.runtime, *call.argv])
+    started = time.monotonic()
+    fail = annotations.get(ann.FALLBACK) == ann.Fallback.FAIL.value
+    namespace = ann.namespace_of(annotations)
+    name = annotations.get(ann.SNAPSHOT, "")
+    try:
+        if config_error:
+            raise ThawError(config_error)
+        request = ann.parse(annotations)
+        spec = _prepare_spec(call, settings)
+        from runtime import restore
+        result = restore.restore(call, settings, spec, request, namespace)
+    except (ThawError, ann.AnnotationError, OSError, ValueError) as e:
+        _cold_start(call, settings, namespace, name, str(e), fail, started)
+    seconds = round(time.monotonic() - started, 3)
+    runtime_log.runtime_log(call, "info", f"restored {call.container_id} from snapshot {namespace}/{name} "
+                                          f"({result.entry_ident}) in {seconds}s")
+    runtime_log.event(settings.event_log, "restored", container=call.container_id, namespace=namespace,
+                      snapshot=name, entry=result.entry_ident, seconds=seconds, stages=result.stages)
+    if settings.pod_log_notice:
+        runtime_log.pod_notice(f"restored from snapshot {name} in {seconds}s")
+    sys.exit(0)
+
+
+def _cold_start(call: RuncCall, settings: Settings, namespace: str, name: str, reason: str,
+                fail: bool, started: float) -> NoReturn:
+    level = "error" if fail else "warning"
+    verdict = "not started (thaw.dev/fallback: fail)" if fail else "cold start"
+    runtime_log.runtime_log(call, level, f"{call.container_id}: snapshot {namespace}/{name} not restored, "
+                                         f"{verdict}: {reason}")
+    runtime_log.event(settings.event_log, "restore-refused" if fail else "cold-start",
+                      container=call.container_id, namespace=namespace, snapshot=name, reason=reason,
+                      seconds=round(time.monotonic() - started, 3))
+    if settings.pod_log_notice:
+        runtime_log.pod_notice(f"{verdict}: {reason}")
+    if fail:
+        sys.exit(1)
+    os.execvp(settings.runtime, [settings.runtime, *call.argv])

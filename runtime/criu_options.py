@@ -1,0 +1,69 @@
+"""CRIU options for inference workers, handed to runc through a CRIU config file.
+
+runc has no flag for most CRIU options, but it passes a per-container config file named by the
+`org.criu.config` annotation to CRIU. thaw writes one file for the node and points every container
+it manages at it, for checkpoint and restore alike.
+"""
+from __future__ import annotations
+
+import os
+
+from runtime.settings import Settings
+
+RUNC_CONFIG_ANNOTATION = "org.criu.config"
+
+# Why each option: workers listen on TCP and talk to clients; restore happens in another pod.
+BASE_OPTIONS = [
+    "tcp-close",          # established connections: not dumped, restored closed (clients retry)
+    "skip-in-flight",     # half-open connections in the accept queue are dropped, not fatal
+    "file-locks",         # workers and their libraries take flock()s
+    "ext-unix-sk",        # sockets to the outside (e.g. a metrics agent) must not fail the dump
+    "link-remap",         # open files that were unlinked (temp files) are carried along
+    "ghost-limit 512M",   # ... up to this size each
+]
+
+
+def config_path(settings: Settings) -> str:
+    return os.path.join(settings.store, "criu", "runc.conf")
+
+
+def render(settings: Settings) -> str:
+    lines = ["# Written by thaw for the containers it manages; edit thaw's config instead."]
+    lines += BASE_OPTIONS
+    if settings.criu_plugin_dir and os.path.isdir(settings.criu_plugin_dir):
+        lines.append(f"libdir {settings.criu_plugin_dir}")  # cuda_plugin.so: GPU memory
+    lines += settings.criu_options
+    return "\n".join(lines) + "\n"
+
+
+def ensure_config(settings: Settings) -> str:
+    """Write the node's CRIU config file if it is missing or stale; return its path."""
+    path = config_path(settings)
+    text = render(settings)
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return path
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def log_errors(log_path: str, context: int = 2, limit: int = 12) -> str:
+    """CRIU's `Error` lines with a little context, so the cause reaches the operator's log."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    keep: list[int] = []
+    for i, line in enumerate(lines):
+        if "Error" in line or "error" in line.split(":", 1)[0]:
+            keep.extend(range(max(0, i - context), i + 1))
+    picked = sorted(set(keep))[-limit:]
+    return " | ".join(lines[i].strip() for i in picked)

@@ -1,0 +1,169 @@
+"""The restore pipeline: find -> check compatibility -> verify -> lay rootfs diff -> runtime restore.
+
+Each step is a function that raises NotRestorable (nothing was changed) or RestoreFailed (the
+runtime ran and failed); the cleanups registered on the way run only when a later step fails.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime import criu_options, fingerprint, gpu_inventory, layout, rootfs_diff, store
+from runtime.annotations import ThawRequest
+from runtime.errors import NotRestorable, RestoreFailed
+from runtime.runc_argv import RuncCall
+from runtime.settings import Settings
+
+MARKER = "thaw-restored"  # in runc's state dir of the container (see shim.RESTORED_MARKER)
+# runc's global flags that the restore must repeat so it lands where the caller looks.
+FORWARDED_GLOBALS = ("--root", "--log", "--log-format", "--systemd-cgroup", "--debug", "--rootless")
+
+
+@dataclass
+class Result:
+    entry_ident: str
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+class _Stages:
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):  # type: ignore[no-untyped-def]
+        t = time.monotonic()
+        yield
+        self.times[name] = round(time.monotonic() - t, 3)
+
+
+def work_dir_for(runtime_root: str, container_id: str) -> str:
+    return os.path.join("/run/thaw/work", runtime_root.strip("/").replace("/", "_"), container_id)
+
+
+def pick_entry(entries: list[store.Entry], here: fingerprint.Fingerprint, what: str) -> store.Entry:
+    if not entries:
+        raise NotRestorable(f"no snapshot {what} in the store yet")
+    for entry in entries:
+        if not fingerprint.differences(fingerprint.Fingerprint.from_dict(entry.manifest["fingerprint"]), here):
+            return entry
+    newest = fingerprint.Fingerprint.from_dict(entries[0].manifest["fingerprint"])
+    raise NotRestorable(f"snapshot {what} does not fit this container: "
+                        + "; ".join(fingerprint.differences(newest, here)))
+
+
+def rootfs_of(call: RuncCall, spec: dict[str, Any]) -> str:
+    path = (spec.get("root") or {}).get("path") or "rootfs"
+    return path if os.path.isabs(path) else os.path.join(os.path.abspath(call.bundle), path)
+
+
+def image_view(entry: store.Entry, work: str) -> str:
+    """A private directory of links to the entry's CRIU images: CRIU writes stats-restore into
+    its image directory, and committed entries must never change. The links are relative: CRIU
+    opens some images after it entered the container's root, where an absolute path means
+    something else."""
+    view = os.path.join(work, "images")
+    os.makedirs(view, exist_ok=True)
+    src = os.path.join(entry.path, layout.CHECKPOINT_DIR)
+    for name in os.listdir(src):
+        os.symlink(os.path.relpath(os.path.join(src, name), view), os.path.join(view, name))
+    return view
+
+
+def runtime_restore(call: RuncCall, settings: Settings, images: str, work: str) -> list[str]:
+    argv = [settings.runtime]
+    for flag in FORWARDED_GLOBALS:
+        value = call.globals.get(flag)
+        if value is True:
+            argv.append(flag)
+        elif value:
+            argv += [flag, str(value)]
+    argv += ["--criu", settings.criu, "restore", "--detach", "--bundle", os.path.abspath(call.bundle),
+             "--image-path", images, "--work-path", work, "--file-locks", "--ext-unix-sk"]
+    if call.options.get("--pid-file"):
+        argv += ["--pid-file", str(call.options["--pid-file"])]
+    if call.options.get("--no-pivot"):
+        argv.append("--no-pivot")
+    return argv + [str(call.container_id)]
+
+
+def _new_log_errors(log_path: str | None, offset: int) -> str:
+    if not log_path:
+        return ""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            f.seek(offset)
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line for line in lines if "error" in line)[-800:]
+
+
+def run_restore(call: RuncCall, settings: Settings, argv: list[str], work: str) -> None:
+    """Run the runtime's restore with our own stdio: the restored process takes it over, exactly
+    as `create` hands its stdio to the container (the pod's log pipes)."""
+    log = call.globals.get("--log") if isinstance(call.globals.get("--log"), str) else None
+    offset = os.path.getsize(log) if log and os.path.exists(log) else 0
+    try:
+        returncode = subprocess.run(argv, timeout=settings.restore_timeout_s).returncode
+    except subprocess.TimeoutExpired:
+        raise RestoreFailed(f"{settings.runtime} restore took longer than {settings.restore_timeout_s}s") from None
+    if returncode != 0:
+        criu = criu_options.log_errors(os.path.join(work, layout.RESTORE_LOG))
+        runtime = _new_log_errors(log, offset)
+        raise RestoreFailed(f"{settings.runtime} restore failed (exit {returncode})"
+                            + (f": {runtime}" if runtime else "") + (f"; CRIU: {criu}" if criu else ""))
+
+
+def _force_delete(call: RuncCall, settings: Settings) -> None:
+    subprocess.run([settings.runtime, "--root", call.root, "delete", "--force", str(call.container_id)],
+                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+
+
+def restore(call: RuncCall, settings: Settings, spec: dict[str, Any], request: ThawRequest,
+            namespace: str) -> Result:
+    if (spec.get("process") or {}).get("terminal"):
+        raise NotRestorable("containers with a terminal are not restored")
+    st = store.Store(settings.store)
+    stage = _Stages()
+    what = f"{namespace}/{request.snapshot}"
+    with stage("find"):
+        here = fingerprint.of_container(spec, env_ignore=settings.env_ignore, criu=settings.criu,
+                                        runtime=settings.runtime, gpu=gpu_inventory.fingerprint_of_spec(spec))
+        entries = st.entries(namespace, request.snapshot)
+        for shared in settings.shared_namespaces:
+            if shared != namespace:
+                entries += st.entries(shared, request.snapshot)
+    work = work_dir_for(call.root, str(call.container_id))
+    with st.reading(namespace, request.snapshot), contextlib.ExitStack() as on_failure:
+        entry = pick_entry(entries, here, what)
+        with stage("verify"):
+            store.verify(entry, deep=settings.verify == "sha256")
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work, mode=0o700)
+        on_failure.callback(shutil.rmtree, work, ignore_errors=True)
+        with stage("rootfs"):
+            patch = rootfs_diff.apply(rootfs_of(call, spec), os.path.join(entry.path, layout.ROOTFS_DIFF),
+                                      os.path.join(entry.path, layout.DELETED_FILES), os.path.join(work, "backup"))
+        on_failure.callback(patch.undo)
+        on_failure.callback(_force_delete, call, settings)
+        with stage("runtime_restore"):
+            run_restore(call, settings, runtime_restore(call, settings, image_view(entry, work), work), work)
+        on_failure.pop_all()
+    _finish(call, entry, work, stage.times)
+    store.touch_used(entry)
+    return Result(entry.ident, stage.times)
+
+
+def _finish(call: RuncCall, entry: store.Entry, work: str, stages: dict[str, float]) -> None:
+    """Mark the container as restored (so `start` is a no-op) and keep CRIU's log beside runc's state."""
+    state_dir = os.path.join(call.root, str(call.container_id))
+    with contextlib.suppress(OSError):
+        shutil.copy(os.path.join(work, layout.RESTORE_LOG), os.path.join(state_dir, "thaw-restore.log"))
+    layout.write_json(os.path.join(state_dir, MARKER), {
+        "snapshot": entry.name, "namespace": entry.namespace, "entry": entry.ident, "stages": stages})
+    shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,276 @@
+"""The node-local snapshot store.
+
+    STORE/                       0700, root only: a snapshot holds a process's memory, secrets included
+      snapshots/NS/NAME/FP-TIME/ committed entries (FP = fingerprint id); never modified once there
+      tmp/ID/                    captures in progress; an entry appears in snapshots/ by one rename
+      locks/NS/NAME.lock         shared while a restore reads an entry, exclusive to commit or remove
+      locks/NS/NAME.capture      held for the whole of a capture: one capture per (NS, NAME)
+
+A capture killed at any point leaves at most a directory under tmp/, which nothing reads and
+`thaw gc` removes.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from runtime import layout, manifest
+from runtime.errors import NotRestorable, StoreError
+
+OWNER_FILE = "owner.pid"
+VERIFIED_FILE = ".verified"   # cache: file identities that were checksummed already
+LAST_USED = ".last-used"      # mtime = last restore, for gc
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    manifest: dict[str, Any]
+
+    @property
+    def ident(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def namespace(self) -> str:
+        return str(self.manifest["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    def size(self) -> int:
+        return sum(int(f["size"]) for f in self.manifest["files"].values())
+
+
+class Store:
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    # --- paths and locks -------------------------------------------------------------------
+    def ensure(self) -> "Store":
+        for sub in ("", "snapshots", "tmp", "locks"):
+            os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        return self
+
+    def name_dir(self, namespace: str, name: str) -> str:
+        return os.path.join(self.root, "snapshots", namespace, name)
+
+    @contextlib.contextmanager
+    def _flock(self, namespace: str, name: str, suffix: str, mode: int) -> Iterator[None]:
+        directory = os.path.join(self.root, "locks", namespace)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(directory, f"{name}.{suffix}"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        except BlockingIOError:
+            raise StoreError(f"a capture of {namespace}/{name} is already running") from None
+        finally:
+            os.close(fd)
+
+    def reading(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._flock(namespace, name, "lock", fcntl.LOCK_SH)
+
+    def writing(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._flock(namespace, name, "lock", fcntl.LOCK_EX)
+
+    def capturing(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._flock(namespace, name, "capture", fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    # --- writing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[str]:
+        """A private directory for a capture in progress; removed unless committed."""
+        self.ensure()
+        path = os.path.join(self.root, "tmp", uuid.uuid4().hex)
+        os.mkdir(path, 0o700)
+        with open(os.path.join(path, OWNER_FILE), "w") as f:
+            f.write(str(os.getpid()))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def commit(self, staging: str, meta: dict[str, Any]) -> Entry:
+        """Checksum the staged files, write the manifest, and publish the entry with one rename."""
+        os.unlink(os.path.join(staging, OWNER_FILE))
+        meta["files"] = checksum_tree(staging)
+        manifest.validate(meta)
+        layout.write_json(os.path.join(staging, layout.MANIFEST), meta)
+        _fsync_tree(staging)
+        ns, name = meta["namespace"], meta["name"]
+        parent = self.name_dir(ns, name)
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        final = os.path.join(parent, f"{meta['fingerprint_id']}-{time.time_ns()}")
+        with self.writing(ns, name):
+            os.rename(staging, final)
+            _fsync_dir(parent)
+            for old in self.entries(ns, name):  # a recapture replaces the same-fingerprint entry
+                if old.path != final and old.manifest["fingerprint_id"] == meta["fingerprint_id"]:
+                    shutil.rmtree(old.path, ignore_errors=True)
+        return Entry(final, meta)
+
+    # --- reading ---------------------------------------------------------------------------
+    def entries(self, namespace: str, name: str) -> list[Entry]:
+        """Committed entries for (namespace, name), newest first; unreadable ones are skipped."""
+        parent = self.name_dir(namespace, name)
+        try:
+            names = sorted(os.listdir(parent), key=lambda n: n.rsplit("-", 1)[-1], reverse=True)
+        except FileNotFoundError:
+            return []
+        out = []
+        for n in names:
+            try:
+                out.append(Entry(os.path.join(parent, n), load_manifest(os.path.join(parent, n))))
+            except NotRestorable:
+                continue
+        return out
+
+    def all_entries(self) -> list[Entry]:
+        base = os.path.join(self.root, "snapshots")
+        out: list[Entry] = []
+        for ns in sorted(_listdir(base)):
+            for name in sorted(_listdir(os.path.join(base, ns))):
+                out.extend(self.entries(ns, name))
+        return out
+
+    def remove(self, namespace: str, name: str) -> int:
+        with self.writing(namespace, name):
+            found = self.entries(namespace, name)
+            shutil.rmtree(self.name_dir(namespace, name), ignore_errors=True)
+        return len(found)
+
+    def gc(self, max_bytes: int) -> list[str]:
+        """Drop abandoned captures, then least recently used entries until the store fits."""
+        removed = []
+        for d in _listdir(os.path.join(self.root, "tmp")):
+            path = os.path.join(self.root, "tmp", d)
+            if not _owner_alive(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        entries = sorted(self.all_entries(), key=_last_used)
+        total = sum(e.size() for e in entries)
+        for e in entries:
+            if total <= max_bytes:
+                break
+            with self.writing(e.namespace, e.name):
+                shutil.rmtree(e.path, ignore_errors=True)
+            total -= e.size()
+            removed.append(e.path)
+        return removed
+
+
+def load_manifest(entry_path: str) -> dict[str, Any]:
+    try:
+        meta = layout.read_json(os.path.join(entry_path, layout.MANIFEST))
+        manifest.validate(meta)
+    except (OSError, ValueError) as e:
+        raise NotRestorable(f"snapshot at {entry_path} has no valid manifest: {e}") from e
+    return meta
+
+
+def verify(entry: Entry, deep: bool = True) -> None:
+    """Every file listed, of the listed size and (deep) checksum; nothing half-written."""
+    files = entry.manifest["files"]
+    if layout.INVENTORY not in files:
+        raise NotRestorable(f"snapshot {entry.ident} has no CRIU inventory: capture was incomplete")
+    identities = {}
+    for rel, want in files.items():
+        try:
+            st = os.stat(os.path.join(entry.path, rel))
+        except FileNotFoundError:
+            raise NotRestorable(f"snapshot {entry.ident} is missing {rel}") from None
+        if st.st_size != want["size"]:
+            raise NotRestorable(f"snapshot {entry.ident}: {rel} has {st.st_size} bytes, manifest says {want['size']}")
+        identities[rel] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    if not deep:
+        return
+    cache_path = os.path.join(entry.path, VERIFIED_FILE)
+    with contextlib.suppress(OSError, ValueError):
+        if layout.read_json(cache_path) == identities:
+            return  # nothing was written to any file since it was last checksummed (ctime)
+    todo = [rel for rel in files]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+        sums = dict(zip(todo, pool.map(lambda r: _sha256(os.path.join(entry.path, r)), todo)))
+    bad = [rel for rel in todo if sums[rel] != files[rel]["sha256"]]
+    if bad:
+        raise NotRestorable(f"snapshot {entry.ident} is corrupt: checksum mismatch in {', '.join(bad)}")
+    with contextlib.suppress(OSError):
+        layout.write_json(cache_path, identities)
+
+
+def touch_used(entry: Entry) -> None:
+    with contextlib.suppress(OSError):
+        with open(os.path.join(entry.path, LAST_USED), "a"):
+            pass
+        os.utime(os.path.join(entry.path, LAST_USED))
+
+
+def checksum_tree(root: str) -> dict[str, dict[str, Any]]:
+    rels = []
+    for dirpath, _, filenames in os.walk(root):
+        for fn in filenames:
+            rels.append(os.path.relpath(os.path.join(dirpath, fn), root))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+        sums = list(pool.map(lambda r: _sha256(os.path.join(root, r)), rels))
+    return {rel: {"size": os.path.getsize(os.path.join(root, rel)), "sha256": s} for rel, s in zip(rels, sums)}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_tree(root: str) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for fn in filenames:
+            fd = os.open(os.path.join(dirpath, fn), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(dirpath)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _owner_alive(path: str) -> bool:
+    try:
+        with open(os.path.join(path, OWNER_FILE)) as f:
+            os.kill(int(f.read().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _last_used(e: Entry) -> float:
+    try:
+        return os.stat(os.path.join(e.path, LAST_USED)).st_mtime
+    except OSError:
+        return float(e.ident.rsplit("-", 1)[-1]) / 1e9
