@@ -1,0 +1,77 @@
+"""A container without thaw annotations behaves through thaw-runc exactly as through runc."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import events
+from runtime import bundles, runc_argv
+from runtime.lab import thaw_runc
+
+SLEEPER = ["/bin/sh", "-c", "echo out-line; echo err-line >&2; exec sleep 60"]
+
+
+def lifecycle(lab, runtime: str, name: str) -> dict:
+    """create/start/state/exec/kill/delete a short-lived container; record what a shim would see."""
+    worker = bundles.Worker(args=SLEEPER)
+    c = lab.create(name, worker, runtime=runtime, start=False)
+    seen = {"create_rc": c.create_rc, "status_created": c.state().get("status")}
+    seen["start_rc"] = c.runtime_cmd("start", c.cid).returncode
+    seen["status_running"] = c.state().get("status")
+    seen["exec"] = c.runtime_cmd("exec", c.cid, "/bin/echo", "exec-ok").stdout
+    seen["ps_has_sleep"] = "sleep" in c.runtime_cmd("ps", c.cid).stdout
+    seen["pause_rc"] = c.runtime_cmd("pause", c.cid).returncode
+    seen["status_paused"] = c.state().get("status")
+    seen["resume_rc"] = c.runtime_cmd("resume", c.cid).returncode
+    seen["kill_rc"] = c.runtime_cmd("kill", c.cid, "KILL").returncode
+    deadline = time.monotonic() + 10
+    while c.state().get("status") != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen["status_end"] = c.state().get("status")
+    seen["delete_rc"] = c.runtime_cmd("delete", c.cid).returncode
+    seen["state_after_delete_rc"] = c.runtime_cmd("state", c.cid).returncode
+    c.wait_output("err-line", timeout=5)
+    seen["output"] = sorted(c.text().splitlines())
+    seen["bad_verb"] = c.runtime_cmd("no-such-verb").returncode
+    return seen
+
+
+def test_unannotated_container_lifecycle_matches_plain_runc(lab, node):
+    through_runc = lifecycle(lab, "runc", "plain")
+    through_thaw = lifecycle(lab, thaw_runc(), "shimmed")
+    assert through_thaw == through_runc
+    assert through_thaw["output"] == ["err-line", "out-line"] and through_thaw["exec"] == "exec-ok\n"
+    assert not any("shimmed" in e.get("container", "") for e in events(node))  # thaw stayed out of it
+
+
+def test_exit_code_and_version_pass_through(lab):
+    for args in (["--version"], ["features"], ["state", "no-such-container"]):
+        a = subprocess.run(["runc", *args], capture_output=True, text=True)
+        b = subprocess.run([thaw_runc(), *args], capture_output=True, text=True)
+        assert (a.returncode, a.stdout) == (b.returncode, b.stdout)
+
+
+@pytest.mark.parametrize("argv, verb, cid, bundle", [
+    (["--root", "/r", "--log", "/l", "--log-format", "json", "create", "--bundle", "/b", "--pid-file", "/p", "x"],
+     "create", "x", "/b"),
+    (["--root=/r", "--systemd-cgroup", "create", "-b", "create", "id1"], "create", "id1", "create"),
+    (["create", "id2", "--bundle", "/b2"], "create", "id2", "/b2"),
+    (["-root", "/r", "create", "--console-socket", "/s", "--no-pivot", "--bundle=/b3", "id3"], "create", "id3", "/b3"),
+    (["--debug", "start", "id4"], "start", "id4", "."),
+    (["--version"], None, None, "."),
+    (["exec", "--pid-file", "/p", "id5", "sh"], "exec", None, "."),
+])
+def test_argv_is_read_like_runc_reads_it(argv, verb, cid, bundle):
+    call = runc_argv.parse(argv)
+    assert (call.verb, call.container_id, call.bundle) == (verb, cid, bundle)
+
+
+def test_passthrough_imports_nothing_heavy():
+    code = ("import sys; sys.argv=['thaw-runc','--version']; import runtime.shim as s; "
+            "import os; os.execvp=lambda *a: (print(sorted(m for m in sys.modules if m.startswith(('runtime','jsonschema','pynvml','psutil','pyroute2')))), sys.exit(0)); s.main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.replace("'", '"')) == ["runtime", "runtime.runc_argv", "runtime.settings", "runtime.shim"]
