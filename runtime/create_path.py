@@ -15,6 +15,7 @@ from runtime import annotations as ann
 from runtime import criu_options, layout, runtime_log
 from runtime.errors import ThawError
 from runtime.runc_argv import RuncCall
+from runtime import settings as settings_mod
 from runtime.settings import Settings
 
 
@@ -29,8 +30,11 @@ def _prepare_spec(call: RuncCall, settings: Settings) -> dict:
     return spec
 
 
-def create(call: RuncCall, settings: Settings, annotations: dict[str, str],
-           config_error: str | None) -> NoReturn:
+def create(call: RuncCall, annotations: dict[str, str]) -> NoReturn:
+    try:
+        settings, config_error = settings_mod.load(), None
+    except settings_mod.SettingsError as e:
+        settings, config_error = Settings(), str(e)
     if ann.is_sandbox(annotations):  # pod annotations reach the pause container too: never restore it
         os.execvp(settings.runtime, [settings.runtime, *call.argv])
     started = time.monotonic()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up this machine to run thaw from this checkout: node packages and CRIU (install-node.sh),
+# then a Python venv in .venv with thaw and its test dependencies. Idempotent.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+bash packaging/install-node.sh
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+  echo "thaw-setup: created .venv"
+fi
+if ! .venv/bin/python -c "import runtime.shim, jsonschema, pytest, psutil" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.thaw-installed ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
+  touch .venv/.thaw-installed
+  echo "thaw-setup: installed thaw into .venv ($(.venv/bin/python --version))"
+else
+  echo "thaw-setup: .venv up to date"
+fi

@@ -1,0 +1,1 @@
+"""thaw: restore warmed-up inference workers instead of starting them."""

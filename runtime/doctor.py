@@ -1,0 +1,90 @@
+"""`thaw doctor`: what on this node decides whether capture and restore can work."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from typing import Callable
+
+from runtime import layout, settings as settings_mod
+from runtime.fingerprint import tool_version
+
+CRIU_MIN = (4, 2)
+CONFIG_SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "config", "thaw-config.schema.json")
+Check = tuple[str, str, str]  # (status OK/WARN/FAIL, what, detail)
+
+
+def _criu(cfg: settings_mod.Settings) -> list[Check]:
+    path = shutil.which(cfg.criu)
+    if not path:
+        return [("FAIL", "criu", f"{cfg.criu} not found (run packaging/install-node.sh)")]
+    version = tool_version([path, "--version"]).split()[-1]
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    out = [("OK" if parts >= CRIU_MIN else "FAIL", "criu version", f"{version} at {path} (need >= 4.2 on new kernels)")]
+    check = subprocess.run([path, "check"], capture_output=True, text=True)
+    out.append(("OK" if check.returncode == 0 else "FAIL", "criu check", (check.stdout + check.stderr).strip()[-200:]))
+    plugin = os.path.join(cfg.criu_plugin_dir, "cuda_plugin.so")
+    out.append(("OK" if os.path.exists(plugin) else "WARN", "CRIU CUDA plugin",
+                plugin if os.path.exists(plugin) else f"{plugin} missing: GPU memory cannot be captured"))
+    return out
+
+
+def _runtime(cfg: settings_mod.Settings) -> list[Check]:
+    path = shutil.which(cfg.runtime)
+    return [("OK", "runtime", f"{tool_version([path, '--version'])} at {path}") if path else
+            ("FAIL", "runtime", f"{cfg.runtime} not found")]
+
+
+def _config(cfg: settings_mod.Settings) -> list[Check]:
+    path = os.environ.get("THAW_CONFIG") or settings_mod.DEFAULT_PATH
+    if not os.path.exists(path):
+        return [("OK", "config", f"{path} absent: defaults in use")]
+    import jsonschema
+    try:
+        jsonschema.validate(layout.read_json(path), layout.read_json(CONFIG_SCHEMA))
+    except (jsonschema.ValidationError, ValueError) as e:
+        return [("FAIL", "config", f"{path}: {getattr(e, 'message', e)}")]
+    return [("OK", "config", path)]
+
+
+def _store(cfg: settings_mod.Settings) -> list[Check]:
+    if not os.path.isdir(cfg.store):
+        return [("OK", "store", f"{cfg.store} (created on first capture)")]
+    mode = os.stat(cfg.store).st_mode & 0o777
+    return [("OK" if mode == 0o700 else "FAIL", "store", f"{cfg.store} mode {oct(mode)} (must be 0700: snapshots hold secrets)")]
+
+
+def _node(cfg: settings_mod.Settings) -> list[Check]:
+    out: list[Check] = []
+    out.append(("OK" if shutil.which("iptables-restore") or any("network-lock" in o for o in cfg.criu_options)
+                else "WARN", "network lock", "iptables-restore found" if shutil.which("iptables-restore")
+                else "no iptables-restore: add \"network-lock skip\" to criu_options"))
+    try:
+        thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read().strip()
+        out.append(("OK", "transparent huge pages", f"{thp} ('always' makes restore of large images faster)"))
+    except OSError:
+        pass
+    return out
+
+
+def _gpu(cfg: settings_mod.Settings) -> list[Check]:
+    try:
+        from runtime import gpu
+        return gpu.doctor_checks()
+    except ImportError as e:
+        return [("WARN", "GPU", f"GPU support not available: {e}")]
+
+
+CHECKS: list[Callable[[settings_mod.Settings], list[Check]]] = [_config, _runtime, _criu, _store, _node, _gpu]
+
+
+def run(cfg: settings_mod.Settings, as_json: bool = False) -> int:
+    results = [c for check in CHECKS for c in check(cfg)]
+    if as_json:
+        print(json.dumps([{"status": s, "check": w, "detail": d} for s, w, d in results], indent=2))
+    else:
+        for status, what, detail in results:
+            print(f"{status:<5} {what:<24} {detail}")
+    return 1 if any(s == "FAIL" for s, _, _ in results) else 0
