@@ -121,15 +121,34 @@ def make_bundle(path: str, base: str, worker: Worker, netns: str, cgroup: str) -
     return b
 
 
+NETNS_DIR = "/var/run/netns"
+LO_UP = ("import fcntl, socket, struct\n"
+         "s = socket.socket()\n"
+         "fcntl.ioctl(s, 0x8914, struct.pack('16sH22x', b'lo', 0x41))  # SIOCSIFFLAGS: IFF_UP | IFF_RUNNING\n")
+
+
 def make_netns(name: str) -> str:
-    """A named network namespace with loopback up (what a CNI plugin would give a pod, minus IPs)."""
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
-    return f"/var/run/netns/{name}"
+    """A named network namespace with loopback up (what a CNI plugin would give a pod, minus IPs).
+    Uses iproute2 where present, else util-linux's unshare (some GPU hosts have no `ip`)."""
+    path = os.path.join(NETNS_DIR, name)
+    if shutil.which("ip"):
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    else:
+        os.makedirs(NETNS_DIR, exist_ok=True)
+        open(path, "w").close()
+        subprocess.run(["unshare", f"--net={path}", "true"], check=True, capture_output=True)
+    subprocess.run(["nsenter", f"--net={path}", "/usr/bin/python3", "-c", LO_UP], check=True, capture_output=True)
+    return path
 
 
 def remove_netns(name: str) -> None:
-    subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    if shutil.which("ip"):
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        return
+    path = os.path.join(NETNS_DIR, name)
+    subprocess.run(["umount", path], capture_output=True)
+    if os.path.exists(path):
+        os.unlink(path)
 
 
 def http_get(netns_name: str, url: str, timeout: float = 5.0) -> str:
@@ -137,6 +156,6 @@ def http_get(netns_name: str, url: str, timeout: float = 5.0) -> str:
     code = ("import sys, urllib.request\n"
             "try: print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode(), end='')\n"
             "except Exception: sys.exit(1)\n")
-    proc = subprocess.run(["ip", "netns", "exec", netns_name, "/usr/bin/python3", "-c", code, url, str(timeout)],
-                          capture_output=True, text=True, timeout=timeout + 10)
+    proc = subprocess.run(["nsenter", f"--net={os.path.join(NETNS_DIR, netns_name)}", "/usr/bin/python3", "-c",
+                           code, url, str(timeout)], capture_output=True, text=True, timeout=timeout + 10)
     return proc.stdout if proc.returncode == 0 else ""

@@ -61,18 +61,54 @@ def checkpoint_argv(settings: Settings, src: Source, images: str, work: str, lea
     return argv + [src.container_id]
 
 
-def run_checkpoint(settings: Settings, argv: list[str], work: str) -> float:
+def run_checkpoint(settings: Settings, src: Source, argv: list[str], work: str) -> float:
     t = time.monotonic()
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=settings.capture_timeout_s)
+                              timeout=settings.capture_timeout_s, env=criu_options.runtime_env(settings))
     except subprocess.TimeoutExpired:
-        raise CaptureFailed(f"checkpoint took longer than {settings.capture_timeout_s}s") from None
-    if proc.returncode != 0:
+        proc = None
+    if proc is None or proc.returncode != 0:
         criu = criu_options.log_errors(os.path.join(work, layout.DUMP_LOG))
-        raise CaptureFailed(f"{settings.runtime} checkpoint failed: {proc.stderr.strip()[-500:]}"
-                            + (f"; CRIU: {criu}" if criu else ""))
+        why = (f"checkpoint took longer than {settings.capture_timeout_s}s" if proc is None else
+               f"{settings.runtime} checkpoint failed: {proc.stderr.strip()[-500:]}")
+        revived = revive_source(settings, src)
+        raise CaptureFailed(why + (f"; CRIU: {criu}" if criu else "") + (f"; {revived}" if revived else ""))
     return time.monotonic() - t
+
+
+def container_pids(settings: Settings, src: Source) -> list[int]:
+    proc = subprocess.run([settings.runtime, "--root", src.runtime_root, "ps", "--format", "json", src.container_id],
+                          capture_output=True, text=True, timeout=30)
+    try:
+        return [int(p) for p in json.loads(proc.stdout or "[]")]
+    except ValueError:
+        return [src.pid]
+
+
+def revive_source(settings: Settings, src: Source) -> str:
+    """After a failed capture the source must keep serving: bring its CUDA state back to running
+    (CRIU may have failed after the GPU was locked or checkpointed) and thaw it if still frozen."""
+    notes = []
+    if gpu_inventory.spec_uses_gpu(src.spec):
+        from runtime.cuda_checkpoint import CudaError, Driver, ProcessState
+        try:
+            driver = Driver()
+            for pid in container_pids(settings, src):
+                try:
+                    if driver.state(pid) != ProcessState.RUNNING:
+                        notes.append(f"pid {pid} CUDA state back to {driver.bring_back(pid).name.lower()}")
+                except CudaError as e:
+                    if e.code != 3:  # CUDA_ERROR_NOT_INITIALIZED: the process does not use CUDA
+                        notes.append(f"pid {pid}: {e}")
+        except CudaError as e:
+            notes.append(str(e))
+    state = subprocess.run([settings.runtime, "--root", src.runtime_root, "state", src.container_id],
+                           capture_output=True, text=True)
+    if state.returncode == 0 and json.loads(state.stdout).get("status") == "paused":
+        subprocess.run([settings.runtime, "--root", src.runtime_root, "resume", src.container_id], capture_output=True)
+        notes.append("container resumed")
+    return ", ".join(notes)
 
 
 def write_rootfs_diff(src: Source, staging: str) -> dict[str, Any]:
@@ -84,6 +120,11 @@ def write_rootfs_diff(src: Source, staging: str) -> dict[str, Any]:
         return {"kind": "none", "diff_bytes": size, "deleted": 0}
     size, deleted = rootfs_diff.write(upper, tar_path, deleted_path)
     return {"kind": "overlay", "diff_bytes": size, "deleted": deleted}
+
+
+def _gpu_uuids(spec: dict[str, Any]) -> list[str]:
+    from runtime import gpu  # pynvml: only for GPU containers
+    return gpu.uuids_of_spec(spec)
 
 
 def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
@@ -102,7 +143,8 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
                                           gpu=gpu_inventory.fingerprint_of_spec(src.spec))
             work = os.path.join(staging, "work")
             images = os.path.join(staging, layout.CHECKPOINT_DIR)
-            dump_seconds = run_checkpoint(settings, checkpoint_argv(settings, src, images, work, leave_running), work)
+            gpu_uuids = _gpu_uuids(src.spec) if fp.gpu else []
+            dump_seconds = run_checkpoint(settings, src, checkpoint_argv(settings, src, images, work, leave_running), work)
             shutil.move(os.path.join(work, layout.DUMP_LOG), os.path.join(staging, layout.DUMP_LOG))
             shutil.rmtree(work)
             rootfs = write_rootfs_diff(src, staging)
@@ -118,7 +160,7 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
                 "schema_version": 1, "namespace": namespace, "name": name, "created": _now_rfc3339(),
                 "fingerprint": fp.__dict__, "fingerprint_id": fp.ident(),
                 "source": {"container_id": src.container_id, "bundle": src.bundle, "runtime_root": runtime_root},
-                "rootfs": rootfs, "capture": capture_stats, "files": {},
+                "rootfs": rootfs, "capture": capture_stats, "files": {}, "gpu_uuids": gpu_uuids,
                 "annotations": {"org.criu.checkpoint.engine": "thaw", "org.criu.checkpoint.criu-version": fp.criu,
                                 "org.criu.checkpoint.kernel": fp.kernel, "org.criu.checkpoint.arch": fp.arch},
             })

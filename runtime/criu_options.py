@@ -7,6 +7,7 @@ it manages at it, for checkpoint and restore alike.
 from __future__ import annotations
 
 import os
+import sys
 
 from runtime.settings import Settings
 
@@ -52,6 +53,44 @@ def ensure_config(settings: Settings) -> str:
         f.write(text)
     os.replace(tmp, path)
     return path
+
+
+def libexec_dir(settings: Settings) -> str:
+    """A directory put first on CRIU's PATH: its CUDA plugin runs `cuda-checkpoint` from there."""
+    directory = os.path.join(settings.store, "libexec")
+    target = os.path.join(directory, "cuda-checkpoint")
+    if settings.cuda_checkpoint:
+        wanted = None  # NVIDIA's binary, linked
+    else:
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        wanted = (f"#!{sys.executable}\n# thaw's cuda-checkpoint (runtime/cuda_cli.py)\n"
+                  f"import sys\nsys.path.insert(0, {repo!r})\nfrom runtime.cuda_cli import main\nmain()\n")
+    try:
+        current = open(target).read() if not os.path.islink(target) else None
+    except OSError:
+        current = None
+    if wanted is not None and current != wanted:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        tmp = f"{target}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(wanted)
+        os.chmod(tmp, 0o700)
+        os.replace(tmp, target)
+    elif wanted is None and (not os.path.islink(target) or os.readlink(target) != settings.cuda_checkpoint):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        tmp = f"{target}.{os.getpid()}"
+        os.symlink(settings.cuda_checkpoint, tmp)
+        os.replace(tmp, target)
+    return directory
+
+
+def runtime_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for the runtime's checkpoint/restore, which CRIU and its plugins inherit."""
+    env = dict(os.environ)
+    env["PATH"] = libexec_dir(settings) + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    env["THAW_CUDA_LOCK_TIMEOUT_MS"] = str(settings.cuda_lock_timeout_ms)
+    env.update(extra)
+    return env
 
 
 def log_errors(log_path: str, context: int = 2, limit: int = 12) -> str:

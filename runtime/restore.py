@@ -19,6 +19,7 @@ from runtime.errors import NotRestorable, RestoreFailed
 from runtime.runc_argv import RuncCall
 from runtime.settings import Settings
 
+CUDA_TIMING = "cuda-timing.log"
 MARKER = "thaw-restored"  # in runc's state dir of the container (see shim.RESTORED_MARKER)
 # runc's global flags that the restore must repeat so it lands where the caller looks.
 FORWARDED_GLOBALS = ("--root", "--log", "--log-format", "--systemd-cgroup", "--debug", "--rootless")
@@ -103,13 +104,13 @@ def _new_log_errors(log_path: str | None, offset: int) -> str:
     return " | ".join(line for line in lines if "error" in line)[-800:]
 
 
-def run_restore(call: RuncCall, settings: Settings, argv: list[str], work: str) -> None:
+def run_restore(call: RuncCall, settings: Settings, argv: list[str], work: str, env: dict[str, str]) -> None:
     """Run the runtime's restore with our own stdio: the restored process takes it over, exactly
     as `create` hands its stdio to the container (the pod's log pipes)."""
     log = call.globals.get("--log") if isinstance(call.globals.get("--log"), str) else None
     offset = os.path.getsize(log) if log and os.path.exists(log) else 0
     try:
-        returncode = subprocess.run(argv, timeout=settings.restore_timeout_s).returncode
+        returncode = subprocess.run(argv, timeout=settings.restore_timeout_s, env=env).returncode
     except subprocess.TimeoutExpired:
         raise RestoreFailed(f"{settings.runtime} restore took longer than {settings.restore_timeout_s}s") from None
     if returncode != 0:
@@ -122,6 +123,27 @@ def run_restore(call: RuncCall, settings: Settings, argv: list[str], work: str) 
 def _force_delete(call: RuncCall, settings: Settings) -> None:
     subprocess.run([settings.runtime, "--root", call.root, "delete", "--force", str(call.container_id)],
                    stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+
+
+def gpu_env(entry: store.Entry, spec: dict[str, Any], work: str) -> dict[str, str]:
+    """For a GPU snapshot: the old->new GPU UUID pairs for CUDA restore, and where to log its time."""
+    recorded = entry.manifest.get("gpu_uuids")
+    if not recorded:
+        return {}
+    from runtime import gpu
+    from runtime.cuda_cli import DEVICE_MAP_ENV, TIMING_LOG_ENV, format_device_map
+    pairs = gpu.device_map(recorded, gpu.uuids_of_spec(spec))
+    return {DEVICE_MAP_ENV: format_device_map(pairs), TIMING_LOG_ENV: os.path.join(work, CUDA_TIMING)}
+
+
+def cuda_split(work: str, total: float) -> dict[str, float]:
+    """Split the runtime's restore into CRIU (memory, files, ...) and CUDA restore + unlock."""
+    try:
+        with open(os.path.join(work, CUDA_TIMING)) as f:
+            cuda = sum(float(line.split()[2]) for line in f if line.split()[0] in ("restore", "unlock"))
+    except (OSError, IndexError, ValueError):
+        return {}
+    return {"cuda_restore": round(cuda, 3), "criu": round(total - cuda, 3)}
 
 
 def restore(call: RuncCall, settings: Settings, spec: dict[str, Any], request: ThawRequest,
@@ -151,8 +173,10 @@ def restore(call: RuncCall, settings: Settings, spec: dict[str, Any], request: T
                                       os.path.join(entry.path, layout.DELETED_FILES), os.path.join(work, "backup"))
         on_failure.callback(patch.undo)
         on_failure.callback(_force_delete, call, settings)
+        env = criu_options.runtime_env(settings, **gpu_env(entry, spec, work))
         with stage("runtime_restore"):
-            run_restore(call, settings, runtime_restore(call, settings, image_view(entry, work), work), work)
+            run_restore(call, settings, runtime_restore(call, settings, image_view(entry, work), work), work, env)
+        stage.times.update(cuda_split(work, stage.times["runtime_restore"]))
         on_failure.pop_all()
     _finish(call, entry, work, stage.times)
     store.touch_used(entry)

@@ -29,6 +29,8 @@ class Settings:
     verify: str = "sha256"                      # "sha256": checksum every file before restore (cached by ctime); "size": sizes only
     capture_timeout_s: int = 600                # longest a capture may take
     restore_timeout_s: int = 300                # longest a restore may take before it counts as failed
+    cuda_checkpoint: str = ""                   # "" = thaw's own cuda-checkpoint; or a path to NVIDIA's
+    cuda_lock_timeout_ms: int = 10000           # how long capture waits for in-flight GPU work
 
 
 class SettingsError(ValueError):

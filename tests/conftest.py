@@ -22,7 +22,8 @@ def node():
     top = tempfile.mkdtemp(prefix="thaw-test-")
     os.chmod(top, 0o755)
     cfg = {"store": os.path.join(top, "store"), "event_log": os.path.join(top, "events.jsonl"),
-           "criu": shutil.which("criu") or "criu"}
+           "criu": shutil.which("criu") or "criu",
+           **json.loads(os.environ.get("THAW_TEST_CONFIG", "{}"))}  # e.g. runtime and CRIU paths on the GPU host
     path = os.path.join(top, "config.json")
     with open(path, "w") as f:
         json.dump(cfg, f)
