@@ -18,7 +18,8 @@ def private_node() -> tuple[str, dict]:
     """A temp dir with its own thaw config (store, event log), exported through THAW_CONFIG."""
     top = tempfile.mkdtemp(prefix="thaw-bench-")
     os.chmod(top, 0o755)
-    cfg = {"store": os.path.join(top, "store"), "event_log": os.path.join(top, "events.jsonl")}
+    cfg = {"store": os.path.join(top, "store"), "event_log": os.path.join(top, "events.jsonl"),
+           **json.loads(os.environ.get("THAW_BENCH_CONFIG", "{}"))}  # e.g. runtime and CRIU paths of a GPU host
     with open(os.path.join(top, "config.json"), "w") as f:
         json.dump(cfg, f)
     os.environ["THAW_CONFIG"] = os.path.join(top, "config.json")

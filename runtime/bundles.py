@@ -40,7 +40,21 @@ def make_base_rootfs(path: str) -> str:
 
 def _bind(dest: str, source: str, ro: bool = True) -> dict[str, Any]:
     return {"destination": dest, "type": "bind", "source": source,
-            "options": ["rbind", "rprivate", "ro" if ro else "rw", "nosuid", "nodev"]}
+            "options": ["bind", "rprivate", "ro" if ro else "rw", "nosuid", "nodev"]}
+
+
+def _host_binds(binds: dict[str, str]) -> list[dict[str, Any]]:
+    """Read-only binds, each mount below a bound host dir bound on its own: CRIU can only leave
+    out (as external) the mounts that the spec names, so an rbind's submounts would fail a dump."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        points = [line.split()[4] for line in f]
+    out = []
+    for dest, source in sorted(binds.items()):
+        out.append(_bind(dest, source))
+        for point in sorted(set(points)):
+            if point.startswith(source.rstrip("/") + "/"):
+                out.append(_bind(dest.rstrip("/") + point[len(source.rstrip("/")):], point))
+    return out
 
 
 @dataclass
@@ -55,7 +69,7 @@ class Worker:
 
 
 def spec(worker: Worker, netns: str, cgroup: str, hostname: str = "worker") -> dict[str, Any]:
-    host_binds = [_bind("/usr", "/usr")] + [_bind(d, s) for d, s in sorted(worker.binds.items())]
+    host_binds = _host_binds({"/usr": "/usr", **worker.binds})
     caps = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_NET_BIND_SERVICE",
             "CAP_SETGID", "CAP_SETUID"]
     return {

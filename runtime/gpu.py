@@ -107,6 +107,24 @@ def device_map(recorded: list[str], current: list[str]) -> dict[str, str]:
     return {old: new for old, new in zip(recorded, current) if old != new}
 
 
+def libcuda_dir() -> str:
+    """Where this node's libcuda.so.1 lives (containers need it on LD_LIBRARY_PATH)."""
+    import ctypes
+    ctypes.CDLL("libcuda.so.1")
+    with open("/proc/self/maps") as f:
+        return os.path.dirname(next(line.split()[-1] for line in f if "libcuda.so" in line))
+
+
+def device_nodes(index: int = 0) -> list[dict[str, Any]]:
+    """OCI device entries for one GPU and the driver's control and UVM nodes."""
+    out = []
+    for path in (f"/dev/nvidia{index}", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"):
+        st = os.stat(path)
+        out.append({"path": path, "type": "c", "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+                    "fileMode": 0o666, "uid": 0, "gid": 0})
+    return out
+
+
 def doctor_checks() -> list[tuple[str, str, str]]:
     try:
         inv = inventory()

@@ -107,6 +107,17 @@ class Lab:
                               env=[f"{k}={v}" for k, v in env.items()], binds={"/app": app_dir},
                               annotations=dict(annotations or {}))
 
+    def gpu_worker(self, annotations: dict[str, str], env: dict[str, str], app_dir: str) -> bundles.Worker:
+        """A worker run by this interpreter (which has torch) with the node's first GPU."""
+        from runtime import gpu
+        w = self.worker(annotations, env={"LD_LIBRARY_PATH": gpu.libcuda_dir(), **env},
+                        args=[sys.executable, "/app/worker.py"], app_dir=app_dir)
+        for d in ("/etc", "/opt"):
+            if os.path.isdir(d):
+                w.binds[d] = d
+        w.devices = gpu.device_nodes()
+        return w
+
     def create(self, name: str, worker: bundles.Worker, runtime: str | None = None, start: bool = True) -> Container:
         cid = f"{name}-{self.tag}"
         netns_name = f"thaw-{cid}"

@@ -115,6 +115,7 @@ class Store:
         with self.writing(ns, name):
             os.rename(staging, final)
             _fsync_dir(parent)
+            _remember_verified(final, meta["files"])  # just checksummed: the first restore here skips it
             for old in self.entries(ns, name):  # a recapture replaces the same-fingerprint entry
                 if old.path != final and old.manifest["fingerprint_id"] == meta["fingerprint_id"]:
                     shutil.rmtree(old.path, ignore_errors=True)
@@ -184,15 +185,13 @@ def verify(entry: Entry, deep: bool = True) -> None:
     files = entry.manifest["files"]
     if layout.INVENTORY not in files:
         raise NotRestorable(f"snapshot {entry.ident} has no CRIU inventory: capture was incomplete")
-    identities = {}
+    try:
+        identities = _identities(entry.path, files)
+    except FileNotFoundError as e:
+        raise NotRestorable(f"snapshot {entry.ident} is missing {os.path.relpath(str(e.filename), entry.path)}") from None
     for rel, want in files.items():
-        try:
-            st = os.stat(os.path.join(entry.path, rel))
-        except FileNotFoundError:
-            raise NotRestorable(f"snapshot {entry.ident} is missing {rel}") from None
-        if st.st_size != want["size"]:
-            raise NotRestorable(f"snapshot {entry.ident}: {rel} has {st.st_size} bytes, manifest says {want['size']}")
-        identities[rel] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        if identities[rel][1] != want["size"]:
+            raise NotRestorable(f"snapshot {entry.ident}: {rel} has {identities[rel][1]} bytes, manifest says {want['size']}")
     if not deep:
         return
     cache_path = os.path.join(entry.path, VERIFIED_FILE)
@@ -205,8 +204,20 @@ def verify(entry: Entry, deep: bool = True) -> None:
     bad = [rel for rel in todo if sums[rel] != files[rel]["sha256"]]
     if bad:
         raise NotRestorable(f"snapshot {entry.ident} is corrupt: checksum mismatch in {', '.join(bad)}")
+    _remember_verified(entry.path, files)
+
+
+def _identities(entry_path: str, files: dict[str, Any]) -> dict[str, list[int]]:
+    out = {}
+    for rel in files:
+        st = os.stat(os.path.join(entry_path, rel))
+        out[rel] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return out
+
+
+def _remember_verified(entry_path: str, files: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):
-        layout.write_json(cache_path, identities)
+        layout.write_json(os.path.join(entry_path, VERIFIED_FILE), _identities(entry_path, files))
 
 
 def touch_used(entry: Entry) -> None:

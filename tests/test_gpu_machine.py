@@ -35,31 +35,8 @@ WORKER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 RESULTS: dict = {}
 
 
-def libcuda_dir() -> str:
-    ctypes.CDLL("libcuda.so.1")
-    with open("/proc/self/maps") as f:
-        path = next(line.split()[-1] for line in f if "libcuda.so" in line)
-    return os.path.dirname(path)
-
-
-def gpu_devices() -> list[dict]:
-    out = []
-    for path in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"):
-        st = os.stat(path)
-        out.append({"path": path, "type": "c", "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
-                    "fileMode": 0o666, "uid": 0, "gid": 0})
-    return out
-
-
 def gpu_worker(lab: Lab, annotations: dict) -> object:
-    w = lab.worker(annotations, env={"GPU_GIB": os.environ.get("THAW_GPU_GIB", "10"),
-                                     "LD_LIBRARY_PATH": libcuda_dir(), "PYTHONPATH": os.environ.get("WORKER_PYTHONPATH", "")},
-                   args=[sys.executable, "/app/worker.py"], app_dir=WORKER)
-    for d in ("/etc", "/opt"):
-        if os.path.isdir(d):
-            w.binds[d] = d
-    w.devices = gpu_devices()
-    return w
+    return lab.gpu_worker(annotations, env={"GPU_GIB": os.environ.get("THAW_GPU_GIB", "10")}, app_dir=WORKER)
 
 
 def gpu_used_bytes() -> int:
