@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 
 from runtime import settings as settings_mod
 from runtime.errors import ThawError

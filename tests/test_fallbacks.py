@@ -31,7 +31,7 @@ def assert_cold_start(c, good, reason: str):
     assert answer["boot_id"] != good["answer"]["boot_id"]  # a fresh process, not the snapshot
     assert answer["served"] == 1
     assert "cold start" in c.runtime_log() and reason in c.runtime_log(), c.runtime_log()
-    assert f"cold start: " in c.text()  # one line in the pod's log says why
+    assert "cold start: " in c.text()  # one line in the pod's log says why
     return answer
 
 
