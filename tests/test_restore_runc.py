@@ -1,6 +1,7 @@
 """Restore instead of start, through thaw-runc on real runc + CRIU."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -123,3 +124,28 @@ def test_kill_9_of_capture_leaves_no_usable_entry(lab, node):
     removed = store.Store(node.store).gc(max_bytes=1 << 50)
     assert any("/tmp/" in p for p in removed)
     assert os.listdir(tmp) == []
+
+
+def thaw_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "thaw"), *args],
+                          capture_output=True, text=True)
+
+
+def test_the_operator_commands_list_inspect_and_remove_snapshots(lab, node, warm):
+    src = lab.create("cli", lab.worker({"thaw.dev/snapshot": "cli-snap"}))
+    src.wait_ready()
+    captured = thaw_cli("capture", "--root", lab.runc_root, src.cid, "--name", "cli-snap", "--namespace", "team-a",
+                        "--leave-running")
+    assert captured.returncode == 0 and "captured team-a/cli-snap" in captured.stdout, captured.stderr
+    listing = thaw_cli("ls")
+    assert "team-a" in listing.stdout and "cli-snap" in listing.stdout and "warm" in listing.stdout
+    inspected = json.loads(thaw_cli("inspect", "cli-snap", "--namespace", "team-a").stdout)
+    assert inspected[0]["manifest"]["source"]["container_id"] == src.cid
+    assert thaw_cli("capture", "--root", lab.runc_root, "no-such", "--name", "x").returncode == 1
+    assert "invalid snapshot name" in thaw_cli("capture", "--root", lab.runc_root, src.cid, "--name", "../x").stderr
+    # A pod of another namespace does not see team-a's snapshot.
+    other = lab.create("ns-b", lab.worker({"thaw.dev/snapshot": "cli-snap"}))
+    assert "no snapshot default/cli-snap" in other.runtime_log()
+    assert thaw_cli("rm", "cli-snap", "--namespace", "team-a").returncode == 0
+    assert "cli-snap" not in thaw_cli("ls").stdout
+    assert thaw_cli("inspect", "cli-snap", "--namespace", "team-a").returncode == 1
