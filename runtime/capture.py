@@ -122,9 +122,11 @@ def write_rootfs_diff(src: Source, staging: str) -> dict[str, Any]:
     return {"kind": "overlay", "diff_bytes": size, "deleted": deleted}
 
 
-def _gpu_uuids(spec: dict[str, Any]) -> list[str]:
+def _gpu_facts(settings: Settings, src: Source) -> dict[str, Any]:
+    """The container's GPUs in its device order, and which of its processes use which GPU."""
     from runtime import gpu  # pynvml: only for GPU containers
-    return gpu.uuids_of_spec(spec)
+    return {"gpu_uuids": gpu.uuids_of_spec(src.spec),
+            "gpu_processes": gpu.processes_on_gpus(container_pids(settings, src))}
 
 
 def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
@@ -143,7 +145,7 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
                                           gpu=gpu_inventory.fingerprint_of_spec(src.spec))
             work = os.path.join(staging, "work")
             images = os.path.join(staging, layout.CHECKPOINT_DIR)
-            gpu_uuids = _gpu_uuids(src.spec) if fp.gpu else []
+            gpu_facts = _gpu_facts(settings, src) if fp.gpu else {}
             dump_seconds = run_checkpoint(settings, src, checkpoint_argv(settings, src, images, work, leave_running), work)
             shutil.move(os.path.join(work, layout.DUMP_LOG), os.path.join(staging, layout.DUMP_LOG))
             shutil.rmtree(work)
@@ -160,7 +162,7 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
                 "schema_version": 1, "namespace": namespace, "name": name, "created": _now_rfc3339(),
                 "fingerprint": fp.__dict__, "fingerprint_id": fp.ident(),
                 "source": {"container_id": src.container_id, "bundle": src.bundle, "runtime_root": runtime_root},
-                "rootfs": rootfs, "capture": capture_stats, "files": {}, "gpu_uuids": gpu_uuids,
+                "rootfs": rootfs, "capture": capture_stats, "files": {}, **gpu_facts,
                 "annotations": {"org.criu.checkpoint.engine": "thaw", "org.criu.checkpoint.criu-version": fp.criu,
                                 "org.criu.checkpoint.kernel": fp.kernel, "org.criu.checkpoint.arch": fp.arch},
             })

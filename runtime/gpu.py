@@ -107,6 +107,23 @@ def device_map(recorded: list[str], current: list[str]) -> dict[str, str]:
     return {old: new for old, new in zip(recorded, current) if old != new}
 
 
+def processes_on_gpus(pids: list[int]) -> dict[str, list[str]]:
+    """Which of these processes hold a CUDA context on which GPU (by UUID)."""
+    import pynvml
+    pynvml.nvmlInit()
+    try:
+        out: dict[str, list[str]] = {}
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = _text(pynvml.nvmlDeviceGetUUID(h))
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                if proc.pid in pids:
+                    out.setdefault(str(proc.pid), []).append(uuid)
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def libcuda_dir() -> str:
     """Where this node's libcuda.so.1 lives (containers need it on LD_LIBRARY_PATH)."""
     import ctypes

@@ -71,6 +71,7 @@ def test_gpu_worker_is_captured_and_restored_bit_identical(source, node, tmp_pat
     RESULTS["snapshot_bytes"] = entry.size()
     RESULTS["capture_s"] = entry.manifest["capture"]["seconds"]
     RESULTS["gpu_fingerprint"] = entry.manifest["fingerprint"]["gpu"]
+    assert list(entry.manifest["gpu_processes"].values()) == [entry.manifest["gpu_uuids"]]  # the worker, on its GPU
     assert entry.manifest["gpu_uuids"] == gpu.uuids_of_spec(layout.read_json(os.path.join(c.bundle.path, "config.json")))
     directory = str(tmp_path_factory.mktemp("gpu-restore"))
     os.chmod(directory, 0o755)
