@@ -18,9 +18,9 @@ from runtime.annotations import ThawRequest
 from runtime.errors import NotRestorable, RestoreFailed
 from runtime.runc_argv import RuncCall
 from runtime.settings import Settings
+from runtime.shim import RESTORED_MARKER
 
 CUDA_TIMING = "cuda-timing.log"
-MARKER = "thaw-restored"  # in runc's state dir of the container (see shim.RESTORED_MARKER)
 # runc's global flags that the restore must repeat so it lands where the caller looks.
 FORWARDED_GLOBALS = ("--root", "--log", "--log-format", "--systemd-cgroup", "--debug", "--rootless")
 
@@ -188,6 +188,6 @@ def _finish(call: RuncCall, entry: store.Entry, work: str, stages: dict[str, flo
     state_dir = os.path.join(call.root, str(call.container_id))
     with contextlib.suppress(OSError):
         shutil.copy(os.path.join(work, layout.RESTORE_LOG), os.path.join(state_dir, "thaw-restore.log"))
-    layout.write_json(os.path.join(state_dir, MARKER), {
+    layout.write_json(os.path.join(state_dir, RESTORED_MARKER), {
         "snapshot": entry.name, "namespace": entry.namespace, "entry": entry.ident, "stages": stages})
     shutil.rmtree(work, ignore_errors=True)
