@@ -14,8 +14,8 @@ from typing import NoReturn
 from runtime import annotations as ann
 from runtime import criu_options, layout, runtime_log
 from runtime.errors import ThawError
-from runtime.runc_argv import RuncCall
 from runtime import settings as settings_mod
+from runtime.runc_argv import RuncCall
 from runtime.settings import Settings
 
 

@@ -37,46 +37,41 @@ def render(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ensure_config(settings: Settings) -> str:
-    """Write the node's CRIU config file if it is missing or stale; return its path."""
-    path = config_path(settings)
-    text = render(settings)
+def _write_if_changed(path: str, text: str, mode: int = 0o600) -> None:
+    """Replace path atomically with text, unless it already holds exactly that."""
     try:
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return path
+        if not os.path.islink(path):
+            with open(path, encoding="utf-8") as f:
+                if f.read() == text:
+                    return
     except FileNotFoundError:
         pass
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = f"{path}.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def ensure_config(settings: Settings) -> str:
+    """Write the node's CRIU config file if it is missing or stale; return its path."""
+    path = config_path(settings)
+    _write_if_changed(path, render(settings))
     return path
 
 
 def libexec_dir(settings: Settings) -> str:
-    """A directory put first on CRIU's PATH: its CUDA plugin runs `cuda-checkpoint` from there."""
+    """A directory put first on CRIU's PATH: its CUDA plugin runs `cuda-checkpoint` from there,
+    thaw's own (a launcher of runtime/cuda_cli.py) or NVIDIA's (a link) as configured."""
     directory = os.path.join(settings.store, "libexec")
     target = os.path.join(directory, "cuda-checkpoint")
-    if settings.cuda_checkpoint:
-        wanted = None  # NVIDIA's binary, linked
-    else:
+    if not settings.cuda_checkpoint:
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        wanted = (f"#!{sys.executable}\n# thaw's cuda-checkpoint (runtime/cuda_cli.py)\n"
-                  f"import sys\nsys.path.insert(0, {repo!r})\nfrom runtime.cuda_cli import main\nmain()\n")
-    try:
-        current = open(target).read() if not os.path.islink(target) else None
-    except OSError:
-        current = None
-    if wanted is not None and current != wanted:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        tmp = f"{target}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(wanted)
-        os.chmod(tmp, 0o700)
-        os.replace(tmp, target)
-    elif wanted is None and (not os.path.islink(target) or os.readlink(target) != settings.cuda_checkpoint):
+        _write_if_changed(target, f"#!{sys.executable}\n# thaw's cuda-checkpoint (runtime/cuda_cli.py)\n"
+                                  f"import sys\nsys.path.insert(0, {repo!r})\nfrom runtime.cuda_cli import main\nmain()\n",
+                          mode=0o700)
+    elif not os.path.islink(target) or os.readlink(target) != settings.cuda_checkpoint:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         tmp = f"{target}.{os.getpid()}"
         os.symlink(settings.cuda_checkpoint, tmp)

@@ -95,7 +95,9 @@ class Driver:
                     self.lib.cuCheckpointProcessCheckpoint(pid, ctypes.byref(_Reserved64())))
 
     def restore(self, pid: int, device_map: dict[str, str] | None = None) -> None:
-        pairs = [(old, new) for old, new in (device_map or {}).items() if old != new]
+        """Restore; with a device map, every pair given goes to the driver (gpu.device_map
+        already leaves out GPUs that did not move)."""
+        pairs = list((device_map or {}).items())
         if not pairs:
             self._check("cuCheckpointProcessRestore", self.lib.cuCheckpointProcessRestore(pid, None))
             return

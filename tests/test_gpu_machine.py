@@ -115,7 +115,7 @@ def test_another_gpu_model_is_refused_before_criu_runs(source, node, tmp_path_fa
         lab.close()
 
 
-def test_cuda_restore_through_a_device_map(source):
+def test_cuda_restore_through_a_device_map():
     """Checkpoint a bare CUDA process with thaw's cuda-checkpoint, restore it with its GPU mapped
     to itself (or to GPU 1 on a multi-GPU machine), and check its memory survived."""
     inv = gpu.inventory()
