@@ -11,7 +11,7 @@ PREFIX=${THAW_PREFIX:-/opt/thaw}                 # CRIU build + plugin dir live 
 CRIU_SHA256=${THAW_CRIU_SHA256:-29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9}
 CRIU_DIR=$PREFIX/criu-$CRIU_WANT
 PLUGIN_DIR=$PREFIX/criu-plugins
-APT_PACKAGES=(runc iptables containerd containernetworking-plugins python3-venv python3-dev gcc)
+APT_PACKAGES=(runc iptables containerd containernetworking-plugins busybox-static python3 python3-venv python3-dev gcc)
 CRIU_BUILD_DEPS=(build-essential libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libaio-dev
   pkg-config uuid-dev libnftables-dev libdrm-dev libprotobuf-dev xz-utils dpkg-dev)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,11 +166,13 @@ def remove_netns(name: str) -> None:
         os.unlink(path)
 
 
-def http_get(netns_name: str, url: str, timeout: float = 5.0) -> str:
-    """GET url from inside a network namespace; returns the body ('' when nothing answers)."""
+def http_get(netns: str, url: str, timeout: float = 5.0) -> str:
+    """GET url from inside a network namespace (a name under /run/netns, or a path such as
+    /proc/PID/ns/net); returns the body ('' when nothing answers with a success)."""
     code = ("import sys, urllib.request\n"
             "try: print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode(), end='')\n"
             "except Exception: sys.exit(1)\n")
-    proc = subprocess.run(["nsenter", f"--net={os.path.join(NETNS_DIR, netns_name)}", "/usr/bin/python3", "-c",
-                           code, url, str(timeout)], capture_output=True, text=True, timeout=timeout + 10)
+    path = netns if netns.startswith("/") else os.path.join(NETNS_DIR, netns)
+    proc = subprocess.run(["nsenter", f"--net={path}", sys.executable, "-I", "-S", "-c", code, url, str(timeout)],
+                          capture_output=True, text=True, timeout=timeout + 10)
     return proc.stdout if proc.returncode == 0 else ""

@@ -6,18 +6,22 @@ leaves nothing that a restore would use.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime import annotations as ann
 from runtime import criu_options, fingerprint, gpu_inventory, layout, rootfs_diff, runtime_log, store
 from runtime.errors import CaptureFailed
 from runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from runtime.containerd_api import Containerd
 
 
 @dataclass(frozen=True)
@@ -129,10 +133,37 @@ def _gpu_facts(settings: Settings, src: Source) -> dict[str, Any]:
             "gpu_processes": gpu.processes_on_gpus(container_pids(settings, src))}
 
 
+def run_containerd_checkpoint(settings: Settings, src: Source, containerd: "Containerd", images: str,
+                              work: str, leave_running: bool) -> float:
+    """The checkpoint bridge: containerd's Tasks.Checkpoint (its runc shim runs `runc checkpoint`,
+    through thaw-runc where the container runs on thaw's handler) writes the CRIU images for us."""
+    from runtime.containerd_api import ContainerdError
+    t = time.monotonic()
+    try:
+        containerd.checkpoint(src.container_id, images, work, exit=not leave_running,
+                              timeout=settings.capture_timeout_s)
+    except ContainerdError as e:
+        criu = criu_options.log_errors(os.path.join(work, layout.DUMP_LOG))
+        revived = revive_source(settings, src)
+        raise CaptureFailed(str(e) + (f"; CRIU: {criu}" if criu else "") + (f"; {revived}" if revived else ""))
+    return time.monotonic() - t
+
+
+def with_image_digest(src: Source, digest: str) -> Source:
+    annotations = {**(src.spec.get("annotations") or {}), fingerprint.IMAGE_DIGEST_KEY: digest}
+    return dataclasses.replace(src, spec={**src.spec, "annotations": annotations})
+
+
 def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
-            namespace: str | None = None, leave_running: bool = False) -> store.Entry:
+            namespace: str | None = None, leave_running: bool = False, skip_if_present: bool = False,
+            containerd: "Containerd | None" = None) -> store.Entry:
+    """Capture a container into (namespace, name). With `containerd`, the checkpoint goes through
+    containerd's task API and the image is named by the digest containerd has for it; with
+    `skip_if_present`, an entry that already fits this container is returned instead."""
     ann.validate_name(name)
     src = find_source(settings, runtime_root, container_id)
+    if containerd is not None:
+        src = with_image_digest(src, containerd.image_digest(containerd.container(container_id).image))
     annotations = src.spec.get("annotations") or {}
     namespace = ann.validate_name(namespace or ann.namespace_of(annotations), "namespace")
     st = store.Store(settings.store).ensure()
@@ -143,10 +174,17 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
             fp = fingerprint.of_container(src.spec, env_ignore=settings.env_ignore, criu=settings.criu,
                                           runtime=settings.runtime,
                                           gpu=gpu_inventory.fingerprint_of_spec(src.spec))
+            present = [e for e in st.entries(namespace, name) if e.manifest["fingerprint_id"] == fp.ident()]
+            if skip_if_present and present:
+                return present[0]
             work = os.path.join(staging, "work")
             images = os.path.join(staging, layout.CHECKPOINT_DIR)
             gpu_facts = _gpu_facts(settings, src) if fp.gpu else {}
-            dump_seconds = run_checkpoint(settings, src, checkpoint_argv(settings, src, images, work, leave_running), work)
+            if containerd is not None:
+                dump_seconds = run_containerd_checkpoint(settings, src, containerd, images, work, leave_running)
+            else:
+                argv = checkpoint_argv(settings, src, images, work, leave_running)
+                dump_seconds = run_checkpoint(settings, src, argv, work)
             shutil.move(os.path.join(work, layout.DUMP_LOG), os.path.join(staging, layout.DUMP_LOG))
             shutil.rmtree(work)
             rootfs = write_rootfs_diff(src, staging)

@@ -19,7 +19,15 @@ def _size(n: float) -> str:
 
 def cmd_capture(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
     from runtime import capture
-    entry = capture.capture(cfg, a.root, a.container_id, a.name, a.namespace, a.leave_running)
+    if a.containerd:
+        from runtime.containerd_api import Containerd
+        with Containerd(a.address, a.namespace or "k8s.io") as containerd:
+            root = containerd.container(a.container_id).runc_root
+            entry = capture.capture(cfg, root, a.container_id, a.name, a.snapshot_namespace,
+                                    leave_running=not a.exit, containerd=containerd)
+    else:
+        entry = capture.capture(cfg, a.root, a.container_id, a.name, a.snapshot_namespace or a.namespace,
+                                a.leave_running)
     print(f"captured {entry.namespace}/{entry.name} ({_size(entry.size())}, "
           f"{entry.manifest['capture']['seconds']}s) -> {entry.path}")
     return 0
@@ -63,6 +71,31 @@ def cmd_gc(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
+    from runtime import install
+    path, changed, diff = install.install(a.runtime, a.config_file, a.binary, a.config_version, a.dry_run)
+    if not changed:
+        print(f"{path}: the thaw handler is already installed; nothing to change")
+        return 0
+    print(diff, end="")
+    if a.dry_run:
+        print(f"(dry run: {path} not written)")
+    else:
+        print(f"wrote {path} (previous version kept as {path}{install.BACKUP_SUFFIX}); "
+              f"restart {a.runtime} to load it")
+    return 0
+
+
+def cmd_bake(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
+    from runtime import bake
+    env = dict(item.split("=", 1) for item in a.env)
+    command = a.command[1:] if a.command[:1] == ["--"] else a.command
+    entry = bake.bake(cfg, a.address, a.image, a.name, a.namespace, command, env, a.ready_file, a.ready_http,
+                      a.timeout, a.handler)
+    print(f"baked {entry.namespace}/{entry.name} ({_size(entry.size())}) -> {entry.path}")
+    return 0
+
+
 def cmd_doctor(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
     from runtime import doctor
     return doctor.run(cfg)
@@ -80,11 +113,42 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("capture", help="checkpoint a running container into the store")
     c.add_argument("container_id")
-    c.add_argument("--root", default="/run/runc", help="the runtime's state root (runc --root)")
     c.add_argument("--name", required=True, help="snapshot name (what thaw.dev/snapshot names)")
-    c.add_argument("--namespace", help="Kubernetes namespace (default: from the container's annotations)")
+    c.add_argument("--root", default="/run/runc", help="the runtime's state root (runc --root)")
     c.add_argument("--leave-running", action="store_true", help="keep the container running after capture")
+    c.add_argument("--containerd", action="store_true",
+                   help="checkpoint through containerd's task API (the container keeps running)")
+    c.add_argument("--address", default="/run/containerd/containerd.sock", help="containerd's socket")
+    c.add_argument("--exit", action="store_true", help="with --containerd: stop the container after capture")
+    c.add_argument("--namespace", help="with --containerd: containerd's namespace (default k8s.io); "
+                                       "otherwise: the snapshot's Kubernetes namespace")
+    c.add_argument("--snapshot-namespace",
+                   help="the snapshot's Kubernetes namespace (default: from the container's annotations)")
     c.set_defaults(func=cmd_capture)
+
+    c = sub.add_parser("install", help="add the thaw runtime handler to containerd or CRI-O")
+    c.add_argument("--runtime", required=True, choices=["containerd", "crio"])
+    c.add_argument("--config", dest="config_file",
+                   help="file to edit (default /etc/containerd/config.toml or /etc/crio/crio.conf.d/50-thaw.conf)")
+    c.add_argument("--binary", help="thaw-runc to register (default: the one on PATH)")
+    c.add_argument("--config-version", type=int, choices=[2, 3],
+                   help="containerd config version for a new file: 2 (containerd 1.6/1.7) or 3 (2.x)")
+    c.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    c.set_defaults(func=cmd_install)
+
+    c = sub.add_parser("bake", help="run an image until ready, capture it, remove it (for node images)")
+    c.add_argument("--image", required=True, help="image reference, already on the node")
+    c.add_argument("--name", required=True, help="snapshot name")
+    c.add_argument("--namespace", default="default", help="Kubernetes namespace the snapshot is for")
+    c.add_argument("--ready-file", help="readiness: this file exists in the container (default /run/thaw/ready)")
+    c.add_argument("--ready-http", help="readiness: HTTP 200 from this URL inside the pod")
+    c.add_argument("--timeout", type=float, default=1800, help="seconds to wait for ready + capture")
+    c.add_argument("--address", default="/run/containerd/containerd.sock", help="the CRI socket (containerd's)")
+    c.add_argument("--handler", default="thaw", help="runtime handler that runs thaw-runc")
+    c.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment of the worker (as in the pod spec)")
+    c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD...: the command (default: the image's)")
+    c.set_defaults(func=cmd_bake)
 
     c = sub.add_parser("ls", help="list snapshots")
     c.add_argument("--json", action="store_true")

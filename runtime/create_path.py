@@ -12,20 +12,36 @@ import time
 from typing import NoReturn
 
 from runtime import annotations as ann
-from runtime import criu_options, layout, runtime_log
+from runtime import criu_options, fingerprint, layout, runtime_log
 from runtime.errors import ThawError
 from runtime import settings as settings_mod
 from runtime.runc_argv import RuncCall
 from runtime.settings import Settings
 
 
+def _image_digest(call: RuncCall) -> str | None:
+    """Under containerd, the digest of the container's image (containerd's metadata names the image;
+    the runc shim's --root ends in the containerd namespace). None elsewhere."""
+    from runtime import containerd_api
+    address = containerd_api.address_from_shim_env()
+    if not address:
+        return None
+    with containerd_api.Containerd(address, os.path.basename(call.root.rstrip("/"))) as containerd:
+        return containerd.image_digest(containerd.container(str(call.container_id)).image)
+
+
 def _prepare_spec(call: RuncCall, settings: Settings) -> dict:
-    """Point the container at thaw's CRIU options, for its restore now and its capture later."""
+    """Point the container at thaw's CRIU options, for its restore now and its capture later, and
+    name its image by digest: the fingerprint of both sides then holds the digest."""
     path = os.path.join(call.bundle, "config.json")
     spec = layout.read_json(path)
     annotations = spec.setdefault("annotations", {})
-    if criu_options.RUNC_CONFIG_ANNOTATION not in annotations:
-        annotations[criu_options.RUNC_CONFIG_ANNOTATION] = criu_options.ensure_config(settings)
+    wanted = {criu_options.RUNC_CONFIG_ANNOTATION: criu_options.ensure_config(settings)}
+    digest = _image_digest(call)
+    if digest:
+        wanted[fingerprint.IMAGE_DIGEST_KEY] = digest
+    if any(annotations.get(k) != v for k, v in wanted.items()):
+        annotations.update(wanted)
         layout.write_json(path, spec, mode=os.stat(path).st_mode & 0o777)
     return spec
 
@@ -41,6 +57,7 @@ def create(call: RuncCall, annotations: dict[str, str]) -> NoReturn:
     fail = annotations.get(ann.FALLBACK) == ann.Fallback.FAIL.value
     namespace = ann.namespace_of(annotations)
     name = annotations.get(ann.SNAPSHOT, "")
+    request = None
     try:
         if config_error:
             raise ThawError(config_error)
@@ -49,7 +66,7 @@ def create(call: RuncCall, annotations: dict[str, str]) -> NoReturn:
         from runtime import restore
         result = restore.restore(call, settings, spec, request, namespace)
     except (ThawError, ann.AnnotationError, OSError, ValueError) as e:
-        _cold_start(call, settings, namespace, name, str(e), fail, started)
+        _cold_start(call, settings, namespace, name, str(e), fail, started, request)
     seconds = round(time.monotonic() - started, 3)
     runtime_log.runtime_log(call, "info", f"restored {call.container_id} from snapshot {namespace}/{name} "
                                           f"({result.entry_ident}) in {seconds}s")
@@ -61,7 +78,7 @@ def create(call: RuncCall, annotations: dict[str, str]) -> NoReturn:
 
 
 def _cold_start(call: RuncCall, settings: Settings, namespace: str, name: str, reason: str,
-                fail: bool, started: float) -> NoReturn:
+                fail: bool, started: float, request: ann.ThawRequest | None) -> NoReturn:
     level = "error" if fail else "warning"
     verdict = "not started (thaw.dev/fallback: fail)" if fail else "cold start"
     runtime_log.runtime_log(call, level, f"{call.container_id}: snapshot {namespace}/{name} not restored, "
@@ -73,4 +90,8 @@ def _cold_start(call: RuncCall, settings: Settings, namespace: str, name: str, r
         runtime_log.pod_notice(f"{verdict}: {reason}")
     if fail:
         sys.exit(1)
+    if request is not None and request.capture is ann.Capture.ON_READY:
+        from runtime import on_ready
+        on_ready.spawn(on_ready.Job(call.root, str(call.container_id), namespace, request.snapshot,
+                                    request.ready_file, request.ready_http))
     os.execvp(settings.runtime, [settings.runtime, *call.argv])

@@ -1,6 +1,8 @@
-"""`thaw demo`: one worker cold-started through thaw-runc, captured once warm, and a second one
-restored from the snapshot, with timings. Everything it makes (store, bundles, network
-namespaces) lives in a temporary directory and is removed at the end.
+"""`thaw demo`: the whole story through containerd's CRI API, the way kubelet drives a node.
+
+A private containerd (own root, state and socket) gets the thaw handler; a worker image is built
+from this machine's files. Pod 1 cold-starts and is captured once ready; pod 2, same spec, is
+restored. Prints the timings, then removes everything it made.
 """
 from __future__ import annotations
 
@@ -13,9 +15,13 @@ import tempfile
 import threading
 import time
 
-from runtime import capture
-from runtime.lab import Lab
+from runtime import store
+from runtime.containerd_lab import Lab
+from runtime.lab import WORKER_DIR, thaw_runc
 from runtime.settings import Settings
+
+IMAGE = "localhost/thaw/demo-worker:1"
+COMMAND = ["/usr/bin/python3", "/app/worker.py"]
 
 
 def _progress(label: str, done: threading.Event) -> None:
@@ -34,40 +40,57 @@ def _timed(label: str, fn):  # type: ignore[no-untyped-def]
         done.set()
 
 
+def _wait_snapshot(cfg: Settings, name: str, timeout: float = 120) -> store.Entry:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = store.Store(cfg.store).entries("default", name)
+        if entries:
+            return entries[0]
+        time.sleep(0.2)
+    raise TimeoutError(f"no snapshot after {timeout}s (see the event log {cfg.event_log})")
+
+
 def run(cfg: Settings, warm_seconds: float = 10.0) -> int:
     top = tempfile.mkdtemp(prefix="thaw-demo-")
-    os.chmod(top, 0o755)
     cfg = dataclasses.replace(cfg, store=os.path.join(top, "store"), event_log=os.path.join(top, "events.jsonl"))
     config_path = os.path.join(top, "config.json")
     with open(config_path, "w") as f:
         json.dump(dataclasses.asdict(cfg), f)
-    os.environ["THAW_CONFIG"] = config_path  # thaw-runc, started by the lab, reads the same config
-    lab = Lab(os.path.join(top, "lab"))
-    annotations = {"thaw.dev/snapshot": "demo-worker"}
-    env = {"WARM_SECONDS": str(warm_seconds)}
+    lab = Lab("demo", thaw_config=config_path)
+    annotations = {"thaw.dev/snapshot": "demo-worker", "thaw.dev/capture": "on-ready"}
+    env = {"WARM_SECONDS": str(warm_seconds), "PORT": "8080"}
+    pods = []
     try:
-        print(f"1/3 cold start: worker warms up for {warm_seconds:.0f}s before it answers")
-        cold = lab.create("cold", lab.worker(annotations, env=env))
-        cold_answer, cold_seconds = _timed("waiting for the cold worker", cold.wait_ready)
-        print(f"    answered after {cold_seconds:.2f}s (boot id {cold_answer['boot_id'][:8]})")
-        print("2/3 capture: checkpoint the warm worker into the snapshot store")
-        entry = _timed("capturing", lambda: capture.capture(cfg, lab.runc_root, cold.cid, "demo-worker",
-                                                             leave_running=True))
+        print("0/3 set-up: a private containerd with the thaw runtime handler, a worker image built locally")
+        _timed("starting containerd, building images", lambda: (
+            lab.setup(thaw_runc()), lab.build_worker_image(IMAGE, WORKER_DIR, COMMAND)))
+        print(f"1/3 pod 1 (runtimeClass thaw, {', '.join(f'{k}: {v}' for k, v in annotations.items())}):")
+        print(f"    no snapshot yet, so a cold start; the worker warms up for {warm_seconds:.0f}s")
+        pods.append(lab.pod("worker-1", IMAGE, COMMAND, annotations=annotations, env=env))
+        cold_answer, cold_seconds = _timed("waiting for pod 1 to answer", pods[0].wait_answer)
+        print(f"    answered {cold_seconds:.2f}s after RunPodSandbox (boot id {cold_answer['boot_id'][:8]})")
+        print("2/3 capture on ready: thaw checkpoints pod 1 while it keeps serving")
+        entry = _timed("waiting for the snapshot", lambda: _wait_snapshot(cfg, "demo-worker"))
         size = entry.size()
-        print(f"    snapshot {entry.name}: {size / 2**20:.1f} MiB in {entry.manifest['capture']['seconds']:.2f}s")
-        print("3/3 restore: a second container with the same spec, new id, bundle and network namespace")
-        restored = lab.create("restored", lab.worker(annotations, env=env))
-        answer, restore_seconds = _timed("waiting for the restored worker", restored.wait_ready)
+        print(f"    snapshot default/{entry.name}: {size / 2**20:.1f} MiB, captured in "
+              f"{entry.manifest['capture']['seconds']:.2f}s")
+        print("3/3 pod 2, same spec: restored from the snapshot instead of started")
+        pods.append(lab.pod("worker-2", IMAGE, COMMAND, annotations=annotations, env=env))
+        answer, restore_seconds = _timed("waiting for pod 2 to answer", pods[1].wait_answer)
         same = answer["boot_id"] == cold_answer["boot_id"]
-        print(f"    answered after {restore_seconds:.2f}s with the warm state of the first worker: {same}")
+        print(f"    answered {restore_seconds:.2f}s after RunPodSandbox with pod 1's warm state: {same}")
+        first_line = (pods[1].log().splitlines() or ["- - - (empty)"])[0].split(" ", 3)[-1]
+        print(f"    pod 2's log begins: {first_line}")
         print()
-        print("| path | time to first answer |")
+        print("| pod | time to first answer (RunPodSandbox to HTTP 200) |")
         print("|---|---|")
-        print(f"| cold start | {cold_seconds:.2f} s |")
-        print(f"| restore | {restore_seconds:.2f} s |")
+        print(f"| 1: cold start | {cold_seconds:.2f} s |")
+        print(f"| 2: restore | {restore_seconds:.2f} s |")
         print(f"| speed-up | {cold_seconds / restore_seconds:.1f}x |")
         print(f"| snapshot size | {size / 2**20:.1f} MiB |")
         return 0 if same else 1
     finally:
-        lab.close()
+        for pod in pods:
+            pod.delete()
+        lab.destroy()
         shutil.rmtree(top, ignore_errors=True)

@@ -14,9 +14,11 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Where the image identity comes from, most precise first: a digest resolved by thaw's containerd
-# bridge, CRI-O's image id, then the image reference containerd's CRI gives.
-IMAGE_KEYS = ("thaw.dev/image-digest", "io.kubernetes.cri-o.ImageRef", "io.kubernetes.cri.image-name",
+# Where the image identity comes from, most precise first: the digest thaw-runc resolves through
+# containerd (and writes into config.json under its own key, outside the user's thaw.dev/ prefix),
+# CRI-O's image id, then the image reference containerd's CRI gives.
+IMAGE_DIGEST_KEY = "internal.thaw.dev/image-digest"
+IMAGE_KEYS = (IMAGE_DIGEST_KEY, "io.kubernetes.cri-o.ImageRef", "io.kubernetes.cri.image-name",
               "io.kubernetes.cri-o.ImageName")
 
 

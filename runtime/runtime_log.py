@@ -50,3 +50,11 @@ def pod_notice(msg: str) -> None:
         sys.stderr.flush()
     except OSError:
         pass
+
+
+def read_events(event_log: str) -> list[dict[str, Any]]:
+    try:
+        with open(event_log, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []

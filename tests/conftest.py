@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -44,6 +46,12 @@ def lab(node, tmp_path_factory):
     the_lab = Lab(directory)
     yield the_lab
     the_lab.close()
+
+
+def thaw_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The `thaw` command of this venv, as an operator runs it."""
+    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "thaw"), *args],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def events(node, kind: str | None = None) -> list[dict]:

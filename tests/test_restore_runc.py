@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from conftest import events
+from conftest import events, thaw_cli
 from runtime import capture, restore, store
 from runtime.lab import Lab
 
@@ -124,11 +124,6 @@ def test_kill_9_of_capture_leaves_no_usable_entry(lab, node):
     removed = store.Store(node.store).gc(max_bytes=1 << 50)
     assert any("/tmp/" in p for p in removed)
     assert os.listdir(tmp) == []
-
-
-def thaw_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "thaw"), *args],
-                          capture_output=True, text=True)
 
 
 def test_the_operator_commands_list_inspect_and_remove_snapshots(lab, node, warm):

@@ -6,6 +6,8 @@ id drawn at start, so a restored copy is told apart from a fresh start.
 import http.server
 import json
 import os
+import signal
+import sys
 import time
 import uuid
 
@@ -51,6 +53,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as PID 1 of its container, no default action
 server = http.server.HTTPServer(("0.0.0.0", PORT), Handler)
 READY_AT = time.time()
 os.makedirs(os.path.dirname(READY_FILE), exist_ok=True)

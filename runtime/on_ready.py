@@ -1,0 +1,98 @@
+"""On-ready capture: the watcher thaw-runc starts beside a cold-started container that asked for
+`thaw.dev/capture: on-ready`.
+
+It waits for the container to run and become ready (its ready file exists inside the container, or
+its ready URL answers inside the pod's network namespace), captures it while it keeps running, and
+exits. It also exits, doing nothing, when the container goes away first: nothing outlives the
+container. The snapshot becomes usable with the store's one atomic rename.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from runtime import capture, runtime_log, store
+from runtime.errors import ThawError
+from runtime.settings import Settings, load
+
+POLL_S = 0.25
+APPEAR_TIMEOUT_S = 120.0   # runc create failed if the container never shows up
+
+
+@dataclass(frozen=True)
+class Job:
+    runtime_root: str
+    container_id: str
+    namespace: str
+    name: str
+    ready_file: str
+    ready_http: str | None
+
+
+def spawn(job: Job) -> None:
+    """Start the watcher detached from the caller's stdio (those are the container's log pipes)."""
+    subprocess.Popen([sys.executable, "-m", "runtime.on_ready", json.dumps(asdict(job))],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     close_fds=True, start_new_session=True, cwd="/")
+
+
+def _state(settings: Settings, job: Job) -> dict | None:
+    proc = subprocess.run([settings.runtime, "--root", job.runtime_root, "state", job.container_id],
+                          capture_output=True, text=True, timeout=30)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def is_ready(job: Job, pid: int) -> bool:
+    if job.ready_http:
+        return _answers_200(pid, job.ready_http)
+    return os.path.exists(f"/proc/{pid}/root{job.ready_file}")
+
+
+def _answers_200(pid: int, url: str) -> bool:
+    """GET url from inside the container's network namespace (the pod's)."""
+    code = ("import sys, urllib.request\n"
+            "sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)\n")
+    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-I", "-S", "-c", code, url],
+                          capture_output=True, timeout=15).returncode == 0
+
+
+def wait_until_ready(settings: Settings, job: Job) -> str | None:
+    """None once ready; otherwise why the watch ended."""
+    appeared, deadline = False, time.monotonic() + APPEAR_TIMEOUT_S
+    while True:
+        state = _state(settings, job)
+        if state is None:
+            if appeared or time.monotonic() > deadline:
+                return "container is gone"
+        else:
+            appeared = True
+            if state.get("status") == "stopped":
+                return "container stopped before it was ready"
+            if state.get("status") == "running" and is_ready(job, int(state["pid"])):
+                return None
+        time.sleep(POLL_S)
+
+
+def run(settings: Settings, job: Job) -> int:
+    why = wait_until_ready(settings, job)
+    if why:
+        runtime_log.event(settings.event_log, "capture-skipped", container=job.container_id,
+                          namespace=job.namespace, snapshot=job.name, reason=why)
+        return 0
+    try:
+        entry = capture.capture(settings, job.runtime_root, job.container_id, job.name, job.namespace,
+                                leave_running=True, skip_if_present=True)
+    except (ThawError, OSError, ValueError) as e:
+        runtime_log.event(settings.event_log, "capture-failed", container=job.container_id,
+                          namespace=job.namespace, snapshot=job.name, reason=f"on-ready capture: {e}")
+        return 1
+    store.touch_used(entry)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(load(), Job(**json.loads(sys.argv[1]))))

@@ -1,0 +1,85 @@
+"""`thaw install` edits engine configs: exact, idempotent, comment-preserving, refuses what it cannot do.
+(That containerd loads the result and lists the handler is in test_cri.py.)"""
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+
+import pytest
+import tomlkit
+
+from conftest import thaw_cli
+from runtime import install
+
+DEFAULT = subprocess.run(["containerd", "config", "default"], capture_output=True, text=True, check=True).stdout
+
+
+def cri_runtimes(text: str, plugin: str = "io.containerd.grpc.v1.cri") -> dict:
+    return tomlkit.parse(text).unwrap()["plugins"][plugin]["containerd"]["runtimes"]
+
+
+def test_handler_copies_runc_options_and_keeps_comments_and_layout():
+    text = "# node config, kept by hand\n" + DEFAULT.replace("SystemdCgroup = false", "SystemdCgroup = true")
+    new = install.containerd_config(text, "/usr/local/bin/thaw-runc")
+    thaw = cri_runtimes(new)["thaw"]
+    assert thaw["options"]["BinaryName"] == "/usr/local/bin/thaw-runc"
+    assert thaw["options"]["SystemdCgroup"] is True          # like runc: both handlers run containers alike
+    assert thaw["pod_annotations"] == ["thaw.dev/*"] and thaw["container_annotations"] == ["thaw.dev/*"]
+    assert new.startswith("# node config, kept by hand\n")
+    changes = difflib.SequenceMatcher(None, text.splitlines(), new.splitlines(), autojunk=False).get_opcodes()
+    assert {op for op, *_ in changes} == {"equal", "insert"}        # lines were added, none changed or lost
+    assert install.containerd_config(new, "/usr/local/bin/thaw-runc") == new       # idempotent
+
+
+def test_a_changed_binary_replaces_the_handler():
+    first = install.containerd_config(DEFAULT, "/a/thaw-runc")
+    second = install.containerd_config(first, "/b/thaw-runc")
+    assert cri_runtimes(second)["thaw"]["options"]["BinaryName"] == "/b/thaw-runc"
+    assert second.count("runtimes.thaw]") == 1
+
+
+def test_new_file_in_containerd_2_form_defines_runc_too():
+    new = install.containerd_config("", "/x/thaw-runc", version=3)
+    doc = tomlkit.parse(new).unwrap()
+    assert doc["version"] == 3
+    runtimes = cri_runtimes(new, "io.containerd.cri.v1.runtime")
+    assert runtimes["runc"]["runtime_type"] == "io.containerd.runc.v2"   # CRI needs its default runtime
+    assert runtimes["thaw"]["options"]["BinaryName"] == "/x/thaw-runc"
+
+
+def test_version_1_config_is_refused_with_a_clear_message():
+    with pytest.raises(install.InstallError, match="version 1"):
+        install.containerd_config('[plugins.cri]\n  sandbox_image = "x"\n', "/x")
+
+
+def test_dry_run_writes_nothing_and_a_real_run_keeps_a_backup(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(DEFAULT)
+    dry = thaw_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/thaw-runc", "--dry-run")
+    assert dry.returncode == 0 and "+" in dry.stdout and path.read_text() == DEFAULT
+    assert not os.path.exists(str(path) + install.BACKUP_SUFFIX)
+    real = thaw_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/thaw-runc")
+    assert real.returncode == 0
+    assert open(str(path) + install.BACKUP_SUFFIX).read() == DEFAULT
+    assert "thaw" in cri_runtimes(path.read_text())
+
+
+def test_crio_dropin_allows_exactly_thaws_annotations(tmp_path):
+    path = tmp_path / "crio.conf.d" / "50-thaw.conf"
+    for _ in range(2):
+        out = thaw_cli("install", "--runtime", "crio", "--config", str(path), "--binary", "/x/thaw-runc")
+        assert out.returncode == 0, out.stderr
+    assert "already installed" in out.stdout
+    runtime = tomlkit.parse(path.read_text()).unwrap()["crio"]["runtime"]["runtimes"]["thaw"]
+    assert runtime["runtime_path"] == "/x/thaw-runc"
+    assert set(runtime["allowed_annotations"]) == {"thaw.dev/snapshot", "thaw.dev/capture", "thaw.dev/ready-file",
+                                                   "thaw.dev/ready-http", "thaw.dev/fallback"}
+
+
+def test_broken_toml_is_reported_not_overwritten(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("version = 2\n[plugins\n")
+    out = thaw_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/thaw-runc")
+    assert out.returncode != 0 and "thaw install" in out.stderr
+    assert path.read_text() == "version = 2\n[plugins\n"
