@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
   echo "thaw-setup: created .venv"
 fi
-if ! .venv/bin/python -c "import runtime.shim, jsonschema, pytest, psutil" 2>/dev/null \
+if ! .venv/bin/python -c "import runtime.shim, jsonschema, pytest, psutil, grpc, grpc_tools, tomlkit" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.thaw-installed ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
@@ -18,3 +18,4 @@ if ! .venv/bin/python -c "import runtime.shim, jsonschema, pytest, psutil" 2>/de
 else
   echo "thaw-setup: .venv up to date"
 fi
+.venv/bin/python -m runtime.api.generate   # CRI / containerd protobuf modules from runtime/api/*.proto

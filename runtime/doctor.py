@@ -69,6 +69,26 @@ def _node(cfg: settings_mod.Settings) -> list[Check]:
     return out
 
 
+def _handler(cfg: settings_mod.Settings) -> list[Check]:
+    """Is thaw a runtime handler of the node's containerd, pointing at a thaw-runc with its engine?"""
+    from runtime import install
+    try:
+        with open(install.CONTAINERD_CONFIG, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return [("WARN", "containerd handler", f"{install.CONTAINERD_CONFIG} not readable: run `thaw install`")]
+    import tomlkit
+    plugins = tomlkit.parse(text).unwrap().get("plugins", {})
+    runtimes = next((plugins[p]["containerd"].get("runtimes", {}) for p in install.CRI_PLUGIN.values()
+                     if "containerd" in plugins.get(p, {})), {})
+    binary = (runtimes.get(install.HANDLER) or {}).get("options", {}).get("BinaryName")
+    if not binary:
+        return [("WARN", "containerd handler", "no runtime `thaw` in containerd's config: run `thaw install`")]
+    engine = os.path.join(os.path.dirname(binary), "thaw-runc-engine")
+    ok = os.access(binary, os.X_OK) and os.access(engine, os.X_OK)
+    return [("OK" if ok else "FAIL", "containerd handler", f"thaw -> {binary}" + ("" if ok else f" (or {engine}) missing"))]
+
+
 def _gpu(cfg: settings_mod.Settings) -> list[Check]:
     try:
         from runtime import gpu
@@ -77,7 +97,7 @@ def _gpu(cfg: settings_mod.Settings) -> list[Check]:
         return [("WARN", "GPU", f"GPU support not available: {e}")]
 
 
-CHECKS: list[Callable[[settings_mod.Settings], list[Check]]] = [_config, _runtime, _criu, _store, _node, _gpu]
+CHECKS: list[Callable[[settings_mod.Settings], list[Check]]] = [_config, _runtime, _criu, _store, _node, _handler, _gpu]
 
 
 def run(cfg: settings_mod.Settings, as_json: bool = False) -> int:
