@@ -15,7 +15,10 @@ CAPTURE = PREFIX + "capture"
 READY_FILE = PREFIX + "ready-file"
 READY_HTTP = PREFIX + "ready-http"
 FALLBACK = PREFIX + "fallback"
-KNOWN = frozenset({SNAPSHOT, CAPTURE, READY_FILE, READY_HTTP, FALLBACK})
+QUIESCE_HTTP = PREFIX + "quiesce-http"
+RESUME_HTTP = PREFIX + "resume-http"
+KNOWN = frozenset({SNAPSHOT, CAPTURE, READY_FILE, READY_HTTP, FALLBACK, QUIESCE_HTTP, RESUME_HTTP})
+URL_RE = re.compile(r"^http://[^/\s]+(/\S*)?$")
 
 DEFAULT_READY_FILE = "/run/thaw/ready"
 # A snapshot name is a DNS-1123 label-ish word: it becomes a directory name in the store.
@@ -46,6 +49,8 @@ class ThawRequest:
     ready_file: str = DEFAULT_READY_FILE
     ready_http: str | None = None
     fallback: Fallback = Fallback.COLD
+    quiesce_http: str | None = None     # POSTed before a capture: the worker drops what need not be saved
+    resume_http: str | None = None      # POSTed after a capture (the source) and after a restore
 
 
 def wants_thaw(annotations: dict[str, str]) -> bool:
@@ -91,13 +96,15 @@ def parse(annotations: dict[str, str]) -> ThawRequest:
     ready_file = annotations.get(READY_FILE, DEFAULT_READY_FILE)
     if not ready_file.startswith("/") or "\0" in ready_file or "/../" in ready_file + "/":
         raise AnnotationError(f"invalid {READY_FILE}: {ready_file!r} (an absolute path inside the container)")
-    ready_http = annotations.get(READY_HTTP)
-    if ready_http is not None and not re.match(r"^http://[^/\s]+(/\S*)?$", ready_http):
-        raise AnnotationError(f"invalid {READY_HTTP}: {ready_http!r} (expected http://HOST:PORT/PATH)")
+    for key in (READY_HTTP, QUIESCE_HTTP, RESUME_HTTP):
+        if key in annotations and not URL_RE.match(annotations[key]):
+            raise AnnotationError(f"invalid {key}: {annotations[key]!r} (expected http://HOST:PORT/PATH)")
     return ThawRequest(
         snapshot=validate_name(annotations[SNAPSHOT]),
         capture=_enum(Capture, CAPTURE, annotations.get(CAPTURE), Capture.NEVER),  # type: ignore[arg-type]
         ready_file=ready_file,
-        ready_http=ready_http,
+        ready_http=annotations.get(READY_HTTP),
+        quiesce_http=annotations.get(QUIESCE_HTTP),
+        resume_http=annotations.get(RESUME_HTTP),
         fallback=_enum(Fallback, FALLBACK, annotations.get(FALLBACK), Fallback.COLD),  # type: ignore[arg-type]
     )

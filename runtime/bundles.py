@@ -10,9 +10,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Any
+
+from runtime import netns_http
+from runtime.netns_http import NETNS_DIR
 
 MERGED_USR_LINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 BASE_DIRS = ("usr", "etc", "tmp", "proc", "dev", "sys", "run", "var", "root", "app", "opt")
@@ -136,7 +138,6 @@ def make_bundle(path: str, base: str, worker: Worker, netns: str, cgroup: str) -
     return b
 
 
-NETNS_DIR = "/var/run/netns"
 LO_UP = ("import fcntl, socket, struct\n"
          "s = socket.socket()\n"
          "fcntl.ioctl(s, 0x8914, struct.pack('16sH22x', b'lo', 0x41))  # SIOCSIFFLAGS: IFF_UP | IFF_RUNNING\n")
@@ -167,12 +168,6 @@ def remove_netns(name: str) -> None:
 
 
 def http_get(netns: str, url: str, timeout: float = 5.0) -> str:
-    """GET url from inside a network namespace (a name under /run/netns, or a path such as
-    /proc/PID/ns/net); returns the body ('' when nothing answers with a success)."""
-    code = ("import sys, urllib.request\n"
-            "try: print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode(), end='')\n"
-            "except Exception: sys.exit(1)\n")
-    path = netns if netns.startswith("/") else os.path.join(NETNS_DIR, netns)
-    proc = subprocess.run(["nsenter", f"--net={path}", sys.executable, "-I", "-S", "-c", code, url, str(timeout)],
-                          capture_output=True, text=True, timeout=timeout + 10)
-    return proc.stdout if proc.returncode == 0 else ""
+    """GET url from inside a network namespace; the body of a 2xx answer, else ''."""
+    status, body = netns_http.request(netns, url, timeout=timeout)
+    return body if 200 <= status < 300 else ""

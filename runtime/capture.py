@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runtime import annotations as ann
-from runtime import criu_options, fingerprint, gpu_inventory, layout, rootfs_diff, runtime_log, store
+from runtime import criu_options, fingerprint, gpu_inventory, layout, rootfs_diff, runtime_log, store, worker_hooks
 from runtime.errors import CaptureFailed
 from runtime.settings import Settings
 
@@ -149,6 +149,27 @@ def run_containerd_checkpoint(settings: Settings, src: Source, containerd: "Cont
     return time.monotonic() - t
 
 
+def checkpoint_quiesced(settings: Settings, src: Source, containerd: "Containerd | None", images: str, work: str,
+                       leave_running: bool) -> float:
+    """The checkpoint, between the worker's quiesce and resume hooks where its annotations name them."""
+    annotations = src.spec.get("annotations") or {}
+    quiesce, resume = annotations.get(ann.QUIESCE_HTTP), annotations.get(ann.RESUME_HTTP)
+    try:
+        if quiesce:
+            worker_hooks.post(src.pid, quiesce, "quiesce", settings.hook_timeout_s)
+        if containerd is not None:
+            return run_containerd_checkpoint(settings, src, containerd, images, work, leave_running)
+        return run_checkpoint(settings, src, checkpoint_argv(settings, src, images, work, leave_running), work)
+    except worker_hooks.HookFailed as e:
+        raise CaptureFailed(str(e)) from None
+    finally:
+        if resume and leave_running:
+            try:
+                worker_hooks.post(src.pid, resume, "resume", settings.hook_timeout_s)
+            except worker_hooks.HookFailed as e:
+                runtime_log.event(settings.event_log, "hook-failed", container=src.container_id, reason=str(e))
+
+
 def with_image_digest(src: Source, digest: str) -> Source:
     annotations = {**(src.spec.get("annotations") or {}), fingerprint.IMAGE_DIGEST_KEY: digest}
     return dataclasses.replace(src, spec={**src.spec, "annotations": annotations})
@@ -180,11 +201,7 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
             work = os.path.join(staging, "work")
             images = os.path.join(staging, layout.CHECKPOINT_DIR)
             gpu_facts = _gpu_facts(settings, src) if fp.gpu else {}
-            if containerd is not None:
-                dump_seconds = run_containerd_checkpoint(settings, src, containerd, images, work, leave_running)
-            else:
-                argv = checkpoint_argv(settings, src, images, work, leave_running)
-                dump_seconds = run_checkpoint(settings, src, argv, work)
+            dump_seconds = checkpoint_quiesced(settings, src, containerd, images, work, leave_running)
             shutil.move(os.path.join(work, layout.DUMP_LOG), os.path.join(staging, layout.DUMP_LOG))
             shutil.rmtree(work)
             rootfs = write_rootfs_diff(src, staging)

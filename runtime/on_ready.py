@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from runtime import capture, runtime_log, store
+from runtime import capture, netns_http, runtime_log, store
 from runtime.errors import ThawError
 from runtime.settings import Settings, load
 
@@ -47,17 +47,9 @@ def _state(settings: Settings, job: Job) -> dict | None:
 
 
 def is_ready(job: Job, pid: int) -> bool:
-    if job.ready_http:
-        return _answers_200(pid, job.ready_http)
+    if job.ready_http:  # GET inside the container's network namespace (the pod's)
+        return netns_http.request(f"/proc/{pid}/ns/net", job.ready_http, timeout=2.0)[0] == 200
     return os.path.exists(f"/proc/{pid}/root{job.ready_file}")
-
-
-def _answers_200(pid: int, url: str) -> bool:
-    """GET url from inside the container's network namespace (the pod's)."""
-    code = ("import sys, urllib.request\n"
-            "sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)\n")
-    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-I", "-S", "-c", code, url],
-                          capture_output=True, timeout=15).returncode == 0
 
 
 def wait_until_ready(settings: Settings, job: Job) -> str | None:

@@ -6,6 +6,7 @@ runtime ran and failed); the cleanups registered on the way run only when a late
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime import criu_options, fingerprint, gpu_inventory, layout, rootfs_diff, store
+from runtime import criu_options, fingerprint, gpu_inventory, layout, rootfs_diff, store, worker_hooks
 from runtime.annotations import ThawRequest
 from runtime.errors import NotRestorable, RestoreFailed
 from runtime.runc_argv import RuncCall
@@ -146,6 +147,19 @@ def cuda_split(work: str, total: float) -> dict[str, float]:
     return {"cuda_restore": round(cuda, 3), "criu": round(total - cuda, 3)}
 
 
+def resume_restored(call: RuncCall, settings: Settings, url: str) -> None:
+    """The worker's resume hook in the restored container (a failure fails the restore: cold start)."""
+    state = subprocess.run([settings.runtime, "--root", call.root, "state", str(call.container_id)],
+                           capture_output=True, text=True, timeout=30)
+    try:
+        pid = int(json.loads(state.stdout)["pid"])
+        worker_hooks.post(pid, url, "resume", settings.hook_timeout_s)
+    except (ValueError, KeyError) as e:
+        raise RestoreFailed(f"restored container has no state to resume: {state.stderr.strip() or e}") from None
+    except worker_hooks.HookFailed as e:
+        raise RestoreFailed(str(e)) from None
+
+
 def restore(call: RuncCall, settings: Settings, spec: dict[str, Any], request: ThawRequest,
             namespace: str) -> Result:
     if (spec.get("process") or {}).get("terminal"):
@@ -177,6 +191,9 @@ def restore(call: RuncCall, settings: Settings, spec: dict[str, Any], request: T
         with stage("runtime_restore"):
             run_restore(call, settings, runtime_restore(call, settings, image_view(entry, work), work), work, env)
         stage.times.update(cuda_split(work, stage.times["runtime_restore"]))
+        if request.resume_http:
+            with stage("resume"):
+                resume_restored(call, settings, request.resume_http)
         on_failure.pop_all()
     _finish(call, entry, work, stage.times)
     store.touch_used(entry)

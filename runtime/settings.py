@@ -31,6 +31,7 @@ class Settings:
     restore_timeout_s: int = 300                # longest a restore may take before it counts as failed
     cuda_checkpoint: str = ""                   # "" = thaw's own cuda-checkpoint; or a path to NVIDIA's
     cuda_lock_timeout_ms: int = 10000           # how long capture waits for in-flight GPU work
+    hook_timeout_s: int = 60                    # longest a worker's quiesce / resume hook may take
 
 
 class SettingsError(ValueError):

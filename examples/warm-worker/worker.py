@@ -28,7 +28,9 @@ def warm_up(seconds: float) -> dict:
 
 
 STATE = warm_up(float(os.environ.get("WARM_SECONDS", "3")))
-BALLAST = bytearray(b"w") * (int(os.environ.get("BALLAST_MB", "0")) << 20)  # stands in for weights
+BALLAST_BYTES = int(os.environ.get("BALLAST_MB", "0")) << 20   # stands in for a KV cache
+BALLAST = bytearray(b"w") * BALLAST_BYTES
+wakes = 0
 os.makedirs("/var/cache/worker", exist_ok=True)
 with open("/var/cache/worker/state.json", "w") as f:
     json.dump(STATE, f)
@@ -41,13 +43,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
         served += 1
         cache = open("/var/cache/worker/state.json").read()
         body = json.dumps({"boot_id": BOOT_ID, "state": STATE, "served": served, "pid": os.getpid(),
-                           "cache_file": json.loads(cache), "warm_seconds": round(READY_AT - START, 2)})
+                           "cache_file": json.loads(cache), "warm_seconds": round(READY_AT - START, 2),
+                           "ballast_bytes": len(BALLAST), "wakes": wakes})
         print(f"served request {served} for {self.path}", flush=True)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body.encode())
+
+    def do_POST(self):
+        """Quiesce / resume hooks: drop the ballast before a capture, take it again after."""
+        global BALLAST, wakes
+        if self.path == "/sleep":
+            BALLAST = bytearray()
+        elif self.path == "/wake_up":
+            BALLAST, wakes = bytearray(b"w") * BALLAST_BYTES, wakes + 1
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def log_message(self, *args):
         pass
