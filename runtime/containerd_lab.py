@@ -188,7 +188,7 @@ class Pod:
     def __init__(self, address: str, log_root: str, name: str, image: str, command: list[str], *,
                  namespace: str = "default", annotations: dict[str, str] | None = None,
                  env: dict[str, str] | None = None, handler: str = "thaw", port: int = 8080,
-                 container_name: str = "worker"):
+                 container_name: str = "worker", mounts: list[tuple[str, str, bool]] | None = None):
         from runtime import cri
         self.name, self.port = name, port
         self.log_dir = os.path.join(log_root, f"{namespace}_{name}_{os.urandom(4).hex()}")
@@ -198,7 +198,7 @@ class Pod:
         self.started = time.monotonic()
         self.pod_id = self.client.run_pod(self.config, handler)
         self.container_id = self.client.create_container(self.pod_id, cri.container_config(
-            container_name, image, command, env=env, annotations=annotations,
+            container_name, image, command, env=env, annotations=annotations, mounts=mounts,
             log_path="worker.log"), self.config)
         self.client.start_container(self.container_id)
 

@@ -22,7 +22,9 @@ from runtime.settings import Settings
 def _image_digest(call: RuncCall) -> str | None:
     """Under containerd, the digest of the container's image (containerd's metadata names the image;
     the runc shim's --root ends in the containerd namespace). None elsewhere."""
-    from runtime import containerd_api
+    if not os.environ.get("TTRPC_ADDRESS"):
+        return None  # not started by containerd's runc shim
+    from runtime import containerd_api  # grpc: only under containerd
     address = containerd_api.address_from_shim_env()
     if not address:
         return None

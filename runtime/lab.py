@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from runtime import bundles
+from runtime import bundles, netns_http
 
 WORKER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "warm-worker")
 
@@ -68,11 +68,16 @@ class Container:
         body = bundles.http_get(self.netns, f"http://127.0.0.1:{self.lab.port}{path}", timeout)
         return json.loads(body) if body else None
 
-    def wait_ready(self, timeout: float = 120) -> tuple[dict, float]:
+    def post(self, path: str, payload: dict, timeout: float = 600) -> dict | None:
+        status, body = netns_http.request(self.netns, f"http://127.0.0.1:{self.lab.port}{path}",
+                                          json.dumps(payload).encode(), timeout)
+        return json.loads(body) if status == 200 else None
+
+    def wait_ready(self, timeout: float = 120, path: str = "/") -> tuple[dict, float]:
         """Poll until the worker answers; returns the answer and seconds since create began."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            answer = self.get(timeout=2)
+            answer = self.get(path, timeout=2)
             if answer:
                 return answer, time.monotonic() - self.started_at
             time.sleep(0.05)
@@ -107,11 +112,12 @@ class Lab:
                               env=[f"{k}={v}" for k, v in env.items()], binds={"/app": app_dir},
                               annotations=dict(annotations or {}))
 
-    def gpu_worker(self, annotations: dict[str, str], env: dict[str, str], app_dir: str) -> bundles.Worker:
+    def gpu_worker(self, annotations: dict[str, str], env: dict[str, str], app_dir: str,
+                   script: str = "worker.py") -> bundles.Worker:
         """A worker run by this interpreter (which has torch) with the node's first GPU."""
         from runtime import gpu
         w = self.worker(annotations, env={"LD_LIBRARY_PATH": gpu.libcuda_dir(), **env},
-                        args=[sys.executable, "/app/worker.py"], app_dir=app_dir)
+                        args=[sys.executable, f"/app/{script}"], app_dir=app_dir)
         for d in ("/etc", "/opt"):
             if os.path.isdir(d):
                 w.binds[d] = d

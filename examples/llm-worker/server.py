@@ -25,6 +25,8 @@ import uuid
 
 START = time.time()
 STAGES = {}
+# torch.compile in this process, not in a pool of compile workers: those would be captured too
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 import torch  # noqa: E402  (imports are part of a worker's start)
 import transformers  # noqa: E402
 STAGES["import"] = round(time.time() - START, 2)

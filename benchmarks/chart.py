@@ -1,0 +1,61 @@
+"""Draw a restore benchmark's result as a PNG: stacked stages, cold start vs each restore.
+Usage: .venv/bin/python benchmarks/chart.py benchmarks/results/restore_cuda_8b.json [...]
+(needs matplotlib: pip install '.[bench]')"""
+from __future__ import annotations
+
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLD_STAGES = ["import", "load", "kv_reserve", "compile", "warmup"]
+RESTORE_STAGES = [("store checks", ("find", "verify")), ("rootfs diff", ("rootfs",)), ("CRIU", ("criu",)),
+                  ("CUDA restore", ("cuda_restore",)), ("resume hook", ("resume",))]
+
+
+def bars(state: dict) -> tuple[list[str], dict[str, list[float]]]:
+    labels = ["cold start"] + [f"restore\nTHP {r['thp']}\ncache {r['page_cache']}" for r in state["restores"]]
+    parts: dict[str, list[float]] = {}
+    worker = state["cold"]["health"]["stages"]
+    n = len(labels)
+    for i, name in enumerate(COLD_STAGES):
+        parts.setdefault(f"cold: {name}", [0.0] * n)[0] = worker.get(name, 0.0)
+    for j, r in enumerate(state["restores"], start=1):
+        s = dict(r["stages"])
+        s.setdefault("criu", s["runtime_restore"] - s.get("cuda_restore", 0.0))
+        for name, keys in RESTORE_STAGES:
+            parts.setdefault(name, [0.0] * n)[j] = sum(s.get(k, 0.0) for k in keys)
+    totals = [state["cold"]["first_token_s"]] + [r["first_token_s"] for r in state["restores"]]
+    accounted = [sum(v[i] for v in parts.values()) for i in range(n)]
+    parts["other (runtime, process start, first token)"] = [max(t - a, 0.0) for t, a in zip(totals, accounted)]
+    return labels, parts
+
+
+def draw(path: str) -> str:
+    with open(path) as f:
+        state = json.load(f)
+    labels, parts = bars(state)
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(labels), 5))
+    bottom = [0.0] * len(labels)
+    for name, values in parts.items():
+        if any(values):
+            ax.bar(labels, values, bottom=bottom, label=name)
+            bottom = [b + v for b, v in zip(bottom, values)]
+    for i, total in enumerate(bottom):
+        ax.text(i, total, f"{total:.1f}s", ha="center", va="bottom")
+    where = state.get("gpu", [state["machine"]["cpu"]])[0]
+    ax.set_title(f"LLM worker {state['size']} on {where}: time to first token")
+    ax.set_ylabel("seconds")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    out = path.rsplit(".", 1)[0] + ".png"
+    fig.savefig(out, dpi=110)
+    return out
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        print(draw(arg))

@@ -1,0 +1,307 @@
+"""Restore vs cold start of the LLM worker (examples/llm-worker), on CPU or GPU, in one run.
+
+Measures, through thaw-runc: cold start to first token, capture, then restores to first token with
+the snapshot in the page cache and after dropping it, with transparent huge pages `madvise` and
+`always`; the restore's stages (store checks, rootfs diff, CRIU, CUDA restore, the worker's resume
+hook), snapshot size and restore throughput. In the same run, the machine's yardsticks: disk read
+and page-cache read bandwidth of the snapshot's largest file, and host-to-device copy bandwidth on
+a GPU. With --cri (CPU), the same cold start and restore also go through containerd's CRI API.
+
+Phases, so that a GPU run fits in several shorter sessions: `cold` (weights, cold start, capture),
+`restores` (yardsticks, restores, results); `all` does both. State lives in --work.
+Usage: python3 benchmarks/restore.py --device cpu --size small [--cri] [--site DIR]
+       python3 benchmarks/restore.py --device cuda --size 8b --compile --kv-gb 16
+Writes benchmarks/results/restore_<device>_<size>.{json,md}; benchmarks/chart.py draws the PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import common
+from runtime import capture, settings
+from runtime.lab import Lab
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(os.path.dirname(HERE), "examples", "llm-worker")
+THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+PORT = 8000
+PROMPT = {"prompt": "The fastest way to start an inference worker is", "max_tokens": 16}
+HOOKS = {"thaw.dev/quiesce-http": f"http://127.0.0.1:{PORT}/sleep",
+         "thaw.dev/resume-http": f"http://127.0.0.1:{PORT}/wake_up"}
+
+
+def thp(mode: str | None = None) -> str | None:
+    try:
+        if mode:
+            with open(THP, "w") as f:
+                f.write(mode)
+        return open(THP).read().split("[")[1].split("]")[0]
+    except OSError:
+        return None
+
+
+def drop_page_cache() -> None:
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+class Bench:
+    def __init__(self, a: argparse.Namespace):
+        self.a = a
+        self.work = a.work
+        os.makedirs(self.work, mode=0o755, exist_ok=True)
+        self.models = os.path.join(self.work, "models", a.size)
+        self.config = os.path.join(self.work, "config.json")
+        with open(self.config, "w") as f:
+            json.dump({"store": os.path.join(self.work, "store"), "event_log": os.path.join(self.work, "events.jsonl"),
+                       **json.loads(os.environ.get("THAW_BENCH_CONFIG", "{}"))}, f)
+        os.environ["THAW_CONFIG"] = self.config
+        self.cfg = settings.load(self.config)
+        self.lab = Lab(os.path.join(self.work, "lab"), port=PORT)
+        self.snapshot = f"llm-{a.size}"
+        self.annotations = {"thaw.dev/snapshot": self.snapshot, **(HOOKS if a.hooks else {})}
+        self.gpu = a.device.startswith("cuda")
+        self.python = sys.executable if self.gpu else "/usr/bin/python3"
+        self.state_file = os.path.join(self.work, f"state-{a.device}-{a.size}.json")
+
+    # the worker
+    def env(self) -> dict[str, str]:
+        env = {"MODEL_DIR": "/models/llm", "PORT": str(PORT), "DEVICE": self.a.device,
+               "COMPILE": "1" if self.a.compile else "0", "KV_CACHE_GB": str(self.a.kv_gb), "HF_HUB_OFFLINE": "1"}
+        if not self.gpu:
+            env.update(PYTHONPATH="/opt/torch", THREADS=str(os.cpu_count() or 2))
+        return env
+
+    def worker(self):  # type: ignore[no-untyped-def]
+        if self.gpu:
+            w = self.lab.gpu_worker(self.annotations, self.env(), WORKER, script="server.py")
+        else:
+            w = self.lab.worker(self.annotations, env=self.env(), args=[self.python, "/app/server.py"], app_dir=WORKER)
+            w.binds["/opt/torch"] = self.a.site
+        w.binds["/models/llm"] = self.models
+        return w
+
+    def make_weights(self) -> None:
+        env = {**os.environ, **({} if self.gpu else {"PYTHONPATH": self.a.site})}
+        subprocess.run([self.python, os.path.join(WORKER, "make_weights.py"), self.models, "--size", self.a.size,
+                        "--device", self.a.device], check=True, env=env)
+
+    def run_to_first_token(self, name: str, timeout: float = 1800) -> dict:
+        """Create + start a container, wait for /health, then time the first completion."""
+        c = self.lab.create(name, self.worker())
+        health, ready_s = c.wait_ready(timeout=timeout, path="/health")
+        completion = c.post("/v1/completions", PROMPT)
+        first_token_s = time.monotonic() - c.started_at
+        if completion is None:
+            raise RuntimeError(f"{name}: no completion; output:\n{c.text()[-3000:]}")
+        return {"container": c, "health": health, "ready_s": ready_s, "first_token_s": first_token_s,
+                "tokens": completion["choices"][0]["token_ids"], "boot_id": completion["system_fingerprint"]}
+
+    def events(self, container_id: str) -> list[dict]:
+        with open(self.cfg.event_log) as f:
+            return [e for e in map(json.loads, f) if e.get("container") == container_id]
+
+    # phases
+    def cold(self) -> None:
+        t = time.monotonic()
+        self.make_weights()
+        weights_s = time.monotonic() - t
+        weight_bytes = sum(os.path.getsize(os.path.join(self.models, f)) for f in os.listdir(self.models))
+        drop_page_cache()  # a node's first start reads the weights from disk
+        run = self.run_to_first_token("cold")
+        c = run.pop("container")
+        entry = capture.capture(self.cfg, self.lab.runc_root, c.cid, self.snapshot, leave_running=False)
+        self.lab.containers.remove(c)
+        c.bundle.remove()
+        state = {"machine": common.machine(), "device": self.a.device, "size": self.a.size, "compile": self.a.compile,
+                 "kv_gb": self.a.kv_gb, "hooks": self.a.hooks, "weights_s": weights_s, "weight_bytes": weight_bytes,
+                 "cold": run, "cold_events": self.events(c.cid), "entry": entry.ident,
+                 "snapshot_bytes": entry.size(), "capture": entry.manifest["capture"],
+                 "largest_file": max((os.path.join(entry.path, "checkpoint", f) for f in
+                                      os.listdir(os.path.join(entry.path, "checkpoint"))), key=os.path.getsize)}
+        if self.gpu:
+            from runtime import gpu
+            state["gpu"] = [g.model for g in gpu.inventory().gpus][:1]
+            state["gpu_processes"] = entry.manifest.get("gpu_processes")
+        with open(self.state_file, "w") as f:
+            json.dump(state, f, indent=2)
+        print(f"cold start to first token {run['first_token_s']:.2f}s (worker stages {run['health']['stages']}); "
+              f"snapshot {entry.size() / 1e9:.2f} GB captured in {entry.manifest['capture']['seconds']:.1f}s")
+
+    def yardsticks(self, state: dict) -> dict:
+        path = state["largest_file"]
+        out = {"file": os.path.basename(path), "file_bytes": os.path.getsize(path)}
+        drop_page_cache()
+        out["disk_read_gbps"] = read_gbps(path)
+        out["page_cache_read_gbps"] = read_gbps(path)
+        if self.gpu:
+            code = ("import torch, time\n"
+                    "x = torch.empty(2 << 30, dtype=torch.uint8).pin_memory(); y = torch.empty_like(x, device='cuda')\n"
+                    "y.copy_(x); torch.cuda.synchronize(); t = time.time()\n"
+                    "for _ in range(5): y.copy_(x, non_blocking=True)\n"
+                    "torch.cuda.synchronize(); print(5 * x.numel() / (time.time() - t) / 1e9)\n")
+            out["h2d_gbps"] = float(subprocess.run([self.python, "-c", code], capture_output=True, text=True,
+                                                   check=True).stdout.strip())
+        return out
+
+    def restores(self) -> dict:
+        with open(self.state_file) as f:
+            state = json.load(f)
+        state["yardsticks"] = self.yardsticks(state)
+        original = thp()
+        modes = [m for m in ("madvise", "always") if original is not None and thp(m) == m] or [original]
+        variants = [(mode, cache) for mode in modes for cache in ("warm", "dropped")]
+        state["restores"] = []
+        try:
+            for i, (mode, cache) in enumerate(variants):
+                thp(mode)
+                subprocess.run(["cat", state["largest_file"]], stdout=subprocess.DEVNULL)  # page cache as asked
+                if cache == "dropped":
+                    drop_page_cache()
+                run = self.run_to_first_token(f"restore{i}", timeout=600)
+                c = run.pop("container")
+                restored = [e for e in self.events(c.cid) if e["event"] == "restored"]
+                if not restored or run["boot_id"] != state["cold"]["boot_id"] or run["tokens"] != state["cold"]["tokens"]:
+                    raise RuntimeError(f"restore {i} did not give the captured worker: {self.events(c.cid)}")
+                run.update(thp=mode, page_cache=cache, stages=restored[-1]["stages"])
+                state["restores"].append(run)
+                c.destroy()
+                self.lab.containers.remove(c)
+                print(f"restore THP {mode}, page cache {cache}: first token {run['first_token_s']:.2f}s "
+                      f"stages {run['stages']}")
+        finally:
+            thp(original)
+        if self.a.cri:
+            state["cri"] = cri_run(self)
+        return state
+
+
+def read_gbps(path: str) -> float:
+    t, n = time.monotonic(), 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(8 << 20):
+            n += len(chunk)
+    return n / (time.monotonic() - t) / 1e9
+
+
+def cri_run(bench: Bench) -> dict:
+    """The same worker as an image, through containerd's CRI: cold pod captured on ready, then a restore."""
+    from runtime import oci_image, store
+    from runtime.containerd_lab import Lab as CriLab
+    from runtime.lab import thaw_runc
+    lab = CriLab("bench-llm", thaw_config=bench.config).setup(thaw_runc())
+    image = f"localhost/thaw/llm-worker:{bench.a.size}"
+    try:
+        spec = oci_image.ImageSpec(name=image, entrypoint=["/usr/bin/python3", "/app/server.py"], workdir="/app",
+                                   paths=oci_image.python_paths(), trees={"/app": WORKER, "/opt/torch": bench.a.site},
+                                   files={"/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n", "/etc/group": b"root:x:0:\n"})
+        oci_image.build_and_import(spec, lab.address)
+        annotations = {"thaw.dev/snapshot": f"cri-{bench.snapshot}", "thaw.dev/capture": "on-ready",
+                       **(HOOKS if bench.a.hooks else {})}
+        env = {**bench.env(), "MODEL_DIR": "/models/llm"}
+        cold = lab.pod("llm-cold", image, [], annotations=annotations, env=env, port=PORT,
+                       mounts=[(bench.models, "/models/llm", True)])
+        out = {"cold": first_token(cold)}
+        deadline = time.monotonic() + 600
+        while not store.Store(bench.cfg.store).entries("default", f"cri-{bench.snapshot}"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("no on-ready capture through CRI")
+            time.sleep(0.5)
+        cold.delete()
+        restored = lab.pod("llm-restore", image, [], annotations=annotations, env=env, port=PORT,
+                           mounts=[(bench.models, "/models/llm", True)])
+        out["restore"] = first_token(restored)
+        restored.delete()
+        if out["restore"]["boot_id"] != out["cold"]["boot_id"]:
+            raise RuntimeError(f"the CRI pod was not restored: {out}")
+        return out
+    finally:
+        lab.destroy()
+
+
+def first_token(pod, timeout: float = 1800) -> dict:  # type: ignore[no-untyped-def]
+    """Seconds from RunPodSandbox to the first completion, and the worker's boot id."""
+    from runtime import netns_http
+    deadline = time.monotonic() + timeout
+    while not pod.get("/health", timeout=2):
+        if time.monotonic() > deadline:
+            raise TimeoutError(pod.log()[-2000:])
+        time.sleep(0.05)
+    status, body = netns_http.request(f"/proc/{pod.pid()}/ns/net", f"http://127.0.0.1:{PORT}/v1/completions",
+                                      json.dumps(PROMPT).encode(), timeout=600)
+    return {"first_token_s": time.monotonic() - pod.started, "boot_id": json.loads(body)["system_fingerprint"]}
+
+
+def report(state: dict) -> None:
+    cold = state["cold"]["first_token_s"]
+    size = state["snapshot_bytes"]
+    y = state["yardsticks"]
+    rows = [["cold start (weights from disk)", "", "dropped", f"{cold:.2f}", "1.0x", "", "", "", "", "", ""]]
+    for r in state["restores"]:
+        s = r["stages"]
+        gbps = size / 1e9 / s["runtime_restore"]
+        rows.append(["restore", r["thp"], r["page_cache"], f"{r['first_token_s']:.2f}", f"{cold / r['first_token_s']:.1f}x",
+                     f"{s.get('find', 0) + s.get('verify', 0):.2f}", f"{s.get('rootfs', 0):.2f}",
+                     f"{s.get('criu', s['runtime_restore']):.2f}", f"{s.get('cuda_restore', 0):.2f}",
+                     f"{s.get('resume', 0):.2f}", f"{gbps:.2f} ({gbps / y['page_cache_read_gbps']:.0%} of page cache)"])
+    best = min(state["restores"], key=lambda r: r["first_token_s"])
+    worker = state["cold"]["health"]
+    where = state.get("gpu", [state["machine"]["cpu"]])[0]
+    lines = [
+        f"LLM worker ({worker['params'] / 1e9:.2f}B params, {state['size']}, {worker['device']}"
+        f"{', torch.compile' if worker.get('compiled') else ''}"
+        f"{', KV reserve %s GiB' % state['kv_gb'] if state['kv_gb'] else ''}) on {where}, {state['machine']['date']}.",
+        f"Weights {state['weight_bytes'] / 1e9:.2f} GB; snapshot {size / 1e9:.2f} GB, captured in "
+        f"{state['capture']['seconds']:.1f}s{' after the quiesce hook' if state['hooks'] else ''}.",
+        f"Cold start stages (worker's own clock, s): {worker['stages']}.",
+        f"Yardsticks: disk read {y['disk_read_gbps']:.2f} GB/s, page-cache read {y['page_cache_read_gbps']:.2f} GB/s"
+        + (f", host-to-device {y['h2d_gbps']:.1f} GB/s" if "h2d_gbps" in y else "") + f" ({y['file']}).",
+        f"Best restore: {best['first_token_s']:.2f}s to first token, {cold / best['first_token_s']:.1f}x faster than cold.",
+        "",
+        common.table(["path", "THP", "page cache", "first token (s)", "vs cold", "store checks (s)", "rootfs (s)",
+                      "CRIU (s)", "CUDA restore (s)", "resume hook (s)", "restore GB/s"], rows),
+    ]
+    if "cri" in state:
+        c = state["cri"]
+        lines += ["", "Through containerd's CRI (RunPodSandbox to first token):", "",
+                  common.table(["pod", "first token (s)", "vs cold"],
+                               [["cold start", f"{c['cold']['first_token_s']:.2f}", "1.0x"],
+                                ["restore", f"{c['restore']['first_token_s']:.2f}",
+                                 f"{c['cold']['first_token_s'] / c['restore']['first_token_s']:.1f}x"]])]
+    name = f"restore_{state['device'].split(':')[0]}_{state['size']}" + (f"_{state['label']}" if state.get("label") else "")
+    common.write(name, state, "\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--size", default="small", choices=["tiny", "small", "8b"])
+    p.add_argument("--work", default="/var/tmp/thaw-bench/restore")
+    p.add_argument("--phase", default="all", choices=["all", "cold", "restores"])
+    p.add_argument("--site", default="/var/tmp/thaw-bench/torch-site", help="CPU: torch + transformers for /usr/bin/python3")
+    p.add_argument("--compile", action="store_true", help="the worker runs torch.compile at start")
+    p.add_argument("--kv-gb", type=float, default=0, help="GPU memory the worker reserves for its KV cache")
+    p.add_argument("--no-hooks", dest="hooks", action="store_false", help="capture without the worker's quiesce hook")
+    p.add_argument("--cri", action="store_true", help="also cold start + restore through containerd's CRI")
+    p.add_argument("--label", default="", help="suffix of the result files")
+    a = p.parse_args()
+    bench = Bench(a)
+    try:
+        if a.phase in ("all", "cold"):
+            bench.cold()
+        if a.phase in ("all", "restores"):
+            state = bench.restores()
+            state["label"] = a.label
+            report(state)
+    finally:
+        bench.lab.close()
+
+
+if __name__ == "__main__":
+    main()
