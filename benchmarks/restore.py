@@ -140,6 +140,8 @@ class Bench:
         drop_page_cache()
         out["disk_read_gbps"] = read_gbps(path)
         out["page_cache_read_gbps"] = read_gbps(path)
+        drop_page_cache()
+        out["disk_read_8_readers_gbps"] = parallel_read_gbps(path, 8)
         if self.gpu:
             code = ("import torch, time\n"
                     "x = torch.empty(2 << 30, dtype=torch.uint8).pin_memory(); y = torch.empty_like(x, device='cuda')\n"
@@ -187,6 +189,20 @@ def read_gbps(path: str) -> float:
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(8 << 20):
             n += len(chunk)
+    return n / (time.monotonic() - t) / 1e9
+
+
+def parallel_read_gbps(path: str, readers: int) -> float:
+    from concurrent.futures import ThreadPoolExecutor
+    size, chunk = os.path.getsize(path), 64 << 20
+
+    def read(offset: int) -> int:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset)
+            return len(f.read(chunk))
+    t = time.monotonic()
+    with ThreadPoolExecutor(readers) as pool:
+        n = sum(pool.map(read, range(0, size, chunk)))
     return n / (time.monotonic() - t) / 1e9
 
 
@@ -260,7 +276,7 @@ def report(state: dict) -> None:
         f"Weights {state['weight_bytes'] / 1e9:.2f} GB; snapshot {size / 1e9:.2f} GB, captured in "
         f"{state['capture']['seconds']:.1f}s{' after the quiesce hook' if state['hooks'] else ''}.",
         f"Cold start stages (worker's own clock, s): {worker['stages']}.",
-        f"Yardsticks: disk read {y['disk_read_gbps']:.2f} GB/s, page-cache read {y['page_cache_read_gbps']:.2f} GB/s"
+        f"Yardsticks: disk read {y['disk_read_gbps']:.2f} GB/s (8 readers: {y.get('disk_read_8_readers_gbps', 0):.2f}), page-cache read {y['page_cache_read_gbps']:.2f} GB/s"
         + (f", host-to-device {y['h2d_gbps']:.1f} GB/s" if "h2d_gbps" in y else "") + f" ({y['file']}).",
         f"Best restore: {best['first_token_s']:.2f}s to first token, {cold / best['first_token_s']:.1f}x faster than cold.",
         "",

@@ -32,6 +32,7 @@ class Settings:
     cuda_checkpoint: str = ""                   # "" = thaw's own cuda-checkpoint; or a path to NVIDIA's
     cuda_lock_timeout_ms: int = 10000           # how long capture waits for in-flight GPU work
     hook_timeout_s: int = 60                    # longest a worker's quiesce / resume hook may take
+    prefetch_threads: int = 8                   # readers that pull a snapshot's pages into the page cache ahead of CRIU (0: off)
 
 
 class SettingsError(ValueError):
