@@ -19,6 +19,7 @@ def private_node() -> tuple[str, dict]:
     top = tempfile.mkdtemp(prefix="thaw-bench-")
     os.chmod(top, 0o755)
     cfg = {"store": os.path.join(top, "store"), "event_log": os.path.join(top, "events.jsonl"),
+           "metrics_file": os.path.join(top, "thaw.prom"),
            **json.loads(os.environ.get("THAW_BENCH_CONFIG", "{}"))}  # e.g. runtime and CRIU paths of a GPU host
     with open(os.path.join(top, "config.json"), "w") as f:
         json.dump(cfg, f)

@@ -60,6 +60,7 @@ class Bench:
         self.config = os.path.join(self.work, "config.json")
         with open(self.config, "w") as f:
             json.dump({"store": os.path.join(self.work, "store"), "event_log": os.path.join(self.work, "events.jsonl"),
+                       "metrics_file": os.path.join(self.work, "thaw.prom"),
                        **json.loads(os.environ.get("THAW_BENCH_CONFIG", "{}"))}, f)
         os.environ["THAW_CONFIG"] = self.config
         self.cfg = settings.load(self.config)
@@ -215,7 +216,7 @@ def cri_run(bench: Bench) -> dict:
     image = f"localhost/thaw/llm-worker:{bench.a.size}"
     try:
         spec = oci_image.ImageSpec(name=image, entrypoint=["/usr/bin/python3", "/app/server.py"], workdir="/app",
-                                   paths=oci_image.python_paths(), trees={"/app": WORKER, "/opt/torch": bench.a.site},
+                                   paths=oci_image.python_paths(packages=(bench.a.site,)), trees={"/app": WORKER, "/opt/torch": bench.a.site},
                                    files={"/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n", "/etc/group": b"root:x:0:\n"})
         oci_image.build_and_import(spec, lab.address)
         annotations = {"thaw.dev/snapshot": f"cri-{bench.snapshot}", "thaw.dev/capture": "on-ready",

@@ -19,3 +19,4 @@ else
   echo "thaw-setup: .venv up to date"
 fi
 .venv/bin/python -m runtime.api.generate   # CRI / containerd protobuf modules from runtime/api/*.proto
+.venv/bin/python examples/llm-worker/deps.py   # torch + transformers for the LLM worker's containers

@@ -18,6 +18,8 @@ FALLBACK = PREFIX + "fallback"
 QUIESCE_HTTP = PREFIX + "quiesce-http"
 RESUME_HTTP = PREFIX + "resume-http"
 KNOWN = frozenset({SNAPSHOT, CAPTURE, READY_FILE, READY_HTTP, FALLBACK, QUIESCE_HTTP, RESUME_HTTP})
+# Set by thaw-runc in config.json, not by users: the store entry being restored (for thaw-hook).
+ENTRY_KEY = "internal.thaw.dev/entry"
 URL_RE = re.compile(r"^http://[^/\s]+(/\S*)?$")
 
 DEFAULT_READY_FILE = "/run/thaw/ready"

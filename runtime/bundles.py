@@ -69,6 +69,7 @@ class Worker:
     annotations: dict[str, str] = field(default_factory=dict)
     devices: list[dict[str, Any]] = field(default_factory=list)
     cwd: str = "/"
+    hooks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # OCI hooks of the spec
 
 
 def spec(worker: Worker, netns: str, cgroup: str, hostname: str = "worker") -> dict[str, Any]:
@@ -94,6 +95,7 @@ def spec(worker: Worker, netns: str, cgroup: str, hostname: str = "worker") -> d
             *host_binds,
         ],
         "annotations": dict(worker.annotations),
+        **({"hooks": worker.hooks} if worker.hooks else {}),
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
                            {"type": "network", "path": netns}],

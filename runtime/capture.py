@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runtime import annotations as ann
-from runtime import criu_options, fingerprint, gpu_inventory, layout, rootfs_diff, runtime_log, store, worker_hooks
+from runtime import criu_options, fingerprint, gpu_inventory, layout, rootfs_diff, runtime_log, sockets, store, worker_hooks
 from runtime.errors import CaptureFailed
 from runtime.settings import Settings
 
@@ -201,6 +201,7 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
             work = os.path.join(staging, "work")
             images = os.path.join(staging, layout.CHECKPOINT_DIR)
             gpu_facts = _gpu_facts(settings, src) if fp.gpu else {}
+            bound = sockets.bound_addresses(src.pid)   # before the checkpoint: the process may stop
             dump_seconds = checkpoint_quiesced(settings, src, containerd, images, work, leave_running)
             shutil.move(os.path.join(work, layout.DUMP_LOG), os.path.join(staging, layout.DUMP_LOG))
             shutil.rmtree(work)
@@ -217,7 +218,7 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
                 "schema_version": 1, "namespace": namespace, "name": name, "created": _now_rfc3339(),
                 "fingerprint": fp.__dict__, "fingerprint_id": fp.ident(),
                 "source": {"container_id": src.container_id, "bundle": src.bundle, "runtime_root": runtime_root},
-                "rootfs": rootfs, "capture": capture_stats, "files": {}, **gpu_facts,
+                "rootfs": rootfs, "capture": capture_stats, "files": {}, "bound_addresses": bound, **gpu_facts,
                 "annotations": {"org.criu.checkpoint.engine": "thaw", "org.criu.checkpoint.criu-version": fp.criu,
                                 "org.criu.checkpoint.kernel": fp.kernel, "org.criu.checkpoint.arch": fp.arch},
             })

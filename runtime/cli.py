@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from runtime import settings as settings_mod
@@ -73,16 +74,34 @@ def cmd_gc(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
 
 def cmd_install(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
     from runtime import install
-    path, changed, diff = install.install(a.runtime, a.config_file, a.binary, a.config_version, a.dry_run)
-    if not changed:
-        print(f"{path}: the thaw handler is already installed; nothing to change")
-        return 0
-    print(diff, end="")
-    if a.dry_run:
-        print(f"(dry run: {path} not written)")
-    else:
-        print(f"wrote {path} (previous version kept as {path}{install.BACKUP_SUFFIX}); "
-              f"restart {a.runtime} to load it")
+    results = install.install(a.runtime, a.config_file, a.binary, a.config_version, a.dry_run, a.hooks_dir,
+                              a.thaw_config)
+    for path, changed, diff in results:
+        if not changed:
+            print(f"{path}: already installed; nothing to change")
+        elif a.dry_run:
+            print(diff, end="")
+            print(f"(dry run: {path} not written)")
+        else:
+            print(diff, end="")
+            print(f"wrote {path}" + (f" (previous version kept as {path}{install.BACKUP_SUFFIX})"
+                                     if os.path.exists(path + install.BACKUP_SUFFIX) else ""))
+    if any(changed for _, changed, _ in results) and not a.dry_run and a.runtime != "podman":
+        print(f"restart {a.runtime} to load it")
+    return 0
+
+
+def cmd_import(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
+    from runtime import archive
+    entry = archive.import_archive(cfg, a.archive, a.name, a.namespace)
+    print(f"imported {a.archive} as {entry.namespace}/{entry.name} ({_size(entry.size())}) -> {entry.path}")
+    return 0
+
+
+def cmd_export(cfg: settings_mod.Settings, a: argparse.Namespace) -> int:
+    from runtime import archive
+    entry = archive.export_archive(cfg, a.name, a.namespace, a.archive)
+    print(f"exported {entry.namespace}/{entry.name} ({entry.ident}) -> {a.archive}")
     return 0
 
 
@@ -126,15 +145,29 @@ def parser() -> argparse.ArgumentParser:
                    help="the snapshot's Kubernetes namespace (default: from the container's annotations)")
     c.set_defaults(func=cmd_capture)
 
-    c = sub.add_parser("install", help="add the thaw runtime handler to containerd or CRI-O")
-    c.add_argument("--runtime", required=True, choices=["containerd", "crio"])
+    c = sub.add_parser("install", help="add the thaw runtime handler to containerd or CRI-O, thaw's hooks to CRI-O or Podman")
+    c.add_argument("--runtime", required=True, choices=["containerd", "crio", "podman"])
     c.add_argument("--config", dest="config_file",
                    help="file to edit (default /etc/containerd/config.toml or /etc/crio/crio.conf.d/50-thaw.conf)")
-    c.add_argument("--binary", help="thaw-runc to register (default: the one on PATH)")
+    c.add_argument("--binary", help="thaw-runc to register (default: the one on PATH; thaw-hook is taken from beside it)")
+    c.add_argument("--hooks-dir", help="hooks.d for CRI-O and Podman (default /usr/share/containers/oci/hooks.d)")
+    c.add_argument("--thaw-config", help="thaw config file the hooks read (default: theirs, /etc/thaw/config.json)")
     c.add_argument("--config-version", type=int, choices=[2, 3],
                    help="containerd config version for a new file: 2 (containerd 1.6/1.7) or 3 (2.x)")
     c.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     c.set_defaults(func=cmd_install)
+
+    c = sub.add_parser("import", help="take a checkpoint archive (podman container checkpoint --export) into the store")
+    c.add_argument("archive")
+    c.add_argument("--name", required=True, help="snapshot name")
+    c.add_argument("--namespace", default="default")
+    c.set_defaults(func=cmd_import)
+
+    c = sub.add_parser("export", help="write a snapshot as a checkpoint archive (CRI-O / Podman layout)")
+    c.add_argument("name")
+    c.add_argument("archive", help="file to write (.tar, or .tar.gz / .tgz for gzip)")
+    c.add_argument("--namespace", default="default")
+    c.set_defaults(func=cmd_export)
 
     c = sub.add_parser("bake", help="run an image until ready, capture it, remove it (for node images)")
     c.add_argument("--image", required=True, help="image reference, already on the node")

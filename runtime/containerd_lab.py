@@ -155,7 +155,7 @@ class Lab:
                 for cid in os.listdir(root):
                     subprocess.run(["runc", "--root", root, "delete", "--force", cid], capture_output=True)
         self.stop_daemon()
-        for proc in _processes_mentioning(self.state):
+        for proc in _processes_mentioning(self.state) + _processes_mentioning(self.config):  # shims, a lost daemon
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc, signal.SIGKILL)
         for path in (self.state, self.root):

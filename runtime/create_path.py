@@ -7,6 +7,7 @@ and the reason is written to the runtime log, thaw's event log and the pod's log
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from typing import NoReturn
@@ -42,10 +43,37 @@ def _prepare_spec(call: RuncCall, settings: Settings) -> dict:
     digest = _image_digest(call)
     if digest:
         wanted[fingerprint.IMAGE_DIGEST_KEY] = digest
-    if any(annotations.get(k) != v for k, v in wanted.items()):
+    hooks_added = settings.inject_hooks and _add_hooks(spec, call)
+    if any(annotations.get(k) != v for k, v in wanted.items()) or hooks_added:
         annotations.update(wanted)
         layout.write_json(path, spec, mode=os.stat(path).st_mode & 0o777)
     return spec
+
+
+def hook_binary() -> str | None:
+    """thaw-hook beside this engine (same installation), else the one on PATH."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "thaw-hook")
+    return beside if os.access(beside, os.X_OK) else shutil.which("thaw-hook")
+
+
+def _add_hooks(spec: dict, call: RuncCall) -> bool:
+    """thaw-hook prestart and poststop after the container's own hooks (once). runc gives hooks an
+    empty environment: name thaw's config and the runtime root (where the work dir lives)."""
+    hook = hook_binary()
+    if not hook:
+        runtime_log.runtime_log(call, "warning", "thaw-hook not found: the container runs without thaw's hooks")
+        return False
+    env = [f"PATH={os.environ.get('PATH', '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin')}",
+           f"THAW_RUNTIME_ROOT={call.root}"]
+    env += [f"{k}={os.environ[k]}" for k in ("THAW_CONFIG", "PYTHONPATH") if os.environ.get(k)]
+    hooks = spec.setdefault("hooks", {})
+    changed = False
+    for stage in ("prestart", "poststop"):
+        entries = hooks.setdefault(stage, [])
+        if not any(h.get("path") == hook and (h.get("args") or [])[1:2] == [stage] for h in entries):
+            entries.append({"path": hook, "args": ["thaw-hook", stage], "env": env, "timeout": 60})
+            changed = True
+    return changed
 
 
 def create(call: RuncCall, annotations: dict[str, str]) -> NoReturn:

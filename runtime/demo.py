@@ -52,7 +52,8 @@ def _wait_snapshot(cfg: Settings, name: str, timeout: float = 120) -> store.Entr
 
 def run(cfg: Settings, warm_seconds: float = 10.0) -> int:
     top = tempfile.mkdtemp(prefix="thaw-demo-")
-    cfg = dataclasses.replace(cfg, store=os.path.join(top, "store"), event_log=os.path.join(top, "events.jsonl"))
+    cfg = dataclasses.replace(cfg, store=os.path.join(top, "store"), event_log=os.path.join(top, "events.jsonl"),
+                              metrics_file=os.path.join(top, "thaw.prom"))
     config_path = os.path.join(top, "config.json")
     with open(config_path, "w") as f:
         json.dump(dataclasses.asdict(cfg), f)

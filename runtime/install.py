@@ -4,11 +4,13 @@ containerd: a runtime `thaw` next to `runc` in the CRI plugin's config (runc v2 
 BinaryName = thaw-runc, thaw.dev/* pod and container annotations passed through), copying runc's
 own options so that both handlers run containers alike. The file is edited in place with tomlkit,
 which keeps its comments and layout; the old file is kept as a backup; the diff is printed.
-CRI-O: a drop-in under crio.conf.d. Both are idempotent: a second run changes nothing.
+CRI-O: a drop-in under crio.conf.d. CRI-O and Podman: thaw-hook's prestart and poststop in their
+hooks.d. All idempotent: a second run changes nothing.
 """
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +25,8 @@ HANDLER = "thaw"
 CRI_PLUGIN = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 CRIO_DROPIN = "/etc/crio/crio.conf.d/50-thaw.conf"
+HOOKS_DIR = "/usr/share/containers/oci/hooks.d"      # where CRI-O and Podman look by default
+HOOK_TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "hooks.d")
 BACKUP_SUFFIX = ".thaw-backup"
 
 
@@ -125,16 +129,29 @@ def apply(path: str, new: str, dry_run: bool) -> tuple[bool, str]:
     return True, diff
 
 
-def default_binary() -> str:
-    found = shutil.which("thaw-runc")
+def default_binary(name: str = "thaw-runc") -> str:
+    found = shutil.which(name)
     if not found:
-        raise InstallError("thaw-runc is not on PATH: pass --binary")
+        raise InstallError(f"{name} is not on PATH: pass --binary")
     return os.path.abspath(found)
 
 
-def install(engine: str, config: str | None, binary: str | None, version: int | None,
-            dry_run: bool) -> tuple[str, bool, str]:
-    binary = binary or default_binary()
+def hook_files(hook: str, thaw_config: str | None) -> dict[str, str]:
+    """hooks.d files (OCI hooks config 1.0.0) for thaw-hook prestart and poststop, from config/hooks.d."""
+    out = {}
+    for name in sorted(os.listdir(HOOK_TEMPLATES)):
+        config = json.loads(open(os.path.join(HOOK_TEMPLATES, name), encoding="utf-8").read())
+        config["hook"]["path"] = hook
+        if thaw_config:
+            config["hook"]["env"] = [*config["hook"]["env"], f"THAW_CONFIG={thaw_config}"]
+        out[name] = json.dumps(config, indent=2) + "\n"
+    return out
+
+
+def install(engine: str, config: str | None, binary: str | None, version: int | None, dry_run: bool,
+            hooks_dir: str | None = None, thaw_config: str | None = None) -> list[tuple[str, bool, str]]:
+    """Returns (path, changed, diff) for every file it (would) write."""
+    writes: dict[str, str] = {}
     if engine == "containerd":
         path = config or CONTAINERD_CONFIG
         try:
@@ -142,11 +159,13 @@ def install(engine: str, config: str | None, binary: str | None, version: int | 
                 text = f.read()
         except FileNotFoundError:
             text = ""
-        new = containerd_config(text, binary, version)
+        writes[path] = containerd_config(text, binary or default_binary(), version)
     elif engine == "crio":
-        path = config or CRIO_DROPIN
-        new = crio_dropin(binary)
-    else:
-        raise InstallError(f"unknown runtime {engine!r} (containerd or crio)")
-    changed, diff = apply(path, new, dry_run)
-    return path, changed, diff
+        writes[config or CRIO_DROPIN] = crio_dropin(binary or default_binary())
+    elif engine != "podman":
+        raise InstallError(f"unknown runtime {engine!r} (containerd, crio or podman)")
+    if engine in ("crio", "podman"):  # their hooks.d runs thaw-hook; thaw-runc skips a hook already there
+        hook = os.path.join(os.path.dirname(binary), "thaw-hook") if binary else default_binary("thaw-hook")
+        for name, text in hook_files(hook, thaw_config).items():
+            writes[os.path.join(hooks_dir or HOOKS_DIR, name)] = text
+    return [(path, *apply(path, text, dry_run)) for path, text in writes.items()]

@@ -64,8 +64,8 @@ class Container:
             time.sleep(0.05)
         return False
 
-    def get(self, path: str = "/", timeout: float = 5) -> dict | None:
-        body = bundles.http_get(self.netns, f"http://127.0.0.1:{self.lab.port}{path}", timeout)
+    def get(self, path: str = "/", timeout: float = 5, host: str = "127.0.0.1") -> dict | None:
+        body = bundles.http_get(self.netns, f"http://{host}:{self.lab.port}{path}", timeout)
         return json.loads(body) if body else None
 
     def post(self, path: str, payload: dict, timeout: float = 600) -> dict | None:
@@ -73,11 +73,11 @@ class Container:
                                           json.dumps(payload).encode(), timeout)
         return json.loads(body) if status == 200 else None
 
-    def wait_ready(self, timeout: float = 120, path: str = "/") -> tuple[dict, float]:
+    def wait_ready(self, timeout: float = 120, path: str = "/", host: str = "127.0.0.1") -> tuple[dict, float]:
         """Poll until the worker answers; returns the answer and seconds since create began."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            answer = self.get(path, timeout=2)
+            answer = self.get(path, timeout=2, host=host)
             if answer:
                 return answer, time.monotonic() - self.started_at
             time.sleep(0.05)

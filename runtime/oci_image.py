@@ -116,17 +116,21 @@ def shared_libraries(binaries: list[str]) -> list[str]:
     return sorted(libs)
 
 
-def python_paths(python: str = "/usr/bin/python3") -> list[str]:
-    """A Python interpreter and everything it needs to run the standard library's server code."""
+def python_paths(python: str = "/usr/bin/python3", packages: tuple[str, ...] = ()) -> list[str]:
+    """A Python interpreter and everything it needs to run the standard library's server code, plus
+    the system libraries that the extension modules under `packages` (site dirs copied into the image
+    elsewhere) load."""
     out = subprocess.run([python, "-c", "import sys, sysconfig; print(sys.executable); "
                                         "print(sysconfig.get_path('stdlib')); print(sysconfig.get_path('platstdlib'))"],
                          capture_output=True, text=True, check=True).stdout.split()
     executable, stdlib, platstdlib = out[0], out[1], out[2]
     binaries = [os.path.realpath(executable)]
-    for root in {stdlib, platstdlib}:
+    for root in {stdlib, platstdlib, *packages}:
         for dirpath, _, files in os.walk(root):
-            binaries += [os.path.join(dirpath, f) for f in files if f.endswith(".so")]
-    return [executable, stdlib, platstdlib, *shared_libraries(binaries)]
+            binaries += [os.path.join(dirpath, f) for f in files if ".so" in f and not f.endswith(".py")]
+    inside = tuple(os.path.realpath(p) + "/" for p in packages)
+    libs = [lib for lib in shared_libraries(binaries) if not os.path.realpath(lib).startswith(inside)]
+    return [executable, stdlib, platstdlib, *libs]
 
 
 def _blob(blobs: str, data: bytes) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime import criu_options, fingerprint, gpu_inventory, layout, rootfs_diff, store, worker_hooks
-from runtime.annotations import ThawRequest
+from runtime.annotations import ENTRY_KEY, ThawRequest
 from runtime.errors import NotRestorable, RestoreFailed
 from runtime.runc_argv import RuncCall
 from runtime.settings import Settings
@@ -174,6 +174,19 @@ def cuda_split(work: str, total: float) -> dict[str, float]:
     return {"cuda_restore": round(cuda, 3), "criu": round(total - cuda, 3)}
 
 
+def name_entry(call: RuncCall, spec: dict[str, Any], entry_path: str | None) -> None:
+    """Write (or, with None, remove) the entry being restored into config.json's annotations."""
+    annotations = spec.setdefault("annotations", {})
+    if entry_path is None and ENTRY_KEY not in annotations:
+        return
+    if entry_path is None:
+        del annotations[ENTRY_KEY]
+    else:
+        annotations[ENTRY_KEY] = entry_path
+    path = os.path.join(call.bundle, "config.json")
+    layout.write_json(path, spec, mode=os.stat(path).st_mode & 0o777)
+
+
 def resume_restored(call: RuncCall, settings: Settings, url: str) -> None:
     """The worker's resume hook in the restored container (a failure fails the restore: cold start)."""
     state = subprocess.run([settings.runtime, "--root", call.root, "state", str(call.container_id)],
@@ -205,8 +218,12 @@ def restore(call: RuncCall, settings: Settings, spec: dict[str, Any], request: T
     with st.reading(namespace, request.snapshot), contextlib.ExitStack() as on_failure:
         entry = pick_entry(entries, here, what)
         prefetch_pages(entry, settings.prefetch_threads)
+        name_entry(call, spec, entry.path)    # for thaw-hook prestart, which runc runs during the restore
+        on_failure.callback(name_entry, call, spec, None)
         with stage("verify"):
             store.verify(entry, deep=settings.verify == "sha256")
+        if os.path.exists(os.path.join(call.root, str(call.container_id), "state.json")):
+            raise NotRestorable(f"a container {call.container_id} exists already")  # never clean up what is not ours
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work, mode=0o700)
         on_failure.callback(shutil.rmtree, work, ignore_errors=True)

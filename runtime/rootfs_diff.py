@@ -200,6 +200,7 @@ def apply(rootfs: str, tar_path: str, deleted_path: str, backup_dir: str) -> Pat
 
 def _lay(tar: tarfile.TarFile, m: tarfile.TarInfo, rootfs: str, patch: Patch) -> None:
     path = secure_join(rootfs, m.name.rstrip("/"))
+    _make_parents(path, patch)
     exists = os.path.lexists(path)
     if m.isdir() and exists and os.path.isdir(path) and not os.path.islink(path):
         os.chmod(path, m.mode & 0o7777)
@@ -224,3 +225,16 @@ def _lay(tar: tarfile.TarFile, m: tarfile.TarInfo, rootfs: str, patch: Patch) ->
     if not m.issym():
         os.chmod(path, m.mode & 0o7777)  # after chown, which would clear set-id bits
         os.utime(path, (m.mtime, m.mtime))
+
+
+def _make_parents(path: str, patch: Patch) -> None:
+    """Directories a diff names no entry for (Podman's diffs leave out parents that are mount points
+    of the container, such as /run), created 0755 and undone with the patch."""
+    missing = []
+    parent = os.path.dirname(path)
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o755)
+        patch.created.append(directory)

@@ -32,7 +32,9 @@ class Settings:
     cuda_checkpoint: str = ""                   # "" = thaw's own cuda-checkpoint; or a path to NVIDIA's
     cuda_lock_timeout_ms: int = 10000           # how long capture waits for in-flight GPU work
     hook_timeout_s: int = 60                    # longest a worker's quiesce / resume hook may take
-    prefetch_threads: int = 8                   # readers that pull a snapshot's pages into the page cache ahead of CRIU (0: off)
+    inject_hooks: bool = True                   # thaw-runc adds thaw-hook prestart/poststop to annotated containers
+    metrics_file: str = "/var/lib/node_exporter/textfile_collector/thaw.prom"  # Prometheus text file ("" = none)
+    prefetch_threads: int = 0                   # readers that pull a snapshot's pages into the page cache ahead of CRIU (0: off)
 
 
 class SettingsError(ValueError):

@@ -24,6 +24,7 @@ def node():
     top = tempfile.mkdtemp(prefix="thaw-test-")
     os.chmod(top, 0o755)
     cfg = {"store": os.path.join(top, "store"), "event_log": os.path.join(top, "events.jsonl"),
+           "metrics_file": os.path.join(top, "metrics", "thaw.prom"),
            "criu": shutil.which("criu") or "criu",
            **json.loads(os.environ.get("THAW_TEST_CONFIG", "{}"))}  # e.g. runtime and CRIU paths on the GPU host
     path = os.path.join(top, "config.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import subprocess
 
@@ -65,16 +66,25 @@ def test_dry_run_writes_nothing_and_a_real_run_keeps_a_backup(tmp_path):
     assert "thaw" in cri_runtimes(path.read_text())
 
 
-def test_crio_dropin_allows_exactly_thaws_annotations(tmp_path):
+def test_crio_dropin_allows_exactly_thaws_annotations_and_hooks_d_runs_thaw_hook(tmp_path):
     path = tmp_path / "crio.conf.d" / "50-thaw.conf"
+    hooks = tmp_path / "hooks.d"
     for _ in range(2):
-        out = thaw_cli("install", "--runtime", "crio", "--config", str(path), "--binary", "/x/thaw-runc")
+        out = thaw_cli("install", "--runtime", "crio", "--config", str(path), "--binary", "/x/thaw-runc",
+                       "--hooks-dir", str(hooks), "--thaw-config", "/etc/thaw/node.json")
         assert out.returncode == 0, out.stderr
-    assert "already installed" in out.stdout
+    assert out.stdout.count("already installed") == 3       # the drop-in and two hooks: unchanged
+    for stage in ("prestart", "poststop"):
+        hook = json.loads((hooks / f"thaw-{stage}.json").read_text())
+        assert hook["version"] == "1.0.0" and hook["stages"] == [stage]
+        assert hook["hook"]["path"] == "/x/thaw-hook" and hook["hook"]["args"] == ["thaw-hook", stage]
+        assert "THAW_CONFIG=/etc/thaw/node.json" in hook["hook"]["env"]
+        assert hook["when"]["annotations"] == {"^thaw\\.dev/snapshot$": ".+"}
     runtime = tomlkit.parse(path.read_text()).unwrap()["crio"]["runtime"]["runtimes"]["thaw"]
     assert runtime["runtime_path"] == "/x/thaw-runc"
     assert set(runtime["allowed_annotations"]) == {"thaw.dev/snapshot", "thaw.dev/capture", "thaw.dev/ready-file",
-                                                   "thaw.dev/ready-http", "thaw.dev/fallback"}
+                                                   "thaw.dev/ready-http", "thaw.dev/fallback",
+                                                   "thaw.dev/quiesce-http", "thaw.dev/resume-http"}
 
 
 def test_broken_toml_is_reported_not_overwritten(tmp_path):

@@ -72,7 +72,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as PID 1 of its container, no default action
-server = http.server.HTTPServer(("0.0.0.0", PORT), Handler)
+server = http.server.HTTPServer((os.environ.get("HOST", "0.0.0.0"), PORT), Handler)
 READY_AT = time.time()
 os.makedirs(os.path.dirname(READY_FILE), exist_ok=True)
 open(READY_FILE, "w").close()
