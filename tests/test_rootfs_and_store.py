@@ -35,20 +35,23 @@ def test_apply_lays_files_and_deletions_then_undo_restores_the_rootfs(tmp_path):
     (root / "etc" / "gone").write_text("to be deleted")
     os.symlink("/etc", root / "cfg")
     tar_path, deleted = tmp_path / "diff.tar", tmp_path / "deleted.files"
-    make_tar(str(tar_path), {"etc/keep": b"changed", "cfg/new": b"via absolute symlink", "var/cache/x": b"x"})
     deleted.write_text('["etc/gone"]')
-    with pytest.raises(NotRestorable):  # var/ is missing: laying fails midway and is undone
+    (root / "etc" / "gone2").write_text("a file where the diff wants a directory")
+    make_tar(str(tar_path), {"etc/keep": b"changed", "var/cache/x": b"x", "etc/gone2/y": b"x"})
+    with pytest.raises(NotRestorable):  # etc/gone2 is a file: laying fails midway and is undone
         rootfs_diff.apply(str(root), str(tar_path), str(deleted), str(tmp_path / "backup0"))
     assert (root / "etc" / "keep").read_text() == "original" and (root / "etc" / "gone").exists()
-    make_tar(str(tar_path), {"etc/keep": b"changed", "cfg/new": b"via absolute symlink"})
+    assert not (root / "var").exists()                       # the parents it had made are gone too
+    make_tar(str(tar_path), {"etc/keep": b"changed", "cfg/new": b"via absolute symlink", "var/cache/x": b"x"})
     patch = rootfs_diff.apply(str(root), str(tar_path), str(deleted), str(tmp_path / "backup"))
     assert (root / "etc" / "keep").read_text() == "changed"
     assert (root / "etc" / "new").read_text() == "via absolute symlink"
+    assert (root / "var" / "cache" / "x").read_text() == "x"  # parents the diff does not list (Podman's) are made
     assert not (root / "etc" / "gone").exists()
     patch.undo()
     assert (root / "etc" / "keep").read_text() == "original"
     assert (root / "etc" / "gone").read_text() == "to be deleted"
-    assert not (root / "etc" / "new").exists()
+    assert not (root / "etc" / "new").exists() and not (root / "var").exists()
 
 
 def test_deleted_files_may_not_climb_out(tmp_path):
