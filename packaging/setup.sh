@@ -5,11 +5,18 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash packaging/install-node.sh
+# Podman: the tests drive it (hooks.d, checkpoint archives); a thaw node does not need it.
+if ! command -v podman >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends podman >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends podman >/dev/null; }
+  echo "thaw-setup: installed podman"
+fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
   echo "thaw-setup: created .venv"
 fi
-if ! .venv/bin/python -c "import runtime.shim, jsonschema, pytest, psutil, grpc, grpc_tools, tomlkit" 2>/dev/null \
+if ! .venv/bin/python -c "import runtime.shim, jsonschema, pytest, psutil, grpc, grpc_tools, tomlkit, zstandard" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.thaw-installed ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
