@@ -14,6 +14,7 @@ import grpc
 
 from runtime import api
 from runtime.errors import ThawError
+from runtime.grpc_unix import UnixClient
 
 pb = api.load("containerd")
 
@@ -42,29 +43,14 @@ class ContainerInfo:
     spec: dict[str, Any]
 
 
-class Containerd:
+class Containerd(UnixClient):
     def __init__(self, address: str = DEFAULT_ADDRESS, namespace: str = "k8s.io", timeout: float = 10.0):
-        self.address, self.namespace, self.timeout = address, namespace, timeout
-        self._channel = grpc.insecure_channel(f"unix://{address}")
+        super().__init__(address, timeout)
+        self.namespace = namespace
+        self.metadata = [("containerd-namespace", namespace)]
 
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> "Containerd":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, method: str, request: Any, response: Any, timeout: float | None = None) -> Any:
-        call = self._channel.unary_unary(method, request_serializer=type(request).SerializeToString,
-                                         response_deserializer=response.FromString)
-        try:
-            return call(request, timeout=timeout or self.timeout,
-                        metadata=[("containerd-namespace", self.namespace)])
-        except grpc.RpcError as e:
-            raise ContainerdError(f"containerd {method.rsplit('/', 1)[-1]} at {self.address}: "
-                                  f"{e.code().name}: {e.details()}") from None
+    def error(self, method: str, e: grpc.RpcError) -> Exception:
+        return ContainerdError(f"containerd {method} at {self.address}: {e.code().name}: {e.details()}")
 
     def version(self) -> str:
         return self._call("/containerd.services.version.v1.Version/Version", pb.Empty(), pb.VersionResponse).version

@@ -12,6 +12,7 @@ import grpc
 
 from runtime import api
 from runtime.errors import ThawError
+from runtime.grpc_unix import UnixClient
 
 pb = api.load("cri")
 RUNTIME = "/runtime.v1.RuntimeService/"
@@ -46,27 +47,12 @@ def container_config(name: str, image: str, command: list[str], args: list[str] 
             namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD))))
 
 
-class Client:
+class Client(UnixClient):
     def __init__(self, address: str, timeout: float = 120.0):
-        self.address, self.timeout = address, timeout
-        self._channel = grpc.insecure_channel(f"unix://{address}")
+        super().__init__(address, timeout)
 
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, method: str, request: Any, response: Any, timeout: float | None = None) -> Any:
-        call = self._channel.unary_unary(method, request_serializer=type(request).SerializeToString,
-                                         response_deserializer=response.FromString)
-        try:
-            return call(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as e:
-            raise CriError(f"CRI {method.rsplit('/', 1)[-1]}: {e.code().name}: {e.details()}", e.code()) from None
+    def error(self, method: str, e: grpc.RpcError) -> Exception:
+        return CriError(f"CRI {method}: {e.code().name}: {e.details()}", e.code())
 
     # runtime
     def version(self) -> Any:
