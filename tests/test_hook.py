@@ -56,6 +56,7 @@ def test_thaw_runc_adds_its_hooks_after_the_containers_own_and_poststop_reports(
     c.destroy()   # runc delete --force: the poststop hooks run
     stopped = [e for e in events(node, "stopped") if e["container"] == c.cid]
     assert stopped and stopped[0]["outcome"] == "cold" and stopped[0]["snapshot"] == "hooked"
+    assert "no snapshot default/hooked" in stopped[0]["reason"] and stopped[0]["lifetime_seconds"] > 1
     metrics = open(node.metrics_file).read()
     assert '# TYPE thaw_cold_starts_total counter' in metrics
     assert 'thaw_containers_stopped_total{outcome="cold"}' in metrics
