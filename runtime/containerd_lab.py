@@ -217,10 +217,7 @@ class Pod:
         return self.client.container_status(self.container_id)
 
     def pid(self) -> int:
-        from runtime import cri
-        response = self.client._call(cri.RUNTIME + "ContainerStatus", cri.pb.ContainerStatusRequest(
-            container_id=self.container_id, verbose=True), cri.pb.ContainerStatusResponse)
-        return int(json.loads(response.info["info"])["pid"])
+        return int(self.client.container_info(self.container_id)["pid"])
 
     def get(self, path: str = "/", timeout: float = 5) -> dict | None:
         """An HTTP GET inside the pod's network namespace, as a probe or a client in the pod would."""

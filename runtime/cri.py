@@ -5,6 +5,7 @@ kubelet gives them by default: their own network namespace, and one PID namespac
 """
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -91,6 +92,12 @@ class Client(UnixClient):
     def container_status(self, container_id: str) -> Any:
         return self._call(RUNTIME + "ContainerStatus", pb.ContainerStatusRequest(container_id=container_id),
                           pb.ContainerStatusResponse).status
+
+    def container_info(self, container_id: str) -> dict:
+        """The runtime's verbose detail of a container (containerd: pid, runtime spec, ...)."""
+        response = self._call(RUNTIME + "ContainerStatus", pb.ContainerStatusRequest(
+            container_id=container_id, verbose=True), pb.ContainerStatusResponse)
+        return json.loads(response.info.get("info") or "{}")
 
     def list_containers(self, pod_id: str = "") -> list[Any]:
         request = pb.ListContainersRequest(filter=pb.ContainerFilter(pod_sandbox_id=pod_id))
