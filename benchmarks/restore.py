@@ -7,7 +7,7 @@ hook), snapshot size and restore throughput. In the same run, the machine's yard
 and page-cache read bandwidth of the snapshot's largest file, and host-to-device copy bandwidth on
 a GPU. With --cri (CPU), the same cold start and restore also go through containerd's CRI API.
 
-Phases, so that a GPU run fits in several shorter sessions: `cold` (weights, cold start, capture),
+Phases, so that a long GPU run can be split in two: `cold` (weights, cold start, capture),
 `restores` (yardsticks, restores, results); `all` does both. State lives in --work.
 Usage: python3 benchmarks/restore.py --device cpu --size small [--cri] [--site DIR]
        python3 benchmarks/restore.py --device cuda --size 8b --compile --kv-gb 16

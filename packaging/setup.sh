@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up this machine to run thaw from this checkout: node packages and CRIU (install-node.sh),
-# then a Python venv in .venv with thaw and its test dependencies. Idempotent.
+# Podman (for the tests), a Python venv in .venv with thaw and its test dependencies, thaw's
+# protobuf modules, and torch + transformers for the LLM worker's containers. Idempotent.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
