@@ -77,7 +77,7 @@ class Bench:
                "COMPILE": "1" if self.a.compile else "0", "KV_CACHE_GB": str(self.a.kv_gb), "HF_HUB_OFFLINE": "1"}
         if not self.gpu:
             env.update(PYTHONPATH="/opt/torch", THREADS=str(os.cpu_count() or 2))
-        return env
+        return {**env, **dict(item.split("=", 1) for item in self.a.worker_env)}
 
     def worker(self):  # type: ignore[no-untyped-def]
         if self.gpu:
@@ -159,7 +159,8 @@ class Bench:
         state["yardsticks"] = self.yardsticks(state)
         original = thp()
         modes = [m for m in ("madvise", "always") if original is not None and thp(m) == m] or [original]
-        variants = [(mode, cache) for mode in modes for cache in ("warm", "dropped")]
+        variants = [(mode, cache) for mode in modes for cache in ("warm", "dropped")
+                    if not self.a.variants or f"{mode}:{cache}" in self.a.variants.split(",")]
         state["restores"] = []
         try:
             for i, (mode, cache) in enumerate(variants):
@@ -307,6 +308,8 @@ def main() -> None:
     p.add_argument("--no-hooks", dest="hooks", action="store_false", help="capture without the worker's quiesce hook")
     p.add_argument("--cri", action="store_true", help="also cold start + restore through containerd's CRI")
     p.add_argument("--label", default="", help="suffix of the result files")
+    p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE", help="more environment for the worker")
+    p.add_argument("--variants", default="", help="restores to run, e.g. always:warm,madvise:dropped (default: all four)")
     a = p.parse_args()
     bench = Bench(a)
     try:

@@ -25,7 +25,8 @@ import uuid
 
 START = time.time()
 STAGES = {}
-# torch.compile in this process, not in a pool of compile workers: those would be captured too
+# torch.compile in this process by default, not in a pool of compile workers that would be captured
+# too (set TORCHINDUCTOR_COMPILE_THREADS to compile in parallel)
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 import torch  # noqa: E402  (imports are part of a worker's start)
 import transformers  # noqa: E402
