@@ -1,7 +1,7 @@
 """The CPU worker's Python packages (torch, transformers) for this machine's /usr/bin/python3, in a
 directory that tests and benchmarks bind into containers at /opt/torch and build into its image.
 
-Usage: python deps.py [SITE]   (any pip of the same Python minor version installs them; idempotent)
+Usage: python deps.py [SITE]   (idempotent)
 """
 import os
 import subprocess
@@ -18,8 +18,12 @@ def ready(site: str = SITE) -> bool:
 
 
 def ensure(site: str = SITE) -> str:
+    """Install for the worker's Python version (it may differ from this pip's: Debian 13 has 3.13)."""
     if not ready(site):
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--target", site, *PACKAGES],
+        version = subprocess.run([WORKER_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--target", site,
+                        "--python-version", version, "--implementation", "cp", "--only-binary=:all:", *PACKAGES],
                        check=True)
         if not ready(site):
             raise RuntimeError(f"{site}: torch and transformers still do not import for {WORKER_PYTHON}")
