@@ -126,9 +126,9 @@ def door(tmp_path):
         (bin_dir / name).chmod(0o755)
     (tmp_path / "config.json").write_text(json.dumps({"runtime": str(bin_dir / "runtime")}))
     annotated, plain, root = tmp_path / "annotated", tmp_path / "plain", tmp_path / "root"
-    for bundle, annotations in ((annotated, {"thaw.dev/snapshot": "x"}), (plain, {"other": "y"})):
+    for bundle, marks in ((annotated, {"thaw.dev/snapshot": "x"}), (plain, {"other": "y"})):
         bundle.mkdir()
-        (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "annotations": annotations}))
+        (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "annotations": marks}))
     (root / "restored").mkdir(parents=True)
     (root / "restored" / "thaw-restored").write_text("{}")
 

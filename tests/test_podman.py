@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import events, thaw_cli
-from runtime import archive, layout, netns_http, store
+from runtime import layout, netns_http, store
 from runtime.lab import WORKER_DIR, thaw_runc
 from runtime.oci_image import ImageSpec, python_paths, write_archive
 
