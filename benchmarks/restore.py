@@ -226,11 +226,7 @@ def cri_run(bench: Bench) -> dict:
         cold = lab.pod("llm-cold", image, [], annotations=annotations, env=env, port=PORT,
                        mounts=[(bench.models, "/models/llm", True)])
         out = {"cold": first_token(cold)}
-        deadline = time.monotonic() + 600
-        while not store.Store(bench.cfg.store).entries("default", f"cri-{bench.snapshot}"):
-            if time.monotonic() > deadline:
-                raise TimeoutError("no on-ready capture through CRI")
-            time.sleep(0.5)
+        store.Store(bench.cfg.store).wait_for("default", f"cri-{bench.snapshot}", timeout=600)
         cold.delete()
         restored = lab.pod("llm-restore", image, [], annotations=annotations, env=env, port=PORT,
                            mounts=[(bench.models, "/models/llm", True)])
@@ -245,15 +241,13 @@ def cri_run(bench: Bench) -> dict:
 
 def first_token(pod, timeout: float = 1800) -> dict:  # type: ignore[no-untyped-def]
     """Seconds from RunPodSandbox to the first completion, and the worker's boot id."""
-    from runtime import netns_http
     deadline = time.monotonic() + timeout
     while not pod.get("/health", timeout=2):
         if time.monotonic() > deadline:
             raise TimeoutError(pod.log()[-2000:])
         time.sleep(0.05)
-    status, body = netns_http.request(f"/proc/{pod.pid()}/ns/net", f"http://127.0.0.1:{PORT}/v1/completions",
-                                      json.dumps(PROMPT).encode(), timeout=600)
-    return {"first_token_s": time.monotonic() - pod.started, "boot_id": json.loads(body)["system_fingerprint"]}
+    completion = pod.post("/v1/completions", PROMPT)
+    return {"first_token_s": time.monotonic() - pod.started, "boot_id": completion["system_fingerprint"]}
 
 
 def report(state: dict) -> None:

@@ -7,7 +7,6 @@ it is unpacked into the store's staging area and appears with the store's one re
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tarfile
@@ -109,7 +108,7 @@ def import_archive(settings: Settings, archive: str, name: str, namespace: str) 
             "source": {"container_id": str(config.get("id") or spec.get("hostname") or "imported"),
                        "imported_from": os.path.basename(archive)},
             "rootfs": {"kind": "imported", "diff_bytes": os.path.getsize(os.path.join(staging, layout.ROOTFS_DIFF)),
-                       "deleted": len(json.load(open(os.path.join(staging, layout.DELETED_FILES))) or [])},
+                       "deleted": len(layout.read_json(os.path.join(staging, layout.DELETED_FILES)) or [])},
             "capture": {"seconds": 0, "checkpoint_seconds": 0, "leave_running": False,
                         "checkpoint_bytes": sum(os.path.getsize(os.path.join(images, f)) for f in os.listdir(images))},
             "files": {},

@@ -195,9 +195,10 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
             fp = fingerprint.of_container(src.spec, env_ignore=settings.env_ignore, criu=settings.criu,
                                           runtime=settings.runtime,
                                           gpu=gpu_inventory.fingerprint_of_spec(src.spec))
-            present = [e for e in st.entries(namespace, name) if e.manifest["fingerprint_id"] == fp.ident()]
-            if skip_if_present and present:
-                return present[0]
+            if skip_if_present:
+                present = [e for e in st.entries(namespace, name) if e.manifest["fingerprint_id"] == fp.ident()]
+                if present:
+                    return present[0]
             work = os.path.join(staging, "work")
             images = os.path.join(staging, layout.CHECKPOINT_DIR)
             gpu_facts = _gpu_facts(settings, src) if fp.gpu else {}

@@ -225,6 +225,12 @@ class Pod:
         body = http_get(f"/proc/{self.pid()}/ns/net", f"http://127.0.0.1:{self.port}{path}", timeout)
         return json.loads(body) if body else None
 
+    def post(self, path: str, payload: dict, timeout: float = 600) -> dict | None:
+        from runtime import netns_http
+        status, body = netns_http.request(f"/proc/{self.pid()}/ns/net", f"http://127.0.0.1:{self.port}{path}",
+                                          json.dumps(payload).encode(), timeout)
+        return json.loads(body) if status == 200 else None
+
     def wait_answer(self, timeout: float = 120) -> tuple[dict, float]:
         """The first answer and the seconds from RunPodSandbox to it."""
         deadline = time.monotonic() + timeout

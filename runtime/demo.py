@@ -40,16 +40,6 @@ def _timed(label: str, fn):  # type: ignore[no-untyped-def]
         done.set()
 
 
-def _wait_snapshot(cfg: Settings, name: str, timeout: float = 120) -> store.Entry:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entries = store.Store(cfg.store).entries("default", name)
-        if entries:
-            return entries[0]
-        time.sleep(0.2)
-    raise TimeoutError(f"no snapshot after {timeout}s (see the event log {cfg.event_log})")
-
-
 def run(cfg: Settings, warm_seconds: float = 10.0) -> int:
     top = tempfile.mkdtemp(prefix="thaw-demo-")
     cfg = dataclasses.replace(cfg, store=os.path.join(top, "store"), event_log=os.path.join(top, "events.jsonl"),
@@ -71,7 +61,8 @@ def run(cfg: Settings, warm_seconds: float = 10.0) -> int:
         cold_answer, cold_seconds = _timed("waiting for pod 1 to answer", pods[0].wait_answer)
         print(f"    answered {cold_seconds:.2f}s after RunPodSandbox (boot id {cold_answer['boot_id'][:8]})")
         print("2/3 capture on ready: thaw checkpoints pod 1 while it keeps serving")
-        entry = _timed("waiting for the snapshot", lambda: _wait_snapshot(cfg, "demo-worker"))
+        entry = _timed("waiting for the snapshot",
+                       lambda: store.Store(cfg.store).wait_for("default", "demo-worker", timeout=120))
         size = entry.size()
         print(f"    snapshot default/{entry.name}: {size / 2**20:.1f} MiB, captured in "
               f"{entry.manifest['capture']['seconds']:.2f}s")

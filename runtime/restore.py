@@ -216,14 +216,14 @@ def restore(call: RuncCall, settings: Settings, spec: dict[str, Any], request: T
                 entries += st.entries(shared, request.snapshot)
     work = work_dir_for(call.root, str(call.container_id))
     with st.reading(namespace, request.snapshot), contextlib.ExitStack() as on_failure:
+        if os.path.exists(os.path.join(call.root, str(call.container_id), "state.json")):
+            raise NotRestorable(f"a container {call.container_id} exists already")  # never clean up what is not ours
         entry = pick_entry(entries, here, what)
         prefetch_pages(entry, settings.prefetch_threads)
         name_entry(call, spec, entry.path)    # for thaw-hook prestart, which runc runs during the restore
         on_failure.callback(name_entry, call, spec, None)
         with stage("verify"):
             store.verify(entry, deep=settings.verify == "sha256")
-        if os.path.exists(os.path.join(call.root, str(call.container_id), "state.json")):
-            raise NotRestorable(f"a container {call.container_id} exists already")  # never clean up what is not ours
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work, mode=0o700)
         on_failure.callback(shutil.rmtree, work, ignore_errors=True)

@@ -137,6 +137,15 @@ class Store:
                 continue
         return out
 
+    def wait_for(self, namespace: str, name: str, timeout: float) -> Entry:
+        """The newest entry of (namespace, name) once there is one (an on-ready capture elsewhere)."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.entries(namespace, name)):
+            if time.monotonic() > deadline:
+                raise StoreError(f"no snapshot {namespace}/{name} after {timeout:.0f}s")
+            time.sleep(0.2)
+        return found[0]
+
     def all_entries(self) -> list[Entry]:
         base = os.path.join(self.root, "snapshots")
         out: list[Entry] = []
