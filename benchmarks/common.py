@@ -1,4 +1,4 @@
-"""Shared bits of the benchmark scripts: a private thaw config, tables, result files."""
+"""Shared bits of the benchmark scripts: a private rewarm config, tables, result files."""
 from __future__ import annotations
 
 import json
@@ -14,17 +14,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def private_node() -> tuple[str, dict]:
-    """A temp dir with its own thaw config (store, event log), exported through THAW_CONFIG."""
-    top = tempfile.mkdtemp(prefix="thaw-bench-")
+def private_node(**overrides: object) -> tuple[str, dict]:
+    """A temp dir with its own rewarm config (store, event log), based on the one $REWARM_CONFIG
+    names (e.g. the runtime and CRIU paths of a GPU host) and exported through REWARM_CONFIG."""
+    from runtime.front.names import CONFIG_ENV
+    from runtime.lab.private_node import write_config
+    top = tempfile.mkdtemp(prefix="rewarm-bench-")
     os.chmod(top, 0o755)
-    cfg = {"store": os.path.join(top, "store"), "event_log": os.path.join(top, "events.jsonl"),
-           "metrics_file": os.path.join(top, "thaw.prom"),
-           **json.loads(os.environ.get("THAW_BENCH_CONFIG", "{}"))}  # e.g. runtime and CRIU paths of a GPU host
-    with open(os.path.join(top, "config.json"), "w") as f:
-        json.dump(cfg, f)
-    os.environ["THAW_CONFIG"] = os.path.join(top, "config.json")
-    return top, cfg
+    path = write_config(top, **overrides)
+    os.environ[CONFIG_ENV] = path
+    with open(path) as f:
+        return top, json.load(f)
 
 
 def machine() -> dict:

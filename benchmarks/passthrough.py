@@ -1,4 +1,4 @@
-"""Cost of thaw-runc for containers without thaw annotations, against plain runc, in one run.
+"""Cost of rewarm-runc for containers without rewarm annotations, against plain runc, in one run.
 
 A full create/start/state/kill/delete cycle, alternating runtimes so drift hits both alike, and
 the cost of one pass-through verb (`state` of a running container).
@@ -13,8 +13,8 @@ import subprocess
 import time
 
 import common
-from runtime import bundles
-from runtime.lab import Lab, thaw_runc
+from runtime.lab import bundles
+from runtime.lab.runc_lab import Lab, rewarm_runc
 
 
 def cycle(lab: Lab, runtime: str, i: int) -> float:
@@ -48,25 +48,25 @@ def main() -> None:
     a = p.parse_args()
     top, _ = common.private_node()
     lab = Lab(top + "/lab")
-    shim = thaw_runc()
-    times: dict[str, list[float]] = {"runc": [], "thaw-runc": []}
+    shim = rewarm_runc()
+    times: dict[str, list[float]] = {"runc": [], "rewarm-runc": []}
     try:
         for i in range(a.cycles):
-            for name, runtime in (("runc", "runc"), ("thaw-runc", shim)):
+            for name, runtime in (("runc", "runc"), ("rewarm-runc", shim)):
                 times[name].append(cycle(lab, runtime, f"{name}-{i}"))
         keeper = lab.create("verb", bundles.Worker(args=["/bin/sleep", "600"]), runtime="runc")
         verb = {"runc": verb_ms("runc", lab.runc_root, keeper.cid, a.verbs),
-                "thaw-runc": verb_ms(shim, lab.runc_root, keeper.cid, a.verbs)}
+                "rewarm-runc": verb_ms(shim, lab.runc_root, keeper.cid, a.verbs)}
     finally:
         lab.close()
         shutil.rmtree(top, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = med["thaw-runc"] / med["runc"]
+    ratio = med["rewarm-runc"] / med["runc"]
     rows = [["runc", f"{med['runc'] * 1000:.1f}", f"{verb['runc']:.1f}", "1.00"],
-            ["thaw-runc", f"{med['thaw-runc'] * 1000:.1f}", f"{verb['thaw-runc']:.1f}", f"{ratio:.2f}"]]
+            ["rewarm-runc", f"{med['rewarm-runc'] * 1000:.1f}", f"{verb['rewarm-runc']:.1f}", f"{ratio:.2f}"]]
     md = (f"Pass-through cost, {a.cycles} cycles each (median), {a.verbs} `state` calls each (median)\n\n"
           + common.table(["runtime", "create+start+state+kill+delete (ms)", "one verb: state (ms)", "cycle ratio"], rows)
-          + f"\n\nthaw-runc adds {verb['thaw-runc'] - verb['runc']:.1f} ms per verb.")
+          + f"\n\nrewarm-runc adds {verb['rewarm-runc'] - verb['runc']:.1f} ms per verb.")
     common.write("passthrough", {"machine": common.machine(), "cycles_s": times, "median_cycle_s": med,
                                  "cycle_ratio": ratio, "verb_ms": verb}, md)
 

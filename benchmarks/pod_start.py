@@ -1,4 +1,4 @@
-"""Pod-level cost of the thaw handler for pods without thaw annotations, against plain runc.
+"""Pod-level cost of the rewarm handler for pods without rewarm annotations, against plain runc.
 
 Through containerd's CRI, the way kubelet starts and deletes a pod: RunPodSandbox, CreateContainer,
 StartContainer, first HTTP answer from the worker, then StopContainer, RemoveContainer,
@@ -12,10 +12,10 @@ import statistics
 import time
 
 import common
-from runtime.containerd_lab import Lab
-from runtime.lab import WORKER_DIR, thaw_runc
+from runtime.lab.containerd_lab import Lab
+from runtime.lab.runc_lab import WORKER_DIR, rewarm_runc
 
-IMAGE = "localhost/thaw/bench-worker:1"
+IMAGE = "localhost/rewarm/bench-worker:1"
 COMMAND = ["/usr/bin/python3", "/app/worker.py"]
 
 
@@ -32,20 +32,20 @@ def main() -> None:
     p.add_argument("--pods", type=int, default=10)
     a = p.parse_args()
     top, _ = common.private_node()
-    lab = Lab("bench", thaw_config=f"{top}/config.json").setup(thaw_runc())
+    lab = Lab("bench", rewarm_config=f"{top}/config.json").setup(rewarm_runc())
     try:
         lab.build_worker_image(IMAGE, WORKER_DIR, COMMAND)
-        samples: dict[str, list[tuple[float, float]]] = {"runc": [], "thaw": []}
-        one_pod(lab, "runc", -1), one_pod(lab, "thaw", -1)  # warm the page cache and containerd
+        samples: dict[str, list[tuple[float, float]]] = {"runc": [], "rewarm": []}
+        one_pod(lab, "runc", -1), one_pod(lab, "rewarm", -1)  # warm the page cache and containerd
         for i in range(a.pods):
-            for handler in ("runc", "thaw") if i % 2 else ("thaw", "runc"):
+            for handler in ("runc", "rewarm") if i % 2 else ("rewarm", "runc"):
                 samples[handler].append(one_pod(lab, handler, i))
     finally:
         lab.destroy()
     med = {h: (statistics.median(s[0] for s in v), statistics.median(s[1] for s in v)) for h, v in samples.items()}
     rows = [[h, f"{med[h][0] * 1000:.0f}", f"{med[h][1] * 1000:.0f}",
              f"{med[h][0] / med['runc'][0]:.3f}", f"{(med[h][0] + med[h][1]) / sum(med['runc']):.3f}"]
-            for h in ("runc", "thaw")]
+            for h in ("runc", "rewarm")]
     markdown = common.table(["handler", "pod start to first answer (ms)", "pod stop + remove (ms)",
                              "start ratio", "start+delete ratio"], rows)
     common.write("pod_start", {"machine": common.machine(), "pods": a.pods, "samples": samples,

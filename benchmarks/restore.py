@@ -1,6 +1,6 @@
 """Restore vs cold start of the LLM worker (examples/llm-worker), on CPU or GPU, in one run.
 
-Measures, through thaw-runc: cold start to first token, capture, then restores to first token with
+Measures, through rewarm-runc: cold start to first token, capture, then restores to first token with
 the snapshot in the page cache and after dropping it, with transparent huge pages `madvise` and
 `always`; the restore's stages (store checks, rootfs diff, CRIU, CUDA restore, the worker's resume
 hook), snapshot size and restore throughput. In the same run, the machine's yardsticks: disk read
@@ -23,16 +23,17 @@ import sys
 import time
 
 import common
-from runtime import capture, settings
-from runtime.lab import Lab
+from runtime.adapters import settings_file
+from runtime.engine import capture
+from runtime.lab.runc_lab import Lab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(os.path.dirname(HERE), "examples", "llm-worker")
 THP = "/sys/kernel/mm/transparent_hugepage/enabled"
 PORT = 8000
 PROMPT = {"prompt": "The fastest way to start an inference worker is", "max_tokens": 16}
-HOOKS = {"thaw.dev/quiesce-http": f"http://127.0.0.1:{PORT}/sleep",
-         "thaw.dev/resume-http": f"http://127.0.0.1:{PORT}/wake_up"}
+HOOKS = {"rewarm.dev/quiesce-http": f"http://127.0.0.1:{PORT}/sleep",
+         "rewarm.dev/resume-http": f"http://127.0.0.1:{PORT}/wake_up"}
 
 
 def thp(mode: str | None = None) -> str | None:
@@ -57,16 +58,14 @@ class Bench:
         self.work = a.work
         os.makedirs(self.work, mode=0o755, exist_ok=True)
         self.models = os.path.join(self.work, "models", a.size)
-        self.config = os.path.join(self.work, "config.json")
-        with open(self.config, "w") as f:
-            json.dump({"store": os.path.join(self.work, "store"), "event_log": os.path.join(self.work, "events.jsonl"),
-                       "metrics_file": os.path.join(self.work, "thaw.prom"),
-                       **json.loads(os.environ.get("THAW_BENCH_CONFIG", "{}"))}, f)
-        os.environ["THAW_CONFIG"] = self.config
-        self.cfg = settings.load(self.config)
+        from runtime.front.names import CONFIG_ENV
+        from runtime.lab.private_node import write_config
+        self.config = write_config(self.work)
+        os.environ[CONFIG_ENV] = self.config
+        self.cfg = settings_file.load(self.config)
         self.lab = Lab(os.path.join(self.work, "lab"), port=PORT)
         self.snapshot = f"llm-{a.size}"
-        self.annotations = {"thaw.dev/snapshot": self.snapshot, **(HOOKS if a.hooks else {})}
+        self.annotations = {"rewarm.dev/snapshot": self.snapshot, **(HOOKS if a.hooks else {})}
         self.gpu = a.device.startswith("cuda")
         self.python = sys.executable if self.gpu else "/usr/bin/python3"
         self.state_file = os.path.join(self.work, f"state-{a.device}-{a.size}.json")
@@ -123,17 +122,17 @@ class Bench:
         state = {"machine": common.machine(), "device": self.a.device, "size": self.a.size, "compile": self.a.compile,
                  "kv_gb": self.a.kv_gb, "hooks": self.a.hooks, "weights_s": weights_s, "weight_bytes": weight_bytes,
                  "cold": run, "cold_events": self.events(c.cid), "entry": entry.ident,
-                 "snapshot_bytes": entry.size(), "capture": entry.manifest["capture"],
+                 "snapshot_bytes": entry.size(), "capture": vars(entry.manifest.capture),
                  "largest_file": max((os.path.join(entry.path, "checkpoint", f) for f in
                                       os.listdir(os.path.join(entry.path, "checkpoint"))), key=os.path.getsize)}
         if self.gpu:
-            from runtime import gpu
-            state["gpu"] = [g.model for g in gpu.inventory().gpus][:1]
-            state["gpu_processes"] = entry.manifest.get("gpu_processes")
+            from runtime.gpu import nvml
+            state["gpu"] = [g.model for g in nvml.inventory().gpus][:1]
+            state["gpu_processes"] = {k: list(v) for k, v in entry.manifest.gpu_processes.items()}
         with open(self.state_file, "w") as f:
             json.dump(state, f, indent=2)
         print(f"cold start to first token {run['first_token_s']:.2f}s (worker stages {run['health']['stages']}); "
-              f"snapshot {entry.size() / 1e9:.2f} GB captured in {entry.manifest['capture']['seconds']:.1f}s")
+              f"snapshot {entry.size() / 1e9:.2f} GB captured in {entry.manifest.capture.seconds:.1f}s")
 
     def yardsticks(self, state: dict) -> dict:
         path = state["largest_file"]
@@ -210,17 +209,18 @@ def parallel_read_gbps(path: str, readers: int) -> float:
 
 def cri_run(bench: Bench) -> dict:
     """The same worker as an image, through containerd's CRI: cold pod captured on ready, then a restore."""
-    from runtime import oci_image, store
-    from runtime.containerd_lab import Lab as CriLab
-    from runtime.lab import thaw_runc
-    lab = CriLab("bench-llm", thaw_config=bench.config).setup(thaw_runc())
-    image = f"localhost/thaw/llm-worker:{bench.a.size}"
+    from runtime.adapters import store
+    from runtime.lab import oci_image
+    from runtime.lab.containerd_lab import Lab as CriLab
+    from runtime.lab.runc_lab import rewarm_runc
+    lab = CriLab("bench-llm", rewarm_config=bench.config).setup(rewarm_runc())
+    image = f"localhost/rewarm/llm-worker:{bench.a.size}"
     try:
         spec = oci_image.ImageSpec(name=image, entrypoint=["/usr/bin/python3", "/app/server.py"], workdir="/app",
                                    paths=oci_image.python_paths(packages=(bench.a.site,)), trees={"/app": WORKER, "/opt/torch": bench.a.site},
                                    files={"/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n", "/etc/group": b"root:x:0:\n"})
         oci_image.build_and_import(spec, lab.address)
-        annotations = {"thaw.dev/snapshot": f"cri-{bench.snapshot}", "thaw.dev/capture": "on-ready",
+        annotations = {"rewarm.dev/snapshot": f"cri-{bench.snapshot}", "rewarm.dev/capture": "on-ready",
                        **(HOOKS if bench.a.hooks else {})}
         env = {**bench.env(), "MODEL_DIR": "/models/llm"}
         cold = lab.pod("llm-cold", image, [], annotations=annotations, env=env, port=PORT,
@@ -259,7 +259,7 @@ def report(state: dict) -> None:
         s = r["stages"]
         gbps = size / 1e9 / s["runtime_restore"]
         rows.append(["restore", r["thp"], r["page_cache"], f"{r['first_token_s']:.2f}", f"{cold / r['first_token_s']:.1f}x",
-                     f"{s.get('find', 0) + s.get('verify', 0):.2f}", f"{s.get('rootfs', 0):.2f}",
+                     f"{s.get('find', 0) + s.get('fingerprint', 0) + s.get('verify', 0):.2f}", f"{s.get('rootfs', 0):.2f}",
                      f"{s.get('criu', s['runtime_restore']):.2f}", f"{s.get('cuda_restore', 0):.2f}",
                      f"{s.get('resume', 0):.2f}", f"{gbps:.2f} ({gbps / y['page_cache_read_gbps']:.0%} of page cache)"])
     best = min(state["restores"], key=lambda r: r["first_token_s"])
@@ -294,9 +294,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--size", default="small", choices=["tiny", "small", "8b"])
-    p.add_argument("--work", default="/var/tmp/thaw-bench/restore")
+    p.add_argument("--work", default="/var/tmp/rewarm-bench/restore")
     p.add_argument("--phase", default="all", choices=["all", "cold", "restores"])
-    p.add_argument("--site", default="/var/tmp/thaw-bench/torch-site", help="CPU: torch + transformers for /usr/bin/python3")
+    p.add_argument("--site", default="/var/tmp/rewarm-bench/torch-site", help="CPU: torch + transformers for /usr/bin/python3")
     p.add_argument("--compile", action="store_true", help="the worker runs torch.compile at start")
     p.add_argument("--kv-gb", type=float, default=0, help="GPU memory the worker reserves for its KV cache")
     p.add_argument("--no-hooks", dest="hooks", action="store_false", help="capture without the worker's quiesce hook")

@@ -1,4 +1,4 @@
-"""GPU worker: cold start vs restore through thaw-runc, restore stages, THP madvise vs always.
+"""GPU worker: cold start vs restore through rewarm-runc, restore stages, THP madvise vs always.
 
 The worker (examples/gpu-worker) holds GPU_GIB of weights and a CUDA graph. One run: cold start,
 capture, then restores with transparent huge pages as the node has them and with `always`, each
@@ -13,8 +13,10 @@ import shutil
 import subprocess
 
 import common
-from runtime import capture, gpu, settings
-from runtime.lab import Lab
+from runtime.adapters import settings_file
+from runtime.engine import capture
+from runtime.gpu import nvml
+from runtime.lab.runc_lab import Lab
 
 THP = "/sys/kernel/mm/transparent_hugepage/enabled"
 WORKER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "gpu-worker")
@@ -48,17 +50,17 @@ def main() -> None:
     a = p.parse_args()
     top, cfg = common.private_node()
     lab = Lab(os.path.join(top, "lab"))
-    annotations, env = {"thaw.dev/snapshot": "gpu-bench"}, {"GPU_GIB": a.gib}
+    annotations, env = {"rewarm.dev/snapshot": "gpu-bench"}, {"GPU_GIB": a.gib}
     original_thp = thp()
-    rows, data = [], {"machine": common.machine(), "gpu": [g.model for g in gpu.inventory().gpus][:1]}
+    rows, data = [], {"machine": common.machine(), "gpu": [g.model for g in nvml.inventory().gpus][:1]}
     try:
         cold = lab.create("cold", lab.gpu_worker(annotations, env, WORKER))
         cold_answer, cold_s = cold.wait_ready(timeout=900)
-        entry = capture.capture(settings.load(), lab.runc_root, cold.cid, "gpu-bench", leave_running=False)
+        entry = capture.capture(settings_file.load(), lab.runc_root, cold.cid, "gpu-bench", leave_running=False)
         lab.containers.remove(cold)
         cold.bundle.remove()
         size = entry.size()
-        data.update(cold_start_s=cold_s, snapshot_bytes=size, capture_s=entry.manifest["capture"]["seconds"])
+        data.update(cold_start_s=cold_s, snapshot_bytes=size, capture_s=entry.manifest.capture.seconds)
         rows.append(["cold start", original_thp, f"{cold_s:.2f}", "", "", "", ""])
         for label, mode, drop in (("restore", original_thp, False), ("restore", "always", False),
                                   ("restore, page cache dropped", "always", True)):
@@ -78,7 +80,7 @@ def main() -> None:
         lab.close()
         shutil.rmtree(top, ignore_errors=True)
     md = (f"GPU worker on {data['gpu'][0]}: {a.gib} GiB of GPU weights + CUDA graph; snapshot {size / 1e9:.1f} GB, "
-          f"captured in {data['capture_s']:.1f}s. Time to first answer through thaw-runc.\n\n"
+          f"captured in {data['capture_s']:.1f}s. Time to first answer through rewarm-runc.\n\n"
           + common.table(["path", "THP", "first answer (s)", "CRIU (s)", "CUDA restore+unlock (s)", "verify (s)",
                           "restore GB/s"], rows))
     common.write("restore_gpu", data, md)

@@ -1,1 +1,1 @@
-"""OCI hooks of thaw (prestart / poststop)."""
+"""rewarm's OCI hooks (prestart / poststop): `rewarm-hook`."""

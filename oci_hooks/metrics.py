@@ -1,12 +1,13 @@
-"""Prometheus text-format metrics of thaw's lifecycle events, for a node exporter's textfile
+"""Prometheus text-format metrics of rewarm's lifecycle events, for a node exporter's textfile
 collector. Derived from the event log each time, so the numbers survive restarts and stay consistent
 with it; written with one rename."""
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import defaultdict
 from typing import Any
+
+from runtime.adapters.files import atomic_write
+from runtime.model.events import EventKind
 
 REASONS = (("no snapshot", "missing"), ("does not fit", "incompatible"), ("checksum", "corrupt"),
            ("manifest", "corrupt"), ("size", "corrupt"), ("invalid", "invalid"), ("unknown annotation", "invalid"),
@@ -28,32 +29,32 @@ def render(events: list[dict[str, Any]]) -> str:
     for e in events:
         ns, snap = e.get("namespace", ""), e.get("snapshot", "")
         kind = e.get("event")
-        if kind == "restored":
-            counters[("thaw_restores_total", _labels(namespace=ns, snapshot=snap))] += 1
-            counters[("thaw_restore_seconds_sum", _labels(namespace=ns, snapshot=snap))] += e.get("seconds", 0)
-            counters[("thaw_restore_seconds_count", _labels(namespace=ns, snapshot=snap))] += 1
-        elif kind in ("cold-start", "restore-refused"):
-            name = "thaw_cold_starts_total" if kind == "cold-start" else "thaw_restores_refused_total"
+        if kind == EventKind.RESTORED.value:
+            counters[("rewarm_restores_total", _labels(namespace=ns, snapshot=snap))] += 1
+            counters[("rewarm_restore_seconds_sum", _labels(namespace=ns, snapshot=snap))] += e.get("seconds", 0)
+            counters[("rewarm_restore_seconds_count", _labels(namespace=ns, snapshot=snap))] += 1
+        elif kind in (EventKind.COLD_START.value, EventKind.RESTORE_REFUSED.value):
+            name = "rewarm_cold_starts_total" if kind == EventKind.COLD_START.value else "rewarm_restores_refused_total"
             counters[(name, _labels(namespace=ns, snapshot=snap, reason=reason_class(e.get("reason", ""))))] += 1
-        elif kind == "captured":
-            counters[("thaw_captures_total", _labels(namespace=ns, snapshot=snap))] += 1
-            counters[("thaw_capture_seconds_sum", _labels(namespace=ns, snapshot=snap))] += e.get("seconds", 0)
-            counters[("thaw_capture_bytes_sum", _labels(namespace=ns, snapshot=snap))] += e.get("bytes", 0)
-        elif kind == "capture-failed":
-            counters[("thaw_capture_failures_total", _labels(namespace=ns, snapshot=snap))] += 1
-        elif kind == "stopped":
-            counters[("thaw_containers_stopped_total", _labels(outcome=e.get("outcome", "unknown")))] += 1
+        elif kind == EventKind.CAPTURED.value:
+            counters[("rewarm_captures_total", _labels(namespace=ns, snapshot=snap))] += 1
+            counters[("rewarm_capture_seconds_sum", _labels(namespace=ns, snapshot=snap))] += e.get("seconds", 0)
+            counters[("rewarm_capture_bytes_sum", _labels(namespace=ns, snapshot=snap))] += e.get("bytes", 0)
+        elif kind == EventKind.CAPTURE_FAILED.value:
+            counters[("rewarm_capture_failures_total", _labels(namespace=ns, snapshot=snap))] += 1
+        elif kind == EventKind.STOPPED.value:
+            counters[("rewarm_containers_stopped_total", _labels(outcome=e.get("outcome", "unknown")))] += 1
     help_lines = {
-        "thaw_restores_total": "Containers restored from a snapshot.",
-        "thaw_restore_seconds_sum": "Seconds spent in restores (create to restored).",
-        "thaw_restore_seconds_count": "Restores timed.",
-        "thaw_cold_starts_total": "Annotated containers that cold-started, by reason.",
-        "thaw_restores_refused_total": "Restores refused with thaw.dev/fallback: fail, by reason.",
-        "thaw_captures_total": "Snapshots captured.",
-        "thaw_capture_seconds_sum": "Seconds spent capturing.",
-        "thaw_capture_bytes_sum": "Bytes of snapshots captured.",
-        "thaw_capture_failures_total": "Captures that failed (the worker kept running).",
-        "thaw_containers_stopped_total": "Annotated containers stopped, by how they had started.",
+        "rewarm_restores_total": "Containers restored from a snapshot.",
+        "rewarm_restore_seconds_sum": "Seconds spent in restores (create to restored).",
+        "rewarm_restore_seconds_count": "Restores timed.",
+        "rewarm_cold_starts_total": "Annotated containers that cold-started, by reason.",
+        "rewarm_restores_refused_total": "Restores refused with rewarm.dev/fallback: fail, by reason.",
+        "rewarm_captures_total": "Snapshots captured.",
+        "rewarm_capture_seconds_sum": "Seconds spent capturing.",
+        "rewarm_capture_bytes_sum": "Bytes of snapshots captured.",
+        "rewarm_capture_failures_total": "Captures that failed (the worker kept running).",
+        "rewarm_containers_stopped_total": "Annotated containers stopped, by how they had started.",
     }
     lines = []
     for metric in sorted({m for m, _ in counters}):
@@ -64,14 +65,4 @@ def render(events: list[dict[str, Any]]) -> str:
 
 
 def write(path: str, events: list[dict[str, Any]]) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".thaw-metrics-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(render(events))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, render(events), mode=0o644, sync=False)

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Installs what a thaw node needs on Debian 12 or 13: runc, iptables, containerd, CNI plugins and
+# Installs what a rewarm node needs on Debian 12 or 13: runc, iptables, containerd, CNI plugins and
 # CRIU >= 4.2 with its CUDA plugin. Idempotent: a second run changes nothing and says so.
 # CRIU is built from Debian's source package when the distribution's CRIU is too old or fails
 # `criu check` (bookworm's 3.17 dies on new kernels, trixie's 4.1 cannot dump inet sockets).
 set -euo pipefail
 
 CRIU_MIN=4.2
-CRIU_WANT=${THAW_CRIU_VERSION:-4.2.1}          # the version we build when we must build
-PREFIX=${THAW_PREFIX:-/opt/thaw}                 # CRIU build + plugin dir live here
-CRIU_SHA256=${THAW_CRIU_SHA256:-29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9}
+CRIU_WANT=${REWARM_CRIU_VERSION:-4.2.1}          # the version we build when we must build
+PREFIX=${REWARM_PREFIX:-/opt/rewarm}                 # CRIU build + plugin dir live here
+CRIU_SHA256=${REWARM_CRIU_SHA256:-29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9}
 CRIU_DIR=$PREFIX/criu-$CRIU_WANT
 PLUGIN_DIR=$PREFIX/criu-plugins
 APT_PACKAGES=(runc iptables containerd containernetworking-plugins busybox-static python3 python3-venv python3-dev gcc)
@@ -16,7 +16,7 @@ CRIU_BUILD_DEPS=(build-essential libprotobuf-c-dev protobuf-c-compiler protobuf-
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libaio-dev
   pkg-config uuid-dev libnftables-dev libdrm-dev libprotobuf-dev xz-utils dpkg-dev)
 
-say() { printf 'thaw-install: %s\n' "$*"; }
+say() { printf 'rewarm-install: %s\n' "$*"; }
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 
 apt_updated=0
@@ -37,7 +37,7 @@ criu_usable() {  # $1 = criu binary
 
 build_criu() {
   apt_install "${CRIU_BUILD_DEPS[@]}"
-  local src=/etc/apt/sources.list.d/thaw-sid-src.list
+  local src=/etc/apt/sources.list.d/rewarm-sid-src.list
   if [ ! -f $src ]; then
     echo "deb-src http://deb.debian.org/debian sid main" > $src
     apt-get update -qq

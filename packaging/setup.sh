@@ -1,30 +1,30 @@
 #!/usr/bin/env bash
-# Set up this machine to run thaw from this checkout: node packages and CRIU (install-node.sh),
-# Podman (for the tests), a Python venv in .venv with thaw and its test dependencies, thaw's
+# Set up this machine to run rewarm from this checkout: node packages and CRIU (install-node.sh),
+# Podman (for the tests), a Python venv in .venv with rewarm and its test dependencies, rewarm's
 # protobuf modules, and torch + transformers for the LLM worker's containers. Idempotent.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash packaging/install-node.sh
-# Podman: the tests drive it (hooks.d, checkpoint archives); a thaw node does not need it.
+# Podman: the tests drive it (hooks.d, checkpoint archives); a rewarm node does not need it.
 if ! command -v podman >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq --no-install-recommends podman >/dev/null \
     || { apt-get update -qq && apt-get install -y -qq --no-install-recommends podman >/dev/null; }
-  echo "thaw-setup: installed podman"
+  echo "rewarm-setup: installed podman"
 fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
-  echo "thaw-setup: created .venv"
+  echo "rewarm-setup: created .venv"
 fi
-if ! .venv/bin/python -c "import runtime.shim, jsonschema, pytest, psutil, grpc, grpc_tools, tomlkit, zstandard" 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.thaw-installed ]; then
+if ! .venv/bin/python -c "import runtime.front.engine, jsonschema, pytest, psutil, grpc, grpc_tools, tomlkit, zstandard, importlinter, mypy" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.rewarm-installed ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
-  touch .venv/.thaw-installed
-  echo "thaw-setup: installed thaw into .venv ($(.venv/bin/python --version))"
+  touch .venv/.rewarm-installed
+  echo "rewarm-setup: installed rewarm into .venv ($(.venv/bin/python --version))"
 else
-  echo "thaw-setup: .venv up to date"
+  echo "rewarm-setup: .venv up to date"
 fi
-.venv/bin/python -m runtime.api.generate   # CRI / containerd protobuf modules from runtime/api/*.proto
+.venv/bin/python -m runtime.clients.api.generate   # CRI / containerd protobuf modules from runtime/clients/api/*.proto
 .venv/bin/python examples/llm-worker/deps.py   # torch + transformers for the LLM worker's containers

@@ -2,7 +2,7 @@
 a CUDA graph captured over them, and an HTTP endpoint. Each answer carries checksums of the
 weights and of a graph replay, so a restored copy can be compared bit for bit with the original.
 
-Env: GPU_GIB (10), PORT (8080), READY_FILE (/run/thaw/ready).
+Env: GPU_GIB (10), PORT (8080), READY_FILE (/run/rewarm/ready).
 """
 import hashlib
 import http.server
@@ -64,7 +64,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 server = http.server.HTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080"))), Handler)
 READY_AT = time.time()
-os.makedirs(os.path.dirname(os.environ.get("READY_FILE", "/run/thaw/ready")), exist_ok=True)
-open(os.environ.get("READY_FILE", "/run/thaw/ready"), "w").close()
+os.makedirs(os.path.dirname(os.environ.get("READY_FILE", "/run/rewarm/ready")), exist_ok=True)
+open(os.environ.get("READY_FILE", "/run/rewarm/ready"), "w").close()
 print(f"gpu worker ready after {READY_AT - START:.1f}s, {torch.cuda.memory_allocated() / 2**30:.1f} GiB, boot id {BOOT_ID}", flush=True)
 server.serve_forever()

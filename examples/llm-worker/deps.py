@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-SITE = "/var/tmp/thaw-bench/torch-site"
+SITE = "/var/tmp/rewarm-bench/torch-site"
 PACKAGES = ["torch==2.13.0", "transformers>=4.56", "safetensors", "numpy"]
 WORKER_PYTHON = "/usr/bin/python3"
 

@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="bfloat16 or float32 (default: bfloat16 on cuda, float32 on cpu)")
     a = p.parse_args()
-    marker = os.path.join(a.dir, "thaw-weights.json")
+    marker = os.path.join(a.dir, "rewarm-weights.json")
     want = {"size": a.size, "dtype": a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32")}
     if os.path.exists(marker) and json.load(open(marker)) == want:
         print(f"weights already in {a.dir}")

@@ -1,7 +1,7 @@
 """llm-worker: an OpenAI-compatible completions server that starts the way real inference workers
 do: import torch and transformers, load a Llama-architecture model from safetensors on local disk,
 move it to the device, reserve GPU memory for a KV cache (as vLLM does), optionally compile, and
-warm up with generations. Then it writes thaw's ready file and serves.
+warm up with generations. Then it writes rewarm's ready file and serves.
 
   POST /v1/completions  {"prompt": str, "max_tokens": int}  greedy; OpenAI's response shape, with
                         the boot id as system_fingerprint (a restored copy keeps its source's)
@@ -10,7 +10,7 @@ warm up with generations. Then it writes thaw's ready file and serves.
   POST /wake_up         take the KV reserve again (after a capture, or in a restored copy)
 
 Env: MODEL_DIR (/models/llm), DEVICE (cuda if available, else cpu), COMPILE (0; 1 = torch.compile),
-KV_CACHE_GB (0), PORT (8000), READY_FILE (/run/thaw/ready), THREADS (CPU threads).
+KV_CACHE_GB (0), PORT (8000), READY_FILE (/run/rewarm/ready), THREADS (CPU threads).
 The tokenizer is bytes (id = byte + 3): the weights are random, so only speed and state matter.
 """
 import ctypes
@@ -175,7 +175,7 @@ quiesce()   # the start's garbage (loader buffers, warm-up activations) is not p
 KV.take()
 server = http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8000"))), Handler)
 READY_SECONDS = round(time.time() - START, 2)
-ready_file = os.environ.get("READY_FILE", "/run/thaw/ready")
+ready_file = os.environ.get("READY_FILE", "/run/rewarm/ready")
 os.makedirs(os.path.dirname(ready_file), exist_ok=True)
 open(ready_file, "w").close()
 print(f"llm-worker ready after {READY_SECONDS}s on {DEVICE} ({PARAMS / 1e9:.2f}B params, stages {STAGES}), "

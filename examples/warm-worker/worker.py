@@ -14,7 +14,7 @@ import uuid
 START = time.time()
 BOOT_ID = uuid.uuid4().hex
 PORT = int(os.environ.get("PORT", "8080"))
-READY_FILE = os.environ.get("READY_FILE", "/run/thaw/ready")
+READY_FILE = os.environ.get("READY_FILE", "/run/rewarm/ready")
 
 
 def warm_up(seconds: float) -> dict:

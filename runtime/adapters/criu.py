@@ -1,0 +1,89 @@
+"""CRIU options for inference workers, handed to runc through a CRIU config file.
+
+runc has no flag for most CRIU options, but it passes a per-container config file named by the
+`org.criu.config` annotation to CRIU. rewarm writes one file for the node and points every
+container it manages at it, for checkpoint and restore alike.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import runtime
+from runtime.adapters.files import write_if_changed
+from runtime.model import cuda_env
+from runtime.model.settings import Settings
+
+RUNC_CONFIG_ANNOTATION = "org.criu.config"
+
+# Why each option: workers listen on TCP and talk to clients; restore happens in another pod.
+BASE_OPTIONS = (
+    "tcp-close",          # established connections: not dumped, restored closed (clients retry)
+    "skip-in-flight",     # half-open connections in the accept queue are dropped, not fatal
+    "file-locks",         # workers and their libraries take flock()s
+    "ext-unix-sk",        # sockets to the outside (e.g. a metrics agent) must not fail the dump
+    "link-remap",         # open files that were unlinked (temp files) are carried along
+    "ghost-limit 512M",   # ... up to this size each
+)
+
+
+def config_path(settings: Settings) -> str:
+    return os.path.join(settings.store, "criu", "runc.conf")
+
+
+def render(settings: Settings) -> str:
+    lines = ["# Written by rewarm for the containers it manages; edit rewarm's config instead.", *BASE_OPTIONS]
+    if settings.criu_plugin_dir and os.path.isdir(settings.criu_plugin_dir):
+        lines.append(f"libdir {settings.criu_plugin_dir}")  # cuda_plugin.so: GPU memory
+    lines += settings.criu_options
+    return "\n".join(lines) + "\n"
+
+
+def ensure_config(settings: Settings) -> str:
+    """Write the node's CRIU config file if it is missing or stale; return its path."""
+    path = config_path(settings)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    write_if_changed(path, render(settings))
+    return path
+
+
+def libexec_dir(settings: Settings) -> str:
+    """A directory put first on CRIU's PATH: its CUDA plugin runs `cuda-checkpoint` from there,
+    rewarm's own (a launcher of runtime/gpu/cuda_cli.py) or NVIDIA's (a link) as configured."""
+    directory = os.path.join(settings.store, "libexec")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    target = os.path.join(directory, "cuda-checkpoint")
+    if not settings.cuda_checkpoint:
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(runtime.__file__)))
+        write_if_changed(target, f"#!{sys.executable}\n# rewarm's cuda-checkpoint (runtime/gpu/cuda_cli.py)\n"
+                                 f"import sys\nsys.path.insert(0, {package_parent!r})\n"
+                                 "from runtime.gpu.cuda_cli import main\nmain()\n", mode=0o700)
+    elif not os.path.islink(target) or os.readlink(target) != settings.cuda_checkpoint:
+        tmp = f"{target}.{os.getpid()}"
+        os.symlink(settings.cuda_checkpoint, tmp)
+        os.replace(tmp, target)
+    return directory
+
+
+def runtime_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for the runtime's checkpoint/restore, which CRIU and its plugins inherit."""
+    env = dict(os.environ)
+    env["PATH"] = libexec_dir(settings) + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    env[cuda_env.LOCK_TIMEOUT_MS] = str(settings.cuda_lock_timeout_ms)
+    env.update(extra)
+    return env
+
+
+def log_errors(log_path: str, context: int = 2, limit: int = 12) -> str:
+    """CRIU's `Error` lines with a little context, so the cause reaches the operator's log."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    keep: list[int] = []
+    for i, line in enumerate(lines):
+        if "Error" in line or "error" in line.split(":", 1)[0]:
+            keep.extend(range(max(0, i - context), i + 1))
+    picked = sorted(set(keep))[-limit:]
+    return " | ".join(lines[i].strip() for i in picked)

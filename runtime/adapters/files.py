@@ -1,0 +1,70 @@
+"""The one way rewarm writes a file: atomically (a reader sees the old file or the new one, never a
+part), and the one way it reads JSON."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+
+def read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def atomic_write(path: str, data: str | bytes, mode: int = 0o600, sync: bool = True) -> None:
+    """Write data to a temp file beside path, then rename it over path."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json(path: str, value: Any, mode: int = 0o600) -> None:
+    atomic_write(path, json.dumps(value, indent=2, sort_keys=True) + "\n", mode)
+
+
+def write_if_changed(path: str, text: str, mode: int = 0o600) -> bool:
+    """Replace path atomically with text unless it holds exactly that already; True if written."""
+    try:
+        if not os.path.islink(path):
+            with open(path, encoding="utf-8") as f:
+                if f.read() == text and os.stat(path).st_mode & 0o7777 == mode:
+                    return False
+    except FileNotFoundError:
+        pass
+    atomic_write(path, text, mode, sync=False)
+    return True
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)

@@ -1,0 +1,61 @@
+"""Where rewarm's messages go: the runtime log that containerd / CRI-O already read (runc's --log,
+in runc's json or text format), rewarm's own event log (JSON lines), and optionally one line on the
+container's stderr, which is the pod's log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from runtime.front.runc_argv import RuncCall
+from runtime.model.events import EventKind
+
+
+def _now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+def runtime_log(call: RuncCall, level: str, msg: str) -> None:
+    """Append one line to the runtime's --log file in the format the caller asked runc for."""
+    path = call.globals.get("--log")
+    if not isinstance(path, str) or not path:
+        print(f"rewarm: {level}: {msg}", file=sys.stderr)
+        return
+    if call.globals.get("--log-format") == "json":
+        line = json.dumps({"level": level, "msg": f"rewarm: {msg}", "time": _now()})
+    else:
+        line = f'time="{_now()}" level={level} msg={json.dumps("rewarm: " + msg)}'
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def event(event_log: str, kind: EventKind, **fields: Any) -> None:
+    """One JSON line per lifecycle event."""
+    record = {"time": _now(), "event": kind.value, **fields}
+    try:
+        os.makedirs(os.path.dirname(event_log), mode=0o700, exist_ok=True)
+        with open(event_log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+    except OSError as e:  # an unwritable event log must never stop a container
+        print(f"rewarm: cannot write event log {event_log}: {e}", file=sys.stderr)
+
+
+def pod_notice(msg: str) -> None:
+    """One line on stderr, which for `create` is the container's stderr: the pod's log."""
+    try:
+        sys.stderr.write(f"rewarm: {msg}\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
+
+
+def read_events(event_log: str) -> list[dict[str, Any]]:
+    try:
+        with open(event_log, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []

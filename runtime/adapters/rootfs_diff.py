@@ -1,0 +1,241 @@
+"""The files a container changed in its root filesystem: captured from the overlay upper dir,
+laid back into a new container's rootfs before restore.
+
+A snapshot may come from another node or an archive, so its tar is untrusted: every member is
+checked before anything is written, every write goes through `secure_join` (symlinks already in
+the rootfs are resolved as the container would see them, never on the host), and whatever was
+laid is undone if the restore fails, so a cold start finds the rootfs as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass, field
+
+from runtime.model.errors import NotRestorable
+
+MAX_SYMLINKS = 40
+
+
+# --- capture ---------------------------------------------------------------------------------
+def overlay_upper(rootfs: str) -> str | None:
+    """The upperdir of the overlay mounted at `rootfs`, or None if it is not an overlay."""
+    target = os.path.realpath(rootfs)
+    upper = None
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            if pre.split()[4] != target:
+                continue
+            fstype, _, options = post.split()[:3]
+            upper = None  # the last mount on a path is the visible one
+            if fstype == "overlay":
+                for opt in options.split(","):
+                    if opt.startswith("upperdir="):
+                        upper = opt[len("upperdir="):]
+    return upper
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: str) -> bool:
+    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def write(upper: str | None, tar_path: str, deleted_path: str) -> tuple[int, int]:
+    """Tar the upper dir's changes (None: an empty diff); whiteouts and opaque dirs become
+    deleted.files entries. Returns (tar bytes, deleted count)."""
+    deleted: list[str] = []
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for dirpath, dirnames, filenames in os.walk(upper) if upper else ():
+            dirnames.sort()
+            for name in sorted(dirnames) + sorted(filenames):
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, upper)
+                st = os.lstat(path)
+                if _is_whiteout(st):
+                    deleted.append(rel)
+                elif stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    if stat.S_ISDIR(st.st_mode) and _is_opaque(path):
+                        deleted.append(rel)  # the lower dir's content is gone: delete, then lay this one
+                    tar.add(path, arcname=rel, recursive=False)
+    with open(deleted_path, "w", encoding="utf-8") as f:
+        json.dump(deleted, f)
+    return os.path.getsize(tar_path), len(deleted)
+
+
+# --- checks ----------------------------------------------------------------------------------
+def _check_rel(name: str, what: str) -> str:
+    norm = name.rstrip("/")
+    if norm.startswith("/") or not norm or "\0" in norm:
+        raise NotRestorable(f"rootfs diff: {what} {name!r} is not a relative path")
+    if ".." in norm.split("/"):
+        raise NotRestorable(f"rootfs diff: {what} {name!r} climbs out with '..'")
+    return norm
+
+
+def check_members(members: list[tarfile.TarInfo]) -> None:
+    """Refuse the whole diff if any member could write outside the rootfs or is not a plain file,
+    dir, symlink or hard link to another member."""
+    symlinks: set[str] = set()
+    names: set[str] = set()
+    for m in members:
+        name = _check_rel(m.name, "member")
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in symlinks:
+                raise NotRestorable(f"rootfs diff: member {m.name!r} is written through symlink "
+                                    f"{'/'.join(parts[:i])!r} of the same archive")
+        if m.issym():
+            symlinks.add(name)
+        elif m.islnk():
+            if _check_rel(m.linkname, "hard link target") not in names:
+                raise NotRestorable(f"rootfs diff: hard link {m.name!r} points outside the archive")
+        elif not (m.isreg() or m.isdir()):
+            raise NotRestorable(f"rootfs diff: member {m.name!r} has an unsupported type")
+        names.add(name)
+
+
+def secure_join(root: str, rel: str) -> str:
+    """root/rel with the parent components resolved inside root, as the container sees them."""
+    resolved: list[str] = []
+    todo = [p for p in rel.split("/") if p not in ("", ".")]
+    final = todo.pop() if todo else ""
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        host = os.path.join(root, *resolved, part)
+        if os.path.islink(host):
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                raise NotRestorable(f"rootfs diff: too many symlinks resolving {rel!r}")
+            target = os.readlink(host)
+            if target.startswith("/"):
+                resolved = []
+            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+        else:
+            resolved.append(part)
+    return os.path.join(root, *resolved, final)
+
+
+# --- apply with undo -------------------------------------------------------------------------
+@dataclass
+class Patch:
+    """What `apply` changed in a rootfs, so that `undo` can put it back."""
+    backup_dir: str
+    created: list[str] = field(default_factory=list)
+    moved: list[tuple[str, str]] = field(default_factory=list)  # (rootfs path, backup path)
+
+    def _set_aside(self, path: str) -> None:
+        backup = os.path.join(self.backup_dir, str(len(self.moved)))
+        shutil.move(path, backup)
+        self.moved.append((path, backup))
+
+    def undo(self) -> None:
+        for path in reversed(self.created):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                os.unlink(path)
+        for path, backup in reversed(self.moved):
+            if not os.path.lexists(path):
+                shutil.move(backup, path)
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def read_deleted(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            deleted = json.load(f)
+    except FileNotFoundError:
+        return []
+    except ValueError as e:
+        raise NotRestorable(f"deleted.files is not a JSON list: {e}") from e
+    if not isinstance(deleted, list) or not all(isinstance(p, str) for p in deleted):
+        raise NotRestorable("deleted.files is not a JSON list of paths")
+    return [_check_rel(p, "deleted path") for p in deleted]
+
+
+def apply(rootfs: str, tar_path: str, deleted_path: str, backup_dir: str) -> Patch:
+    """Lay deletions then the diff into rootfs. On any error, what was laid is undone first."""
+    deleted = read_deleted(deleted_path)
+    try:
+        tar = tarfile.open(tar_path, "r:")
+        members = tar.getmembers()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise NotRestorable(f"rootfs diff {os.path.basename(tar_path)} is unreadable: {e}") from e
+    check_members(members)
+    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+    patch = Patch(backup_dir)
+    try:
+        with tar:
+            for rel in deleted:
+                path = secure_join(rootfs, rel)
+                if os.path.lexists(path):
+                    patch._set_aside(path)
+            for m in members:
+                _lay(tar, m, rootfs, patch)
+    except BaseException as e:
+        patch.undo()
+        if isinstance(e, (OSError, tarfile.TarError, EOFError)):
+            raise NotRestorable(f"rootfs diff could not be laid: {e}") from e
+        raise
+    return patch
+
+
+def _lay(tar: tarfile.TarFile, m: tarfile.TarInfo, rootfs: str, patch: Patch) -> None:
+    path = secure_join(rootfs, m.name.rstrip("/"))
+    _make_parents(path, patch)
+    exists = os.path.lexists(path)
+    if m.isdir() and exists and os.path.isdir(path) and not os.path.islink(path):
+        os.chmod(path, m.mode & 0o7777)
+        return
+    if exists:
+        patch._set_aside(path)
+    patch.created.append(path)
+    if m.isdir():
+        os.mkdir(path, m.mode & 0o7777)
+    elif m.issym():
+        os.symlink(m.linkname, path)
+    elif m.islnk():
+        os.link(secure_join(rootfs, m.linkname), path)
+        return
+    else:
+        src = tar.extractfile(m)
+        assert src is not None
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    if os.geteuid() == 0:   # the engine runs as root; an unprivileged caller keeps its own ownership
+        os.lchown(path, m.uid, m.gid)
+    if not m.issym():
+        os.chmod(path, m.mode & 0o7777)  # after chown, which would clear set-id bits
+        os.utime(path, (m.mtime, m.mtime))
+
+
+def _make_parents(path: str, patch: Patch) -> None:
+    """Directories a diff names no entry for (Podman's diffs leave out parents that are mount points
+    of the container, such as /run), created 0755 and undone with the patch."""
+    missing = []
+    parent = os.path.dirname(path)
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o755)
+        patch.created.append(directory)

@@ -1,0 +1,76 @@
+"""The one wrapper of the real runtime's command line (runc, or crun which takes the same verbs)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+# Global flags of the caller that a restore must repeat so that it lands where the caller looks.
+FORWARDED_GLOBALS = ("--root", "--log", "--log-format", "--systemd-cgroup", "--debug", "--rootless")
+
+
+@dataclass(frozen=True)
+class Runc:
+    binary: str
+    root: str
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.binary, "--root", self.root, *args], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def state(self, container_id: str) -> dict[str, Any] | None:
+        """`runc state` as a dict, or None when the runtime does not know the container."""
+        proc = self.run("state", container_id, timeout=30)
+        if proc.returncode != 0:
+            return None
+        try:
+            state = json.loads(proc.stdout)
+        except ValueError:
+            return None
+        return state if isinstance(state, dict) else None
+
+    def pids(self, container_id: str) -> list[int]:
+        proc = self.run("ps", "--format", "json", container_id, timeout=30)
+        try:
+            return [int(p) for p in json.loads(proc.stdout or "[]")]
+        except (ValueError, TypeError):
+            return []
+
+    def delete_force(self, container_id: str) -> None:
+        self.run("delete", "--force", container_id)
+
+    def resume(self, container_id: str) -> None:
+        self.run("resume", container_id)
+
+    def checkpoint_argv(self, container_id: str, *, criu: str, images: str, work: str, leave_running: bool,
+                        tcp_established: bool) -> list[str]:
+        argv = [self.binary, "--root", self.root, "--criu", criu, "checkpoint", "--image-path", images,
+                "--work-path", work, "--file-locks", "--ext-unix-sk"]
+        if tcp_established:
+            argv.append("--tcp-established")
+        if leave_running:
+            argv.append("--leave-running")
+        return argv + [container_id]
+
+
+def restore_argv(binary: str, caller_globals: dict[str, str | bool], container_id: str, *, criu: str, bundle: str,
+                 images: str, work: str, detach: bool, pid_file: str | None, no_pivot: bool) -> list[str]:
+    """`runc restore` for a container the caller asked to `create` (or `run`): the caller's global
+    flags (root, log, log format, cgroup driver) come along, so the result is where it looks."""
+    argv = [binary]
+    for flag in FORWARDED_GLOBALS:
+        value = caller_globals.get(flag)
+        if value is True:
+            argv.append(flag)
+        elif value:
+            argv += [flag, str(value)]
+    argv += ["--criu", criu, "restore", "--bundle", bundle, "--image-path", images, "--work-path", work,
+             "--file-locks", "--ext-unix-sk"]
+    if detach:
+        argv.append("--detach")
+    if pid_file:
+        argv += ["--pid-file", pid_file]
+    if no_pivot:
+        argv.append("--no-pivot")
+    return argv + [container_id]

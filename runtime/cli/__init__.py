@@ -1,0 +1,1 @@
+"""The operator's command line, `rewarm` (cli/main.py)."""

@@ -1,0 +1,220 @@
+"""`rewarm`: the operator's command line. Flag definitions and printing only; the work is elsewhere."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from runtime.adapters import settings_file
+from runtime.front.names import CONFIG_ENV, DEFAULT_CONFIG
+from runtime.model.errors import RewarmError
+from runtime.model.settings import Settings
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def cmd_capture(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.engine import capture
+    if a.containerd:
+        from runtime.clients.containerd import Containerd
+        with Containerd(a.address, a.namespace or "k8s.io") as containerd:
+            root = containerd.container(a.container_id).runc_root
+            entry = capture.capture(cfg, root, a.container_id, a.name, a.snapshot_namespace,
+                                    leave_running=not a.exit, containerd=containerd)
+    else:
+        entry = capture.capture(cfg, a.root, a.container_id, a.name, a.snapshot_namespace or a.namespace,
+                                a.leave_running)
+    print(f"captured {entry.namespace}/{entry.name} ({_size(entry.size())}, "
+          f"{entry.manifest.capture.seconds}s) -> {entry.path}")
+    return 0
+
+
+def cmd_ls(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.adapters import store
+    entries = store.Store(cfg.store).all_entries()
+    if a.json:
+        print(json.dumps([{"namespace": e.namespace, "name": e.name, "entry": e.ident, "bytes": e.size(),
+                           "created": e.manifest.created, "image": e.manifest.fingerprint.image}
+                          for e in entries], indent=2))
+        return 0
+    print(f"{'NAMESPACE':<16} {'NAME':<24} {'SIZE':>10}  {'CREATED':<20}  ENTRY")
+    for e in entries:
+        print(f"{e.namespace:<16} {e.name:<24} {_size(e.size()):>10}  {e.manifest.created:<20}  {e.ident}")
+    return 0
+
+
+def cmd_inspect(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.adapters import store
+    entries = store.Store(cfg.store).entries(a.namespace, a.name)
+    if not entries:
+        print(f"no snapshot {a.namespace}/{a.name}", file=sys.stderr)
+        return 1
+    print(json.dumps([{"path": e.path, "manifest": e.manifest.to_json()} for e in entries], indent=2))
+    return 0
+
+
+def cmd_rm(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.adapters import store
+    n = store.Store(cfg.store).remove(a.namespace, a.name)
+    print(f"removed {n} entr{'y' if n == 1 else 'ies'} of {a.namespace}/{a.name}")
+    return 0 if n else 1
+
+
+def cmd_gc(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.adapters import store
+    for path in store.Store(cfg.store).gc(a.max_bytes):
+        print(f"removed {path}")
+    return 0
+
+
+def cmd_install(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.node import install
+    results = install.install(a.runtime, a.config_file, a.binary, a.config_version, a.dry_run, a.hooks_dir,
+                              a.rewarm_config)
+    for path, changed, diff in results:
+        if not changed:
+            print(f"{path}: already installed; nothing to change")
+        elif a.dry_run:
+            print(diff, end="")
+            print(f"(dry run: {path} not written)")
+        else:
+            print(diff, end="")
+            print(f"wrote {path}" + (f" (previous version kept as {path}{install.BACKUP_SUFFIX})"
+                                     if os.path.exists(path + install.BACKUP_SUFFIX) else ""))
+    if any(changed for _, changed, _ in results) and not a.dry_run and a.runtime != "podman":
+        print(f"restart {a.runtime} to load it")
+    return 0
+
+
+def cmd_import(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.engine import archives
+    entry = archives.import_archive(cfg, a.archive, a.name, a.namespace)
+    print(f"imported {a.archive} as {entry.namespace}/{entry.name} ({_size(entry.size())}) -> {entry.path}")
+    return 0
+
+
+def cmd_export(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.engine import archives
+    entry = archives.export_archive(cfg, a.name, a.namespace, a.archive)
+    print(f"exported {entry.namespace}/{entry.name} ({entry.ident}) -> {a.archive}")
+    return 0
+
+
+def cmd_bake(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.engine import bake
+    env = dict(item.split("=", 1) for item in a.env)
+    command = a.command[1:] if a.command[:1] == ["--"] else a.command
+    entry = bake.bake(cfg, a.address, a.image, a.name, a.namespace, command, env, a.ready_file, a.ready_http,
+                      a.timeout, a.handler)
+    print(f"baked {entry.namespace}/{entry.name} ({_size(entry.size())}) -> {entry.path}")
+    return 0
+
+
+def cmd_doctor(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.node import doctor
+    return doctor.run(cfg)
+
+
+def cmd_demo(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.lab import demo
+    return demo.run(cfg, warm_seconds=a.warm_seconds)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rewarm", description="Capture and restore warmed-up inference workers.")
+    p.add_argument("--config", help=f"rewarm config file (default ${CONFIG_ENV} or {DEFAULT_CONFIG})")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("capture", help="checkpoint a running container into the store")
+    c.add_argument("container_id")
+    c.add_argument("--name", required=True, help="snapshot name (what rewarm.dev/snapshot names)")
+    c.add_argument("--root", default="/run/runc", help="the runtime's state root (runc --root)")
+    c.add_argument("--leave-running", action="store_true", help="keep the container running after capture")
+    c.add_argument("--containerd", action="store_true",
+                   help="checkpoint through containerd's task API (the container keeps running)")
+    c.add_argument("--address", default="/run/containerd/containerd.sock", help="containerd's socket")
+    c.add_argument("--exit", action="store_true", help="with --containerd: stop the container after capture")
+    c.add_argument("--namespace", help="with --containerd: containerd's namespace (default k8s.io); "
+                                       "otherwise: the snapshot's Kubernetes namespace")
+    c.add_argument("--snapshot-namespace",
+                   help="the snapshot's Kubernetes namespace (default: from the container's annotations)")
+    c.set_defaults(func=cmd_capture)
+
+    c = sub.add_parser("install", help="add the rewarm runtime handler to containerd or CRI-O, rewarm's hooks to CRI-O or Podman")
+    c.add_argument("--runtime", required=True, choices=["containerd", "crio", "podman"])
+    c.add_argument("--config", dest="config_file",
+                   help="file to edit (default /etc/containerd/config.toml or /etc/crio/crio.conf.d/50-rewarm.conf)")
+    c.add_argument("--binary", help="rewarm-runc to register (default: the one beside this command, else on PATH; "
+                                    "rewarm-hook is taken from beside it)")
+    c.add_argument("--hooks-dir", help="hooks.d for CRI-O and Podman (default /usr/share/containers/oci/hooks.d)")
+    c.add_argument("--rewarm-config", help=f"rewarm config file the hooks read (default: theirs, {DEFAULT_CONFIG})")
+    c.add_argument("--config-version", type=int, choices=[2, 3],
+                   help="containerd config version for a new file: 2 (containerd 1.6/1.7) or 3 (2.x)")
+    c.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    c.set_defaults(func=cmd_install)
+
+    c = sub.add_parser("import", help="take a checkpoint archive (podman container checkpoint --export) into the store")
+    c.add_argument("archive")
+    c.add_argument("--name", required=True, help="snapshot name")
+    c.add_argument("--namespace", default="default")
+    c.set_defaults(func=cmd_import)
+
+    c = sub.add_parser("export", help="write a snapshot as a checkpoint archive (CRI-O / Podman layout)")
+    c.add_argument("name")
+    c.add_argument("archive", help="file to write (.tar, or .tar.gz / .tgz for gzip)")
+    c.add_argument("--namespace", default="default")
+    c.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("bake", help="run an image until ready, capture it, remove it (for node images)")
+    c.add_argument("--image", required=True, help="image reference, already on the node")
+    c.add_argument("--name", required=True, help="snapshot name")
+    c.add_argument("--namespace", default="default", help="Kubernetes namespace the snapshot is for")
+    c.add_argument("--ready-file", help="readiness: this file exists in the container (default /run/rewarm/ready)")
+    c.add_argument("--ready-http", help="readiness: HTTP 200 from this URL inside the pod")
+    c.add_argument("--timeout", type=float, default=1800, help="seconds to wait for ready + capture")
+    c.add_argument("--address", default="/run/containerd/containerd.sock", help="the CRI socket (containerd's)")
+    c.add_argument("--handler", default="rewarm", help="runtime handler that runs rewarm-runc")
+    c.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment of the worker (as in the pod spec)")
+    c.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD...: the command (default: the image's)")
+    c.set_defaults(func=cmd_bake)
+
+    c = sub.add_parser("ls", help="list snapshots")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_ls)
+
+    for verb, func, text in (("inspect", cmd_inspect, "show a snapshot's manifest"),
+                             ("rm", cmd_rm, "remove a snapshot")):
+        c = sub.add_parser(verb, help=text)
+        c.add_argument("name")
+        c.add_argument("--namespace", default="default")
+        c.set_defaults(func=func)
+
+    c = sub.add_parser("gc", help="remove abandoned captures and least recently used snapshots")
+    c.add_argument("--max-bytes", type=int, required=True, help="keep the store at or below this size")
+    c.set_defaults(func=cmd_gc)
+
+    c = sub.add_parser("doctor", help="check this node: CRIU, runtime, store, config")
+    c.set_defaults(func=cmd_doctor)
+
+    c = sub.add_parser("demo", help="cold start a worker, capture it, restore a second one; print timings")
+    c.add_argument("--warm-seconds", type=float, default=10.0, help="how long the demo worker warms up")
+    c.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
+    try:
+        cfg = settings_file.load(a.config)
+        sys.exit(a.func(cfg, a))
+    except (RewarmError, OSError) as e:   # anything else is a bug: its traceback is printed
+        print(f"rewarm {a.command}: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,69 @@
+"""`rewarm import` and `rewarm export`: checkpoint archives of CRI-O's and Podman's layout in and out
+of the store. An import is unpacked into the store's staging area, checked (complete CRIU images,
+a readable spec), fingerprinted for this node, and appears with the store's one rename, or not at all."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from runtime.adapters import archive, store
+from runtime.adapters.files import read_json
+from runtime.engine import fingerprinting
+from runtime.model import layout
+from runtime.model.errors import ArchiveError
+from runtime.model.manifest import CaptureInfo, Manifest, RootfsInfo
+from runtime.model.names import validate_name, validate_namespace
+from runtime.model.settings import Settings
+
+
+def _read_dumps(archive_path: str, staging: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    for required in (layout.INVENTORY, layout.SPEC_DUMP):
+        if not os.path.isfile(os.path.join(staging, required)):
+            raise ArchiveError(f"{archive_path}: no {required}: not a complete checkpoint archive")
+    try:
+        spec = read_json(os.path.join(staging, layout.SPEC_DUMP))
+        config_path = os.path.join(staging, layout.CONFIG_DUMP)
+        config = read_json(config_path) if os.path.exists(config_path) else {}
+    except ValueError as e:
+        raise ArchiveError(f"{archive_path}: spec.dump or config.dump is not JSON ({e})") from e
+    if not isinstance(spec, dict) or not isinstance(spec.get("process"), dict) or not isinstance(config, dict):
+        raise ArchiveError(f"{archive_path}: spec.dump is not an OCI runtime spec")
+    return spec, config
+
+
+def import_archive(settings: Settings, archive_path: str, name: str, namespace: str) -> store.Entry:
+    validate_name(name)
+    validate_namespace(namespace)
+    st = store.Store(settings.store).ensure()
+    with st.capturing(namespace, name), st.staging() as staging:
+        archive.unpack(archive_path, staging, skip=store.NOT_CONTENT)
+        spec, config = _read_dumps(archive_path, staging)
+        tar_path, deleted_path = os.path.join(staging, layout.ROOTFS_DIFF), os.path.join(staging, layout.DELETED_FILES)
+        archive.write_empty_diff(tar_path, deleted_path)
+        fp = fingerprinting.of_container(spec, settings)
+        images = os.path.join(staging, layout.CHECKPOINT_DIR)
+        deleted = read_json(deleted_path)
+        return st.commit(staging, Manifest(
+            namespace=namespace, name=name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            fingerprint=fp, fingerprint_id=fp.ident(),
+            source={"container_id": str(config.get("id") or spec.get("hostname") or "imported"),
+                    "imported_from": os.path.basename(archive_path)},
+            rootfs=RootfsInfo("imported", os.path.getsize(tar_path), len(deleted) if isinstance(deleted, list) else 0),
+            capture=CaptureInfo(checkpoint_bytes=sum(os.path.getsize(os.path.join(images, f))
+                                                     for f in os.listdir(images))),
+            annotations={"org.criu.checkpoint.engine": str(config.get("runtimeName") or "imported"),
+                         "org.criu.checkpoint.kernel": fp.kernel, "org.criu.checkpoint.arch": fp.arch}))
+
+
+def export_archive(settings: Settings, name: str, namespace: str, archive_path: str) -> store.Entry:
+    """Write the newest entry of (namespace, name), checksums verified first, as a checkpoint archive."""
+    st = store.Store(settings.store)
+    entries = st.entries(namespace, name)
+    if not entries:
+        raise ArchiveError(f"no snapshot {namespace}/{name}")
+    entry = entries[0]
+    with st.reading(namespace, name):
+        store.verify(entry, deep=True)
+        archive.pack(entry.path, archive_path, skip=(store.VERIFIED_FILE, store.LAST_USED))
+    return entry

@@ -1,0 +1,280 @@
+"""The capture pipeline: checkpoint a running container into a new store entry, as named steps over
+one context:
+
+    fingerprint_source -> note_gpus_and_sockets -> checkpoint -> keep_dump_log -> write_rootfs_diff
+    -> describe -> commit
+
+The entry is built in a private staging directory and published with one rename at the very end,
+so a capture that dies at any point leaves nothing that a restore would use. A failed checkpoint
+brings the source back to running (GPU state included).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from runtime.adapters import criu, logs, rootfs_diff, sockets, store, worker_hooks
+from runtime.adapters.files import read_json, write_json
+from runtime.adapters.runc import Runc
+from runtime.engine import fingerprinting
+from runtime.model import annotations as ann
+from runtime.model import layout, oci_spec
+from runtime.model.errors import CaptureFailed, CudaError, RewarmError, WorkerHookFailed
+from runtime.model.events import EventKind
+from runtime.model.fingerprint import Fingerprint
+from runtime.model.manifest import CaptureInfo, Manifest, RootfsInfo
+from runtime.model.names import validate_name, validate_namespace
+from runtime.model.oci_spec import Spec
+from runtime.model.settings import Settings
+
+if TYPE_CHECKING:
+    from runtime.clients.containerd import Containerd
+
+CUDA_NOT_INITIALIZED = 3   # CUresult of a process that does not use CUDA
+
+
+@dataclass(frozen=True)
+class Source:
+    """The container to capture, as the real runtime reports it."""
+    runtime_root: str
+    container_id: str
+    bundle: str
+    pid: int
+    spec: Spec
+
+    @property
+    def rootfs(self) -> str:
+        return oci_spec.rootfs(self.spec, self.bundle)
+
+
+@dataclass
+class Capture:
+    """Everything the steps share."""
+    settings: Settings
+    source: Source
+    namespace: str
+    name: str
+    leave_running: bool
+    staging: str
+    containerd: "Containerd | None" = None
+    started: float = field(default_factory=time.monotonic)
+    fingerprint: Fingerprint | None = None
+    gpu_facts: dict[str, Any] = field(default_factory=dict)
+    bound: list[str] = field(default_factory=list)
+    checkpoint_seconds: float = 0.0
+    rootfs: RootfsInfo = RootfsInfo()
+
+    @property
+    def images(self) -> str:
+        return os.path.join(self.staging, layout.CHECKPOINT_DIR)
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.staging, "work")
+
+    @property
+    def runc(self) -> Runc:
+        return Runc(self.settings.runtime, self.source.runtime_root)
+
+    def fp(self) -> Fingerprint:
+        assert self.fingerprint is not None, "a step ran before fingerprint_source"
+        return self.fingerprint
+
+
+def _now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def find_source(settings: Settings, runtime_root: str, container_id: str) -> Source:
+    state = Runc(settings.runtime, runtime_root).state(container_id)
+    if state is None:
+        raise CaptureFailed(f"container {container_id} not found under {runtime_root}")
+    if state.get("status") != "running":
+        raise CaptureFailed(f"container {container_id} is {state.get('status')}, not running")
+    spec: Spec = read_json(os.path.join(state["bundle"], "config.json"))
+    return Source(runtime_root, container_id, state["bundle"], int(state["pid"]), spec)
+
+
+# --- the steps ---------------------------------------------------------------------------------
+def fingerprint_source(c: Capture) -> None:
+    c.fingerprint = fingerprinting.of_container(c.source.spec, c.settings)
+
+
+def note_gpus_and_sockets(c: Capture) -> None:
+    """Before the checkpoint, while the process surely runs: its GPUs (device order, which of its
+    processes hold contexts) and the addresses its sockets are bound to."""
+    if c.fp().gpu:
+        from runtime.gpu import nvml  # pynvml: only for GPU containers
+        c.gpu_facts = {"gpu_uuids": tuple(nvml.uuids_of_spec(c.source.spec)),
+                       "gpu_processes": {k: tuple(v) for k, v in
+                                         nvml.processes_on_gpus(c.runc.pids(c.source.container_id)).items()}}
+    c.bound = sockets.bound_addresses(c.source.pid)
+
+
+def checkpoint(c: Capture) -> None:
+    """The checkpoint, between the worker's quiesce and resume hooks where its annotations name them."""
+    annotations = oci_spec.annotations_of(c.source.spec)
+    quiesce, resume = annotations.get(ann.QUIESCE_HTTP), annotations.get(ann.RESUME_HTTP)
+    t = time.monotonic()
+    try:
+        if quiesce:
+            worker_hooks.post(c.source.pid, quiesce, "quiesce", c.settings.hook_timeout_s)
+        if c.containerd is not None:
+            _containerd_checkpoint(c, c.containerd)
+        else:
+            _runc_checkpoint(c)
+    except WorkerHookFailed as e:
+        raise CaptureFailed(str(e)) from e
+    finally:
+        if resume and c.leave_running:
+            try:
+                worker_hooks.post(c.source.pid, resume, "resume", c.settings.hook_timeout_s)
+            except WorkerHookFailed as e:
+                logs.event(c.settings.event_log, EventKind.HOOK_FAILED, container=c.source.container_id,
+                           reason=str(e))
+    c.checkpoint_seconds = time.monotonic() - t
+
+
+def keep_dump_log(c: Capture) -> None:
+    shutil.move(os.path.join(c.work, layout.DUMP_LOG), os.path.join(c.staging, layout.DUMP_LOG))
+    shutil.rmtree(c.work)
+
+
+def write_rootfs_diff(c: Capture) -> None:
+    tar_path, deleted_path = os.path.join(c.staging, layout.ROOTFS_DIFF), os.path.join(c.staging, layout.DELETED_FILES)
+    upper = rootfs_diff.overlay_upper(c.source.rootfs)
+    size, deleted = rootfs_diff.write(upper, tar_path, deleted_path)   # no overlay: an empty diff
+    c.rootfs = RootfsInfo("overlay" if upper else "none", size, deleted)
+
+
+def describe(c: Capture) -> None:
+    """spec.dump, config.dump and stats-dump: the files CRI-O's and Podman's tools read."""
+    write_json(os.path.join(c.staging, layout.SPEC_DUMP), c.source.spec)
+    write_json(os.path.join(c.staging, layout.CONFIG_DUMP), {
+        "id": c.source.container_id, "name": c.name, "rootfsImageName": c.fp().image,
+        "createdTime": _now_rfc3339(), "checkpointedTime": _now_rfc3339()})
+    write_json(os.path.join(c.staging, layout.STATS_DUMP), vars(_capture_info(c)))
+
+
+Step = Callable[[Capture], None]
+STEPS: tuple[Step, ...] = (note_gpus_and_sockets, checkpoint, keep_dump_log, write_rootfs_diff, describe)
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
+            namespace: str | None = None, leave_running: bool = False, skip_if_present: bool = False,
+            containerd: "Containerd | None" = None) -> store.Entry:
+    """Capture a container into (namespace, name). With `containerd`, the checkpoint goes through
+    containerd's task API and the image is named by the digest containerd has for it; with
+    `skip_if_present`, an entry that already fits this container is returned instead."""
+    validate_name(name)
+    src = find_source(settings, runtime_root, container_id)
+    if containerd is not None:
+        src = _with_image_digest(src, containerd.image_digest(containerd.container(container_id).image))
+    namespace = validate_namespace(namespace or ann.namespace_of(oci_spec.annotations_of(src.spec)))
+    st = store.Store(settings.store).ensure()
+    criu.ensure_config(settings)
+    try:
+        with st.capturing(namespace, name), st.staging() as staging:
+            c = Capture(settings, src, namespace, name, leave_running, staging, containerd)
+            fingerprint_source(c)
+            if skip_if_present:
+                present = [e for e in st.entries(namespace, name) if e.manifest.fingerprint_id == c.fp().ident()]
+                if present:
+                    return present[0]
+            for step in STEPS:
+                step(c)
+            entry = st.commit(staging, _manifest(c))
+    except CaptureFailed as e:
+        logs.event(settings.event_log, EventKind.CAPTURE_FAILED, container=container_id, namespace=namespace,
+                   snapshot=name, reason=str(e))
+        raise
+    logs.event(settings.event_log, EventKind.CAPTURED, container=container_id, namespace=namespace, snapshot=name,
+               entry=entry.ident, seconds=round(time.monotonic() - c.started, 3), bytes=entry.size())
+    return entry
+
+
+def _capture_info(c: Capture) -> CaptureInfo:
+    checkpoint_bytes = sum(os.path.getsize(os.path.join(c.images, f)) for f in os.listdir(c.images))
+    return CaptureInfo(round(time.monotonic() - c.started, 3), round(c.checkpoint_seconds, 3), c.leave_running,
+                       checkpoint_bytes)
+
+
+def _manifest(c: Capture) -> Manifest:
+    fp = c.fp()
+    return Manifest(
+        namespace=c.namespace, name=c.name, created=_now_rfc3339(), fingerprint=fp, fingerprint_id=fp.ident(),
+        source={"container_id": c.source.container_id, "bundle": c.source.bundle,
+                "runtime_root": c.source.runtime_root},
+        rootfs=c.rootfs, capture=_capture_info(c), bound_addresses=tuple(c.bound), **c.gpu_facts,
+        annotations={"org.criu.checkpoint.engine": "rewarm", "org.criu.checkpoint.criu-version": fp.criu,
+                     "org.criu.checkpoint.kernel": fp.kernel, "org.criu.checkpoint.arch": fp.arch})
+
+
+def _with_image_digest(src: Source, digest: str) -> Source:
+    annotations = {**oci_spec.annotations_of(src.spec), ann.IMAGE_DIGEST_KEY: digest}
+    return dataclasses.replace(src, spec={**src.spec, "annotations": annotations})
+
+
+# --- checkpoint back ends -----------------------------------------------------------------------
+def _runc_checkpoint(c: Capture) -> None:
+    tcp_established = criu.RUNC_CONFIG_ANNOTATION not in oci_spec.annotations_of(c.source.spec)
+    argv = c.runc.checkpoint_argv(c.source.container_id, criu=c.settings.criu, images=c.images, work=c.work,
+                                  leave_running=c.leave_running,
+                                  tcp_established=tcp_established)  # no tcp-close from rewarm's CRIU config
+    try:
+        proc: subprocess.CompletedProcess[str] | None = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=c.settings.capture_timeout_s,
+            env=criu.runtime_env(c.settings))
+    except subprocess.TimeoutExpired:
+        proc = None
+    if proc is None or proc.returncode != 0:
+        why = (f"checkpoint took longer than {c.settings.capture_timeout_s}s" if proc is None else
+               f"{c.settings.runtime} checkpoint failed: {proc.stderr.strip()[-500:]}")
+        _fail_and_revive(c, why)
+
+
+def _containerd_checkpoint(c: Capture, containerd: "Containerd") -> None:
+    """The checkpoint bridge: containerd's Tasks.Checkpoint (its runc shim runs `runc checkpoint`,
+    through rewarm-runc where the container runs on rewarm's handler) writes the CRIU images."""
+    try:
+        containerd.checkpoint(c.source.container_id, c.images, c.work, exit=not c.leave_running,
+                              timeout=c.settings.capture_timeout_s)
+    except RewarmError as e:
+        _fail_and_revive(c, str(e))
+
+
+def _fail_and_revive(c: Capture, why: str) -> None:
+    criu_errors = criu.log_errors(os.path.join(c.work, layout.DUMP_LOG))
+    revived = revive_source(c.settings, c.source)
+    raise CaptureFailed(why + (f"; CRIU: {criu_errors}" if criu_errors else "") + (f"; {revived}" if revived else ""))
+
+
+def revive_source(settings: Settings, src: Source) -> str:
+    """After a failed capture the source must keep serving: bring its CUDA state back to running
+    (CRIU may have failed after the GPU was locked or checkpointed) and resume it if it is still paused."""
+    notes = []
+    runc = Runc(settings.runtime, src.runtime_root)
+    if oci_spec.uses_gpu(src.spec):
+        from runtime.gpu.driver import Driver, ProcessState
+        try:
+            driver = Driver()
+            for pid in runc.pids(src.container_id) or [src.pid]:
+                try:
+                    if driver.state(pid) != ProcessState.RUNNING:
+                        notes.append(f"pid {pid} CUDA state back to {driver.bring_back(pid).name.lower()}")
+                except CudaError as e:
+                    if e.code != CUDA_NOT_INITIALIZED:
+                        notes.append(f"pid {pid}: {e}")
+        except CudaError as e:
+            notes.append(str(e))
+    state = runc.state(src.container_id)
+    if state and state.get("status") == "paused":
+        runc.resume(src.container_id)
+        notes.append("container resumed")
+    return ", ".join(notes)

@@ -1,0 +1,88 @@
+"""On-ready capture: the watcher rewarm-runc starts beside a cold-started container that asked for
+`rewarm.dev/capture: on-ready`.
+
+It waits for the container to run and become ready (its ready file exists inside the container, or
+its ready URL answers inside the pod's network namespace), captures it while it keeps running, and
+exits. It also exits, doing nothing, when the container goes away first: nothing outlives the
+container. The snapshot becomes usable with the store's one atomic rename.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from runtime.adapters import logs, netns_http, settings_file, store
+from runtime.adapters.runc import Runc
+from runtime.engine import capture
+from runtime.model.errors import RewarmError
+from runtime.model.events import EventKind
+from runtime.model.settings import Settings
+
+POLL_S = 0.25
+APPEAR_TIMEOUT_S = 120.0   # runc create failed if the container never shows up
+
+
+@dataclass(frozen=True)
+class Job:
+    runtime_root: str
+    container_id: str
+    namespace: str
+    name: str
+    ready_file: str
+    ready_http: str | None
+
+
+def spawn(job: Job) -> None:
+    """Start the watcher detached from the caller's stdio (those are the container's log pipes)."""
+    subprocess.Popen([sys.executable, "-m", "runtime.engine.on_ready", json.dumps(asdict(job))],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     close_fds=True, start_new_session=True, cwd="/")
+
+
+def is_ready(job: Job, pid: int) -> bool:
+    if job.ready_http:  # GET inside the container's network namespace (the pod's)
+        return netns_http.request(f"/proc/{pid}/ns/net", job.ready_http, timeout=2.0)[0] == 200
+    return os.path.exists(f"/proc/{pid}/root{job.ready_file}")
+
+
+def wait_until_ready(settings: Settings, job: Job) -> str | None:
+    """None once ready; otherwise why the watch ended."""
+    runc = Runc(settings.runtime, job.runtime_root)
+    appeared, deadline = False, time.monotonic() + APPEAR_TIMEOUT_S
+    while True:
+        state = runc.state(job.container_id)
+        if state is None:
+            if appeared or time.monotonic() > deadline:
+                return "container is gone"
+        else:
+            appeared = True
+            if state.get("status") == "stopped":
+                return "container stopped before it was ready"
+            if state.get("status") == "running" and is_ready(job, int(state["pid"])):
+                return None
+        time.sleep(POLL_S)
+
+
+def run(settings: Settings, job: Job) -> int:
+    why = wait_until_ready(settings, job)
+    if why:
+        logs.event(settings.event_log, EventKind.CAPTURE_SKIPPED, container=job.container_id,
+                   namespace=job.namespace, snapshot=job.name, reason=why)
+        return 0
+    try:
+        entry = capture.capture(settings, job.runtime_root, job.container_id, job.name, job.namespace,
+                                leave_running=True, skip_if_present=True)
+    except (RewarmError, OSError) as e:
+        logs.event(settings.event_log, EventKind.CAPTURE_FAILED, container=job.container_id,
+                   namespace=job.namespace, snapshot=job.name, reason=f"on-ready capture: {e}")
+        return 1
+    store.touch_used(entry)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(settings_file.load(), Job(**json.loads(sys.argv[1]))))

@@ -1,0 +1,313 @@
+"""The restore pipeline, as named steps over one context:
+
+    refuse_terminal -> refuse_existing_container -> find_candidates -> pick_fitting_entry
+    -> verify_files -> lay_rootfs_diff -> restore_process -> resume_worker
+
+The cheap checks come first (no subprocess runs before the store has a candidate). A step raises
+NotRestorable (nothing was changed) or RestoreFailed (the runtime ran and failed); the cleanups
+that steps register run only when a later step fails, in reverse order.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from runtime.adapters import criu, rootfs_diff, store, worker_hooks
+from runtime.adapters.store import Entry, Store
+from runtime.adapters.files import write_json
+from runtime.adapters.runc import Runc, restore_argv
+from runtime.engine import fingerprinting
+from runtime.front.names import RESTORED_MARKER
+from runtime.front.runc_argv import RuncCall
+from runtime.model import cuda_env, fingerprint, layout, oci_spec
+from runtime.model.annotations import ENTRY_KEY, Request
+from runtime.model.errors import NotRestorable, RestoreFailed, WorkerHookFailed
+from runtime.model.oci_spec import Spec
+from runtime.model.settings import Settings, Verify
+
+CUDA_TIMING = "cuda-timing.log"
+RESTORE_LOG_COPY = "rewarm-restore.log"   # CRIU's restore log, kept beside runc's state of the container
+PREFETCH_CHUNK = 64 << 20
+
+
+class Stages:
+    """Seconds per named stage, for the event log and the benchmarks."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.times[name] = round(self.times.get(name, 0.0) + time.monotonic() - t, 3)
+
+
+@dataclass
+class Restore:
+    """Everything the steps share. `held` keeps the store's read lock until the restore ends;
+    `on_failure` holds the undo of what was changed so far."""
+    call: RuncCall
+    settings: Settings
+    spec: Spec
+    request: Request
+    namespace: str
+    store: Store
+    runc: Runc
+    held: contextlib.ExitStack
+    on_failure: contextlib.ExitStack
+    stages: Stages = field(default_factory=Stages)
+    candidates: list[Entry] = field(default_factory=list)
+    entry: Entry | None = None
+    work: str = ""
+
+    @property
+    def what(self) -> str:
+        return f"{self.namespace}/{self.request.snapshot}"
+
+    @property
+    def container_id(self) -> str:
+        return str(self.call.container_id)
+
+    def chosen(self) -> Entry:
+        assert self.entry is not None, "a step ran before pick_fitting_entry"
+        return self.entry
+
+
+@dataclass(frozen=True)
+class Result:
+    entry_ident: str
+    stages: dict[str, float]
+
+
+# --- the steps ---------------------------------------------------------------------------------
+def refuse_terminal(r: Restore) -> None:
+    if oci_spec.process(r.spec).get("terminal"):
+        raise NotRestorable("containers with a terminal are not restored")
+
+
+def refuse_existing_container(r: Restore) -> None:
+    if os.path.exists(os.path.join(r.call.root, r.container_id, "state.json")):
+        raise NotRestorable(f"a container {r.container_id} exists already")  # never clean up what is not ours
+
+
+def find_candidates(r: Restore) -> None:
+    """Entries of the pod's namespace (and of shared ones), newest first; no subprocess yet."""
+    namespaces = [r.namespace, *(ns for ns in r.settings.shared_namespaces if ns != r.namespace)]
+    r.candidates = [e for ns in namespaces for e in r.store.entries(ns, r.request.snapshot)]
+    if not r.candidates:
+        raise NotRestorable(f"no snapshot {r.what} in the store yet")
+
+
+def pick_fitting_entry(r: Restore) -> None:
+    """The newest entry whose fingerprint equals this container's on this node; its read lock is
+    held from here to the end, and it must still be there once the lock is held."""
+    here = fingerprinting.of_container(r.spec, r.settings)
+    fitting = [e for e in r.candidates if not fingerprint.differences(e.manifest.fingerprint, here)]
+    if not fitting:
+        newest = r.candidates[0].manifest.fingerprint
+        raise NotRestorable(f"snapshot {r.what} does not fit this container: "
+                            + "; ".join(fingerprint.differences(newest, here)))
+    entry = fitting[0]
+    r.held.enter_context(r.store.reading(entry.namespace, entry.name))
+    if not os.path.isdir(entry.path):
+        raise NotRestorable(f"snapshot {r.what} was replaced or removed while this restore began")
+    r.entry = entry
+    prefetch_pages(entry, r.settings.prefetch_threads)
+
+
+def verify_files(r: Restore) -> None:
+    store.verify(r.chosen(), deep=r.settings.verify is Verify.SHA256)
+
+
+def lay_rootfs_diff(r: Restore) -> None:
+    entry = r.chosen()
+    r.work = layout.work_dir(r.call.root, r.container_id)
+    shutil.rmtree(r.work, ignore_errors=True)
+    os.makedirs(r.work, mode=0o700)
+    r.on_failure.callback(shutil.rmtree, r.work, ignore_errors=True)
+    patch = rootfs_diff.apply(oci_spec.rootfs(r.spec, r.call.bundle), entry.file(layout.ROOTFS_DIFF),
+                              entry.file(layout.DELETED_FILES), os.path.join(r.work, "backup"))
+    r.on_failure.callback(patch.undo)
+
+
+def restore_process(r: Restore) -> None:
+    """`runc restore` in the caller's place: the restored process becomes the container's init and
+    takes over this process's stdio, exactly as `create` hands its stdio to the container."""
+    entry = r.chosen()
+    name_entry(r, entry.path)               # for rewarm-hook prestart, which runc runs during the restore
+    r.on_failure.callback(name_entry, r, None)
+    r.on_failure.callback(r.runc.delete_force, r.container_id)
+    argv = restore_argv(r.settings.runtime, r.call.globals, r.container_id, criu=r.settings.criu,
+                        bundle=os.path.abspath(r.call.bundle), images=image_view(entry, r.work), work=r.work,
+                        detach=True, pid_file=_str_option(r.call, "--pid-file"),
+                        no_pivot=bool(r.call.options.get("--no-pivot")))
+    env = criu.runtime_env(r.settings, **gpu_env(entry, r.spec, r.work))
+    log = _str_global(r.call, "--log")
+    offset = os.path.getsize(log) if log and os.path.exists(log) else 0
+    with r.stages("runtime_restore"):
+        try:
+            returncode = subprocess.run(argv, timeout=r.settings.restore_timeout_s, env=env).returncode
+        except subprocess.TimeoutExpired as e:
+            raise RestoreFailed(f"{r.settings.runtime} restore took longer than {r.settings.restore_timeout_s}s") from e
+    if returncode != 0:
+        criu_errors = criu.log_errors(os.path.join(r.work, layout.RESTORE_LOG))
+        runtime_errors = _new_log_errors(log, offset)
+        raise RestoreFailed(f"{r.settings.runtime} restore failed (exit {returncode})"
+                            + (f": {runtime_errors}" if runtime_errors else "")
+                            + (f"; CRIU: {criu_errors}" if criu_errors else ""))
+    r.stages.times.update(cuda_split(r.work, r.stages.times["runtime_restore"]))
+
+
+def resume_worker(r: Restore) -> None:
+    """The worker's resume hook in the restored container (a failure fails the restore: cold start)."""
+    if not r.request.resume_http:
+        return
+    state = r.runc.state(r.container_id)
+    if not state or not state.get("pid"):
+        raise RestoreFailed(f"restored container {r.container_id} has no state to resume")
+    try:
+        worker_hooks.post(int(state["pid"]), r.request.resume_http, "resume", r.settings.hook_timeout_s)
+    except WorkerHookFailed as e:
+        raise RestoreFailed(str(e)) from e
+
+
+Step = Callable[[Restore], None]
+# (stage name for the event log, or None for checks too quick to time; step)
+STEPS: tuple[tuple[str | None, Step], ...] = (
+    (None, refuse_terminal),
+    (None, refuse_existing_container),
+    ("find", find_candidates),
+    ("fingerprint", pick_fitting_entry),
+    ("verify", verify_files),
+    ("rootfs", lay_rootfs_diff),
+    (None, restore_process),        # times itself: runtime_restore, split into criu and cuda_restore
+    ("resume", resume_worker),
+)
+
+
+def restore(call: RuncCall, settings: Settings, spec: Spec, request: Request, namespace: str) -> Result:
+    with contextlib.ExitStack() as held, contextlib.ExitStack() as on_failure:
+        r = Restore(call, settings, spec, request, namespace, Store(settings.store),
+                    Runc(settings.runtime, call.root), held, on_failure)
+        for stage, step in STEPS:
+            with r.stages(stage) if stage else contextlib.nullcontext():
+                step(r)
+        on_failure.pop_all()
+        entry = r.chosen()
+        _mark_restored(r, entry)
+        store.touch_used(entry)      # under the read lock: a concurrent gc or commit sees it whole
+    return Result(entry.ident, r.stages.times)
+
+
+# --- helpers of the steps -----------------------------------------------------------------------
+def _str_option(call: RuncCall, flag: str) -> str | None:
+    value = call.options.get(flag)
+    return value if isinstance(value, str) and value else None
+
+
+def _str_global(call: RuncCall, flag: str) -> str | None:
+    value = call.globals.get(flag)
+    return value if isinstance(value, str) and value else None
+
+
+def prefetch_pages(entry: Entry, threads: int) -> None:
+    """Have the kernel read CRIU's page images ahead of CRIU, several ranges at once, in the
+    background. CRIU reads them one after another, so with a cold page cache a restore runs at one
+    reader's disk bandwidth; ranges already cached cost nothing."""
+    if threads <= 0:
+        return
+    images = entry.file(layout.CHECKPOINT_DIR)
+    ranges = [(os.path.join(images, name), offset) for name in sorted(os.listdir(images)) if name.startswith("pages-")
+              for offset in range(0, os.path.getsize(os.path.join(images, name)), PREFETCH_CHUNK)]
+
+    def advise(item: tuple[str, int]) -> None:
+        fd = os.open(item[0], os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, item[1], PREFETCH_CHUNK, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
+    def run() -> None:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(advise, ranges))
+    if ranges:
+        threading.Thread(target=run, daemon=True, name="rewarm-prefetch").start()
+
+
+def image_view(entry: Entry, work: str) -> str:
+    """A private directory of links to the entry's CRIU images: CRIU writes stats-restore into
+    its image directory, and committed entries must never change. The links are relative: CRIU
+    opens some images after it entered the container's root, where an absolute path means
+    something else."""
+    view = os.path.join(work, "images")
+    os.makedirs(view, exist_ok=True)
+    src = entry.file(layout.CHECKPOINT_DIR)
+    for name in os.listdir(src):
+        os.symlink(os.path.relpath(os.path.join(src, name), view), os.path.join(view, name))
+    return view
+
+
+def _new_log_errors(log_path: str | None, offset: int) -> str:
+    if not log_path:
+        return ""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            f.seek(offset)
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line for line in lines if "error" in line)[-800:]
+
+
+def gpu_env(entry: Entry, spec: Spec, work: str) -> dict[str, str]:
+    """For a GPU snapshot: the old->new GPU UUID pairs for CUDA restore, and where to log its time."""
+    recorded = list(entry.manifest.gpu_uuids)
+    if not recorded:
+        return {}
+    from runtime.gpu import nvml
+    from runtime.gpu.cuda_cli import format_device_map
+    pairs = nvml.device_map(recorded, nvml.uuids_of_spec(spec))
+    return {cuda_env.DEVICE_MAP: format_device_map(pairs), cuda_env.TIMING_LOG: os.path.join(work, CUDA_TIMING)}
+
+
+def cuda_split(work: str, total: float) -> dict[str, float]:
+    """Split the runtime's restore into CRIU (memory, files, ...) and CUDA restore + unlock."""
+    try:
+        with open(os.path.join(work, CUDA_TIMING)) as f:
+            cuda = sum(float(line.split()[2]) for line in f if line.split()[0] in ("restore", "unlock"))
+    except (OSError, IndexError, ValueError):
+        return {}
+    return {"cuda_restore": round(cuda, 3), "criu": round(total - cuda, 3)}
+
+
+def name_entry(r: Restore, entry_path: str | None) -> None:
+    """Write (or, with None, remove) the entry being restored into config.json's annotations."""
+    annotations = r.spec.setdefault("annotations", {})
+    if entry_path is None and ENTRY_KEY not in annotations:
+        return
+    if entry_path is None:
+        del annotations[ENTRY_KEY]
+    else:
+        annotations[ENTRY_KEY] = entry_path
+    path = os.path.join(r.call.bundle, "config.json")
+    write_json(path, r.spec, mode=os.stat(path).st_mode & 0o777)
+
+
+def _mark_restored(r: Restore, entry: Entry) -> None:
+    """Mark the container as restored (so `start` is a no-op) and keep CRIU's log beside runc's state."""
+    state_dir = os.path.join(r.call.root, r.container_id)
+    with contextlib.suppress(OSError):
+        shutil.copy(os.path.join(r.work, layout.RESTORE_LOG), os.path.join(state_dir, RESTORE_LOG_COPY))
+    write_json(os.path.join(state_dir, RESTORED_MARKER), {
+        "snapshot": entry.name, "namespace": entry.namespace, "entry": entry.ident, "stages": r.stages.times})
+    shutil.rmtree(r.work, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""The hot path: what every runc verb of the node may run. Standard library only, and little of it."""

@@ -1,0 +1,148 @@
+"""GPU facts through NVML (pynvml): the node's GPUs, the ones a container is given, and the UUID
+pairs for restoring a snapshot onto other GPUs of the same model."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.model import oci_spec
+from runtime.model.errors import NotRestorable
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    minor: int
+    uuid: str
+    model: str
+    memory_bytes: int
+    mig: bool
+    persistence: bool
+
+
+@dataclass(frozen=True)
+class Inventory:
+    gpus: list[Gpu]
+    driver: str
+    cuda_driver: str
+
+    def by_key(self, key: str) -> Gpu:
+        """A GPU named as NVIDIA_VISIBLE_DEVICES / CDI name it: an index or a UUID."""
+        for g in self.gpus:
+            if key in (str(g.index), g.uuid):
+                return g
+        raise NotRestorable(f"the container asks for GPU {key!r}, which this node does not have")
+
+
+def inventory() -> Inventory:
+    import pynvml
+    pynvml.nvmlInit()
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            try:
+                mig = bool(pynvml.nvmlDeviceGetMigMode(h)[0])
+            except pynvml.NVMLError:
+                mig = False
+            gpus.append(Gpu(i, pynvml.nvmlDeviceGetMinorNumber(h), _text(pynvml.nvmlDeviceGetUUID(h)),
+                            _text(pynvml.nvmlDeviceGetName(h)), pynvml.nvmlDeviceGetMemoryInfo(h).total, mig,
+                            pynvml.nvmlDeviceGetPersistenceMode(h) == pynvml.NVML_FEATURE_ENABLED))
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        return Inventory(gpus, _text(pynvml.nvmlSystemGetDriverVersion()), f"{cuda // 1000}.{cuda % 1000 // 10}")
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def container_gpus(spec: dict[str, Any], inv: Inventory) -> list[Gpu]:
+    keys = oci_spec.gpu_keys(spec)
+    if keys == ["all"]:
+        return list(inv.gpus)
+    out = []
+    for key in keys:
+        if key.startswith("minor:"):
+            minor = int(key[len("minor:"):])
+            out.append(next((g for g in inv.gpus if g.minor == minor), None) or inv.by_key(f"minor {minor}"))
+        else:
+            out.append(inv.by_key(key))
+    return out
+
+
+def fingerprint_of_spec(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The GPU part of a container's fingerprint: None for a CPU-only container (no NVML then)."""
+    if not oci_spec.uses_gpu(spec):
+        return None
+    inv = inventory()
+    gpus = container_gpus(spec, inv)
+    if not gpus:
+        raise NotRestorable("the container uses NVIDIA devices but no GPU could be identified")
+    models = sorted({g.model for g in gpus})
+    return {"model": " + ".join(models), "count": len(gpus), "driver": inv.driver, "cuda_driver": inv.cuda_driver}
+
+
+def uuids_of_spec(spec: dict[str, Any]) -> list[str]:
+    return [g.uuid for g in container_gpus(spec, inventory())]
+
+
+def device_map(recorded: list[str], current: list[str]) -> dict[str, str]:
+    """Pair the GPUs of the snapshot with the container's new ones, in device order."""
+    if len(recorded) != len(current):
+        raise NotRestorable(f"snapshot used {len(recorded)} GPU(s), this container has {len(current)}")
+    return {old: new for old, new in zip(recorded, current) if old != new}
+
+
+def processes_on_gpus(pids: list[int]) -> dict[str, list[str]]:
+    """Which of these processes hold a CUDA context on which GPU (by UUID)."""
+    import pynvml
+    pynvml.nvmlInit()
+    try:
+        out: dict[str, list[str]] = {}
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = _text(pynvml.nvmlDeviceGetUUID(h))
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                if proc.pid in pids:
+                    out.setdefault(str(proc.pid), []).append(uuid)
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def libcuda_dir() -> str:
+    """Where this node's libcuda.so.1 lives (containers need it on LD_LIBRARY_PATH)."""
+    import ctypes
+    ctypes.CDLL("libcuda.so.1")
+    with open("/proc/self/maps") as f:
+        return os.path.dirname(next(line.split()[-1] for line in f if "libcuda.so" in line))
+
+
+def device_nodes(index: int = 0) -> list[dict[str, Any]]:
+    """OCI device entries for one GPU and the driver's control and UVM nodes."""
+    out = []
+    for path in (f"/dev/nvidia{index}", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"):
+        st = os.stat(path)
+        out.append({"path": path, "type": "c", "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+                    "fileMode": 0o666, "uid": 0, "gid": 0})
+    return out
+
+
+def doctor_checks() -> list[tuple[str, str, str]]:
+    try:
+        inv = inventory()
+    except Exception as e:  # no driver, no NVML: a CPU node
+        return [("OK", "GPU", f"no NVIDIA GPU usable here ({type(e).__name__}): CPU workers only")]
+    out = [("OK", "GPU driver", f"{inv.driver}, CUDA driver API {inv.cuda_driver}")]
+    major = int(inv.driver.split(".")[0]) if inv.driver.split(".")[0].isdigit() else 0
+    out.append(("OK" if major >= 570 else "WARN", "GPU checkpoint support",
+                "driver >= 570: checkpoint API with CRIU" + (", GPU remapping (>= 580)" if major >= 580 else "")
+                if major >= 570 else f"driver {inv.driver}: need >= 570 (>= 580 to restore onto other GPUs)"))
+    for g in inv.gpus:
+        out.append(("WARN" if g.mig else "OK", f"GPU {g.index}",
+                    f"{g.model} {g.uuid} {g.memory_bytes / 2**30:.0f} GiB, MIG {'on (not supported)' if g.mig else 'off'}, "
+                    f"persistence {'on' if g.persistence else 'off'}"))
+    return out

@@ -1,0 +1,214 @@
+"""A private containerd for the demo and the tests: its own root, state, socket, CNI network and
+runc root, so it never touches a containerd the machine already runs.
+
+Its config starts from `containerd config default` and gets the rewarm handler from `rewarm install`
+(the same code a node operator runs). The sandbox (pause) image and the worker image are built
+locally from this machine's files (oci_image); nothing is pulled.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import zlib
+
+from typing import Any
+
+import tomlkit
+
+from runtime.adapters import netns_http
+from runtime.clients import cri
+from runtime.clients.containerd import Containerd, ContainerdError
+from runtime.lab import bundles, oci_image
+from runtime.node import install
+
+PAUSE_IMAGE = "localhost/rewarm/pause:lab"
+NAMESPACE = "k8s.io"
+
+
+def _set(doc: Any, dotted: list[str], value: object) -> None:
+    for key in dotted[:-1]:
+        doc = doc[key]
+    doc[dotted[-1]] = value
+
+
+class Lab:
+    def __init__(self, name: str, rewarm_config: str | None = None, base: str = "/var/lib/rewarm-lab"):
+        self.name = name
+        self.root = os.path.join(base, name)
+        self.state = os.path.join("/run/rewarm-lab", name)
+        self.address = os.path.join(self.state, "containerd.sock")
+        self.config = os.path.join(self.root, "config.toml")
+        self.logs = os.path.join(self.root, "pod-logs")
+        self.rewarm_config = rewarm_config
+        self.runc_root = os.path.join(self.state, "runc")
+        self.process: subprocess.Popen[bytes] | None = None
+        n = zlib.crc32(name.encode()) % 200 + 20
+        self.subnet = f"10.213.{n}.0/24"
+        self.bridge = f"rewarm{n}"
+
+    def setup(self, rewarm_runc: str) -> "Lab":
+        """From nothing to a running containerd with the rewarm handler and the pause image."""
+        self.destroy()
+        self.write_config(rewarm_runc)
+        self.start()
+        self.build_pause_image()
+        return self
+
+    # configuration
+    def write_config(self, rewarm_runc: str, with_rewarm: bool = True) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        os.makedirs(self.logs, exist_ok=True)
+        text = subprocess.run(["containerd", "config", "default"], capture_output=True, text=True, check=True).stdout
+        doc = tomlkit.parse(text)
+        cri = ["plugins", "io.containerd.grpc.v1.cri"]
+        for path, value in (
+            (["root"], os.path.join(self.root, "containerd")),
+            (["state"], os.path.join(self.state, "containerd")),
+            (["grpc", "address"], self.address),
+            ([*cri, "sandbox_image"], PAUSE_IMAGE),
+            ([*cri, "restrict_oom_score_adj"], True),   # this VM refuses negative oom_score_adj
+            ([*cri, "cni", "bin_dir"], "/usr/lib/cni"),
+            ([*cri, "cni", "conf_dir"], os.path.join(self.root, "cni")),
+            ([*cri, "containerd", "runtimes", "runc", "options", "Root"], self.runc_root),
+            (["plugins", "io.containerd.internal.v1.opt", "path"], os.path.join(self.root, "opt")),
+        ):
+            _set(doc, path, value)
+        text = tomlkit.dumps(doc)
+        with open(self.config, "w") as f:
+            f.write(install.containerd_config(text, rewarm_runc) if with_rewarm else text)
+        os.makedirs(os.path.join(self.root, "cni"), exist_ok=True)
+        with open(os.path.join(self.root, "cni", "10-rewarm-lab.conflist"), "w") as f:
+            json.dump({"cniVersion": "0.4.0", "name": f"rewarm-lab-{self.name}", "plugins": [
+                {"type": "bridge", "bridge": self.bridge, "isGateway": False, "ipMasq": False,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet}]],
+                          "dataDir": os.path.join(self.root, "cni-ipam")}}]}, f)
+
+    # daemon
+    def start(self, timeout: float = 60) -> None:
+        os.makedirs(self.state, exist_ok=True)
+        env = dict(os.environ)
+        if self.rewarm_config:
+            env["REWARM_CONFIG"] = self.rewarm_config
+        log = open(os.path.join(self.root, "containerd.log"), "ab")
+        self.process = subprocess.Popen(["containerd", "--config", self.config], stdout=log, stderr=log,
+                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"containerd exited ({self.process.returncode}); see {self.root}/containerd.log")
+            with contextlib.suppress(ContainerdError), Containerd(self.address, NAMESPACE, timeout=2) as c:
+                c.version()
+                if self._cri_ready():
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"containerd did not answer within {timeout}s; see {self.root}/containerd.log")
+
+    def _cri_ready(self) -> bool:
+        try:
+            with cri.Client(self.address, timeout=5) as client:
+                client.version()
+            return True
+        except cri.CriError:
+            return False
+
+    def stop_daemon(self) -> None:
+        """Stop containerd only: the shims and containers keep running (as on a containerd restart)."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop_daemon()
+        self.start()
+
+    # images
+    def build_pause_image(self) -> None:
+        busybox = shutil.which("busybox") or "/bin/busybox"
+        oci_image.build_and_import(oci_image.ImageSpec(
+            name=PAUSE_IMAGE, entrypoint=[busybox, "sleep", "2147483647"], paths=[busybox]),
+            self.address, NAMESPACE)
+
+    def build_worker_image(self, name: str, app_dir: str, entrypoint: list[str], env: list[str] | None = None) -> str:
+        spec = oci_image.ImageSpec(name=name, entrypoint=entrypoint, workdir="/app",
+                                   env=["PATH=/usr/local/bin:/usr/bin:/bin", *(env or [])],
+                                   paths=oci_image.python_paths(), trees={"/app": app_dir},
+                                   files={"/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n",
+                                          "/etc/group": b"root:x:0:\n"})
+        return oci_image.build_and_import(spec, self.address, NAMESPACE)
+
+    def pod(self, name: str, image: str, command: list[str], **kwargs: Any) -> "Pod":
+        return Pod(self.address, self.logs, name, image, command, **kwargs)
+
+    # cleanup
+    def destroy(self) -> None:
+        """Kill what runs under this lab, stop containerd, unmount and remove its directories."""
+        if os.path.isdir(self.runc_root):
+            for ns in os.listdir(self.runc_root):
+                root = os.path.join(self.runc_root, ns)
+                for cid in os.listdir(root):
+                    subprocess.run(["runc", "--root", root, "delete", "--force", cid], capture_output=True)
+        self.stop_daemon()
+        for proc in _processes_mentioning(self.state) + _processes_mentioning(self.config):  # shims, a lost daemon
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc, signal.SIGKILL)
+        for path in (self.state, self.root):
+            _unmount_under(path)
+            shutil.rmtree(path, ignore_errors=True)
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """containerd shims started for this lab (their command line names its state dir)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    pids.append(int(pid))
+    return pids
+
+
+def _unmount_under(path: str) -> None:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p == path or p.startswith(path + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+class Pod(cri.Pod):
+    """A CRI pod of the lab, with the HTTP calls a probe or a client inside the pod would make."""
+
+    def __init__(self, address: str, log_root: str, name: str, image: str, command: list[str], *,
+                 port: int = 8080, **kwargs: Any):
+        super().__init__(address, log_root, name, image, command, **kwargs)
+        self.port = port
+
+    def get(self, path: str = "/", timeout: float = 5) -> Any:
+        body = bundles.http_get(f"/proc/{self.pid()}/ns/net", f"http://127.0.0.1:{self.port}{path}", timeout)
+        return json.loads(body) if body else None
+
+    def post(self, path: str, payload: dict[str, Any], timeout: float = 600) -> Any:
+        status, body = netns_http.request(f"/proc/{self.pid()}/ns/net", f"http://127.0.0.1:{self.port}{path}",
+                                          json.dumps(payload).encode(), timeout)
+        return json.loads(body) if status == 200 else None
+
+    def wait_answer(self, timeout: float = 120) -> tuple[Any, float]:
+        """The first answer and the seconds from RunPodSandbox to it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = self.get(timeout=2)
+            if answer is not None:
+                return answer, time.monotonic() - self.started
+            time.sleep(0.05)
+        raise TimeoutError(f"pod {self.name} did not answer within {timeout}s; log:\n{self.log()[-2000:]}")

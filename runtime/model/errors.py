@@ -1,0 +1,63 @@
+"""rewarm's exceptions: one tree under RewarmError. The message says what a user can act on; the
+class says which path follows (cold start, refusal, a failed command)."""
+from __future__ import annotations
+
+
+class RewarmError(Exception):
+    """Base of everything rewarm raises on purpose. The CLI prints it as one line."""
+
+
+class InvalidInput(RewarmError, ValueError):
+    """A value a user must fix (an annotation, a name, a config key); the message names it."""
+
+
+class SettingsError(InvalidInput):
+    """The node's rewarm config is unreadable or has unknown or mistyped keys."""
+
+
+class NotRestorable(RewarmError):
+    """No usable snapshot for this container (missing, incompatible, corrupt): cold start instead."""
+
+
+class RestoreFailed(RewarmError):
+    """The runtime's restore ran and failed; what it left has been cleaned up."""
+
+
+class CaptureFailed(RewarmError):
+    """A capture did not produce a snapshot; the store and the source container are unharmed."""
+
+
+class StoreError(RewarmError):
+    """The store itself is unusable (permissions, a lock held, a name not found)."""
+
+
+class ArchiveError(RewarmError):
+    """A checkpoint archive is unreadable, incomplete or hostile: nothing was stored."""
+
+
+class InstallError(RewarmError):
+    """A container engine's config cannot be given the rewarm handler."""
+
+
+class HookError(RewarmError):
+    """An OCI hook cannot do its part; the runtime fails the container with this message."""
+
+
+class WorkerHookFailed(RewarmError):
+    """The worker's quiesce or resume hook did not answer 200."""
+
+
+class ClientError(RewarmError):
+    """A gRPC call to containerd or its CRI failed."""
+
+
+class CudaError(RewarmError):
+    """A CUDA driver call failed; the message names the call and the CUresult."""
+
+    def __init__(self, call: str, code: int, name: str) -> None:
+        super().__init__(f"{call} failed: {name} (CUresult {code})")
+        self.code = code
+
+
+class CudaUnavailable(CudaError):
+    """No CUDA driver, or one without the checkpoint API."""

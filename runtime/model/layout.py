@@ -1,0 +1,23 @@
+"""Where things are: the files of a snapshot (the checkpoint-archive layout of CRI-O and Podman,
+so their tools can read rewarm's snapshots, plus rewarm's manifest.json) and rewarm's node paths."""
+from __future__ import annotations
+
+import os
+
+CHECKPOINT_DIR = "checkpoint"          # CRIU images (inventory.img, pages-*.img, ...)
+CONFIG_DUMP = "config.dump"            # container facts at capture (id, name, image, time)
+SPEC_DUMP = "spec.dump"                # the OCI runtime spec (config.json) of the captured container
+ROOTFS_DIFF = "rootfs-diff.tar"        # files the container changed in its rootfs
+DELETED_FILES = "deleted.files"        # JSON list of paths the container deleted from its rootfs
+STATS_DUMP = "stats-dump"              # capture statistics
+MANIFEST = "manifest.json"             # rewarm: fingerprint, checksums, provenance
+INVENTORY = os.path.join(CHECKPOINT_DIR, "inventory.img")  # CRIU writes it last: a cheap completeness check
+DUMP_LOG = "dump.log"
+RESTORE_LOG = "restore.log"
+
+RUN_DIR = "/run/rewarm"                # per-container work files (tmpfs: gone after a reboot)
+
+
+def work_dir(runtime_root: str, container_id: str) -> str:
+    """A restore's work dir for one container of one runtime root; rewarm-hook poststop removes it."""
+    return os.path.join(RUN_DIR, "work", runtime_root.strip("/").replace("/", "_"), container_id)

@@ -1,0 +1,81 @@
+"""rewarm's node configuration: one JSON object (`/etc/rewarm/config.json` or $REWARM_CONFIG).
+
+Every key is optional; unknown keys and values of the wrong type are refused with the key's name.
+`config/rewarm-config.schema.json` documents the same keys (`rewarm doctor` validates against it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, Mapping
+
+from runtime.model.errors import SettingsError
+
+
+class Verify(Enum):
+    SHA256 = "sha256"    # checksum every snapshot file before restore (cached while the files are unchanged)
+    SIZE = "size"        # sizes only
+
+
+def _default_env_ignore() -> tuple[str, ...]:
+    return ("HOSTNAME", "KUBERNETES_*", "*_SERVICE_HOST", "*_SERVICE_PORT", "*_SERVICE_PORT_*", "*_PORT", "*_PORT_*")
+
+
+@dataclass(frozen=True)
+class Settings:
+    runtime: str = "runc"                       # real OCI runtime: a name on PATH or a path (runc, crun)
+    store: str = "/var/lib/rewarm"              # snapshot store root (created 0700)
+    criu: str = "criu"                          # CRIU binary given to the runtime (--criu)
+    criu_plugin_dir: str = "/opt/rewarm/criu-plugins"   # CRIU plugins (cuda_plugin.so); "" = none
+    criu_options: tuple[str, ...] = ()          # extra CRIU config-file lines
+    env_ignore: tuple[str, ...] = field(default_factory=_default_env_ignore)  # env names (globs) not fingerprinted
+    shared_namespaces: tuple[str, ...] = ()     # namespaces whose snapshots any namespace may restore
+    event_log: str = "/var/log/rewarm/events.jsonl"  # one JSON line per restore / cold start / capture
+    pod_log_notice: bool = True                 # one line on the container's stderr saying what rewarm did
+    verify: Verify = Verify.SHA256
+    capture_timeout_s: int = 600                # longest a capture may take
+    restore_timeout_s: int = 300                # longest a restore may take before it counts as failed
+    cuda_checkpoint: str = ""                   # "" = rewarm's own cuda-checkpoint; or a path to NVIDIA's
+    cuda_lock_timeout_ms: int = 10000           # how long capture waits for in-flight GPU work
+    hook_timeout_s: int = 60                    # longest a worker's quiesce / resume hook may take
+    inject_hooks: bool = True                   # rewarm-runc adds rewarm-hook prestart/poststop to annotated containers
+    metrics_file: str = "/var/lib/node_exporter/textfile_collector/rewarm.prom"  # Prometheus text file ("" = none)
+    prefetch_threads: int = 0                   # readers that pull page images into the page cache ahead of CRIU
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
+    if isinstance(default, Enum):
+        try:
+            return type(default)(value)
+        except ValueError:
+            allowed = ", ".join(repr(m.value) for m in type(default))
+            raise SettingsError(f"rewarm config {source}: {name} must be one of {allowed}, not {value!r}") from None
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SettingsError(f"rewarm config {source}: {name} must be a list of strings")
+        return tuple(value)
+    if isinstance(default, bool) or not isinstance(default, int):
+        if type(value) is not type(default):
+            raise SettingsError(f"rewarm config {source}: {name} must be a {type(default).__name__}, not {value!r}")
+        return value
+    if type(value) is not int or value < 0:
+        raise SettingsError(f"rewarm config {source}: {name} must be a non-negative integer, not {value!r}")
+    return value
+
+
+def from_mapping(raw: Any, source: str = "(given)") -> Settings:
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"rewarm config {source} must be a JSON object")
+    defaults = Settings()
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SettingsError(f"rewarm config {source}: unknown keys {', '.join(unknown)}")
+    return Settings(**{k: _coerce(k, v, getattr(defaults, k), source) for k, v in raw.items()})

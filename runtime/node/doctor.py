@@ -1,0 +1,121 @@
+"""`rewarm doctor`: what on this node decides whether capture and restore can work."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from typing import Any, Callable
+
+from runtime.adapters.files import read_json
+from runtime.adapters.node_facts import tool_version
+from runtime.front.names import config_path
+from runtime.model.resources import config_json
+from runtime.model.settings import Settings
+
+CRIU_MIN = (4, 2)
+Check = tuple[str, str, str]  # (status OK/WARN/FAIL, what, detail)
+
+
+def _criu(cfg: Settings) -> list[Check]:
+    path = shutil.which(cfg.criu)
+    if not path:
+        return [("FAIL", "criu", f"{cfg.criu} not found (run packaging/install-node.sh)")]
+    version = tool_version([path, "--version"]).split()[-1]
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    out = [("OK" if parts >= CRIU_MIN else "FAIL", "criu version", f"{version} at {path} (need >= 4.2 on new kernels)")]
+    check = subprocess.run([path, "check"], capture_output=True, text=True)
+    out.append(("OK" if check.returncode == 0 else "FAIL", "criu check", (check.stdout + check.stderr).strip()[-200:]))
+    plugin = os.path.join(cfg.criu_plugin_dir, "cuda_plugin.so")
+    out.append(("OK" if os.path.exists(plugin) else "WARN", "CRIU CUDA plugin",
+                plugin if os.path.exists(plugin) else f"{plugin} missing: GPU memory cannot be captured"))
+    return out
+
+
+def _runtime(cfg: Settings) -> list[Check]:
+    path = shutil.which(cfg.runtime)
+    return [("OK", "runtime", f"{tool_version([path, '--version'])} at {path}") if path else
+            ("FAIL", "runtime", f"{cfg.runtime} not found")]
+
+
+def _config(cfg: Settings) -> list[Check]:
+    path = config_path()
+    if not os.path.exists(path):
+        return [("OK", "config", f"{path} absent: defaults in use")]
+    import jsonschema
+    try:
+        jsonschema.validate(read_json(path), config_json("rewarm-config.schema.json"))
+    except (jsonschema.ValidationError, ValueError) as e:
+        return [("FAIL", "config", f"{path}: {getattr(e, 'message', e)}")]
+    return [("OK", "config", path)]
+
+
+def _store(cfg: Settings) -> list[Check]:
+    if not os.path.isdir(cfg.store):
+        return [("OK", "store", f"{cfg.store} (created on first capture)")]
+    mode = os.stat(cfg.store).st_mode & 0o777
+    return [("OK" if mode == 0o700 else "FAIL", "store", f"{cfg.store} mode {oct(mode)} (must be 0700: snapshots hold secrets)")]
+
+
+def _node(cfg: Settings) -> list[Check]:
+    out: list[Check] = []
+    out.append(("OK" if shutil.which("iptables-restore") or any("network-lock" in o for o in cfg.criu_options)
+                else "WARN", "network lock", "iptables-restore found" if shutil.which("iptables-restore")
+                else "no iptables-restore: add \"network-lock skip\" to criu_options"))
+    try:
+        thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read().strip()
+        always = "[always]" in thp
+        out.append(("OK" if always else "WARN", "transparent huge pages",
+                    f"{thp}" + ("" if always else ": 'always' makes CRIU restore GPU-sized images 35-40% faster "
+                                                  "(echo always > /sys/kernel/mm/transparent_hugepage/enabled)")))
+    except OSError:
+        pass
+    probe = cfg.store if os.path.isdir(cfg.store) else os.path.dirname(cfg.store.rstrip("/")) or "/"
+    try:
+        free = shutil.disk_usage(probe).free
+        out.append(("OK" if free > 64 << 30 else "WARN", "store disk space",
+                    f"{free / 2**30:.0f} GiB free under {probe} (a GPU worker's snapshot is its GPU memory plus its host memory)"))
+    except OSError:
+        pass
+    return out
+
+
+def _handler(cfg: Settings) -> list[Check]:
+    """Is rewarm a runtime handler of the node's containerd, pointing at a rewarm-runc with its engine?"""
+    from runtime.node import install
+    try:
+        with open(install.CONTAINERD_CONFIG, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return [("WARN", "containerd handler", f"{install.CONTAINERD_CONFIG} not readable: run `rewarm install`")]
+    import tomlkit
+    plugins = tomlkit.parse(text).unwrap().get("plugins", {})
+    runtimes: dict[str, Any] = next((plugins[p]["containerd"].get("runtimes", {}) for p in install.CRI_PLUGIN.values()
+                     if "containerd" in plugins.get(p, {})), {})
+    binary = (runtimes.get(install.HANDLER) or {}).get("options", {}).get("BinaryName")
+    if not binary:
+        return [("WARN", "containerd handler", "no runtime `rewarm` in containerd's config: run `rewarm install`")]
+    engine = os.path.join(os.path.dirname(binary), "rewarm-runc-engine")
+    ok = os.access(binary, os.X_OK) and os.access(engine, os.X_OK)
+    return [("OK" if ok else "FAIL", "containerd handler", f"rewarm -> {binary}" + ("" if ok else f" (or {engine}) missing"))]
+
+
+def _gpu(cfg: Settings) -> list[Check]:
+    try:
+        from runtime.gpu import nvml
+        return nvml.doctor_checks()
+    except ImportError as e:
+        return [("WARN", "GPU", f"GPU support not available: {e}")]
+
+
+CHECKS: list[Callable[[Settings], list[Check]]] = [_config, _runtime, _criu, _store, _node, _handler, _gpu]
+
+
+def run(cfg: Settings, as_json: bool = False) -> int:
+    results = [c for check in CHECKS for c in check(cfg)]
+    if as_json:
+        print(json.dumps([{"status": s, "check": w, "detail": d} for s, w, d in results], indent=2))
+    else:
+        for status, what, detail in results:
+            print(f"{status:<5} {what:<24} {detail}")
+    return 1 if any(s == "FAIL" for s, _, _ in results) else 0

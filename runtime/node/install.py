@@ -1,0 +1,168 @@
+"""`rewarm install`: make a container engine offer rewarm as a runtime handler named `rewarm`.
+
+containerd: a runtime `rewarm` next to `runc` in the CRI plugin's config (runc v2 shim with
+BinaryName = rewarm-runc, rewarm.dev/* pod and container annotations passed through), copying runc's
+own options so that both handlers run containers alike. The file is edited in place with tomlkit,
+which keeps its comments and layout; the old file is kept as a backup; the diff is printed.
+CRI-O: a drop-in under crio.conf.d. CRI-O and Podman: rewarm-hook's prestart and poststop in their
+hooks.d. All idempotent: a second run changes nothing.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+from tomlkit import TOMLDocument
+from tomlkit.items import Table
+
+from runtime.adapters.files import atomic_write
+from runtime.model.annotations import KNOWN, PREFIX
+from runtime.model.errors import InstallError
+from runtime.model.resources import config_file
+
+HANDLER = "rewarm"
+CRI_PLUGIN = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+CRIO_DROPIN = "/etc/crio/crio.conf.d/50-rewarm.conf"
+HOOKS_DIR = "/usr/share/containers/oci/hooks.d"      # where CRI-O and Podman look by default
+BACKUP_SUFFIX = ".rewarm-backup"
+
+
+def _table(parent: Table | TOMLDocument, key: str) -> Table:
+    if key not in parent:
+        parent[key] = tomlkit.table(is_super_table=True)
+    found = parent[key]
+    if not isinstance(found, Table):
+        raise InstallError(f"containerd config: {key} is not a table")
+    return found
+
+
+def _indent_like(table: Table, model: Table) -> None:
+    """Indent the new table's keys like runc's, with a blank line after each part."""
+    depth = len(model.trivia.indent)
+    table["options"].add(tomlkit.nl())
+    table["options"].indent(depth + 4)
+    table.indent(depth + 2)
+    table.trivia.indent = ""                               # the header sits under its parent by itself
+    table["options"].trivia.indent = model.trivia.indent + "  "
+
+
+def containerd_config(text: str, binary: str, version: int | None = None) -> str:
+    """The config text with the rewarm handler in it. `version` 3 writes containerd 2.x's form for a
+    new or empty file; an existing file keeps its own version."""
+    try:
+        doc = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as e:
+        raise InstallError(f"containerd config is not valid TOML: {e}") from e
+    have = doc.get("version")
+    if have is None and doc.get("plugins"):
+        raise InstallError("containerd config version 1 is not supported: convert it to version 2 first "
+                           "(start from `containerd config default`)")
+    version = int(have) if have is not None else (version or 2)
+    if version not in CRI_PLUGIN:
+        raise InstallError(f"containerd config version {version} is not supported (2: containerd 1.x, 3: 2.x)")
+    if have is None:
+        doc["version"] = version
+    runtimes = _table(_table(_table(_table(doc, "plugins"), CRI_PLUGIN[version]), "containerd"), "runtimes")
+    if "runc" not in runtimes:  # CRI refuses a config whose default runtime (runc) is not defined
+        runc = tomlkit.table()
+        runc["runtime_type"] = "io.containerd.runc.v2"
+        runtimes["runc"] = runc
+    base = runtimes["runc"].unwrap()
+    options = {**(base.get("options") or {}), "BinaryName": binary}
+    handler = tomlkit.table()
+    for key, value in base.items():
+        if key != "options":
+            handler[key] = value
+    handler["runtime_type"] = "io.containerd.runc.v2"
+    handler["pod_annotations"] = [PREFIX + "*"]
+    handler["container_annotations"] = [PREFIX + "*"]
+    handler.add(tomlkit.nl())
+    handler["options"] = options
+    _indent_like(handler, runtimes["runc"])
+    if HANDLER in runtimes and runtimes[HANDLER].unwrap() == handler.unwrap():
+        return text
+    runtimes[HANDLER] = handler
+    return tomlkit.dumps(doc)
+
+
+def crio_dropin(binary: str) -> str:
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("rewarm: restore AI inference workers from snapshots (written by `rewarm install`)"))
+    runtime = tomlkit.table()
+    runtime["runtime_path"] = binary
+    runtime["runtime_type"] = "oci"
+    runtime["runtime_root"] = "/run/runc"
+    runtime["allowed_annotations"] = sorted(KNOWN)
+    doc["crio"] = {"runtime": {"runtimes": {HANDLER: runtime}}}
+    return tomlkit.dumps(doc)
+
+
+def apply(path: str, new: str, dry_run: bool) -> tuple[bool, str]:
+    """Write `new` to `path` unless equal; returns (changed, unified diff). The previous file is kept
+    as path + BACKUP_SUFFIX."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        old, mode = "", 0o644
+    diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), path, path + " (rewarm)"))
+    if old == new or dry_run:
+        return old != new, diff
+    if old:
+        shutil.copy2(path, path + BACKUP_SUFFIX)
+    atomic_write(path, new, mode)
+    return True, diff
+
+
+def default_binary(name: str = "rewarm-runc") -> str:
+    """The command beside the running `rewarm` (same installation, a venv too), else on PATH."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), name)
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which(name)
+    if not found:
+        raise InstallError(f"{name} is neither beside {sys.argv[0]} nor on PATH: pass --binary")
+    return os.path.abspath(found)
+
+
+def hook_files(hook: str, rewarm_config: str | None) -> dict[str, str]:
+    """hooks.d files (OCI hooks config 1.0.0) for rewarm-hook prestart and poststop, from config/hooks.d."""
+    out = {}
+    for template in sorted(config_file("hooks.d").iterdir(), key=lambda t: t.name):
+        config: dict[str, Any] = json.loads(template.read_text(encoding="utf-8"))
+        config["hook"]["path"] = hook
+        if rewarm_config:
+            config["hook"]["env"] = [*config["hook"]["env"], f"REWARM_CONFIG={rewarm_config}"]
+        out[template.name] = json.dumps(config, indent=2) + "\n"
+    return out
+
+
+def install(engine: str, config: str | None, binary: str | None, version: int | None, dry_run: bool,
+            hooks_dir: str | None = None, rewarm_config: str | None = None) -> list[tuple[str, bool, str]]:
+    """Returns (path, changed, diff) for every file it (would) write."""
+    writes: dict[str, str] = {}
+    if engine == "containerd":
+        path = config or CONTAINERD_CONFIG
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            text = ""
+        writes[path] = containerd_config(text, binary or default_binary(), version)
+    elif engine == "crio":
+        writes[config or CRIO_DROPIN] = crio_dropin(binary or default_binary())
+    elif engine != "podman":
+        raise InstallError(f"unknown runtime {engine!r} (containerd, crio or podman)")
+    if engine in ("crio", "podman"):  # their hooks.d runs rewarm-hook; rewarm-runc skips a hook already there
+        hook = os.path.join(os.path.dirname(binary), "rewarm-hook") if binary else default_binary("rewarm-hook")
+        for name, text in hook_files(hook, rewarm_config).items():
+            writes[os.path.join(hooks_dir or HOOKS_DIR, name)] = text
+    return [(path, *apply(path, text, dry_run)) for path, text in writes.items()]

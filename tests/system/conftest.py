@@ -1,0 +1,46 @@
+"""Fixtures for the system tests: real runc, CRIU, containerd, Podman and, where present, a GPU.
+
+Everything a test creates (store, runc root, bundles, network namespaces, cgroups) lives under one
+temporary directory or carries the lab's tag, and is removed afterwards. The node config of the
+tests starts from the file $REWARM_CONFIG names, if any (a GPU host names its runtime, CRIU and
+`network-lock skip` there), with the store, event log and metrics moved into the temp directory.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+import pytest
+
+from runtime.adapters import settings_file
+from runtime.front.names import CONFIG_ENV
+from runtime.lab.private_node import write_config
+from runtime.lab.runc_lab import Lab
+from runtime.model.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def node() -> Iterator[Settings]:
+    """A rewarm configuration of our own: store, event log and CRIU config in a temp dir."""
+    top = tempfile.mkdtemp(prefix="rewarm-test-")
+    os.chmod(top, 0o755)
+    path = write_config(top)
+    old = os.environ.get(CONFIG_ENV)
+    os.environ[CONFIG_ENV] = path
+    yield settings_file.load(path)
+    if old is None:
+        os.environ.pop(CONFIG_ENV, None)
+    else:
+        os.environ[CONFIG_ENV] = old
+    shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(node: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    directory = str(tmp_path_factory.mktemp("lab"))
+    os.chmod(directory, 0o755)
+    the_lab = Lab(directory)
+    yield the_lab
+    the_lab.close()

@@ -1,0 +1,46 @@
+"""Helpers of the system tests: the operator's command, the event log, copies of store entries."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+from runtime.adapters import logs, store
+from runtime.adapters.files import read_json, write_json
+from runtime.model import layout
+from runtime.model.settings import Settings
+
+
+def rewarm_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The `rewarm` command of this venv, as an operator runs it."""
+    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "rewarm"), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def events(node: Settings, kind: str | None = None) -> list[dict[str, Any]]:
+    return [r for r in logs.read_events(node.event_log) if kind is None or r["event"] == kind]
+
+
+def clone_entry(node: Settings, entry: store.Entry, new_name: str) -> str:
+    """Copy a committed entry under another snapshot name (as if captured under that name)."""
+    dest_parent = store.Store(node.store).name_dir(entry.namespace, new_name)
+    os.makedirs(dest_parent, mode=0o700, exist_ok=True)
+    dest = os.path.join(dest_parent, entry.ident)
+    shutil.copytree(entry.path, dest)
+    meta = read_json(os.path.join(dest, layout.MANIFEST))
+    meta["name"] = new_name
+    write_json(os.path.join(dest, layout.MANIFEST), meta)
+    for leftover in (store.VERIFIED_FILE, store.LAST_USED):
+        if os.path.exists(os.path.join(dest, leftover)):
+            os.unlink(os.path.join(dest, leftover))
+    return dest
+
+
+def reseal(entry_path: str) -> None:
+    """Recompute the manifest's checksums: a foreign snapshot whose checksums agree with its content."""
+    meta = read_json(os.path.join(entry_path, layout.MANIFEST))
+    sums = store.checksum_tree(entry_path)
+    meta["files"] = {k: {"size": v.size, "sha256": v.sha256} for k, v in sums.items()}
+    write_json(os.path.join(entry_path, layout.MANIFEST), meta)

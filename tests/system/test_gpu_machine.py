@@ -1,0 +1,167 @@
+"""GPU proof (runs only where an NVIDIA GPU with the checkpoint API is present; skipped elsewhere).
+
+A torch worker holding >= 10 GiB of GPU memory, a captured CUDA graph and an HTTP endpoint runs as
+a runc container, is captured with rewarm's capture, and is restored as a new container (new id,
+bundle and network namespace) through rewarm-runc. Measurements go to $REWARM_GPU_RESULTS (JSON).
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import clone_entry, events
+from runtime.adapters import store
+from runtime.adapters.files import read_json, write_json
+from runtime.engine import capture
+from runtime.gpu import nvml
+from runtime.model import layout
+from runtime.model.errors import CaptureFailed
+from runtime.lab.runc_lab import CHECKOUT, Lab
+
+
+def _gpu_usable() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1").cuCheckpointProcessLock  # noqa: B018
+        return os.path.exists("/dev/nvidiactl")
+    except (OSError, AttributeError):
+        return False
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _gpu_usable(), reason="needs an NVIDIA GPU with the CUDA checkpoint API")]
+WORKER = os.path.join(CHECKOUT, "examples", "gpu-worker")
+RESULTS: dict = {}
+
+
+def gpu_worker(lab: Lab, annotations: dict) -> object:
+    return lab.gpu_worker(annotations, env={"GPU_GIB": os.environ.get("REWARM_GPU_GIB", "10")}, app_dir=WORKER)
+
+
+def gpu_used_bytes() -> int:
+    import pynvml
+    pynvml.nvmlInit()
+    try:
+        return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used
+    finally:
+        pynvml.nvmlShutdown()
+
+
+@pytest.fixture(scope="module")
+def source(node, tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("gpu-source"))
+    os.chmod(directory, 0o755)
+    lab = Lab(directory)
+    c = lab.create("gsrc", gpu_worker(lab, {"rewarm.dev/snapshot": "gpu-worker"}))
+    answer, seconds = c.wait_ready(timeout=600)
+    RESULTS["cold_start_to_first_answer_s"] = round(seconds, 2)
+    RESULTS["gpu_bytes"] = answer["gpu_bytes"]
+    yield {"lab": lab, "container": c, "answer": answer}
+    lab.close()
+    out = os.environ.get("REWARM_GPU_RESULTS")
+    if out:
+        with open(out, "w") as f:
+            json.dump(RESULTS, f, indent=2)
+
+
+def test_gpu_worker_is_captured_and_restored_bit_identical(source, node, tmp_path_factory):
+    c = source["container"]
+    entry = capture.capture(node, source["lab"].runc_root, c.cid, "gpu-worker", leave_running=True)
+    RESULTS["snapshot_bytes"] = entry.size()
+    RESULTS["capture_s"] = entry.manifest.capture.seconds
+    RESULTS["gpu_fingerprint"] = entry.manifest.fingerprint.gpu
+    assert list(entry.manifest.gpu_processes.values()) == [entry.manifest.gpu_uuids]  # the worker, on its GPU
+    assert list(entry.manifest.gpu_uuids) == nvml.uuids_of_spec(read_json(os.path.join(c.bundle.path, "config.json")))
+    directory = str(tmp_path_factory.mktemp("gpu-restore"))
+    os.chmod(directory, 0o755)
+    lab = Lab(directory)
+    try:
+        before = gpu_used_bytes()
+        r = lab.create("grestored", gpu_worker(lab, {"rewarm.dev/snapshot": "gpu-worker"}))
+        answer, seconds = r.wait_ready(timeout=300)
+        RESULTS["restore_to_first_answer_s"] = round(seconds, 2)
+        RESULTS["restore_stages_s"] = events(node, "restored")[-1]["stages"]
+        assert answer == source["answer"]  # same boot id, weights and CUDA-graph output, bit for bit
+        assert c.get() == source["answer"]  # the source still serves too
+        prestart = [e for e in events(node, "prestart") if e["container"] == r.cid]
+        assert prestart, "rewarm-hook prestart (GPU check, network) did not run during the restore"
+        r.runtime_cmd("kill", r.cid, "KILL", check=True)
+        deadline = time.monotonic() + 30
+        while r.state().get("status") != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r.runtime_cmd("delete", r.cid, check=True)
+        time.sleep(2)
+        RESULTS["gpu_used_before_restore"], RESULTS["gpu_used_after_kill"] = before, gpu_used_bytes()
+        assert gpu_used_bytes() < before + (1 << 30)  # the restored copy's GPU memory is free again
+    finally:
+        lab.close()
+
+
+def test_another_gpu_model_is_refused_before_criu_runs(source, node, tmp_path_factory):
+    entry = store.Store(node.store).entries("default", "gpu-worker")[0]
+    path = clone_entry(node, entry, "gpu-other-model")
+    meta = read_json(os.path.join(path, layout.MANIFEST))
+    meta["fingerprint"]["gpu"]["model"] = "NVIDIA A100-SXM4-80GB"
+    write_json(os.path.join(path, layout.MANIFEST), meta)
+    directory = str(tmp_path_factory.mktemp("gpu-other"))
+    os.chmod(directory, 0o755)
+    lab = Lab(directory)
+    try:
+        c = lab.create("gother", gpu_worker(lab, {"rewarm.dev/snapshot": "gpu-other-model"}))
+        assert c.create_rc == 0
+        reason = events(node, "cold-start")[-1]["reason"]
+        assert "gpu: snapshot has" in reason and "A100" in reason
+        assert "runtime_restore" not in json.dumps(events(node, "cold-start")[-1])
+    finally:
+        lab.close()
+
+
+def test_cuda_restore_through_a_device_map():
+    """Checkpoint a bare CUDA process with rewarm's cuda-checkpoint, restore it with its GPU mapped
+    to itself (or to GPU 1 on a multi-GPU machine), and check its memory survived."""
+    inv = nvml.inventory()
+    target = inv.gpus[1] if len(inv.gpus) > 1 and inv.gpus[1].model == inv.gpus[0].model else inv.gpus[0]
+    code = ("import torch, sys, time\n"
+            "x = torch.arange(1 << 26, device='cuda', dtype=torch.float32)\n"
+            "torch.cuda.synchronize(); print(float(x.sum()), flush=True)\n"
+            "sys.stdin.readline(); print(float(x.sum()), x.device, flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
+    first = proc.stdout.readline().strip()
+    cmd = [sys.executable, "-m", "runtime.cuda_cli"]
+    pid = str(proc.pid)
+    for step in (["--action", "lock"], ["--action", "checkpoint"]):
+        subprocess.run(cmd + step + ["--pid", pid], check=True)
+    assert subprocess.run(cmd + ["--get-state", "--pid", pid], capture_output=True, text=True).stdout.strip() == "checkpointed"
+    subprocess.run(cmd + ["--action", "restore", "--pid", pid, "--device-map", f"{inv.gpus[0].uuid}={target.uuid}"], check=True)
+    subprocess.run(cmd + ["--action", "unlock", "--pid", pid], check=True)
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    second = proc.stdout.readline().strip()
+    proc.wait(timeout=60)
+    RESULTS["device_map_restore"] = {"from": inv.gpus[0].uuid, "to": target.uuid, "before": first, "after": second}
+    assert second.split()[0] == first
+    missing = subprocess.run(cmd + ["--get-state", "--pid", "999999"], capture_output=True, text=True)
+    assert missing.returncode == 1 and "cuCheckpointProcessGetState failed" in missing.stderr
+
+
+def test_a_failed_capture_leaves_the_gpu_worker_running_and_unlocked(source, node, tmp_path):
+    small = tmp_path / "small-store"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(small)], check=True)
+    try:
+        with pytest.raises(CaptureFailed) as failure:  # CRIU runs out of space after the GPU was checkpointed
+            capture.capture(dataclasses.replace(node, store=str(small)), source["lab"].runc_root,
+                            source["container"].cid, "doomed", leave_running=True)
+    finally:
+        subprocess.run(["umount", str(small)])
+    RESULTS["failed_capture_reason"] = str(failure.value)[:600]
+    assert source["container"].get(timeout=30) == source["answer"]  # still serving, state intact
+    state = subprocess.run([sys.executable, "-m", "runtime.cuda_cli", "--get-state", "--pid",
+                            str(source["container"].state()["pid"])], capture_output=True, text=True)
+    assert state.stdout.strip() == "running", state.stderr

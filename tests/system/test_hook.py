@@ -1,0 +1,115 @@
+"""rewarm-hook: injected by rewarm-runc into annotated containers, run by runc (also during a restore).
+prestart makes the addresses of a snapshot's sockets exist in the new network namespace; poststop
+cleans up and records the outcome as an event and as Prometheus metrics. Bad input fails clearly."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import events
+from runtime.engine import capture
+
+HOOK = os.path.join(os.path.dirname(sys.executable), "rewarm-hook")
+BOUND = "10.99.0.2"   # an address of the source pod that the restoring pod does not have
+
+
+def run_hook(stage: str, stdin: str) -> subprocess.CompletedProcess:
+    return subprocess.run([HOOK, stage], input=stdin, capture_output=True, text=True)
+
+
+def test_bad_state_on_stdin_gives_a_clear_error_and_exit_code():
+    out = run_hook("prestart", "not json")
+    assert out.returncode != 0 and "rewarm-hook prestart: the OCI state on stdin is not JSON" in out.stderr
+    out = run_hook("prestart", json.dumps({"pid": 1}))
+    assert out.returncode != 0 and "lacks 'ociVersion' or 'id'" in out.stderr
+
+
+def test_prestart_rejects_a_bad_or_missing_annotation_value():
+    state = {"ociVersion": "1.0.2", "id": "c1", "annotations": {"rewarm.dev/snapshot": "ok", "rewarm.dev/fallback": "maybe"}}
+    out = run_hook("prestart", json.dumps(state))
+    assert out.returncode != 0 and "invalid rewarm.dev/fallback: 'maybe'" in out.stderr
+    state["annotations"] = {"rewarm.dev/capture": "on-ready"}
+    out = run_hook("prestart", json.dumps(state))
+    assert out.returncode != 0 and "rewarm.dev/snapshot is required" in out.stderr
+
+
+def test_hooks_do_nothing_for_unannotated_containers():
+    assert run_hook("poststop", json.dumps({"ociVersion": "1.0.2", "id": "c1"})).returncode == 0
+    assert run_hook("bogus", "{}").returncode != 0
+
+
+def test_rewarm_runc_adds_its_hooks_after_the_containers_own_and_poststop_reports(lab, node):
+    own = {"path": "/bin/true", "args": ["true", "own-hook"]}
+    worker = lab.worker({"rewarm.dev/snapshot": "hooked"})
+    worker.hooks = {"poststop": [own]}
+    c = lab.create("hooked", worker)
+    c.wait_ready()
+    spec = json.load(open(os.path.join(c.bundle.path, "config.json")))
+    assert [h["args"] for h in spec["hooks"]["poststop"]] == [["true", "own-hook"], ["rewarm-hook", "poststop"]]
+    assert [h["args"] for h in spec["hooks"]["prestart"]] == [["rewarm-hook", "prestart"]]
+    plain = lab.create("plain", lab.worker())
+    assert "hooks" not in json.load(open(os.path.join(plain.bundle.path, "config.json")))
+    c.destroy()   # runc delete --force: the poststop hooks run
+    stopped = [e for e in events(node, "stopped") if e["container"] == c.cid]
+    assert stopped and stopped[0]["outcome"] == "cold" and stopped[0]["snapshot"] == "hooked"
+    assert "no snapshot default/hooked" in stopped[0]["reason"] and stopped[0]["lifetime_seconds"] > 1
+    metrics = open(node.metrics_file).read()
+    assert '# TYPE rewarm_cold_starts_total counter' in metrics
+    assert 'rewarm_containers_stopped_total{outcome="cold"}' in metrics
+
+
+def worker_bound_to(lab, name: str, snapshot: str):  # type: ignore[no-untyped-def]
+    """A worker that listens on BOUND only, an address its network namespace has on loopback."""
+    c = lab.create(name, lab.worker({"rewarm.dev/snapshot": snapshot}, env={"HOST": BOUND}), start=False)
+    subprocess.run(["nsenter", f"--net=/var/run/netns/{c.netns}", "ip", "addr", "add", f"{BOUND}/32", "dev", "lo"],
+                   check=True)
+    c.runtime_cmd("start", c.cid, check=True)
+    return c
+
+
+def test_prestart_makes_the_snapshots_bound_address_exist_so_the_restore_works(lab, node, tmp_path):
+    source = worker_bound_to(lab, "bound-src", "bound")
+    answer, _ = source.wait_ready(host=BOUND)
+    entry = capture.capture(node, lab.runc_root, source.cid, "bound", leave_running=True)
+    assert entry.manifest.bound_addresses == (BOUND,)
+    # Without rewarm's hooks, the same restore fails: CRIU cannot bind the socket again.
+    no_hooks = tmp_path / "no-hooks.json"
+    no_hooks.write_text(json.dumps({**json.load(open(os.environ["REWARM_CONFIG"])), "inject_hooks": False}))
+    os.environ["REWARM_CONFIG"], config = str(no_hooks), os.environ["REWARM_CONFIG"]
+    try:
+        bare = lab.create("bound-nohook", lab.worker({"rewarm.dev/snapshot": "bound"}, env={"HOST": BOUND}))
+    finally:
+        os.environ["REWARM_CONFIG"] = config
+    refused = [e for e in events(node, "cold-start") if e["container"] == bare.cid]
+    assert refused and "restore failed" in refused[0]["reason"], refused
+    # With them, prestart adds the address in the new namespace before CRIU restores the socket.
+    c = lab.create("bound-hook", lab.worker({"rewarm.dev/snapshot": "bound"}, env={"HOST": BOUND}))
+    assert c.get(host=BOUND)["boot_id"] == answer["boot_id"]
+    prestart = [e for e in events(node, "prestart") if e["container"] == c.cid]
+    assert prestart and prestart[0]["addresses_added"] == [BOUND]
+
+
+@pytest.mark.parametrize("gpu", [{"model": "NVIDIA H200", "count": 1, "driver": "580", "cuda_driver": "13000"}])
+def test_prestart_refuses_a_gpu_snapshot_for_a_container_without_that_gpu(node, tmp_path, gpu):
+    """The GPU check of prestart, on a manifest that records a GPU this (CPU) container does not see."""
+    from runtime.adapters import store
+    from runtime.adapters.files import write_json
+    from runtime.model import layout
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    manifest = {"schema_version": 1, "namespace": "default", "name": "g", "created": "2026-11-28T00:00:00Z",
+                "fingerprint_id": "0" * 16, "files": {}, "source": {"container_id": "x"},
+                "fingerprint": {"image": "", "args": [], "cwd": "/", "env": {}, "arch": "x86_64", "cpu": "",
+                                "kernel": "", "criu": "", "runtime": "", "gpu": gpu}}
+    write_json(str(entry / layout.MANIFEST), manifest)
+    (tmp_path / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "linux": {}}))
+    state = {"ociVersion": "1.0.2", "id": "g1", "pid": os.getpid(), "bundle": str(tmp_path),
+             "annotations": {"rewarm.dev/snapshot": "g", "internal.rewarm.dev/entry": str(entry)}}
+    out = run_hook("prestart", json.dumps(state))
+    assert out.returncode != 0
+    assert "captured with 1 x NVIDIA H200; this container would see 0 x no GPU" in out.stderr
+    assert store.load_manifest(str(entry)).name == "g"

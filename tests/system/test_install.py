@@ -1,0 +1,95 @@
+"""`rewarm install` edits engine configs: exact, idempotent, comment-preserving, refuses what it cannot do.
+(That containerd loads the result and lists the handler is in test_cri.py.)"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import subprocess
+
+import pytest
+import tomlkit
+
+from helpers import rewarm_cli
+from runtime.node import install
+
+DEFAULT = subprocess.run(["containerd", "config", "default"], capture_output=True, text=True, check=True).stdout
+
+
+def cri_runtimes(text: str, plugin: str = "io.containerd.grpc.v1.cri") -> dict:
+    return tomlkit.parse(text).unwrap()["plugins"][plugin]["containerd"]["runtimes"]
+
+
+def test_handler_copies_runc_options_and_keeps_comments_and_layout():
+    text = "# node config, kept by hand\n" + DEFAULT.replace("SystemdCgroup = false", "SystemdCgroup = true")
+    new = install.containerd_config(text, "/usr/local/bin/rewarm-runc")
+    rewarm = cri_runtimes(new)["rewarm"]
+    assert rewarm["options"]["BinaryName"] == "/usr/local/bin/rewarm-runc"
+    assert rewarm["options"]["SystemdCgroup"] is True          # like runc: both handlers run containers alike
+    assert rewarm["pod_annotations"] == ["rewarm.dev/*"] and rewarm["container_annotations"] == ["rewarm.dev/*"]
+    assert new.startswith("# node config, kept by hand\n")
+    changes = difflib.SequenceMatcher(None, text.splitlines(), new.splitlines(), autojunk=False).get_opcodes()
+    assert {op for op, *_ in changes} == {"equal", "insert"}        # lines were added, none changed or lost
+    assert install.containerd_config(new, "/usr/local/bin/rewarm-runc") == new       # idempotent
+
+
+def test_a_changed_binary_replaces_the_handler():
+    first = install.containerd_config(DEFAULT, "/a/rewarm-runc")
+    second = install.containerd_config(first, "/b/rewarm-runc")
+    assert cri_runtimes(second)["rewarm"]["options"]["BinaryName"] == "/b/rewarm-runc"
+    assert second.count("runtimes.rewarm]") == 1
+
+
+def test_new_file_in_containerd_2_form_defines_runc_too():
+    new = install.containerd_config("", "/x/rewarm-runc", version=3)
+    doc = tomlkit.parse(new).unwrap()
+    assert doc["version"] == 3
+    runtimes = cri_runtimes(new, "io.containerd.cri.v1.runtime")
+    assert runtimes["runc"]["runtime_type"] == "io.containerd.runc.v2"   # CRI needs its default runtime
+    assert runtimes["rewarm"]["options"]["BinaryName"] == "/x/rewarm-runc"
+
+
+def test_version_1_config_is_refused_with_a_clear_message():
+    with pytest.raises(install.InstallError, match="version 1"):
+        install.containerd_config('[plugins.cri]\n  sandbox_image = "x"\n', "/x")
+
+
+def test_dry_run_writes_nothing_and_a_real_run_keeps_a_backup(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(DEFAULT)
+    dry = rewarm_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/rewarm-runc", "--dry-run")
+    assert dry.returncode == 0 and "+" in dry.stdout and path.read_text() == DEFAULT
+    assert not os.path.exists(str(path) + install.BACKUP_SUFFIX)
+    real = rewarm_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/rewarm-runc")
+    assert real.returncode == 0
+    assert open(str(path) + install.BACKUP_SUFFIX).read() == DEFAULT
+    assert "rewarm" in cri_runtimes(path.read_text())
+
+
+def test_crio_dropin_allows_exactly_rewarms_annotations_and_hooks_d_runs_rewarm_hook(tmp_path):
+    path = tmp_path / "crio.conf.d" / "50-rewarm.conf"
+    hooks = tmp_path / "hooks.d"
+    for _ in range(2):
+        out = rewarm_cli("install", "--runtime", "crio", "--config", str(path), "--binary", "/x/rewarm-runc",
+                       "--hooks-dir", str(hooks), "--rewarm-config", "/etc/rewarm/node.json")
+        assert out.returncode == 0, out.stderr
+    assert out.stdout.count("already installed") == 3       # the drop-in and two hooks: unchanged
+    for stage in ("prestart", "poststop"):
+        hook = json.loads((hooks / f"rewarm-{stage}.json").read_text())
+        assert hook["version"] == "1.0.0" and hook["stages"] == [stage]
+        assert hook["hook"]["path"] == "/x/rewarm-hook" and hook["hook"]["args"] == ["rewarm-hook", stage]
+        assert "REWARM_CONFIG=/etc/rewarm/node.json" in hook["hook"]["env"]
+        assert hook["when"]["annotations"] == {"^rewarm\\.dev/snapshot$": ".+"}
+    runtime = tomlkit.parse(path.read_text()).unwrap()["crio"]["runtime"]["runtimes"]["rewarm"]
+    assert runtime["runtime_path"] == "/x/rewarm-runc"
+    assert set(runtime["allowed_annotations"]) == {"rewarm.dev/snapshot", "rewarm.dev/capture", "rewarm.dev/ready-file",
+                                                   "rewarm.dev/ready-http", "rewarm.dev/fallback",
+                                                   "rewarm.dev/quiesce-http", "rewarm.dev/resume-http"}
+
+
+def test_broken_toml_is_reported_not_overwritten(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("version = 2\n[plugins\n")
+    out = rewarm_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/rewarm-runc")
+    assert out.returncode != 0 and "rewarm install" in out.stderr
+    assert path.read_text() == "version = 2\n[plugins\n"

@@ -1,0 +1,51 @@
+"""The shape of the code, checked like behaviour: the layers (import-linter contracts in
+pyproject.toml), no import cycles anywhere, `mypy --strict` clean, and the old name gone."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import grimp
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+
+
+def test_the_layer_contracts_hold():
+    out = subprocess.run([os.path.join(BIN, "lint-imports")], cwd=CHECKOUT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr
+    assert "0 broken" in out.stdout
+
+
+def test_no_module_imports_itself_through_others():
+    graph = grimp.build_graph("runtime", "oci_hooks")
+    cycles = []
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            back = graph.find_shortest_chain(importer=imported, imported=importer)
+            if back:
+                cycles.append(" -> ".join((importer, *back)))
+    assert cycles == []
+
+
+def test_mypy_strict_is_clean():
+    out = subprocess.run([sys.executable, "-m", "mypy"], cwd=CHECKOUT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_the_old_name_is_gone_from_the_tree():
+    old = re.compile("th" + "aw(?!-vllm)", re.IGNORECASE)    # the other project of that name may be cited
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=CHECKOUT,
+                           capture_output=True, text=True, check=True).stdout.split("\n")
+    found = []
+    for rel in filter(None, files):
+        path = os.path.join(CHECKOUT, rel)
+        if old.search(rel):
+            found.append(rel)
+        elif os.path.isfile(path) and not os.path.islink(path):
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+            found += [f"{rel}:{text.count(chr(10), 0, m.start()) + 1}" for m in old.finditer(text)]
+    assert found == []

@@ -1,0 +1,79 @@
+"""The hot path of rewarm-runc: argv read as runc reads it, pass-through that imports nothing heavy,
+and the sh front door routing only rewarm's containers to the engine (probes stand in for the
+engine and the runtime: only the routing is under test here; the system tests use the real parts)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from runtime.front import runc_argv
+from runtime.lab.runc_lab import rewarm_runc
+
+
+@pytest.mark.parametrize("argv, verb, cid, bundle", [
+    (["--root", "/r", "--log", "/l", "--log-format", "json", "create", "--bundle", "/b", "--pid-file", "/p", "x"],
+     "create", "x", "/b"),
+    (["--root=/r", "--systemd-cgroup", "create", "-b", "create", "id1"], "create", "id1", "create"),
+    (["create", "id2", "--bundle", "/b2"], "create", "id2", "/b2"),
+    (["-root", "/r", "create", "--console-socket", "/s", "--no-pivot", "--bundle=/b3", "id3"], "create", "id3", "/b3"),
+    (["--debug", "start", "id4"], "start", "id4", "."),
+    (["--version"], None, None, "."),
+    (["exec", "--pid-file", "/p", "id5", "sh"], "exec", None, "."),
+])
+def test_argv_is_read_like_runc_reads_it(argv, verb, cid, bundle):
+    call = runc_argv.parse(argv)
+    assert (call.verb, call.container_id, call.bundle) == (verb, cid, bundle)
+
+
+def test_the_pass_through_path_imports_nothing_heavy():
+    code = ("import sys; sys.argv=['rewarm-runc-engine','--version']; import runtime.engine.runc_entry as e; "
+            "import os; os.execvp=lambda *a: (print(sorted(m for m in sys.modules if m.startswith(('runtime','json',"
+            "'jsonschema','pynvml','psutil','pyroute2','grpc','dataclasses')))), sys.exit(0)); e.main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("'")[1::2] == ["runtime", "runtime.engine", "runtime.engine.runc_entry", "runtime.front",
+                                    "runtime.front.dispatch", "runtime.front.names", "runtime.front.runc_argv"]
+
+
+@pytest.fixture
+def door(tmp_path):
+    """rewarm-runc's sh front door beside two probes that print who got the call: an engine and a
+    runtime. Only the routing is under test here; the lifecycle tests above use the real parts."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shutil.copy(rewarm_runc(), bin_dir / "rewarm-runc")
+    for name in ("rewarm-runc-engine", "runtime"):
+        (bin_dir / name).write_text(f"#!/bin/sh\necho {name} \"$@\"\n")
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "config.json").write_text(json.dumps({"runtime": str(bin_dir / "runtime")}))
+    annotated, plain, root = tmp_path / "annotated", tmp_path / "plain", tmp_path / "root"
+    for bundle, marks in ((annotated, {"rewarm.dev/snapshot": "x"}), (plain, {"other": "y"})):
+        bundle.mkdir()
+        (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "annotations": marks}))
+    (root / "restored").mkdir(parents=True)
+    (root / "restored" / "rewarm-restored").write_text("{}")
+
+    def call(*args: str, cwd: str | None = None) -> str:
+        out = subprocess.run([str(bin_dir / "rewarm-runc"), *args], capture_output=True, text=True, cwd=cwd,
+                             env={**os.environ, "REWARM_CONFIG": str(tmp_path / "config.json")})
+        return out.stdout.split()[0]
+    return call, annotated, plain, root
+
+
+def test_the_front_door_sends_only_rewarms_containers_to_the_engine(door):
+    call, annotated, plain, root = door
+    for args in (["create", "--bundle", str(annotated), "c1"], ["create", "-b", str(annotated), "c1"],
+                 [f"--root={root}", "create", f"--bundle={annotated}", "--pid-file", "/p", "c1"],
+                 ["--log", "/l", "--log-format", "json", "create", "--console-socket", "/s", "-b", str(annotated), "c1"]):
+        assert call(*args) == "rewarm-runc-engine", args
+    assert call("create", "c1", cwd=str(annotated)) == "rewarm-runc-engine"      # the bundle defaults to the cwd
+    assert call("create", "--bundle", str(plain), "c1") == "runtime"
+    assert call("--root", str(root), "start", "restored") == "rewarm-runc-engine"
+    assert call(f"--root={root}", "--debug", "start", "restored") == "rewarm-runc-engine"
+    assert call("--root", str(root), "start", "other") == "runtime"
+    for verb in (["state", "restored"], ["kill", "restored", "KILL"], ["delete", "-f", "restored"], ["--version"]):
+        assert call("--root", str(root), *verb) == "runtime", verb

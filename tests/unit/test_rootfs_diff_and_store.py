@@ -1,0 +1,127 @@
+"""The rootfs diff and the store on a real filesystem (no runtime needed): containment, undo, atomicity,
+locks, gc."""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import pytest
+
+from runtime.adapters import rootfs_diff, store
+from runtime.model import layout
+from runtime.model.errors import NotRestorable, StoreError
+from runtime.model.fingerprint import Fingerprint
+from runtime.model.manifest import Manifest
+
+
+def make_tar(path: str, files: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_secure_join_resolves_absolute_symlinks_inside_the_rootfs(tmp_path):
+    root = tmp_path / "rootfs"
+    (root / "usr" / "lib").mkdir(parents=True)
+    os.symlink("/usr/lib", root / "lib")          # absolute: means rootfs/usr/lib, not the host's
+    os.symlink("../../../../../..", root / "up")  # climbs at most to the rootfs
+    assert rootfs_diff.secure_join(str(root), "lib/x.so") == str(root / "usr" / "lib" / "x.so")
+    assert rootfs_diff.secure_join(str(root), "up/etc/passwd") == str(root / "etc" / "passwd")
+
+
+def test_apply_lays_files_and_deletions_then_undo_restores_the_rootfs(tmp_path):
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "keep").write_text("original")
+    (root / "etc" / "gone").write_text("to be deleted")
+    os.symlink("/etc", root / "cfg")
+    tar_path, deleted = tmp_path / "diff.tar", tmp_path / "deleted.files"
+    deleted.write_text('["etc/gone"]')
+    (root / "etc" / "gone2").write_text("a file where the diff wants a directory")
+    make_tar(str(tar_path), {"etc/keep": b"changed", "var/cache/x": b"x", "etc/gone2/y": b"x"})
+    with pytest.raises(NotRestorable):  # etc/gone2 is a file: laying fails midway and is undone
+        rootfs_diff.apply(str(root), str(tar_path), str(deleted), str(tmp_path / "backup0"))
+    assert (root / "etc" / "keep").read_text() == "original" and (root / "etc" / "gone").exists()
+    assert not (root / "var").exists()                       # the parents it had made are gone too
+    make_tar(str(tar_path), {"etc/keep": b"changed", "cfg/new": b"via absolute symlink", "var/cache/x": b"x"})
+    patch = rootfs_diff.apply(str(root), str(tar_path), str(deleted), str(tmp_path / "backup"))
+    assert (root / "etc" / "keep").read_text() == "changed"
+    assert (root / "etc" / "new").read_text() == "via absolute symlink"
+    assert (root / "var" / "cache" / "x").read_text() == "x"  # parents the diff does not list (Podman's) are made
+    assert not (root / "etc" / "gone").exists()
+    patch.undo()
+    assert (root / "etc" / "keep").read_text() == "original"
+    assert (root / "etc" / "gone").read_text() == "to be deleted"
+    assert not (root / "etc" / "new").exists() and not (root / "var").exists()
+
+
+def test_deleted_files_may_not_climb_out(tmp_path):
+    (tmp_path / "deleted.files").write_text('["../../etc/passwd"]')
+    with pytest.raises(NotRestorable, match="climbs out"):
+        rootfs_diff.read_deleted(str(tmp_path / "deleted.files"))
+
+
+def staged_entry(st: store.Store, name: str, payload: bytes = b"img") -> store.Entry:
+    with st.staging() as staging:
+        os.makedirs(os.path.join(staging, "checkpoint"))
+        with open(os.path.join(staging, layout.INVENTORY), "wb") as f:
+            f.write(payload)
+        fp = Fingerprint(image="", args=("a",), cwd="/", env={}, arch="x86_64", cpu="c", kernel="k", criu="4.2.1",
+                         runtime="runc")
+        return st.commit(staging, Manifest(namespace="default", name=name, created="2026-01-01T00:00:00Z",
+                                           fingerprint=fp, fingerprint_id="0123456789abcdef",
+                                           source={"container_id": "c"}))
+
+
+def test_store_is_root_only_and_commit_is_all_or_nothing(tmp_path):
+    st = store.Store(str(tmp_path / "store")).ensure()
+    assert os.stat(st.root).st_mode & 0o777 == 0o700
+    with pytest.raises(RuntimeError):
+        with st.staging() as staging:
+            open(os.path.join(staging, "partial"), "w").close()
+            raise RuntimeError("capture died")
+    assert os.listdir(os.path.join(st.root, "tmp")) == [] and st.all_entries() == []
+    entry = staged_entry(st, "one")
+    store.verify(entry)
+    assert [e.ident for e in st.entries("default", "one")] == [entry.ident]
+
+
+def test_a_recapture_replaces_the_entry_with_the_same_fingerprint(tmp_path):
+    st = store.Store(str(tmp_path / "store")).ensure()
+    first = staged_entry(st, "same", b"v1")
+    second = staged_entry(st, "same", b"v2")
+    assert [e.ident for e in st.entries("default", "same")] == [second.ident]
+    assert not os.path.exists(first.path)
+
+
+def test_one_capture_per_name_at_a_time(tmp_path):
+    st = store.Store(str(tmp_path / "store")).ensure()
+    with st.capturing("default", "busy"):
+        with pytest.raises(StoreError, match="already running"):
+            with st.capturing("default", "busy"):
+                pass
+        with st.capturing("default", "other"):
+            pass
+
+
+def test_verification_notices_a_changed_file_even_after_a_cached_pass(tmp_path):
+    st = store.Store(str(tmp_path / "store")).ensure()
+    entry = staged_entry(st, "cached", b"abcdef")
+    store.verify(entry)  # writes the cache
+    with open(os.path.join(entry.path, layout.INVENTORY), "r+b") as f:
+        f.write(b"X")
+    with pytest.raises(NotRestorable, match="checksum mismatch"):
+        store.verify(entry)
+
+
+def test_gc_keeps_the_store_under_its_budget(tmp_path):
+    st = store.Store(str(tmp_path / "store")).ensure()
+    old = staged_entry(st, "old", b"x" * 1000)
+    new = staged_entry(st, "new", b"y" * 1000)
+    store.touch_used(new)
+    removed = st.gc(max_bytes=1500)
+    assert removed == [old.path]
+    assert [e.name for e in st.all_entries()] == ["new"]
