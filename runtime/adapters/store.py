@@ -81,8 +81,8 @@ class Store:
         try:
             try:
                 fcntl.flock(fd, mode)
-            except BlockingIOError:
-                raise StoreError(f"a capture of {namespace}/{name} is already running") from None
+            except BlockingIOError as e:
+                raise StoreError(f"a capture of {namespace}/{name} is already running") from e
             yield
         finally:
             os.close(fd)

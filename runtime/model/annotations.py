@@ -87,9 +87,9 @@ def _enum(enum: type[E], key: str, value: str | None, default: E) -> E:
         return default
     try:
         return enum(value)
-    except ValueError:
+    except ValueError as e:
         allowed = " or ".join(repr(m.value) for m in enum)
-        raise InvalidInput(f"invalid {key}: {value!r} (expected {allowed})") from None
+        raise InvalidInput(f"invalid {key}: {value!r} (expected {allowed})") from e
 
 
 def parse(annotations: Mapping[str, str]) -> Request:

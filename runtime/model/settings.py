@@ -54,9 +54,9 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
     if isinstance(default, Enum):
         try:
             return type(default)(value)
-        except ValueError:
+        except ValueError as e:
             allowed = ", ".join(repr(m.value) for m in type(default))
-            raise SettingsError(f"rewarm config {source}: {name} must be one of {allowed}, not {value!r}") from None
+            raise SettingsError(f"rewarm config {source}: {name} must be one of {allowed}, not {value!r}") from e
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise SettingsError(f"rewarm config {source}: {name} must be a list of strings")
