@@ -24,6 +24,7 @@ from runtime.adapters import netns_http
 from runtime.clients import cri
 from runtime.clients.containerd import Containerd, ContainerdError
 from runtime.lab import bundles, oci_image
+from runtime.lab.runc_lab import CHECKOUT
 from runtime.node import install
 
 PAUSE_IMAGE = "localhost/rewarm/pause:lab"
@@ -38,16 +39,17 @@ def _set(doc: Any, dotted: list[str], value: object) -> None:
 
 class Lab:
     def __init__(self, name: str, rewarm_config: str | None = None, base: str = "/var/lib/rewarm-lab"):
-        self.name = name
-        self.root = os.path.join(base, name)
-        self.state = os.path.join("/run/rewarm-lab", name)
+        # Two checkouts on one machine (say, two branches under test) get labs of their own.
+        self.name = f"{name}-{zlib.crc32(CHECKOUT.encode()) % 10000:04d}"
+        self.root = os.path.join(base, self.name)
+        self.state = os.path.join("/run/rewarm-lab", self.name)
         self.address = os.path.join(self.state, "containerd.sock")
         self.config = os.path.join(self.root, "config.toml")
         self.logs = os.path.join(self.root, "pod-logs")
         self.rewarm_config = rewarm_config
         self.runc_root = os.path.join(self.state, "runc")
         self.process: subprocess.Popen[bytes] | None = None
-        n = zlib.crc32(name.encode()) % 200 + 20
+        n = zlib.crc32(self.name.encode()) % 200 + 20
         self.subnet = f"10.213.{n}.0/24"
         self.bridge = f"rewarm{n}"
 
