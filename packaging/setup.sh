@@ -13,6 +13,24 @@ if ! command -v podman >/dev/null; then
     || { apt-get update -qq && apt-get install -y -qq --no-install-recommends podman >/dev/null; }
   echo "rewarm-setup: installed podman"
 fi
+# containerd 2.x for the tests (the CRI tests run against it and against the distribution's 1.6/1.7):
+# Debian sid's package unpacked into a private folder, without adding sid to apt's sources. Its
+# binaries need only libc, so they run on Debian 12 too. runtime/lab/containerd_lab.py names the folder.
+CONTAINERD_SID=/opt/rewarm/containerd-sid
+if [ ! -x $CONTAINERD_SID/usr/bin/containerd ]; then
+  work=$(mktemp -d)
+  echo "deb http://deb.debian.org/debian sid main" > "$work/sources.list"
+  mkdir -p "$work/lists/partial"
+  apt_private=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+               -o "Dir::State::Lists=$work/lists" -o Debug::NoDropPrivs=1)
+  apt-get -qq "${apt_private[@]}" update
+  (cd "$work" && apt-get -qq "${apt_private[@]}" download containerd 2>/dev/null)
+  dpkg -x "$work"/containerd_*.deb "$CONTAINERD_SID"
+  rm -rf "$work"
+  echo "rewarm-setup: containerd $($CONTAINERD_SID/usr/bin/containerd --version | awk '{print $3}') in $CONTAINERD_SID"
+fi
+$CONTAINERD_SID/usr/bin/containerd --version | grep -q ' v\?2\.\| 2\.' \
+  || { echo "rewarm-setup: $CONTAINERD_SID does not hold containerd 2.x"; exit 1; }
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
   echo "rewarm-setup: created .venv"

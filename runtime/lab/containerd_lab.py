@@ -29,6 +29,22 @@ from runtime.node import install
 
 PAUSE_IMAGE = "localhost/rewarm/pause:lab"
 NAMESPACE = "k8s.io"
+# Debian sid's containerd 2.x, unpacked here by packaging/setup.sh (its binaries need only libc):
+# the tests run the CRI path against it as well as against the distribution's 1.6 / 1.7.
+CONTAINERD_2_BIN = "/opt/rewarm/containerd-sid/usr/bin"
+
+# Where the lab's settings live in each containerd config version (2: containerd 1.x, 3: 2.x).
+_CRI_V2, _RT_V3, _IMAGES_V3 = (["plugins", "io.containerd.grpc.v1.cri"], ["plugins", "io.containerd.cri.v1.runtime"],
+                               ["plugins", "io.containerd.cri.v1.images"])
+LAB_KEYS: dict[int, dict[str, list[str]]] = {
+    2: {"sandbox": [*_CRI_V2, "sandbox_image"], "oom": [*_CRI_V2, "restrict_oom_score_adj"],
+        "cni_bin": [*_CRI_V2, "cni", "bin_dir"], "cni_conf": [*_CRI_V2, "cni", "conf_dir"],
+        "runc_root": [*_CRI_V2, "containerd", "runtimes", "runc", "options", "Root"]},
+    3: {"sandbox": [*_IMAGES_V3, "pinned_images", "sandbox"], "oom": [*_RT_V3, "restrict_oom_score_adj"],
+        "cni_bin": [*_RT_V3, "cni", "bin_dirs"], "cni_conf": [*_RT_V3, "cni", "conf_dir"],
+        "runc_root": [*_RT_V3, "containerd", "runtimes", "runc", "options", "Root"],
+        "nri": ["plugins", "io.containerd.nri.v1.nri", "disable"]},
+}
 
 
 def _set(doc: Any, dotted: list[str], value: object) -> None:
@@ -38,9 +54,12 @@ def _set(doc: Any, dotted: list[str], value: object) -> None:
 
 
 class Lab:
-    def __init__(self, name: str, rewarm_config: str | None = None, base: str = "/var/lib/rewarm-lab"):
+    def __init__(self, name: str, rewarm_config: str | None = None, base: str = "/var/lib/rewarm-lab",
+                 bin_dir: str | None = None):
+        """`bin_dir`: where containerd, its runc shim and ctr are (default: those on PATH)."""
         # Two checkouts on one machine (say, two branches under test) get labs of their own.
         self.name = f"{name}-{zlib.crc32(CHECKOUT.encode()) % 10000:04d}"
+        self.bin_dir = bin_dir
         self.root = os.path.join(base, self.name)
         self.state = os.path.join("/run/rewarm-lab", self.name)
         self.address = os.path.join(self.state, "containerd.sock")
@@ -61,23 +80,42 @@ class Lab:
         self.build_pause_image()
         return self
 
+    def tool(self, name: str) -> str:
+        return os.path.join(self.bin_dir, name) if self.bin_dir else name
+
+    def env(self) -> dict[str, str]:
+        """The daemon's environment: the shim beside its containerd, rewarm's config."""
+        env = dict(os.environ)
+        if self.bin_dir:
+            env["PATH"] = self.bin_dir + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        if self.rewarm_config:
+            env["REWARM_CONFIG"] = self.rewarm_config
+        return env
+
+    def version(self) -> str:
+        return subprocess.run([self.tool("containerd"), "--version"], capture_output=True, text=True).stdout.split()[2]
+
     # configuration
     def write_config(self, rewarm_runc: str, with_rewarm: bool = True) -> None:
+        """`containerd config default` of this containerd (version 2 or 3), pointed at the lab's own
+        root, state, socket, CNI network and runc root; then the rewarm handler from `rewarm install`."""
         os.makedirs(self.root, exist_ok=True)
         os.makedirs(self.logs, exist_ok=True)
-        text = subprocess.run(["containerd", "config", "default"], capture_output=True, text=True, check=True).stdout
+        text = subprocess.run([self.tool("containerd"), "config", "default"], capture_output=True, text=True,
+                              check=True).stdout
         doc = tomlkit.parse(text)
-        cri = ["plugins", "io.containerd.grpc.v1.cri"]
+        keys = LAB_KEYS[int(doc.get("version", 2))]
+        values: dict[str, object] = {
+            "sandbox": PAUSE_IMAGE, "oom": True,             # this VM refuses negative oom_score_adj
+            "cni_bin": ["/usr/lib/cni"] if keys["cni_bin"][-1] == "bin_dirs" else "/usr/lib/cni",
+            "cni_conf": os.path.join(self.root, "cni"), "runc_root": self.runc_root,
+            "nri": True}                                     # no NRI socket shared with a node's containerd
         for path, value in (
             (["root"], os.path.join(self.root, "containerd")),
             (["state"], os.path.join(self.state, "containerd")),
             (["grpc", "address"], self.address),
-            ([*cri, "sandbox_image"], PAUSE_IMAGE),
-            ([*cri, "restrict_oom_score_adj"], True),   # this VM refuses negative oom_score_adj
-            ([*cri, "cni", "bin_dir"], "/usr/lib/cni"),
-            ([*cri, "cni", "conf_dir"], os.path.join(self.root, "cni")),
-            ([*cri, "containerd", "runtimes", "runc", "options", "Root"], self.runc_root),
             (["plugins", "io.containerd.internal.v1.opt", "path"], os.path.join(self.root, "opt")),
+            *((keys[k], values[k]) for k in keys),
         ):
             _set(doc, path, value)
         text = tomlkit.dumps(doc)
@@ -93,12 +131,9 @@ class Lab:
     # daemon
     def start(self, timeout: float = 60) -> None:
         os.makedirs(self.state, exist_ok=True)
-        env = dict(os.environ)
-        if self.rewarm_config:
-            env["REWARM_CONFIG"] = self.rewarm_config
         log = open(os.path.join(self.root, "containerd.log"), "ab")
-        self.process = subprocess.Popen(["containerd", "--config", self.config], stdout=log, stderr=log,
-                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.process = subprocess.Popen([self.tool("containerd"), "--config", self.config], stdout=log, stderr=log,
+                                        stdin=subprocess.DEVNULL, env=self.env(), start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -139,7 +174,7 @@ class Lab:
         busybox = shutil.which("busybox") or "/bin/busybox"
         oci_image.build_and_import(oci_image.ImageSpec(
             name=PAUSE_IMAGE, entrypoint=[busybox, "sleep", "2147483647"], paths=[busybox]),
-            self.address, NAMESPACE)
+            self.address, NAMESPACE, ctr=self.tool("ctr"))
 
     def build_worker_image(self, name: str, app_dir: str, entrypoint: list[str], env: list[str] | None = None) -> str:
         spec = oci_image.ImageSpec(name=name, entrypoint=entrypoint, workdir="/app",
@@ -147,7 +182,7 @@ class Lab:
                                    paths=oci_image.python_paths(), trees={"/app": app_dir},
                                    files={"/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n",
                                           "/etc/group": b"root:x:0:\n"})
-        return oci_image.build_and_import(spec, self.address, NAMESPACE)
+        return oci_image.build_and_import(spec, self.address, NAMESPACE, ctr=self.tool("ctr"))
 
     def pod(self, name: str, image: str, command: list[str], **kwargs: Any) -> "Pod":
         return Pod(self.address, self.logs, name, image, command, **kwargs)

@@ -188,9 +188,9 @@ def import_archive(archive: str, address: str, namespace: str = "k8s.io", ctr: s
         raise RuntimeError(f"ctr images import {archive}: {proc.stderr.strip()}")
 
 
-def build_and_import(spec: ImageSpec, address: str, namespace: str = "k8s.io") -> str:
+def build_and_import(spec: ImageSpec, address: str, namespace: str = "k8s.io", ctr: str = "ctr") -> str:
     with tempfile.TemporaryDirectory() as tmp:
         archive = os.path.join(tmp, "image.tar")
         digest = write_archive(spec, archive)
-        import_archive(archive, address, namespace)
+        import_archive(archive, address, namespace, ctr)
         return digest

@@ -19,7 +19,7 @@ from runtime.adapters import store
 from runtime.clients import cri
 from runtime.lab import containerd_lab
 from runtime.node import install
-from runtime.lab.containerd_lab import Lab, Pod
+from runtime.lab.containerd_lab import CONTAINERD_2_BIN, Lab, Pod
 from runtime.lab.runc_lab import WORKER_DIR, rewarm_runc
 
 IMAGE = "localhost/rewarm/warm-worker:test"
@@ -32,9 +32,13 @@ def rewarm_annotations(name: str, **extra: str) -> dict[str, str]:
     return {"rewarm.dev/snapshot": name, "rewarm.dev/capture": "on-ready", **extra}
 
 
-@pytest.fixture(scope="module")
-def cri_lab(node, tmp_path_factory):
-    lab = Lab("tests", rewarm_config=os.environ["REWARM_CONFIG"]).setup(rewarm_runc())
+# The distribution's containerd (1.6 on Debian 12, 1.7 on 13) and Debian sid's 2.x (packaging/setup.sh).
+CONTAINERDS = [pytest.param(None, id="containerd-distro"), pytest.param(CONTAINERD_2_BIN, id="containerd-2")]
+
+
+@pytest.fixture(scope="module", params=CONTAINERDS)
+def cri_lab(request, node, tmp_path_factory):
+    lab = Lab("tests", rewarm_config=os.environ["REWARM_CONFIG"], bin_dir=request.param).setup(rewarm_runc())
     lab.build_worker_image(IMAGE, WORKER_DIR, [])
     other = str(tmp_path_factory.mktemp("other-app"))
     shutil.copy(os.path.join(WORKER_DIR, "worker.py"), other)
@@ -240,8 +244,9 @@ def test_bake_captures_a_snapshot_that_pods_restore(cri_lab, node):
         pod.delete()
 
 
-def test_install_twice_gives_a_config_containerd_loads_with_the_rewarm_handler(tmp_path):
-    lab = Lab("install")
+@pytest.mark.parametrize("bin_dir", CONTAINERDS)
+def test_install_twice_gives_a_config_containerd_loads_with_the_rewarm_handler(tmp_path, bin_dir):
+    lab = Lab("install", bin_dir=bin_dir)
     lab.destroy()
     lab.write_config(rewarm_runc(), with_rewarm=False)
     runs = [rewarm_cli("install", "--runtime", "containerd", "--config", lab.config, "--binary", rewarm_runc())
