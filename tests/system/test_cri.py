@@ -38,6 +38,7 @@ CONTAINERDS = [pytest.param(None, id="containerd-distro"), pytest.param(CONTAINE
 
 @pytest.fixture(scope="module", params=CONTAINERDS)
 def cri_lab(request, node, tmp_path_factory):
+    shutil.rmtree(os.path.join(node.store, "snapshots"), ignore_errors=True)   # each containerd starts with none
     lab = Lab("tests", rewarm_config=os.environ["REWARM_CONFIG"], bin_dir=request.param).setup(rewarm_runc())
     lab.build_worker_image(IMAGE, WORKER_DIR, [])
     other = str(tmp_path_factory.mktemp("other-app"))
