@@ -15,13 +15,12 @@ from __future__ import annotations
 import calendar
 import json
 import os
-import shutil
 import sys
 import time
 from typing import IO, Any
 
 from runtime.adapters import logs, settings_file
-from runtime.adapters.files import read_json
+from runtime.adapters.files import read_json, remove_tree
 from runtime.model import annotations as ann
 from runtime.model import layout, oci_spec
 from runtime.model.errors import HookError, RewarmError
@@ -88,8 +87,22 @@ def prestart(state: dict[str, Any], settings: Settings) -> None:
                snapshot=request.snapshot, addresses_added=added)
 
 
+def _restoring(work: str) -> bool:
+    """Is an engine restoring into this container right now? (runc runs poststop when it cleans up
+    after a failed restore; the engine then cleans up, records the outcome and cold starts.)"""
+    try:
+        with open(os.path.join(work, layout.WORK_OWNER)) as f:
+            os.kill(int(f.read().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def poststop(state: dict[str, Any], settings: Settings) -> None:
-    shutil.rmtree(layout.work_dir(os.environ.get(RUNTIME_ROOT_ENV, "/run/runc"), state["id"]), ignore_errors=True)
+    work = layout.work_dir(os.environ.get(RUNTIME_ROOT_ENV, "/run/runc"), state["id"])
+    if _restoring(work):
+        return
+    remove_tree(work, layout.WORK_ROOT)   # left by an engine that was killed midway
     annotations = state.get("annotations") or {}
     kinds = {k.value for k in START_KINDS}
     started = [e for e in logs.read_events(settings.event_log)

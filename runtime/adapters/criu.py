@@ -74,16 +74,17 @@ def runtime_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def log_errors(log_path: str, context: int = 2, limit: int = 12) -> str:
-    """CRIU's `Error` lines with a little context, so the cause reaches the operator's log."""
+# Error lines CRIU prints on the way that do not cause a failure: skipped when quoting the cause.
+HARMLESS_ERRORS = ("RLIMIT_NOFILE", "rlimit")
+
+
+def first_error(log_path: str) -> str:
+    """The first `Error` line of a CRIU log that is not known to be harmless: usually the cause."""
     try:
         with open(log_path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+            for line in f:
+                if "Error" in line and not any(h in line for h in HARMLESS_ERRORS):
+                    return line.strip()
     except OSError:
-        return ""
-    keep: list[int] = []
-    for i, line in enumerate(lines):
-        if "Error" in line or "error" in line.split(":", 1)[0]:
-            keep.extend(range(max(0, i - context), i + 1))
-    picked = sorted(set(keep))[-limit:]
-    return " | ".join(lines[i].strip() for i in picked)
+        pass
+    return ""

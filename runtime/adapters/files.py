@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -49,6 +50,18 @@ def write_if_changed(path: str, text: str, mode: int = 0o600) -> bool:
         pass
     atomic_write(path, text, mode, sync=False)
     return True
+
+
+def remove_tree(path: str, prune_up_to: str | None = None) -> None:
+    """Remove a directory tree, then its parents as long as they are empty, up to `prune_up_to`."""
+    shutil.rmtree(path, ignore_errors=True)
+    parent = os.path.dirname(path.rstrip("/"))
+    while prune_up_to and parent.startswith(prune_up_to.rstrip("/") + "/"):
+        try:
+            os.rmdir(parent)
+        except OSError:
+            return
+        parent = os.path.dirname(parent)
 
 
 def fsync_dir(path: str) -> None:

@@ -8,6 +8,7 @@ laid is undone if the restore fails, so a cold start finds the rootfs as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -53,6 +54,17 @@ def _is_opaque(path: str) -> bool:
     return False
 
 
+def upper_bytes(rootfs: str) -> int:
+    """Bytes of the files a container wrote into its rootfs (0 where it is not an overlay)."""
+    upper = overlay_upper(rootfs)
+    total = 0
+    for dirpath, _, filenames in os.walk(upper) if upper else ():
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
 def write(upper: str | None, tar_path: str, deleted_path: str) -> tuple[int, int]:
     """Tar the upper dir's changes (None: an empty diff); whiteouts and opaque dirs become
     deleted.files entries. Returns (tar bytes, deleted count)."""
@@ -80,9 +92,12 @@ def _check_rel(name: str, what: str) -> str:
     norm = name.rstrip("/")
     if norm.startswith("/") or not norm or "\0" in norm:
         raise NotRestorable(f"rootfs diff: {what} {name!r} is not a relative path")
-    if ".." in norm.split("/"):
+    parts = norm.split("/")
+    if ".." in parts:
         raise NotRestorable(f"rootfs diff: {what} {name!r} climbs out with '..'")
-    return norm
+    if all(p in ("", ".") for p in parts):
+        raise NotRestorable(f"rootfs diff: {what} {name!r} names the root filesystem itself")
+    return "/".join(p for p in parts if p not in ("", "."))
 
 
 def check_members(members: list[tarfile.TarInfo]) -> None:
@@ -136,10 +151,16 @@ def secure_join(root: str, rel: str) -> str:
 # --- apply with undo -------------------------------------------------------------------------
 @dataclass
 class Patch:
-    """What `apply` changed in a rootfs, so that `undo` can put it back."""
+    """What `apply` changed in a rootfs, so that `undo` can put it back: files set aside, files and
+    directories created, and the modes of directories that were changed in place."""
     backup_dir: str
     created: list[str] = field(default_factory=list)
     moved: list[tuple[str, str]] = field(default_factory=list)  # (rootfs path, backup path)
+    modes: list[tuple[str, int]] = field(default_factory=list)  # (rootfs dir, its mode before)
+
+    def _chmod(self, path: str, mode: int) -> None:
+        self.modes.append((path, os.lstat(path).st_mode & 0o7777))
+        os.chmod(path, mode)
 
     def _set_aside(self, path: str) -> None:
         backup = os.path.join(self.backup_dir, str(len(self.moved)))
@@ -147,6 +168,9 @@ class Patch:
         self.moved.append((path, backup))
 
     def undo(self) -> None:
+        for path, mode in reversed(self.modes):
+            with contextlib.suppress(OSError):
+                os.chmod(path, mode)
         for path in reversed(self.created):
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -171,15 +195,29 @@ def read_deleted(path: str) -> list[str]:
     return [_check_rel(p, "deleted path") for p in deleted]
 
 
-def apply(rootfs: str, tar_path: str, deleted_path: str, backup_dir: str) -> Patch:
-    """Lay deletions then the diff into rootfs. On any error, what was laid is undone first."""
+def _open_checked(tar_path: str, deleted_path: str) -> tuple[list[str], tarfile.TarFile, list[tarfile.TarInfo]]:
     deleted = read_deleted(deleted_path)
     try:
         tar = tarfile.open(tar_path, "r:")
         members = tar.getmembers()
     except (tarfile.TarError, OSError, EOFError) as e:
         raise NotRestorable(f"rootfs diff {os.path.basename(tar_path)} is unreadable: {e}") from e
-    check_members(members)
+    try:
+        check_members(members)
+    except NotRestorable:
+        tar.close()
+        raise
+    return deleted, tar, members
+
+
+def check(tar_path: str, deleted_path: str) -> None:
+    """Refuse a diff that apply() would refuse, without touching any rootfs (for imports and pulls)."""
+    _open_checked(tar_path, deleted_path)[1].close()
+
+
+def apply(rootfs: str, tar_path: str, deleted_path: str, backup_dir: str) -> Patch:
+    """Lay deletions then the diff into rootfs. On any error, what was laid is undone first."""
+    deleted, tar, members = _open_checked(tar_path, deleted_path)
     os.makedirs(backup_dir, mode=0o700, exist_ok=True)
     patch = Patch(backup_dir)
     try:
@@ -203,7 +241,7 @@ def _lay(tar: tarfile.TarFile, m: tarfile.TarInfo, rootfs: str, patch: Patch) ->
     _make_parents(path, patch)
     exists = os.path.lexists(path)
     if m.isdir() and exists and os.path.isdir(path) and not os.path.islink(path):
-        os.chmod(path, m.mode & 0o7777)
+        patch._chmod(path, m.mode & 0o7777)
         return
     if exists:
         patch._set_aside(path)

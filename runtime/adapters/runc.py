@@ -1,7 +1,10 @@
 """The one wrapper of the real runtime's command line (runc, or crun which takes the same verbs)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 from dataclasses import dataclass
 from typing import Any
@@ -74,3 +77,21 @@ def restore_argv(binary: str, caller_globals: dict[str, str | bool], container_i
     if no_pivot:
         argv.append("--no-pivot")
     return argv + [container_id]
+
+
+def run_bounded(argv: list[str], env: dict[str, str], timeout: float,
+                capture: bool = False) -> tuple[int | None, str]:
+    """Run the runtime (a restore or checkpoint) in a process group of its own; on timeout kill the
+    whole group, runc and the CRIU it started, and return None as the exit code. Without `capture`
+    its stdio is ours (for a restore: the container's); with it, stderr is returned."""
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL if capture else None,
+                            stdout=subprocess.DEVNULL if capture else None,
+                            stderr=subprocess.PIPE if capture else None, text=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+        return proc.returncode, err or ""
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        return None, err or ""

@@ -17,12 +17,14 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Iterator
 
+from runtime.adapters import verified
 from runtime.adapters.files import fsync_dir, fsync_tree, read_json, write_json
 from runtime.model import layout
 from runtime.model.errors import InvalidInput, NotRestorable, StoreError
@@ -30,8 +32,9 @@ from runtime.model.manifest import FileDigest, Manifest
 from runtime.model.names import validate_name, validate_namespace
 
 OWNER_FILE = "owner.pid"
-VERIFIED_FILE = ".verified"   # cache: file identities that were checksummed already
+VERIFIED_FILE = verified.RECORD   # sealed record of the files that were checksummed already
 LAST_USED = ".last-used"      # mtime = last restore, for gc
+KEPT_LOGS = 20                # failed dump / restore logs kept per kind in STORE/logs
 NOT_CONTENT = frozenset({layout.MANIFEST, VERIFIED_FILE, LAST_USED, OWNER_FILE})
 
 
@@ -59,6 +62,17 @@ class Entry:
         return os.path.join(self.path, rel)
 
 
+@dataclass(frozen=True)
+class Broken:
+    """A directory among the committed entries that is not a usable one, and why."""
+    path: str
+    reason: str
+
+    @property
+    def ident(self) -> str:
+        return os.path.basename(self.path)
+
+
 class Store:
     def __init__(self, root: str) -> None:
         self.root = root
@@ -69,6 +83,19 @@ class Store:
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
         os.chmod(self.root, 0o700)
         return self
+
+    def repair_mode(self) -> str | None:
+        """Put the store back to root-only if someone opened it up; say so (None: nothing to do)."""
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            return None
+        if st.st_mode & 0o777 == 0o700 and st.st_uid == 0:
+            return None
+        os.chown(self.root, 0, 0)
+        os.chmod(self.root, 0o700)
+        return (f"store {self.root} was mode {oct(st.st_mode & 0o777)} owned by uid {st.st_uid}; "
+                "repaired to 0700 root (snapshots hold process memory, secrets included)")
 
     def name_dir(self, namespace: str, name: str) -> str:
         return os.path.join(self.root, "snapshots", validate_namespace(namespace), validate_name(name))
@@ -92,6 +119,17 @@ class Store:
 
     def writing(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
         return self._flock(namespace, name, "lock", fcntl.LOCK_EX)
+
+    def _lock_of(self, path: str) -> contextlib.AbstractContextManager[None]:
+        """The write lock of the entry at path, or none where its names are invalid (no restore
+        or capture can take a lock on them)."""
+        ns, name = (os.path.relpath(path, os.path.join(self.root, "snapshots")).split(os.sep) + [""])[:2]
+        try:
+            validate_namespace(ns)
+            validate_name(name)
+        except InvalidInput:
+            return contextlib.nullcontext()
+        return self.writing(ns, name)
 
     def capturing(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
         return self._flock(namespace, name, "capture", fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -123,27 +161,36 @@ class Store:
         with self.writing(ns, name):
             os.rename(staging, final)
             fsync_dir(parent)
-            _remember_verified(final, manifest.files)  # just checksummed: the first restore here skips it
+            with contextlib.suppress(NotRestorable):   # just checksummed: the first restore here skips it
+                verified.remember(final, verified.facts(final, manifest.files, manifest.name))
             for old in self.entries(ns, name):  # a recapture replaces the same-fingerprint entry
                 if old.path != final and old.manifest.fingerprint_id == manifest.fingerprint_id:
                     shutil.rmtree(old.path, ignore_errors=True)
         return Entry(final, manifest)
 
     # --- reading ---------------------------------------------------------------------------
-    def entries(self, namespace: str, name: str) -> list[Entry]:
-        """Committed entries for (namespace, name), newest first; unreadable ones are skipped."""
+    def scan(self, namespace: str, name: str) -> tuple[list[Entry], list[Broken]]:
+        """Committed entries for (namespace, name), newest first, and the directories there that are
+        not usable entries (no valid manifest, or one that claims another namespace or name)."""
         parent = self.name_dir(namespace, name)
-        try:
-            names = sorted(os.listdir(parent), key=lambda n: n.rsplit("-", 1)[-1], reverse=True)
-        except FileNotFoundError:
-            return []
-        out = []
-        for n in names:
+        entries: list[Entry] = []
+        broken: list[Broken] = []
+        for n in sorted(_listdir(parent), key=lambda n: n.rsplit("-", 1)[-1], reverse=True):
+            path = os.path.join(parent, n)
             try:
-                out.append(Entry(os.path.join(parent, n), load_manifest(os.path.join(parent, n))))
-            except NotRestorable:
+                manifest = load_manifest(path)
+            except NotRestorable as e:
+                broken.append(Broken(path, str(e)))
                 continue
-        return out
+            if (manifest.namespace, manifest.name) != (namespace, name):
+                broken.append(Broken(path, f"its manifest says {manifest.namespace}/{manifest.name}, "
+                                           f"but it lies under {namespace}/{name}"))
+                continue
+            entries.append(Entry(path, manifest))
+        return entries, broken
+
+    def entries(self, namespace: str, name: str) -> list[Entry]:
+        return self.scan(namespace, name)[0]
 
     def wait_for(self, namespace: str, name: str, timeout: float) -> Entry:
         """The newest entry of (namespace, name) once there is one (an on-ready capture elsewhere)."""
@@ -155,13 +202,41 @@ class Store:
         return found[0]
 
     def all_entries(self) -> list[Entry]:
+        return self.everything()[0]
+
+    def everything(self) -> tuple[list[Entry], list[Broken]]:
+        """Every entry of the store, and every directory under snapshots/ that is not one."""
         base = os.path.join(self.root, "snapshots")
-        out: list[Entry] = []
+        entries: list[Entry] = []
+        broken: list[Broken] = []
         for ns in sorted(_listdir(base)):
             for name in sorted(_listdir(os.path.join(base, ns))):
-                with contextlib.suppress(InvalidInput):
-                    out.extend(self.entries(ns, name))
-        return out
+                try:
+                    found, bad = self.scan(ns, name)
+                except InvalidInput as e:
+                    broken.append(Broken(os.path.join(base, ns, name), str(e)))
+                    continue
+                entries += found
+                broken += bad
+        return entries, broken
+
+    def keep_log(self, kind: str, container_id: str, path: str) -> str | None:
+        """Keep a failed dump's or restore's CRIU log in STORE/logs (the newest KEPT_LOGS of each
+        kind), so that the reason given can name it after the work dir is gone."""
+        directory = os.path.join(self.root, "logs")
+        if not os.path.isfile(path):
+            return None
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            kept = os.path.join(directory, f"{kind}-{container_id}-{time.strftime('%Y%m%dT%H%M%S')}.log")
+            shutil.copyfile(path, kept)
+            old = sorted((n for n in os.listdir(directory) if n.startswith(kind + "-")),
+                         key=lambda n: os.stat(os.path.join(directory, n)).st_mtime)
+            for name in old[:-KEPT_LOGS]:
+                os.unlink(os.path.join(directory, name))
+        except OSError:
+            return None
+        return kept
 
     def remove(self, namespace: str, name: str) -> int:
         with self.writing(namespace, name):
@@ -170,14 +245,20 @@ class Store:
         return len(found)
 
     def gc(self, max_bytes: int) -> list[str]:
-        """Drop abandoned captures, then least recently used entries until the store fits."""
+        """Drop abandoned captures and broken entries, then least recently used entries until the
+        store fits."""
         removed = []
         for d in _listdir(os.path.join(self.root, "tmp")):
             path = os.path.join(self.root, "tmp", d)
             if not _owner_alive(path):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
-        entries = sorted(self.all_entries(), key=_last_used)
+        entries, broken = self.everything()
+        for b in broken:
+            with self._lock_of(b.path):
+                shutil.rmtree(b.path, ignore_errors=True)
+            removed.append(b.path)
+        entries.sort(key=_last_used)
         total = sum(e.size() for e in entries)
         for e in entries:
             if total <= max_bytes:
@@ -197,44 +278,33 @@ def load_manifest(entry_path: str) -> Manifest:
 
 
 def verify(entry: Entry, deep: bool = True) -> None:
-    """Every file listed, of the listed size and (deep) checksum; nothing half-written."""
+    """Every listed file there, a plain root-only file of the listed size and (deep) checksum."""
     files = entry.manifest.files
     if layout.INVENTORY not in files:
         raise NotRestorable(f"snapshot {entry.ident} has no CRIU inventory: capture was incomplete")
-    try:
-        identities = _identities(entry.path, files)
-    except FileNotFoundError as e:
-        raise NotRestorable(f"snapshot {entry.ident} is missing "
-                            f"{os.path.relpath(str(e.filename), entry.path)}") from e
+    check_owner(entry.path, entry.ident)
+    current = verified.facts(entry.path, files, entry.ident)
     for rel, want in files.items():
-        if identities[rel][1] != want.size:
-            raise NotRestorable(f"snapshot {entry.ident}: {rel} has {identities[rel][1]} bytes, "
-                                f"manifest says {want.size}")
-    if not deep:
+        if current[rel][2] != want.size:
+            raise NotRestorable(f"snapshot {entry.ident}: {rel} has {current[rel][2]} bytes, manifest says {want.size}")
+    if not deep or verified.matches(entry.path, current):
         return
-    with contextlib.suppress(OSError, ValueError):
-        if read_json(os.path.join(entry.path, VERIFIED_FILE)) == identities:
-            return  # nothing was written to any file since it was last checksummed (ctime)
     todo = list(files)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
         sums = dict(zip(todo, pool.map(lambda r: sha256_file(os.path.join(entry.path, r)), todo)))
     bad = [rel for rel in todo if sums[rel] != files[rel].sha256]
     if bad:
         raise NotRestorable(f"snapshot {entry.ident} is corrupt: checksum mismatch in {', '.join(bad)}")
-    _remember_verified(entry.path, files)
+    verified.remember(entry.path, current)
 
 
-def _identities(entry_path: str, files: Mapping[str, Any]) -> dict[str, list[int]]:
-    out = {}
-    for rel in files:
-        st = os.stat(os.path.join(entry_path, rel))
-        out[rel] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-    return out
-
-
-def _remember_verified(entry_path: str, files: Mapping[str, Any]) -> None:
-    with contextlib.suppress(OSError):
-        write_json(os.path.join(entry_path, VERIFIED_FILE), _identities(entry_path, files))
+def check_owner(path: str, ident: str) -> None:
+    """The entry's directories: real directories, root's, writable by root only."""
+    for d in (path, os.path.join(path, layout.CHECKPOINT_DIR)):
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            raise NotRestorable(f"snapshot {ident}: {os.path.relpath(d, os.path.dirname(path))} must be a "
+                                f"directory of root writable by root only (uid {st.st_uid}, mode {oct(st.st_mode & 0o7777)})")
 
 
 def touch_used(entry: Entry) -> None:

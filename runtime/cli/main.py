@@ -38,15 +38,18 @@ def cmd_capture(cfg: Settings, a: argparse.Namespace) -> int:
 
 def cmd_ls(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.adapters import store
-    entries = store.Store(cfg.store).all_entries()
+    entries, broken = store.Store(cfg.store).everything()
     if a.json:
         print(json.dumps([{"namespace": e.namespace, "name": e.name, "entry": e.ident, "bytes": e.size(),
                            "created": e.manifest.created, "image": e.manifest.fingerprint.image}
-                          for e in entries], indent=2))
+                          for e in entries] + [{"path": b.path, "broken": b.reason} for b in broken], indent=2))
         return 0
     print(f"{'NAMESPACE':<16} {'NAME':<24} {'SIZE':>10}  {'CREATED':<20}  ENTRY")
     for e in entries:
         print(f"{e.namespace:<16} {e.name:<24} {_size(e.size()):>10}  {e.manifest.created:<20}  {e.ident}")
+    for b in broken:   # `rewarm gc` removes them
+        ns, name = os.path.relpath(b.path, os.path.join(cfg.store, "snapshots")).split(os.sep)[:2]
+        print(f"{ns:<16} {name:<24} {'BROKEN':>10}  {'':<20}  {b.ident}: {b.reason}")
     return 0
 
 

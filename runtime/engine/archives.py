@@ -7,11 +7,11 @@ import os
 import time
 from typing import Any
 
-from runtime.adapters import archive, store
+from runtime.adapters import archive, rootfs_diff, store
 from runtime.adapters.files import read_json
 from runtime.engine import fingerprinting
 from runtime.model import layout
-from runtime.model.errors import ArchiveError
+from runtime.model.errors import ArchiveError, NotRestorable
 from runtime.model.manifest import CaptureInfo, Manifest, RootfsInfo
 from runtime.model.names import validate_name, validate_namespace
 from runtime.model.settings import Settings
@@ -41,6 +41,10 @@ def import_archive(settings: Settings, archive_path: str, name: str, namespace: 
         spec, config = _read_dumps(archive_path, staging)
         tar_path, deleted_path = os.path.join(staging, layout.ROOTFS_DIFF), os.path.join(staging, layout.DELETED_FILES)
         archive.write_empty_diff(tar_path, deleted_path)
+        try:
+            rootfs_diff.check(tar_path, deleted_path)
+        except NotRestorable as e:
+            raise ArchiveError(f"{archive_path}: {e}") from e
         fp = fingerprinting.of_container(spec, settings)
         images = os.path.join(staging, layout.CHECKPOINT_DIR)
         deleted = read_json(deleted_path)

@@ -1,30 +1,31 @@
 """The capture pipeline: checkpoint a running container into a new store entry, as named steps over
 one context:
 
-    fingerprint_source -> note_gpus_and_sockets -> checkpoint -> keep_dump_log -> write_rootfs_diff
-    -> describe -> commit
+    fingerprint_source -> check_space -> note_gpus_and_sockets -> checkpoint -> keep_dump_log
+    -> write_rootfs_diff -> describe -> commit -> (stop_source, unless it is to keep running)
 
 The entry is built in a private staging directory and published with one rename at the very end,
-so a capture that dies at any point leaves nothing that a restore would use. A failed checkpoint
-brings the source back to running (GPU state included).
+so a capture that dies at any point leaves nothing that a restore would use. The checkpoint always
+leaves the worker running, and a worker that is not to keep running is stopped only after the
+commit: whatever fails (CRIU, a full disk while the rootfs diff is written, the manifest), the warm
+worker survives, brought back to running (its GPU state too), and the failure is an event.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from runtime.adapters import criu, logs, rootfs_diff, sockets, store, worker_hooks
 from runtime.adapters.files import read_json, write_json
-from runtime.adapters.runc import Runc
+from runtime.adapters.runc import Runc, run_bounded
 from runtime.engine import fingerprinting
 from runtime.model import annotations as ann
 from runtime.model import layout, oci_spec
-from runtime.model.errors import CaptureFailed, CudaError, RewarmError, WorkerHookFailed
+from runtime.model.errors import CaptureFailed, CudaError, RewarmError, StoreError, WorkerHookFailed
 from runtime.model.events import EventKind
 from runtime.model.fingerprint import Fingerprint
 from runtime.model.manifest import CaptureInfo, Manifest, RootfsInfo
@@ -105,6 +106,35 @@ def fingerprint_source(c: Capture) -> None:
     c.fingerprint = fingerprinting.of_container(c.source.spec, c.settings)
 
 
+SPACE_MARGIN = 1.1          # the estimate counts resident memory; CRIU's images add a little
+SPACE_SPARE = 64 << 20
+
+
+def check_space(c: Capture) -> None:
+    """Refuse before the dump when the store clearly cannot hold it: the container's resident
+    memory, the GPU memory of its processes and its rootfs changes (an estimate, not a promise:
+    a full disk later still fails cleanly, it only costs a dump)."""
+    pids = c.runc.pids(c.source.container_id) or [c.source.pid]
+    need = sum(_resident_bytes(pid) for pid in pids) + rootfs_diff.upper_bytes(c.source.rootfs)
+    if c.fp().gpu:
+        from runtime.gpu import nvml
+        need += nvml.gpu_memory_of(pids)
+    need = int(need * SPACE_MARGIN) + SPACE_SPARE
+    st = os.statvfs(c.staging)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise CaptureFailed(f"not enough space in the store for this capture: about {need / 2**30:.2f} GiB "
+                            f"needed, {free / 2**30:.2f} GiB free under {c.settings.store}")
+
+
+def _resident_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def note_gpus_and_sockets(c: Capture) -> None:
     """Before the checkpoint, while the process surely runs: its GPUs (device order, which of its
     processes hold contexts) and the addresses its sockets are bound to."""
@@ -131,7 +161,7 @@ def checkpoint(c: Capture) -> None:
     except WorkerHookFailed as e:
         raise CaptureFailed(str(e)) from e
     finally:
-        if resume and c.leave_running:
+        if resume:   # the worker runs on after the checkpoint in every case (see stop_source)
             try:
                 worker_hooks.post(c.source.pid, resume, "resume", c.settings.hook_timeout_s)
             except WorkerHookFailed as e:
@@ -161,8 +191,23 @@ def describe(c: Capture) -> None:
     write_json(os.path.join(c.staging, layout.STATS_DUMP), vars(_capture_info(c)))
 
 
+def stop_source(c: Capture) -> None:
+    """After the commit, for a capture that is not to leave the worker running: kill it (and, at
+    the runc level, delete it, as `runc checkpoint` without --leave-running would have)."""
+    c.runc.run("kill", c.source.container_id, "KILL")
+    if c.containerd is not None:
+        return   # containerd's shim sees the exit and owns the container
+    deadline = time.monotonic() + 10
+    while (c.runc.state(c.source.container_id) or {}).get("status") not in ("stopped", None):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    c.runc.run("delete", "--force", c.source.container_id)
+
+
 Step = Callable[[Capture], None]
-STEPS: tuple[Step, ...] = (note_gpus_and_sockets, checkpoint, keep_dump_log, write_rootfs_diff, describe)
+STEPS: tuple[Step, ...] = (check_space, note_gpus_and_sockets, checkpoint, keep_dump_log, write_rootfs_diff,
+                           describe)
 
 
 # --- the pipeline -------------------------------------------------------------------------------
@@ -179,6 +224,7 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
     namespace = validate_namespace(namespace or ann.namespace_of(oci_spec.annotations_of(src.spec)))
     st = store.Store(settings.store).ensure()
     criu.ensure_config(settings)
+    where = {"container": container_id, "namespace": namespace, "snapshot": name}
     try:
         with st.capturing(namespace, name), st.staging() as staging:
             c = Capture(settings, src, namespace, name, leave_running, staging, containerd)
@@ -190,12 +236,20 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
             for step in STEPS:
                 step(c)
             entry = st.commit(staging, _manifest(c))
-    except CaptureFailed as e:
-        logs.event(settings.event_log, EventKind.CAPTURE_FAILED, container=container_id, namespace=namespace,
-                   snapshot=name, reason=str(e))
+    except StoreError as e:   # another capture of this name runs: not a failure of this worker
+        logs.event(settings.event_log, EventKind.CAPTURE_SKIPPED, **where, reason=str(e))
         raise
-    logs.event(settings.event_log, EventKind.CAPTURED, container=container_id, namespace=namespace, snapshot=name,
-               entry=entry.ident, seconds=round(time.monotonic() - c.started, 3), bytes=entry.size())
+    except (RewarmError, OSError) as e:
+        failure = e if isinstance(e, CaptureFailed) else CaptureFailed(f"capture failed after the checkpoint: {e}")
+        if not isinstance(e, CaptureFailed):
+            revived = revive_source(settings, src)
+            failure = CaptureFailed(f"{failure}" + (f"; {revived}" if revived else ""))
+        logs.event(settings.event_log, EventKind.CAPTURE_FAILED, **where, reason=str(failure))
+        raise failure from e
+    logs.event(settings.event_log, EventKind.CAPTURED, **where, entry=entry.ident,
+               seconds=round(time.monotonic() - c.started, 3), bytes=entry.size())
+    if not leave_running:
+        stop_source(c)
     return entry
 
 
@@ -225,17 +279,12 @@ def _with_image_digest(src: Source, digest: str) -> Source:
 def _runc_checkpoint(c: Capture) -> None:
     tcp_established = criu.RUNC_CONFIG_ANNOTATION not in oci_spec.annotations_of(c.source.spec)
     argv = c.runc.checkpoint_argv(c.source.container_id, criu=c.settings.criu, images=c.images, work=c.work,
-                                  leave_running=c.leave_running,
+                                  leave_running=True,   # stopped after the commit, if at all
                                   tcp_established=tcp_established)  # no tcp-close from rewarm's CRIU config
-    try:
-        proc: subprocess.CompletedProcess[str] | None = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=c.settings.capture_timeout_s,
-            env=criu.runtime_env(c.settings))
-    except subprocess.TimeoutExpired:
-        proc = None
-    if proc is None or proc.returncode != 0:
-        why = (f"checkpoint took longer than {c.settings.capture_timeout_s}s" if proc is None else
-               f"{c.settings.runtime} checkpoint failed: {proc.stderr.strip()[-500:]}")
+    returncode, err = run_bounded(argv, criu.runtime_env(c.settings), c.settings.capture_timeout_s, capture=True)
+    if returncode != 0:
+        why = (f"checkpoint took longer than {c.settings.capture_timeout_s}s" if returncode is None else
+               f"{c.settings.runtime} checkpoint failed: {err.strip()[-500:]}")
         _fail_and_revive(c, why)
 
 
@@ -243,16 +292,18 @@ def _containerd_checkpoint(c: Capture, containerd: "Containerd") -> None:
     """The checkpoint bridge: containerd's Tasks.Checkpoint (its runc shim runs `runc checkpoint`,
     through rewarm-runc where the container runs on rewarm's handler) writes the CRIU images."""
     try:
-        containerd.checkpoint(c.source.container_id, c.images, c.work, exit=not c.leave_running,
+        containerd.checkpoint(c.source.container_id, c.images, c.work, exit=False,   # stopped after the commit
                               timeout=c.settings.capture_timeout_s)
     except RewarmError as e:
         _fail_and_revive(c, str(e))
 
 
 def _fail_and_revive(c: Capture, why: str) -> None:
-    criu_errors = criu.log_errors(os.path.join(c.work, layout.DUMP_LOG))
+    kept = store.Store(c.settings.store).keep_log("dump", c.source.container_id, os.path.join(c.work, layout.DUMP_LOG))
+    cause = criu.first_error(kept) if kept else ""
     revived = revive_source(c.settings, c.source)
-    raise CaptureFailed(why + (f"; CRIU: {criu_errors}" if criu_errors else "") + (f"; {revived}" if revived else ""))
+    raise CaptureFailed(why + (f"; CRIU: {cause}" if cause else "") + (f"; CRIU's log: {kept}" if kept else "")
+                        + (f"; {revived}" if revived else ""))
 
 
 def revive_source(settings: Settings, src: Source) -> str:

@@ -10,19 +10,19 @@ that steps register run only when a later step fails, in reverse order.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from runtime.adapters import criu, rootfs_diff, store, worker_hooks
+from runtime.adapters import cgroups, criu, logs, mounts, rootfs_diff, store, worker_hooks
 from runtime.adapters.store import Entry, Store
-from runtime.adapters.files import write_json
-from runtime.adapters.runc import Runc, restore_argv
+from runtime.adapters.files import remove_tree, write_json
+from runtime.adapters.runc import Runc, restore_argv, run_bounded
 from runtime.engine import fingerprinting
 from runtime.front.names import RESTORED_MARKER
 from runtime.front.runc_argv import RuncCall
@@ -102,8 +102,17 @@ def refuse_existing_container(r: Restore) -> None:
 
 def find_candidates(r: Restore) -> None:
     """Entries of the pod's namespace (and of shared ones), newest first; no subprocess yet."""
+    repaired = r.store.repair_mode()
+    if repaired:
+        logs.runtime_log(r.call, "warning", repaired)
     namespaces = [r.namespace, *(ns for ns in r.settings.shared_namespaces if ns != r.namespace)]
-    r.candidates = [e for ns in namespaces for e in r.store.entries(ns, r.request.snapshot)]
+    broken = []
+    for ns in namespaces:
+        found, bad = r.store.scan(ns, r.request.snapshot)
+        r.candidates += found
+        broken += bad
+    if not r.candidates and broken:
+        raise NotRestorable(f"snapshot {r.what}: entry {broken[0].ident} is broken: {broken[0].reason}")
     if not r.candidates:
         raise NotRestorable(f"no snapshot {r.what} in the store yet")
 
@@ -132,9 +141,13 @@ def verify_files(r: Restore) -> None:
 def lay_rootfs_diff(r: Restore) -> None:
     entry = r.chosen()
     r.work = layout.work_dir(r.call.root, r.container_id)
-    shutil.rmtree(r.work, ignore_errors=True)
+    mounts.unmount_under(r.work)
+    remove_tree(r.work, layout.WORK_ROOT)
     os.makedirs(r.work, mode=0o700)
-    r.on_failure.callback(shutil.rmtree, r.work, ignore_errors=True)
+    with open(os.path.join(r.work, layout.WORK_OWNER), "w") as f:
+        f.write(str(os.getpid()))
+    r.on_failure.callback(remove_tree, r.work, layout.WORK_ROOT)
+    r.on_failure.callback(mounts.unmount_under, r.work)     # a CRIU killed midway leaves its cgroup yard here
     patch = rootfs_diff.apply(oci_spec.rootfs(r.spec, r.call.bundle), entry.file(layout.ROOTFS_DIFF),
                               entry.file(layout.DELETED_FILES), os.path.join(r.work, "backup"))
     r.on_failure.callback(patch.undo)
@@ -146,6 +159,7 @@ def restore_process(r: Restore) -> None:
     entry = r.chosen()
     name_entry(r, entry.path)               # for rewarm-hook prestart, which runc runs during the restore
     r.on_failure.callback(name_entry, r, None)
+    r.on_failure.callback(cgroups.kill_container, r.spec)   # what runc does not know of (CRIU killed midway)
     r.on_failure.callback(r.runc.delete_force, r.container_id)
     argv = restore_argv(r.settings.runtime, r.call.globals, r.container_id, criu=r.settings.criu,
                         bundle=os.path.abspath(r.call.bundle), images=image_view(entry, r.work), work=r.work,
@@ -155,16 +169,16 @@ def restore_process(r: Restore) -> None:
     log = _str_global(r.call, "--log")
     offset = os.path.getsize(log) if log and os.path.exists(log) else 0
     with r.stages("runtime_restore"):
-        try:
-            returncode = subprocess.run(argv, timeout=r.settings.restore_timeout_s, env=env).returncode
-        except subprocess.TimeoutExpired as e:
-            raise RestoreFailed(f"{r.settings.runtime} restore took longer than {r.settings.restore_timeout_s}s") from e
+        returncode, _ = run_bounded(argv, env, r.settings.restore_timeout_s)
     if returncode != 0:
-        criu_errors = criu.log_errors(os.path.join(r.work, layout.RESTORE_LOG))
+        kept = r.store.keep_log("restore", r.container_id, os.path.join(r.work, layout.RESTORE_LOG))
+        why = (f"took longer than {r.settings.restore_timeout_s}s" if returncode is None
+               else f"failed (exit {returncode})")
         runtime_errors = _new_log_errors(log, offset)
-        raise RestoreFailed(f"{r.settings.runtime} restore failed (exit {returncode})"
+        raise RestoreFailed(f"{r.settings.runtime} restore {why}"
                             + (f": {runtime_errors}" if runtime_errors else "")
-                            + (f"; CRIU: {criu_errors}" if criu_errors else ""))
+                            + (f"; CRIU: {criu.first_error(kept)}" if kept and criu.first_error(kept) else "")
+                            + (f"; CRIU's log: {kept}" if kept else ""))
     r.stages.times.update(cuda_split(r.work, r.stages.times["runtime_restore"]))
 
 
@@ -251,13 +265,15 @@ def image_view(entry: Entry, work: str) -> str:
     something else."""
     view = os.path.join(work, "images")
     os.makedirs(view, exist_ok=True)
-    src = entry.file(layout.CHECKPOINT_DIR)
-    for name in os.listdir(src):
-        os.symlink(os.path.relpath(os.path.join(src, name), view), os.path.join(view, name))
+    prefix = layout.CHECKPOINT_DIR + "/"
+    for rel in entry.manifest.files:   # only what the manifest lists and verify checked
+        if rel.startswith(prefix) and "/" not in rel[len(prefix):]:
+            os.symlink(os.path.relpath(entry.file(rel), view), os.path.join(view, rel[len(prefix):]))
     return view
 
 
 def _new_log_errors(log_path: str | None, offset: int) -> str:
+    """The runtime's own error messages of this restore (its --log, JSON or text lines), the last few."""
     if not log_path:
         return ""
     try:
@@ -266,7 +282,16 @@ def _new_log_errors(log_path: str | None, offset: int) -> str:
             lines = f.read().splitlines()
     except OSError:
         return ""
-    return " | ".join(line for line in lines if "error" in line)[-800:]
+    messages = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("level") == "error":
+                messages.append(str(record.get("msg", "")))
+        except ValueError:
+            if "level=error" in line:
+                messages.append(line.split("msg=", 1)[-1])
+    return " | ".join(m[:300] for m in messages[-3:])
 
 
 def gpu_env(entry: Entry, spec: Spec, work: str) -> dict[str, str]:
@@ -310,4 +335,4 @@ def _mark_restored(r: Restore, entry: Entry) -> None:
         shutil.copy(os.path.join(r.work, layout.RESTORE_LOG), os.path.join(state_dir, RESTORE_LOG_COPY))
     write_json(os.path.join(state_dir, RESTORED_MARKER), {
         "snapshot": entry.name, "namespace": entry.namespace, "entry": entry.ident, "stages": r.stages.times})
-    shutil.rmtree(r.work, ignore_errors=True)
+    remove_tree(r.work, layout.WORK_ROOT)

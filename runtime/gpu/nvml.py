@@ -96,21 +96,33 @@ def device_map(recorded: list[str], current: list[str]) -> dict[str, str]:
     return {old: new for old, new in zip(recorded, current) if old != new}
 
 
-def processes_on_gpus(pids: list[int]) -> dict[str, list[str]]:
-    """Which of these processes hold a CUDA context on which GPU (by UUID)."""
+def _compute_processes(pids: list[int]) -> list[tuple[str, int, int]]:
+    """(GPU UUID, pid, GPU memory bytes) of these processes' CUDA contexts."""
     import pynvml
     pynvml.nvmlInit()
     try:
-        out: dict[str, list[str]] = {}
+        out = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             uuid = _text(pynvml.nvmlDeviceGetUUID(h))
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
-                if proc.pid in pids:
-                    out.setdefault(str(proc.pid), []).append(uuid)
+            out += [(uuid, int(p.pid), int(p.usedGpuMemory or 0))
+                    for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h) if p.pid in pids]
         return out
     finally:
         pynvml.nvmlShutdown()
+
+
+def processes_on_gpus(pids: list[int]) -> dict[str, list[str]]:
+    """Which of these processes hold a CUDA context on which GPU (by UUID)."""
+    out: dict[str, list[str]] = {}
+    for uuid, pid, _ in _compute_processes(pids):
+        out.setdefault(str(pid), []).append(uuid)
+    return out
+
+
+def gpu_memory_of(pids: list[int]) -> int:
+    """Bytes of GPU memory these processes hold (a capture writes them to the snapshot)."""
+    return sum(used for _, _, used in _compute_processes(pids))
 
 
 def libcuda_dir() -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import tomlkit
 
-from runtime.adapters import netns_http
+from runtime.adapters import mounts, netns_http
 from runtime.clients import cri
 from runtime.clients.containerd import Containerd, ContainerdError
 from runtime.lab import bundles, oci_image
@@ -200,7 +200,7 @@ class Lab:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc, signal.SIGKILL)
         for path in (self.state, self.root):
-            _unmount_under(path)
+            mounts.unmount_under(path)
             shutil.rmtree(path, ignore_errors=True)
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
 
@@ -214,13 +214,6 @@ def _processes_mentioning(text: str) -> list[int]:
                 if text.encode() in f.read():
                     pids.append(int(pid))
     return pids
-
-
-def _unmount_under(path: str) -> None:
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for point in sorted((p for p in points if p == path or p.startswith(path + "/")), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
 
 
 class Pod(cri.Pod):

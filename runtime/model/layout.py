@@ -16,8 +16,12 @@ DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 
 RUN_DIR = "/run/rewarm"                # per-container work files (tmpfs: gone after a reboot)
+WORK_OWNER = "owner.pid"               # in a restore's work dir: the engine that restores (hooks leave it alone)
+
+
+WORK_ROOT = os.path.join(RUN_DIR, "work")
 
 
 def work_dir(runtime_root: str, container_id: str) -> str:
     """A restore's work dir for one container of one runtime root; rewarm-hook poststop removes it."""
-    return os.path.join(RUN_DIR, "work", runtime_root.strip("/").replace("/", "_"), container_id)
+    return os.path.join(WORK_ROOT, runtime_root.strip("/").replace("/", "_"), container_id)

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from helpers import clone_entry, events, reseal
+from helpers import clone_entry, events, reseal, rewarm_cli
 from runtime.adapters import store
 from runtime.engine import capture
 from runtime.model import layout
@@ -153,9 +153,14 @@ def test_fallback_fail_refuses_to_start_with_the_reason(lab, good, node):
     assert events(node, "restore-refused")[-1]["container"] == c.cid
 
 
-def test_a_store_entry_without_manifest_is_invisible(lab, good, node):
+def test_a_store_entry_without_manifest_is_reported_listed_and_collected_as_broken(lab, good, node):
     path = clone_entry(node, good["entry"], "half-written")
     os.unlink(os.path.join(path, layout.MANIFEST))
     assert store.Store(node.store).entries("default", "half-written") == []
     c = lab.create("halfw", lab.worker({"rewarm.dev/snapshot": "half-written"}))
-    assert_cold_start(c, good, "no snapshot default/half-written")
+    assert_cold_start(c, good, f"snapshot default/half-written: entry {os.path.basename(path)} is broken: ")
+    assert "has no valid manifest" in c.runtime_log()
+    listing = rewarm_cli("ls").stdout
+    assert "half-written" in listing and "BROKEN" in listing, listing
+    assert path in rewarm_cli("gc", "--max-bytes", str(1 << 50)).stdout
+    assert not os.path.exists(path)

@@ -36,7 +36,8 @@ def test_mypy_strict_is_clean():
 
 
 def test_the_old_name_is_gone_from_the_tree():
-    old = re.compile("th" + "aw(?!-vllm)", re.IGNORECASE)    # the other project of that name may be cited
+    # The other project of that name may be cited, and the cgroup v1 freezer's state is spelled so.
+    old = re.compile("(?-i:(?!TH" + "AWED))th" + "aw(?!-vllm)", re.IGNORECASE)
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=CHECKOUT,
                            capture_output=True, text=True, check=True).stdout.split("\n")
     found = []

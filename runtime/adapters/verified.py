@@ -1,0 +1,112 @@
+"""The record of an entry's files that were checksummed already, so that a restore on the node that
+captured (or last verified) them can skip reading gigabytes again.
+
+Threat model. The store is root-only, so the record guards against what happens *beside* the
+running engine, not against root on the node (which could change the engine itself):
+- a file changed by a write: its ctime/mtime/size change;
+- a file changed while its filesystem was not mounted (bit rot, an image edited offline, a disk
+  moved to another machine): the mount id changes with every mount, the boot id with every boot;
+- a manifest edited to match changed content, or the record edited to match a changed manifest:
+  the record holds the sha256 the manifest expects for each file and is sealed with an HMAC under a
+  key that exists only in /run (tmpfs, root-only, new on every boot).
+Any mismatch, a missing key or an unreadable record means a full checksum pass, never a skip.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import stat
+from typing import Any, Mapping
+
+from runtime.adapters.files import atomic_write, read_json
+from runtime.model import layout
+from runtime.model.errors import NotRestorable
+from runtime.model.manifest import FileDigest
+
+RECORD = ".verified"
+KEY_PATH = os.path.join(layout.RUN_DIR, "verify.key")
+Facts = dict[str, list[Any]]   # rel -> [mount id, inode, size, mtime_ns, ctime_ns, expected sha256]
+
+
+def _boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+        return f.read().strip()
+
+
+def _key(create: bool) -> bytes | None:
+    with contextlib.suppress(OSError):
+        with open(KEY_PATH, "rb") as f:
+            return f.read()
+    if not create:
+        return None
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(KEY_PATH), mode=0o700, exist_ok=True)
+        atomic_write(KEY_PATH, os.urandom(32), mode=0o600, sync=False)
+        with open(KEY_PATH, "rb") as f:
+            return f.read()
+    return None
+
+
+def _mount_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    return -1
+
+
+def facts(entry_path: str, files: Mapping[str, FileDigest], ident: str) -> Facts:
+    """What identifies each listed file now; refuses files that are not plain, root-owned files
+    writable by root only (a symlink could point anywhere; another writer could change a verified
+    file unseen)."""
+    out: Facts = {}
+    for rel, want in files.items():
+        path = os.path.join(entry_path, rel)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRestorable(f"snapshot {ident}: {rel} is not a plain file (a symlink or special file)")
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                raise NotRestorable(f"snapshot {ident}: {rel} is owned by uid {st.st_uid} with mode "
+                                    f"{oct(st.st_mode & 0o7777)}: only root may write snapshot files")
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                out[rel] = [_mount_id(fd), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, want.sha256]
+            finally:
+                os.close(fd)
+        except FileNotFoundError as e:
+            raise NotRestorable(f"snapshot {ident} is missing {rel}") from e
+    return out
+
+
+def _seal(key: bytes, boot: str, current: Facts) -> str:
+    return hmac.new(key, json.dumps([boot, current], sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def matches(entry_path: str, current: Facts) -> bool:
+    """True only if a sealed record of this boot says exactly these files were checksummed."""
+    key = _key(create=False)
+    if key is None:
+        return False
+    try:
+        record = read_json(os.path.join(entry_path, RECORD))
+        boot = _boot_id()
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("boot") != boot or record.get("files") != current:
+        return False
+    return hmac.compare_digest(str(record.get("mac", "")), _seal(key, boot, current))
+
+
+def remember(entry_path: str, current: Facts) -> None:
+    """Record that these files were just checksummed (best effort: no record means a full pass)."""
+    key = _key(create=True)
+    if key is None:
+        return
+    with contextlib.suppress(OSError):
+        boot = _boot_id()
+        atomic_write(os.path.join(entry_path, RECORD),
+                     json.dumps({"boot": boot, "files": current, "mac": _seal(key, boot, current)}), sync=False)
