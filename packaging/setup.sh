@@ -36,7 +36,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "rewarm-setup: created .venv"
 fi
 if ! .venv/bin/python -c "import runtime.front.engine, jsonschema, pytest, psutil, grpc, grpc_tools, tomlkit, zstandard, importlinter, mypy" 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.rewarm-installed ]; then
+   || [ pyproject.toml -nt .venv/.rewarm-installed ] || [ packaging/bin/rewarm-runc -nt .venv/.rewarm-installed ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
   touch .venv/.rewarm-installed

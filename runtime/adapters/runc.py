@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,3 +96,35 @@ def run_bounded(argv: list[str], env: dict[str, str], timeout: float,
             os.killpg(proc.pid, signal.SIGKILL)
         _, err = proc.communicate()
         return None, err or ""
+
+
+def start_attached(argv: list[str], env: dict[str, str], pid_file: str,
+                   timeout: float) -> tuple[subprocess.Popen[bytes] | None, int | None]:
+    """Start a restore that stays attached (`runc run` in the foreground): runc writes the pid file
+    once the process is restored, then waits for it to exit. Returns (the running runc, None) once
+    the pid file is there, or (None, exit code) if runc ended first (None on timeout, after killing
+    its process group)."""
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if os.path.exists(pid_file):
+            return proc, None
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None, None
+        time.sleep(0.01)
+    return None, proc.returncode
+
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                     signal.SIGWINCH)
+
+
+def wait_forwarding(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for an attached runc, passing on the signals we get (runc passes them to the container),
+    and return its exit code, which is the container's."""
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+    return proc.wait()

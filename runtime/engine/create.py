@@ -1,4 +1,4 @@
-"""`create` of a container that carries rewarm.dev/ annotations: restore it, or cold start it.
+"""`create` (or `run`) of a container that carries rewarm.dev/ annotations: restore it, or cold start it.
 
 This module decides and reports; engine.restore does the work. Whatever happens, the caller gets
 either a restored container or the real runtime's own `create` (unless rewarm.dev/fallback: fail),
@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from runtime.adapters import criu, logs, settings_file
 from runtime.adapters.files import read_json, write_json
+from runtime.adapters.runc import wait_forwarding
 from runtime.front.runc_argv import RuncCall
 from runtime.model import annotations as ann
 from runtime.model.errors import RewarmError, SettingsError
@@ -116,7 +117,7 @@ def create(call: RuncCall, annotations: dict[str, str]) -> NoReturn:
                snapshot=name, entry=result.entry_ident, seconds=seconds, stages=result.stages)
     if settings.pod_log_notice:
         logs.pod_notice(f"restored from snapshot {name} in {seconds}s")
-    sys.exit(0)
+    sys.exit(wait_forwarding(result.attached) if result.attached else 0)
 
 
 def _cold_start(call: RuncCall, settings: Settings, namespace: str, name: str, reason: str,

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from typing import Callable, Iterator
 from runtime.adapters import cgroups, criu, logs, mounts, rootfs_diff, store, worker_hooks
 from runtime.adapters.store import Entry, Store
 from runtime.adapters.files import remove_tree, write_json
-from runtime.adapters.runc import Runc, restore_argv, run_bounded
+from runtime.adapters.runc import Runc, restore_argv, run_bounded, start_attached
 from runtime.engine import fingerprinting
 from runtime.front.names import RESTORED_MARKER
 from runtime.front.runc_argv import RuncCall
@@ -69,6 +70,12 @@ class Restore:
     candidates: list[Entry] = field(default_factory=list)
     entry: Entry | None = None
     work: str = ""
+    attached: subprocess.Popen[bytes] | None = None   # `run` in the foreground: the runc that waits
+
+    @property
+    def detach(self) -> bool:
+        """`create` restores detached, as `run --detach`; a foreground `run` stays attached."""
+        return self.call.verb != "run" or bool(self.call.options.get("--detach") or self.call.options.get("-d"))
 
     @property
     def what(self) -> str:
@@ -87,6 +94,7 @@ class Restore:
 class Result:
     entry_ident: str
     stages: dict[str, float]
+    attached: subprocess.Popen[bytes] | None = None   # for a foreground `run`: wait for it
 
 
 # --- the steps ---------------------------------------------------------------------------------
@@ -161,15 +169,20 @@ def restore_process(r: Restore) -> None:
     r.on_failure.callback(name_entry, r, None)
     r.on_failure.callback(cgroups.kill_container, r.spec)   # what runc does not know of (CRIU killed midway)
     r.on_failure.callback(r.runc.delete_force, r.container_id)
+    pid_file = _str_option(r.call, "--pid-file") or (None if r.detach else os.path.join(r.work, "restored.pid"))
     argv = restore_argv(r.settings.runtime, r.call.globals, r.container_id, criu=r.settings.criu,
                         bundle=os.path.abspath(r.call.bundle), images=image_view(entry, r.work), work=r.work,
-                        detach=True, pid_file=_str_option(r.call, "--pid-file"),
-                        no_pivot=bool(r.call.options.get("--no-pivot")))
+                        detach=r.detach, pid_file=pid_file, no_pivot=bool(r.call.options.get("--no-pivot")))
     env = criu.runtime_env(r.settings, **gpu_env(entry, r.spec, r.work))
     log = _str_global(r.call, "--log")
     offset = os.path.getsize(log) if log and os.path.exists(log) else 0
     with r.stages("runtime_restore"):
-        returncode, _ = run_bounded(argv, env, r.settings.restore_timeout_s)
+        if r.detach:
+            returncode, _ = run_bounded(argv, env, r.settings.restore_timeout_s)
+        else:
+            assert pid_file is not None
+            r.attached, returncode = start_attached(argv, env, pid_file, r.settings.restore_timeout_s)
+            returncode = 0 if r.attached else returncode
     if returncode != 0:
         kept = r.store.keep_log("restore", r.container_id, os.path.join(r.work, layout.RESTORE_LOG))
         why = (f"took longer than {r.settings.restore_timeout_s}s" if returncode is None
@@ -220,7 +233,7 @@ def restore(call: RuncCall, settings: Settings, spec: Spec, request: Request, na
         entry = r.chosen()
         _mark_restored(r, entry)
         store.touch_used(entry)      # under the read lock: a concurrent gc or commit sees it whole
-    return Result(entry.ident, r.stages.times)
+    return Result(entry.ident, r.stages.times, r.attached)
 
 
 # --- helpers of the steps -----------------------------------------------------------------------

@@ -72,9 +72,9 @@ def start_of_restored(call: runc_argv.RuncCall) -> bool:
 
 
 def route(argv: list[str]) -> tuple[runc_argv.RuncCall, dict[str, str]]:
-    """Return an annotated `create` (the call and its annotations); exec or exit for anything else."""
+    """Return an annotated `create` or `run` (the call and its annotations); exec or exit otherwise."""
     call = runc_argv.parse(argv)
-    if call.verb == "create" and call.container_id:
+    if call.verb in ("create", "run") and call.container_id:
         annotations = annotations_of(call.bundle)
         if any(k.startswith(ANNOTATION_PREFIX) for k in annotations):
             return call, annotations

@@ -128,7 +128,8 @@ class Lab:
         w.devices = nvml.device_nodes()
         return w
 
-    def create(self, name: str, worker: bundles.Worker, runtime: str | None = None, start: bool = True) -> Container:
+    def _prepare(self, name: str, worker: bundles.Worker, runtime: str | None) -> tuple[Container, int]:
+        """A container's bundle, network namespace and output pipe (returns the pipe's write end)."""
         cid = f"{name}-{self.tag}"
         netns_name = f"rewarm-{cid}"
         netns = bundles.make_netns(netns_name)
@@ -138,15 +139,31 @@ class Lab:
         r, w = os.pipe()
         threading.Thread(target=self._pump, args=(r, c.output), daemon=True).start()
         c.started_at = time.monotonic()
-        proc = subprocess.run([c.runtime, "--root", self.runc_root, "--log", c.log_path, "--log-format", "json",
-                               "create", "--bundle", bundle.path, "--pid-file", c.pid_file, cid],
-                              stdin=subprocess.DEVNULL, stdout=w, stderr=w, timeout=600)
+        return c, w
+
+    def _verb(self, c: Container, *verb: str) -> list[str]:
+        return [c.runtime, "--root", self.runc_root, "--log", c.log_path, "--log-format", "json", *verb,
+                "--bundle", c.bundle.path, "--pid-file", c.pid_file, c.cid]
+
+    def create(self, name: str, worker: bundles.Worker, runtime: str | None = None, start: bool = True) -> Container:
+        """`create` then `start`, the way containerd's shim does it."""
+        c, w = self._prepare(name, worker, runtime)
+        proc = subprocess.run(self._verb(c, "create"), stdin=subprocess.DEVNULL, stdout=w, stderr=w, timeout=600)
         os.close(w)
         c.create_rc = proc.returncode
         c.create_seconds = time.monotonic() - c.started_at
         if start and proc.returncode == 0:
-            c.runtime_cmd("start", cid, check=True)
+            c.runtime_cmd("start", c.cid, check=True)
         return c
+
+    def run(self, name: str, worker: bundles.Worker, detach: bool) -> tuple[Container, subprocess.Popen[bytes]]:
+        """`run` (create and start in one), detached or in the foreground (the returned runtime
+        process then lives as long as the container)."""
+        c, w = self._prepare(name, worker, None)
+        proc = subprocess.Popen(self._verb(c, "run", *(["--detach"] if detach else [])), stdin=subprocess.DEVNULL,
+                                stdout=w, stderr=w)
+        os.close(w)
+        return c, proc
 
     @staticmethod
     def _pump(fd: int, sink: list[bytes]) -> None:

@@ -91,6 +91,21 @@ def test_start_after_restore_is_a_no_op_and_a_second_start_fails_like_runc(lab, 
     assert again.returncode != 0  # runc's own answer for a running container
 
 
+def test_run_restores_too_detached_and_in_the_foreground(lab, warm):
+    detached, proc = lab.run("run-d", lab.worker(SNAPSHOT), detach=True)
+    assert proc.wait(120) == 0, detached.runtime_log()
+    assert detached.get()["boot_id"] == warm["answer"]["boot_id"]
+    foreground, proc = lab.run("run-fg", lab.worker(SNAPSHOT), detach=False)
+    answer, _ = foreground.wait_ready(timeout=60)
+    assert answer["boot_id"] == warm["answer"]["boot_id"] and proc.poll() is None   # runc stays attached
+    deadline = time.monotonic() + 10   # the engine logs once runc says restored, the worker may answer first
+    while "restored" not in foreground.runtime_log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "restored" in foreground.runtime_log()
+    foreground.runtime_cmd("kill", foreground.cid, "KILL", check=True)
+    assert proc.wait(30) == 137      # the container's end, passed on as runc reports it
+
+
 def test_capture_without_leave_running_stops_the_source(lab, node):
     src = lab.create("stopme", lab.worker({"rewarm.dev/snapshot": "stopped-src"}))
     src.wait_ready()

@@ -72,6 +72,8 @@ def test_the_front_door_sends_only_rewarms_containers_to_the_engine(door):
         assert call(*args) == "rewarm-runc-engine", args
     assert call("create", "c1", cwd=str(annotated)) == "rewarm-runc-engine"      # the bundle defaults to the cwd
     assert call("create", "--bundle", str(plain), "c1") == "runtime"
+    assert call("run", "--detach", "--bundle", str(annotated), "c1") == "rewarm-runc-engine"   # run = create+start
+    assert call("run", "-b", str(plain), "c1") == "runtime"
     assert call("--root", str(root), "start", "restored") == "rewarm-runc-engine"
     assert call(f"--root={root}", "--debug", "start", "restored") == "rewarm-runc-engine"
     assert call("--root", str(root), "start", "other") == "runtime"
