@@ -39,9 +39,11 @@ def open_archive(archive: str) -> tarfile.TarFile:
         raise ArchiveError(f"{archive}: not a readable tar archive ({e})") from e
 
 
-def unpack(archive: str, dest: str, skip: Iterable[str] = ()) -> None:
-    """Plain files and directories only, each created new; names in `skip` are left out."""
+def unpack(archive: str, dest: str, skip: Iterable[str] = (), max_bytes: int | None = None) -> None:
+    """Plain files and directories only, each created new; names in `skip` are left out. More
+    than `max_bytes` of content (a decompression bomb, or no room) stops it with a clear reason."""
     skipped = {".", *skip}
+    written = 0
     try:
         with open_archive(archive) as tar:
             for i, member in enumerate(tar):
@@ -57,6 +59,10 @@ def unpack(archive: str, dest: str, skip: Iterable[str] = ()) -> None:
                     os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
                     source = tar.extractfile(member)
                     assert source is not None  # a regular file always has content
+                    written += member.size
+                    if max_bytes is not None and written > max_bytes:
+                        raise ArchiveError(f"{archive}: unpacks to more than {max_bytes / 2**30:.2f} GiB "
+                                           "(the limit of import_max_ratio, or the store's free space)")
                     with source, open(target, "xb") as out:  # "x": no second copy
                         shutil.copyfileobj(source, out, 8 << 20)
                     os.chmod(target, 0o600)

@@ -4,11 +4,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+from runtime.adapters import mounts
 
 # Global flags of the caller that a restore must repeat so that it lands where the caller looks.
 FORWARDED_GLOBALS = ("--root", "--log", "--log-format", "--systemd-cgroup", "--debug", "--rootless")
@@ -42,7 +45,20 @@ class Runc:
             return []
 
     def delete_force(self, container_id: str) -> None:
+        """`runc delete --force`, and what it cannot do after a runc killed midway: a restore's runc
+        mounts the rootfs at STATE/criu-root for CRIU, and runc's delete removes the state dir
+        recursively, through that mount, into the container's rootfs. So unmount first; and a state
+        dir without state.json, which runc refuses for ever after, is removed here."""
+        state_dir = os.path.join(self.root, container_id)
+        mounts.unmount_under(state_dir)
         self.run("delete", "--force", container_id)
+        if os.path.exists(state_dir) and not os.path.exists(os.path.join(state_dir, "state.json")) \
+                and not mounts.under(state_dir):
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+    def exists(self, container_id: str) -> bool:
+        """runc's state directory of the container is there (even half-made, without state.json)."""
+        return os.path.exists(os.path.join(self.root, container_id))
 
     def resume(self, container_id: str) -> None:
         self.run("resume", container_id)
@@ -80,22 +96,82 @@ def restore_argv(binary: str, caller_globals: dict[str, str | bool], container_i
     return argv + [container_id]
 
 
-def run_bounded(argv: list[str], env: dict[str, str], timeout: float,
-                capture: bool = False) -> tuple[int | None, str]:
+def run_bounded(argv: list[str], env: dict[str, str], timeout: float, capture: bool = False,
+                on_lost_criu: Callable[[], object] | None = None) -> tuple[int | None, str]:
     """Run the runtime (a restore or checkpoint) in a process group of its own; on timeout kill the
     whole group, runc and the CRIU it started, and return None as the exit code. Without `capture`
-    its stdio is ours (for a restore: the container's); with it, stderr is returned."""
+    its stdio is ours (for a restore: the container's); with it, stderr is returned.
+    `on_lost_criu` is called once if runc's CRIU dies while runc still waits: a restore's half-made
+    tasks hold CRIU's end of runc's socket, so runc would wait for ever unless they go."""
     proc = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL if capture else None,
                             stdout=subprocess.DEVNULL if capture else None,
                             stderr=subprocess.PIPE if capture else None, text=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-        return proc.returncode, err or ""
-    except subprocess.TimeoutExpired:
+    deadline, err, code, watch = time.monotonic() + timeout, "", None, _CriuWatch(proc.pid)
+    while True:
+        try:
+            _, err = proc.communicate(timeout=POLL_S)
+            code = proc.returncode
+            break
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline:
+                break
+            if on_lost_criu is not None and watch.lost():
+                on_lost_criu()
+                on_lost_criu = None
+    if code != 0:
+        # A runc that failed or was killed may leave its CRIU working. CRIU notices the lost runc and
+        # undoes what it did (parasite code out of the dumped tasks, cgroups thawed, the network lock
+        # lifted), so it gets a moment to do that; only what still runs then is killed.
+        drain_until = time.monotonic() + (0 if code is None else GROUP_DRAIN_S)
+        while _group_alive(proc.pid) and time.monotonic() < drain_until:
+            time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-        return None, err or ""
+        if code is None:
+            _, err = proc.communicate()
+    return code, err or ""
+
+
+POLL_S = 0.2
+LOST_AFTER_S = 2.0
+
+
+class _CriuWatch:
+    """Whether runc's CRIU child came and went while runc is still there."""
+
+    def __init__(self, runc_pid: int) -> None:
+        self.runc_pid, self.seen, self.gone_since = runc_pid, False, 0.0
+
+    def lost(self) -> bool:
+        if _criu_child_of(self.runc_pid):
+            self.seen, self.gone_since = True, 0.0
+        elif self.seen:
+            self.gone_since = self.gone_since or time.monotonic()
+            return time.monotonic() - self.gone_since > LOST_AFTER_S
+        return False
+
+
+def _criu_child_of(ppid: int) -> bool:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                head, _, tail = f.read().rpartition(")")
+            if int(tail.split()[1]) == ppid and head.split("(", 1)[1] == "criu":
+                return True
+    return False
+
+
+GROUP_DRAIN_S = 15.0
+
+
+def _group_alive(pgid: int) -> bool:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
 
 
 def start_attached(argv: list[str], env: dict[str, str], pid_file: str,

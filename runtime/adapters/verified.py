@@ -5,7 +5,9 @@ Threat model. The store is root-only, so the record guards against what happens 
 running engine, not against root on the node (which could change the engine itself):
 - a file changed by a write: its ctime/mtime/size change;
 - a file changed while its filesystem was not mounted (bit rot, an image edited offline, a disk
-  moved to another machine): the mount id changes with every mount, the boot id with every boot;
+  moved to another machine): the mount's unique id (statx STATX_MNT_ID_UNIQUE, Linux >= 6.8; older
+  kernels reuse mount ids, so there only a reboot is noticed) changes with every mount, the boot
+  id with every boot;
 - a manifest edited to match changed content, or the record edited to match a changed manifest:
   the record holds the sha256 the manifest expects for each file and is sealed with an HMAC under a
   key that exists only in /run (tmpfs, root-only, new on every boot).
@@ -14,6 +16,7 @@ Any mismatch, a missing key or an unreadable record means a full checksum pass, 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import hmac
 import json
@@ -50,12 +53,18 @@ def _key(create: bool) -> bytes | None:
     return None
 
 
-def _mount_id(fd: int) -> int:
-    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("mnt_id:"):
-                return int(line.split()[1])
-    return -1
+_STATX_MNT_ID, _STATX_MNT_ID_UNIQUE, _AT_SYMLINK_NOFOLLOW = 0x1000, 0x4000, 0x100
+_STX_MASK, _STX_MNT_ID = 0, 0x90     # offsets in struct statx
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def mount_id(path: str) -> int:
+    """The id of the mount that holds path: never reused where the kernel has unique ids (>= 6.8)."""
+    buf = ctypes.create_string_buffer(256)
+    if _libc.statx(-100, path.encode(), _AT_SYMLINK_NOFOLLOW, _STATX_MNT_ID_UNIQUE | _STATX_MNT_ID, buf) != 0:
+        return -1
+    mask = int.from_bytes(buf.raw[_STX_MASK:_STX_MASK + 4], "little")
+    return int.from_bytes(buf.raw[_STX_MNT_ID:_STX_MNT_ID + 8], "little") if mask & 0x5000 else -1
 
 
 def facts(entry_path: str, files: Mapping[str, FileDigest], ident: str) -> Facts:
@@ -72,11 +81,7 @@ def facts(entry_path: str, files: Mapping[str, FileDigest], ident: str) -> Facts
             if st.st_uid != 0 or st.st_mode & 0o022:
                 raise NotRestorable(f"snapshot {ident}: {rel} is owned by uid {st.st_uid} with mode "
                                     f"{oct(st.st_mode & 0o7777)}: only root may write snapshot files")
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            try:
-                out[rel] = [_mount_id(fd), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, want.sha256]
-            finally:
-                os.close(fd)
+            out[rel] = [mount_id(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, want.sha256]
         except FileNotFoundError as e:
             raise NotRestorable(f"snapshot {ident} is missing {rel}") from e
     return out

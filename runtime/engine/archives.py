@@ -32,12 +32,22 @@ def _read_dumps(archive_path: str, staging: str) -> tuple[dict[str, Any], dict[s
     return spec, config
 
 
+IMPORT_SPARE = 64 << 20
+
+
+def _unpack_limit(settings: Settings, archive_path: str, staging: str) -> int:
+    """At most import_max_ratio times the archive's size, and what the store's disk can take."""
+    st = os.statvfs(staging)
+    return min(os.path.getsize(archive_path) * settings.import_max_ratio,
+               st.f_bavail * st.f_frsize - IMPORT_SPARE)
+
+
 def import_archive(settings: Settings, archive_path: str, name: str, namespace: str) -> store.Entry:
     validate_name(name)
     validate_namespace(namespace)
     st = store.Store(settings.store).ensure()
     with st.capturing(namespace, name), st.staging() as staging:
-        archive.unpack(archive_path, staging, skip=store.NOT_CONTENT)
+        archive.unpack(archive_path, staging, skip=store.NOT_CONTENT, max_bytes=_unpack_limit(settings, archive_path, staging))
         spec, config = _read_dumps(archive_path, staging)
         tar_path, deleted_path = os.path.join(staging, layout.ROOTFS_DIFF), os.path.join(staging, layout.DELETED_FILES)
         archive.write_empty_diff(tar_path, deleted_path)

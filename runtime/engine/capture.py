@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from runtime.adapters import criu, logs, rootfs_diff, sockets, store, worker_hooks
+from runtime.adapters import criu, logs, netlock, rootfs_diff, sockets, store, worker_hooks
 from runtime.adapters.files import read_json, write_json
 from runtime.adapters.runc import Runc, run_bounded
 from runtime.engine import fingerprinting
@@ -328,4 +328,7 @@ def revive_source(settings: Settings, src: Source) -> str:
     if state and state.get("status") == "paused":
         runc.resume(src.container_id)
         notes.append("container resumed")
+    lifted = netlock.release(oci_spec.netns_path(src.spec) or f"/proc/{src.pid}/ns/net")   # a CRIU killed midway
+    if lifted:
+        notes.append(f"CRIU's network lock lifted ({', '.join(lifted)})")
     return ", ".join(notes)

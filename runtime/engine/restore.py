@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from runtime.adapters import cgroups, criu, logs, mounts, rootfs_diff, store, worker_hooks
+from runtime.adapters import cgroups, criu, logs, mounts, netlock, rootfs_diff, store, worker_hooks
 from runtime.adapters.store import Entry, Store
 from runtime.adapters.files import remove_tree, write_json
 from runtime.adapters.runc import Runc, restore_argv, run_bounded, start_attached
@@ -104,8 +104,8 @@ def refuse_terminal(r: Restore) -> None:
 
 
 def refuse_existing_container(r: Restore) -> None:
-    if os.path.exists(os.path.join(r.call.root, r.container_id, "state.json")):
-        raise NotRestorable(f"a container {r.container_id} exists already")  # never clean up what is not ours
+    if r.runc.exists(r.container_id):   # never clean up what is not ours (runc create refuses it too)
+        raise NotRestorable(f"a container {r.container_id} exists already")
 
 
 def find_candidates(r: Restore) -> None:
@@ -167,7 +167,8 @@ def restore_process(r: Restore) -> None:
     entry = r.chosen()
     name_entry(r, entry.path)               # for rewarm-hook prestart, which runc runs during the restore
     r.on_failure.callback(name_entry, r, None)
-    r.on_failure.callback(cgroups.kill_container, r.spec)   # what runc does not know of (CRIU killed midway)
+    r.on_failure.callback(netlock.release, oci_spec.netns_path(r.spec))   # CRIU killed midway leaves its lock
+    r.on_failure.callback(cgroups.kill_container, r.spec)   # and processes runc does not know of
     r.on_failure.callback(r.runc.delete_force, r.container_id)
     pid_file = _str_option(r.call, "--pid-file") or (None if r.detach else os.path.join(r.work, "restored.pid"))
     argv = restore_argv(r.settings.runtime, r.call.globals, r.container_id, criu=r.settings.criu,
@@ -178,7 +179,8 @@ def restore_process(r: Restore) -> None:
     offset = os.path.getsize(log) if log and os.path.exists(log) else 0
     with r.stages("runtime_restore"):
         if r.detach:
-            returncode, _ = run_bounded(argv, env, r.settings.restore_timeout_s)
+            returncode, _ = run_bounded(argv, env, r.settings.restore_timeout_s,
+                                        on_lost_criu=lambda: cgroups.kill_container(r.spec))
         else:
             assert pid_file is not None
             r.attached, returncode = start_attached(argv, env, pid_file, r.settings.restore_timeout_s)

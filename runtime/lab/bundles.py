@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.adapters import netns_http
+from runtime.adapters import mounts, netns_http
 from runtime.adapters.netns_http import NETNS_DIR
 
 MERGED_USR_LINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
@@ -70,6 +70,7 @@ class Worker:
     devices: list[dict[str, Any]] = field(default_factory=list)
     cwd: str = "/"
     hooks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # OCI hooks of the spec
+    upper_limit_mb: int | None = None   # its rootfs writes go to a tmpfs of this size (a full disk, for tests)
 
 
 def spec(worker: Worker, netns: str, cgroup: str, hostname: str = "worker") -> dict[str, Any]:
@@ -120,20 +121,24 @@ class Bundle:
 
     @property
     def upper(self) -> str:
-        return os.path.join(self.path, "upper")
+        return os.path.join(self.path, "layers", "upper")
 
     def remove(self) -> None:
-        subprocess.run(["umount", "-l", self.rootfs], capture_output=True)
+        mounts.unmount_under(self.path)
         shutil.rmtree(self.path, ignore_errors=True)
 
 
 def make_bundle(path: str, base: str, worker: Worker, netns: str, cgroup: str) -> Bundle:
     """A bundle dir with config.json and an overlay rootfs mounted on base (as containerd does)."""
     b = Bundle(path)
-    for d in ("rootfs", "upper", "overlay-work"):
-        os.makedirs(os.path.join(path, d), exist_ok=True)
+    layers = os.path.join(path, "layers")
+    os.makedirs(layers, exist_ok=True)
+    if worker.upper_limit_mb:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={worker.upper_limit_mb}m", "tmpfs", layers], check=True)
+    for d in (b.rootfs, b.upper, os.path.join(layers, "work")):
+        os.makedirs(d, exist_ok=True)
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                    f"lowerdir={base},upperdir={b.upper},workdir={os.path.join(path, 'overlay-work')}",
+                    f"lowerdir={base},upperdir={b.upper},workdir={os.path.join(layers, 'work')}",
                     b.rootfs], check=True, capture_output=True)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(spec(worker, netns, cgroup), f, indent=2)

@@ -41,6 +41,7 @@ class Settings:
     inject_hooks: bool = True                   # rewarm-runc adds rewarm-hook prestart/poststop to annotated containers
     metrics_file: str = "/var/lib/node_exporter/textfile_collector/rewarm.prom"  # Prometheus text file ("" = none)
     prefetch_threads: int = 0                   # readers that pull page images into the page cache ahead of CRIU
+    import_max_ratio: int = 100                 # an imported archive may unpack to this many times its size
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
