@@ -5,6 +5,7 @@ the worker image is built from this machine's files and imported, nothing is pul
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -188,6 +189,68 @@ def test_restore_works_after_containerd_restarts(cri_lab, captured):
     try:
         assert pod.wait_answer(timeout=30)[0]["boot_id"] == captured["answer"]["boot_id"]
         assert captured["pod"].get()["boot_id"] == captured["answer"]["boot_id"]  # A survived the restart
+    finally:
+        pod.delete()
+
+
+def test_a_containerd_restart_in_the_middle_of_a_restoring_create_leaves_a_pod_that_runs_or_nothing(
+        cri_lab, node):
+    """containerd is restarted while the engine restores a 600 MB worker (containerd's CRI runs the
+    runtime's create in StartContainer). The call fails or succeeds; either way the kubelet-like
+    cleanup (stop and remove the pod) leaves no process, mount or cgroup, and the next pod restores."""
+    env = {**ENV, "BALLAST_MB": "600"}
+    source = cri_lab.pod("restart-src", IMAGE, COMMAND, annotations=rewarm_annotations("restart-big"), env=env)
+    try:
+        answer, _ = source.wait_answer(timeout=120)
+        wait_for_snapshot(node, "default", "restart-big", timeout=120)
+    finally:
+        source.delete()
+    client = cri.Client(cri_lab.address)
+    config = cri.pod_config("restart-mid", "default", {"rewarm.dev/snapshot": "restart-big"}, cri_lab.logs)
+    pod_id = client.run_pod(config, "rewarm")
+    outcome: dict[str, object] = {}
+
+    def create() -> None:
+        try:
+            outcome["id"] = client.create_container(pod_id, cri.container_config(
+                "worker", IMAGE, COMMAND, env=env, annotations={"rewarm.dev/snapshot": "restart-big"},
+                log_path="worker.log"), config)
+            client.start_container(str(outcome["id"]))
+            outcome["started"] = True
+        except cri.CriError as e:
+            outcome["error"] = e
+    creating = threading.Thread(target=create)
+    creating.start()
+    deadline = time.monotonic() + 60
+    while not any(p.info["name"] == "criu" for p in psutil.process_iter(["name"])) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert creating.is_alive()
+    cri_lab.restart()                           # mid-restore: CRIU is filling the worker's memory
+    creating.join(120)
+    assert not creating.is_alive()
+    with cri.Client(cri_lab.address) as after:
+        containers = after.list_containers(pod_id)
+        pids = []
+        for c in containers:
+            with contextlib.suppress(cri.CriError, KeyError, ValueError):
+                pids.append(int(after.container_info(c.id)["pid"]))
+            with contextlib.suppress(cri.CriError):
+                after.stop_container(c.id, timeout=5)
+                after.remove_container(c.id)
+        after.stop_pod(pod_id)
+        after.remove_pod(pod_id)
+    client.close()
+    for c in containers:
+        deadline = time.monotonic() + 10
+        while leftovers(c.id, 0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert leftovers(c.id, 0) == []
+    assert all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
+    assert leftovers(pod_id, 0) == []
+    pod = cri_lab.pod("after-mid-restart", IMAGE, COMMAND, annotations={"rewarm.dev/snapshot": "restart-big"},
+                      env=env)
+    try:
+        assert pod.wait_answer(timeout=60)[0]["boot_id"] == answer["boot_id"]
     finally:
         pod.delete()
 
