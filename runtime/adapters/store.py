@@ -96,6 +96,10 @@ class Store:
     def capturing(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
         return self._flock(namespace, name, "capture", fcntl.LOCK_EX | fcntl.LOCK_NB)
 
+    def pulling(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
+        """One pull into (namespace, name) at a time; a second one waits, then finds the first one's entry."""
+        return self._flock(namespace, name, "pull", fcntl.LOCK_EX)
+
     # --- writing ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def staging(self) -> Iterator[str]:
@@ -125,6 +129,33 @@ class Store:
             fsync_dir(parent)
             _remember_verified(final, manifest.files)  # just checksummed: the first restore here skips it
             for old in self.entries(ns, name):  # a recapture replaces the same-fingerprint entry
+                if old.path != final and old.manifest.fingerprint_id == manifest.fingerprint_id:
+                    shutil.rmtree(old.path, ignore_errors=True)
+        return Entry(final, manifest)
+
+    def commit_pulled(self, staging: str, manifest: Manifest) -> Entry:
+        """Publish an entry that arrived complete (a pull: its files were checked against the
+        registry's digests as they came). Files must be those of the manifest, of its sizes. They
+        are not marked verified: the first restore checksums them against the manifest (as for an
+        import), which also catches data a crash lost before it reached the disk."""
+        have = {os.path.relpath(os.path.join(d, f), staging) for d, _, fs in os.walk(staging) for f in fs} - NOT_CONTENT
+        if have != set(manifest.files):
+            odd = sorted(have ^ set(manifest.files))
+            raise NotRestorable(f"pulled snapshot does not hold the files its manifest lists ({odd[0]})")
+        for rel, want in manifest.files.items():
+            if os.path.getsize(os.path.join(staging, rel)) != want.size:
+                raise NotRestorable(f"pulled snapshot: {rel} is not {want.size} bytes")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(staging, OWNER_FILE))
+        write_json(os.path.join(staging, layout.MANIFEST), manifest.to_json())   # validated against the schema
+        ns, name = manifest.namespace, manifest.name
+        parent = self.name_dir(ns, name)
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        final = os.path.join(parent, f"{manifest.fingerprint_id}-{time.time_ns()}")
+        with self.writing(ns, name):
+            os.rename(staging, final)
+            fsync_dir(parent)
+            for old in self.entries(ns, name):
                 if old.path != final and old.manifest.fingerprint_id == manifest.fingerprint_id:
                     shutil.rmtree(old.path, ignore_errors=True)
         return Entry(final, manifest)

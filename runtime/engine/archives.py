@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from runtime.adapters import archive, store
 from runtime.adapters.files import read_json
@@ -32,7 +32,9 @@ def _read_dumps(archive_path: str, staging: str) -> tuple[dict[str, Any], dict[s
     return spec, config
 
 
-def import_archive(settings: Settings, archive_path: str, name: str, namespace: str) -> store.Entry:
+def import_archive(settings: Settings, archive_path: str, name: str, namespace: str,
+                   origin: Mapping[str, str] | None = None) -> store.Entry:
+    """`origin`: provenance added to the manifest's source (a pull names its reference and digest)."""
     validate_name(name)
     validate_namespace(namespace)
     st = store.Store(settings.store).ensure()
@@ -48,7 +50,7 @@ def import_archive(settings: Settings, archive_path: str, name: str, namespace: 
             namespace=namespace, name=name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             fingerprint=fp, fingerprint_id=fp.ident(),
             source={"container_id": str(config.get("id") or spec.get("hostname") or "imported"),
-                    "imported_from": os.path.basename(archive_path)},
+                    "imported_from": os.path.basename(archive_path), **(origin or {})},
             rootfs=RootfsInfo("imported", os.path.getsize(tar_path), len(deleted) if isinstance(deleted, list) else 0),
             capture=CaptureInfo(checkpoint_bytes=sum(os.path.getsize(os.path.join(images, f))
                                                      for f in os.listdir(images))),
