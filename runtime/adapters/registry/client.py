@@ -102,7 +102,9 @@ class Client:
         self.oras.auth.load_configs(self.container, configs=[self.auth_file] if self.auth_file else None)
         if scheme and not getattr(self.oras.auth, "_basic_auth", None) and scheme == "basic":
             raise RegistryError(f"registry {ref.registry} asks for a login and "
-                                f"{self.auth_file or 'no auth file'} has none for it")
+                                + (f"{self.auth_file} has none for it" if self.auth_file else
+                                   "no credentials file was found (registry_auth_file, $REGISTRY_AUTH_FILE, "
+                                   "docker's config.json)"))
 
     def _challenge(self, verify: bool | str) -> str:
         """'' (open registry), 'basic' or 'bearer', from GET /v2/."""
