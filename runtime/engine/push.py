@@ -111,7 +111,7 @@ def _checkpoint_image(settings: Settings, client: Client, st: store.Store, entry
         name = str(dump.get("name") or entry.name)
         m = crio.manifest({"mediaType": crio.OCI_CONFIG, "digest": config_digest, "size": len(config)},
                           {"mediaType": crio.LAYER_TAR, "digest": layer.digest, "size": size},
-                          crio.annotations(name, dump))
+                          crio.annotations(name, dump, os.path.basename(settings.runtime)))
         return client.put_manifest(m, tag), progress
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -23,14 +23,17 @@ def is_checkpoint_image(manifest: Mapping[str, Any]) -> bool:
     return isinstance(notes, dict) and any(k in notes for k in (CRIO_PREFIX + "name", PODMAN_PREFIX + "name"))
 
 
-def annotations(container_name: str, config_dump: Mapping[str, Any]) -> dict[str, str]:
-    """Both projects' annotations, from the checkpoint's config.dump where it knows the image."""
+def annotations(container_name: str, config_dump: Mapping[str, Any], runtime: str) -> dict[str, str]:
+    """Both projects' annotations, from the checkpoint's config.dump where it knows the image. Podman
+    restores an image only when `.runtime.name` names its own OCI runtime."""
     known = {"name": container_name,
              "rootfsImageName": str(config_dump.get("rootfsImageName") or config_dump.get("RawImageName") or ""),
              "rootfsImageID": str(config_dump.get("rootfsImageID") or config_dump.get("rootfsImageRef") or "")}
     if config_dump.get("RawImageName"):
         known["rawImageName"] = str(config_dump["RawImageName"])
-    return {prefix + k: v for prefix in (CRIO_PREFIX, PODMAN_PREFIX) for k, v in known.items() if v}
+    notes = {prefix + k: v for prefix in (CRIO_PREFIX, PODMAN_PREFIX) for k, v in known.items() if v}
+    notes[PODMAN_PREFIX + "runtime.name"] = str(config_dump.get("runtime") or runtime)
+    return notes
 
 
 def image_config(layer_diff_id: str) -> dict[str, Any]:
