@@ -66,6 +66,7 @@ def pull(settings: Settings, ref_text: str, name: str, namespace: str = "default
                    reason=str(e), **({"container": container} if container else {}))
         raise
     if result.progress is not None:
+        result.progress.finish()   # the clock stops once the entry is published
         logs.event(settings.event_log, EventKind.PULLED, namespace=namespace, snapshot=name, ref=str(ref),
                    digest=result.digest, entry=result.entry.ident, bytes=result.progress.moved,
                    seconds=round(result.progress.seconds(), 3), **({"container": container} if container else {}))
@@ -117,8 +118,9 @@ def _native(settings: Settings, client: Client, st: store.Store, oci: dict[str, 
     progress = Progress("pull", sum(p.size for p in pieces), stream, quiet)
     try:
         transfer.download(client, staging, pieces, settings.transfer_threads, progress, resume)
-    finally:
+    except BaseException:
         progress.finish()
+        raise
     manifest = dataclasses.replace(pushed, namespace=namespace, name=name, source={**pushed.source, **origin})
     try:
         return st.commit_pulled(staging, manifest), progress
@@ -139,8 +141,9 @@ def _checkpoint_image(settings: Settings, client: Client, oci: dict[str, Any], s
     progress = Progress("pull", piece.size, stream, quiet)
     try:
         transfer.download(client, staging, [piece], 1, progress, resume)
-    finally:
+    except BaseException:
         progress.finish()
+        raise
     entry = archives.import_archive(settings, os.path.join(staging, piece.path), name, namespace, origin)
     shutil.rmtree(staging, ignore_errors=True)
     return entry, progress

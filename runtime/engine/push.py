@@ -46,6 +46,7 @@ def push(settings: Settings, name: str, ref_text: str, namespace: str = "default
         logs.event(settings.event_log, EventKind.PUSH_FAILED, namespace=namespace, snapshot=name, ref=str(ref),
                    reason=str(e))
         raise
+    result.progress.finish()   # the clock stops once the tag is moved
     logs.event(settings.event_log, EventKind.PUSHED, namespace=namespace, snapshot=name, ref=str(ref),
                digest=result.digest, entry=result.entry.ident, bytes=result.progress.moved,
                skipped_bytes=result.progress.skipped, seconds=round(result.progress.seconds(), 3))
@@ -78,8 +79,9 @@ def _native(settings: Settings, client: Client, entry: store.Entry, tag: str, st
     progress = Progress("push", entry.size(), stream, quiet)
     try:
         pieces = transfer.upload(client, entry.path, pieces, settings.transfer_threads, progress)
-    finally:
+    except BaseException:
         progress.finish()
+        raise
     with open(entry.file(layout.MANIFEST), "rb") as f:
         config = f.read()
     config_digest = transfer.put_config(client, config)
@@ -103,15 +105,16 @@ def _checkpoint_image(settings: Settings, client: Client, st: store.Store, entry
         progress = Progress("push", size, stream, quiet)
         try:
             transfer.upload(client, work, [layer], 1, progress)
-        finally:
+        except BaseException:
             progress.finish()
+            raise
         config = _json_bytes(crio.image_config(layer.digest))
         config_digest = transfer.put_config(client, config)
         dump = _config_dump(entry)
         name = str(dump.get("name") or entry.name)
         m = crio.manifest({"mediaType": crio.OCI_CONFIG, "digest": config_digest, "size": len(config)},
                           {"mediaType": crio.LAYER_TAR, "digest": layer.digest, "size": size},
-                          crio.annotations(name, dump, os.path.basename(settings.runtime)))
+                          crio.checkpoint_annotations(name, dump, os.path.basename(settings.runtime)))
         return client.put_manifest(m, tag), progress
     finally:
         shutil.rmtree(work, ignore_errors=True)

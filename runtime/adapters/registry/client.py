@@ -50,10 +50,10 @@ def auth_file(configured: str = "") -> str | None:
 class _TimeoutAdapter(requests.adapters.HTTPAdapter):
     """Every request gets a timeout (requests has no session-wide one, and oras sets none)."""
 
-    def send(self, request: Any, **kwargs: Any) -> Any:
-        if not kwargs.get("timeout"):
-            kwargs["timeout"] = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
-        return super().send(request, **kwargs)
+    def send(self, request: requests.PreparedRequest, stream: bool = False,
+             timeout: float | tuple[float | None, float | None] | None = None, verify: bool | str = True,
+             cert: str | tuple[str, str] | None = None, proxies: dict[str, str] | None = None) -> requests.Response:
+        return super().send(request, stream, timeout or (CONNECT_TIMEOUT_S, READ_TIMEOUT_S), verify, cert, proxies)
 
 
 class _Oras(oras.provider.Registry):  # type: ignore[misc]

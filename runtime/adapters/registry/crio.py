@@ -23,7 +23,7 @@ def is_checkpoint_image(manifest: Mapping[str, Any]) -> bool:
     return isinstance(notes, dict) and any(k in notes for k in (CRIO_PREFIX + "name", PODMAN_PREFIX + "name"))
 
 
-def annotations(container_name: str, config_dump: Mapping[str, Any], runtime: str) -> dict[str, str]:
+def checkpoint_annotations(container_name: str, config_dump: Mapping[str, Any], runtime: str) -> dict[str, str]:
     """Both projects' annotations, from the checkpoint's config.dump where it knows the image. Podman
     restores an image only when `.runtime.name` names its own OCI runtime."""
     known = {"name": container_name,

@@ -27,6 +27,7 @@ class Progress:
         self._tty = self.stream.isatty()
         self._last_draw = 0.0
         self._last_tenth = 0
+        self.ended: float | None = None
 
     def add(self, n: int, skipped: bool = False) -> None:
         """n bytes done: moved over the network, or skipped (already there)."""
@@ -55,7 +56,7 @@ class Progress:
             print(f"{self.verb}: {tenth * 10}% ({human(done)} of {human(self.total)})", file=self.stream, flush=True)
 
     def seconds(self) -> float:
-        return time.monotonic() - self.started
+        return (self.ended or time.monotonic()) - self.started
 
     def rate(self) -> float:
         return self.moved / max(self.seconds(), 1e-6)
@@ -65,6 +66,10 @@ class Progress:
         return (f"{human(self.moved)} in {self.seconds():.2f}s ({human(self.rate())}/s){skipped}")
 
     def finish(self) -> None:
+        """The transfer is over (done or failed): the clock stops, a bar ends its line."""
+        if self.ended is not None:
+            return
+        self.ended = time.monotonic()
         if self._tty and not self.quiet and self.total:
             self.stream.write("\n")
             self.stream.flush()
