@@ -15,8 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
+import select
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -173,22 +172,47 @@ def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str
         raise NotRestorable(f"{ann.SNAPSHOT_REF} {ref}: this node does not pull from {ref.registry} "
                             f"(allowed_registries: {', '.join(settings.allowed_registries) or 'none'})")
     job = {"ref": str(ref), "name": request.snapshot, "namespace": namespace, "container": container_id}
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.engine.pull", json.dumps(job)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            close_fds=True, start_new_session=True, cwd="/", text=True)
-    try:
-        out, _ = proc.communicate(timeout=settings.pull_timeout_s)
-    except subprocess.TimeoutExpired as e:
-        assert proc.stdout is not None
-        proc.stdout.close()   # it goes on detached; its result goes to the event log
+    out = _detached_pull(job, settings.pull_timeout_s)
+    if out is None:
         raise NotRestorable(f"pull of {ref} did not finish within pull_timeout_s ({settings.pull_timeout_s}s); "
-                            "it goes on in the background for the next pod") from e
-    if proc.returncode != 0:
-        raise NotRestorable(f"pull of {ref} failed: {out.strip() or f'exit {proc.returncode}'}")
+                            "it goes on in the background for the next pod")
+    if not out.startswith("pulled "):
+        raise NotRestorable(f"pull of {ref} failed: {out or 'no answer'}")
 
 
-def _background(job: dict[str, str]) -> int:
-    """The pull process of on_miss: one line on stdout for a caller that may have stopped listening."""
+def _detached_pull(job: dict[str, str], timeout: float) -> str | None:
+    """Run the pull in a forked child of its own session (this process has its modules loaded
+    already: no interpreter start), detached from the container's stdio; wait for its one-line
+    answer up to `timeout`. None: still running, it goes on alone and reports to the event log."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: never returns
+        code = 1
+        try:
+            os.close(read_end)
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            code = _background(job, write_end)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], timeout)
+        if not ready:
+            return None
+        data = b""
+        while chunk := os.read(read_end, 4096):
+            data += chunk
+        os.waitpid(pid, 0)
+        return data.decode(errors="replace").strip()
+    finally:
+        os.close(read_end)
+
+
+def _background(job: dict[str, str], answer_fd: int) -> int:
+    """The pull of on_miss: one line on `answer_fd` for a caller that may have stopped listening."""
     settings = settings_file.load()
     try:
         pulled = pull(settings, job["ref"], job["name"], job["namespace"], quiet=True, container=job["container"])
@@ -196,11 +220,7 @@ def _background(job: dict[str, str]) -> int:
     except (RewarmError, OSError) as e:
         line, code = str(e), 1
     try:
-        print(line, flush=True)
-    except (BrokenPipeError, ValueError, OSError):
-        pass
+        os.write(answer_fd, line.encode() + b"\n")
+    except OSError:
+        pass   # the create went ahead with a cold start: nobody listens any more
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(_background(json.loads(sys.argv[1])))
