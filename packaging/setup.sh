@@ -6,12 +6,18 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash packaging/install-node.sh
-# Podman: the tests drive it (hooks.d, checkpoint archives); a rewarm node does not need it.
-if ! command -v podman >/dev/null; then
+# For the tests only (a rewarm node needs none of them): Podman (hooks.d, checkpoint archives and
+# images), Docker's engine and Debian's OCI registry (run through testcontainers by
+# runtime/lab/registry_lab.py, which starts a private dockerd), htpasswd and openssl (its login and TLS).
+missing=""
+for tool in podman:podman dockerd:docker.io docker-registry:docker-registry htpasswd:apache2-utils openssl:openssl; do
+  command -v "${tool%%:*}" >/dev/null || missing="$missing ${tool#*:}"
+done
+if [ -n "$missing" ]; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends podman >/dev/null \
-    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends podman >/dev/null; }
-  echo "rewarm-setup: installed podman"
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null; }
+  echo "rewarm-setup: installed$missing"
 fi
 # containerd 2.x for the tests (the CRI tests run against it and against the distribution's 1.6/1.7):
 # Debian sid's package unpacked into a private folder, without adding sid to apt's sources. Its
@@ -35,7 +41,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
   echo "rewarm-setup: created .venv"
 fi
-if ! .venv/bin/python -c "import runtime.front.engine, jsonschema, pytest, psutil, grpc, grpc_tools, tomlkit, zstandard, importlinter, mypy" 2>/dev/null \
+if ! .venv/bin/python -c "import runtime.front.dispatch, jsonschema, pytest, psutil, grpc, grpc_tools, tomlkit, zstandard, importlinter, mypy, oras, kubernetes_validate, testcontainers" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.rewarm-installed ] || [ packaging/bin/rewarm-runc -nt .venv/.rewarm-installed ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat

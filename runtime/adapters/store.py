@@ -134,6 +134,10 @@ class Store:
     def capturing(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
         return self._flock(namespace, name, "capture", fcntl.LOCK_EX | fcntl.LOCK_NB)
 
+    def pulling(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
+        """One pull into (namespace, name) at a time; a second one waits, then finds the first one's entry."""
+        return self._flock(namespace, name, "pull", fcntl.LOCK_EX)
+
     # --- writing ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def staging(self) -> Iterator[str]:
@@ -154,6 +158,11 @@ class Store:
         manifest = dataclasses.replace(manifest, files=checksum_tree(staging))
         write_json(os.path.join(staging, layout.MANIFEST), manifest.to_json())
         fsync_tree(staging)
+        return self._publish(staging, manifest, checksummed=True)
+
+    def _publish(self, staging: str, manifest: Manifest, checksummed: bool) -> Entry:
+        """The one rename that makes a staged entry visible; it replaces an entry of the same
+        fingerprint (a recapture, a re-pull), under the name's write lock."""
         ns, name = manifest.namespace, manifest.name
         parent = self.name_dir(ns, name)
         os.makedirs(parent, mode=0o700, exist_ok=True)
@@ -161,12 +170,30 @@ class Store:
         with self.writing(ns, name):
             os.rename(staging, final)
             fsync_dir(parent)
-            with contextlib.suppress(NotRestorable):   # just checksummed: the first restore here skips it
-                verified.remember(final, verified.facts(final, manifest.files, manifest.name))
-            for old in self.entries(ns, name):  # a recapture replaces the same-fingerprint entry
+            if checksummed:   # the first restore here skips the checksum pass
+                with contextlib.suppress(NotRestorable):
+                    verified.remember(final, verified.facts(final, manifest.files, manifest.name))
+            for old in self.entries(ns, name):
                 if old.path != final and old.manifest.fingerprint_id == manifest.fingerprint_id:
                     shutil.rmtree(old.path, ignore_errors=True)
         return Entry(final, manifest)
+
+    def commit_pulled(self, staging: str, manifest: Manifest) -> Entry:
+        """Publish an entry that arrived complete (a pull: its files were checked against the
+        registry's digests as they came). Files must be those of the manifest, of its sizes. They
+        are not marked verified: the first restore checksums them against the manifest (as for an
+        import), which also catches data a crash lost before it reached the disk."""
+        have = {os.path.relpath(os.path.join(d, f), staging) for d, _, fs in os.walk(staging) for f in fs} - NOT_CONTENT
+        if have != set(manifest.files):
+            odd = sorted(have ^ set(manifest.files))
+            raise NotRestorable(f"pulled snapshot does not hold the files its manifest lists ({odd[0]})")
+        for rel, want in manifest.files.items():
+            if os.path.getsize(os.path.join(staging, rel)) != want.size:
+                raise NotRestorable(f"pulled snapshot: {rel} is not {want.size} bytes")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(staging, OWNER_FILE))
+        write_json(os.path.join(staging, layout.MANIFEST), manifest.to_json())   # validated against the schema
+        return self._publish(staging, manifest, checksummed=False)
 
     # --- reading ---------------------------------------------------------------------------
     def scan(self, namespace: str, name: str) -> tuple[list[Entry], list[Broken]]:

@@ -110,6 +110,26 @@ def cmd_export(cfg: Settings, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.engine import push
+    done = push.push(cfg, a.name, a.ref, a.namespace, a.format, a.plain_http)
+    print(f"pushed {done.entry.namespace}/{done.entry.name} ({done.entry.ident}) -> {done.ref}@{done.digest}: "
+          f"{done.progress.summary()}")
+    return 0
+
+
+def cmd_pull(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.engine import pull
+    done = pull.pull(cfg, a.ref, a.name, a.namespace, a.format, a.plain_http)
+    entry = done.entry
+    if done.progress is None:
+        print(f"{a.ref} ({done.digest}) is already {entry.namespace}/{entry.name} -> {entry.path}")
+    else:
+        print(f"pulled {a.ref} ({done.digest}) as {entry.namespace}/{entry.name} ({_size(entry.size())}): "
+              f"{done.progress.summary()} -> {entry.path}")
+    return 0
+
+
 def cmd_bake(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.engine import bake
     env = dict(item.split("=", 1) for item in a.env)
@@ -174,6 +194,24 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("archive", help="file to write (.tar, or .tar.gz / .tgz for gzip)")
     c.add_argument("--namespace", default="default")
     c.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("push", help="push a snapshot to an OCI registry")
+    c.add_argument("name")
+    c.add_argument("ref", help="REGISTRY/REPO:TAG")
+    c.add_argument("--namespace", default="default")
+    c.add_argument("--format", choices=["native", "crio"], default="native",
+                   help="native: one blob per file, page images in chunks (default); crio: a CRI-O / Podman "
+                        "checkpoint image (one layer)")
+    c.add_argument("--plain-http", action="store_true", help="speak plain HTTP (a loopback registry only)")
+    c.set_defaults(func=cmd_push)
+
+    c = sub.add_parser("pull", help="pull a snapshot from an OCI registry into the store")
+    c.add_argument("ref", help="REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:DIGEST")
+    c.add_argument("--name", required=True, help="snapshot name to store it as")
+    c.add_argument("--namespace", default="default")
+    c.add_argument("--format", choices=["native", "crio"], help="expect this format (default: whatever REF is)")
+    c.add_argument("--plain-http", action="store_true", help="speak plain HTTP (a loopback registry only)")
+    c.set_defaults(func=cmd_pull)
 
     c = sub.add_parser("bake", help="run an image until ready, capture it, remove it (for node images)")
     c.add_argument("--image", required=True, help="image reference, already on the node")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from runtime.adapters import archive, rootfs_diff, store
 from runtime.adapters.files import read_json
@@ -42,7 +42,9 @@ def _unpack_limit(settings: Settings, archive_path: str, staging: str) -> int:
                st.f_bavail * st.f_frsize - IMPORT_SPARE)
 
 
-def import_archive(settings: Settings, archive_path: str, name: str, namespace: str) -> store.Entry:
+def import_archive(settings: Settings, archive_path: str, name: str, namespace: str,
+                   origin: Mapping[str, str] | None = None) -> store.Entry:
+    """`origin`: provenance added to the manifest's source (a pull names its reference and digest)."""
     validate_name(name)
     validate_namespace(namespace)
     st = store.Store(settings.store).ensure()
@@ -62,7 +64,7 @@ def import_archive(settings: Settings, archive_path: str, name: str, namespace: 
             namespace=namespace, name=name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             fingerprint=fp, fingerprint_id=fp.ident(),
             source={"container_id": str(config.get("id") or spec.get("hostname") or "imported"),
-                    "imported_from": os.path.basename(archive_path)},
+                    "imported_from": os.path.basename(archive_path), **(origin or {})},
             rootfs=RootfsInfo("imported", os.path.getsize(tar_path), len(deleted) if isinstance(deleted, list) else 0),
             capture=CaptureInfo(checkpoint_bytes=sum(os.path.getsize(os.path.join(images, f))
                                                      for f in os.listdir(images))),

@@ -102,6 +102,9 @@ def create(call: RuncCall, annotations: dict[str, str]) -> NoReturn:
         namespace = ann.namespace_of(annotations)
         request = ann.parse(annotations)
         spec = prepare_spec(call, settings)
+        if request.snapshot_ref:   # rewarm.dev/snapshot-ref: pull on a miss, within pull_timeout_s
+            from runtime.engine import pull
+            pull.on_miss(settings, spec, request, namespace, str(call.container_id))
         from runtime.engine import restore
         result = restore.restore(call, settings, spec, request, namespace)
     except (RewarmError, OSError, ValueError) as e:
@@ -135,5 +138,6 @@ def _cold_start(call: RuncCall, settings: Settings, namespace: str, name: str, r
     if request is not None and request.capture is ann.Capture.ON_READY:
         from runtime.engine import on_ready
         on_ready.spawn(on_ready.Job(call.root, str(call.container_id), namespace, request.snapshot,
-                                    request.ready_file, request.ready_http))
+                                    request.ready_file, request.ready_http,
+                                    request.snapshot_ref if request.push is ann.Push.ON_CAPTURE else None))
     os.execvp(settings.runtime, [settings.runtime, *call.argv])

@@ -34,6 +34,7 @@ class Job:
     name: str
     ready_file: str
     ready_http: str | None
+    push_to: str | None = None      # rewarm.dev/push: on-capture: the snapshot-ref to push to
 
 
 def spawn(job: Job) -> None:
@@ -81,6 +82,12 @@ def run(settings: Settings, job: Job) -> int:
                    namespace=job.namespace, snapshot=job.name, reason=f"on-ready capture: {e}")
         return 1
     store.touch_used(entry)
+    if job.push_to:
+        from runtime.engine import push
+        try:
+            push.push(settings, job.name, job.push_to, job.namespace, quiet=True)   # its events say how it went
+        except (RewarmError, OSError):
+            return 1
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Mapping, TypeVar
 from runtime.front.names import ANNOTATION_PREFIX
 from runtime.model.errors import InvalidInput
 from runtime.model.names import validate_name, validate_namespace
+from runtime.model.registry_ref import parse as parse_ref
 
 PREFIX = ANNOTATION_PREFIX
 SNAPSHOT = PREFIX + "snapshot"
@@ -22,7 +23,9 @@ READY_HTTP = PREFIX + "ready-http"
 FALLBACK = PREFIX + "fallback"
 QUIESCE_HTTP = PREFIX + "quiesce-http"
 RESUME_HTTP = PREFIX + "resume-http"
-KNOWN = frozenset({SNAPSHOT, CAPTURE, READY_FILE, READY_HTTP, FALLBACK, QUIESCE_HTTP, RESUME_HTTP})
+SNAPSHOT_REF = PREFIX + "snapshot-ref"
+PUSH = PREFIX + "push"
+KNOWN = frozenset({SNAPSHOT, CAPTURE, READY_FILE, READY_HTTP, FALLBACK, QUIESCE_HTTP, RESUME_HTTP, SNAPSHOT_REF, PUSH})
 
 # Written by rewarm-runc into config.json, never by users (outside the user's prefix).
 INTERNAL_PREFIX = "internal.rewarm.dev/"
@@ -46,6 +49,11 @@ class Capture(Enum):
     ON_READY = "on-ready"
 
 
+class Push(Enum):
+    NEVER = "never"
+    ON_CAPTURE = "on-capture"
+
+
 @dataclass(frozen=True)
 class Request:
     """What a container asks of rewarm."""
@@ -56,6 +64,8 @@ class Request:
     fallback: Fallback = Fallback.COLD
     quiesce_http: str | None = None     # POSTed before a capture: the worker drops what need not be saved
     resume_http: str | None = None      # POSTed after a capture (the source) and after a restore
+    snapshot_ref: str | None = None     # REGISTRY/REPO:TAG to pull from on a miss (and push to)
+    push: Push = Push.NEVER             # push to snapshot_ref after an on-ready capture
 
 
 def wants_rewarm(annotations: Mapping[str, str]) -> bool:
@@ -105,8 +115,16 @@ def parse(annotations: Mapping[str, str]) -> Request:
     for key in (READY_HTTP, QUIESCE_HTTP, RESUME_HTTP):
         if key in annotations and not URL_RE.match(annotations[key]):
             raise InvalidInput(f"invalid {key}: {annotations[key]!r} (expected http://HOST:PORT/PATH)")
+    snapshot_ref = annotations.get(SNAPSHOT_REF)
+    if snapshot_ref is not None:
+        snapshot_ref = str(parse_ref(snapshot_ref, SNAPSHOT_REF))
+    push = _enum(Push, PUSH, annotations.get(PUSH), Push.NEVER)
+    if push is Push.ON_CAPTURE and snapshot_ref is None:
+        raise InvalidInput(f"{PUSH}: {push.value} needs {SNAPSHOT_REF} (where to push)")
     return Request(
         snapshot=validate_name(annotations[SNAPSHOT]),
+        snapshot_ref=snapshot_ref,
+        push=push,
         capture=_enum(Capture, CAPTURE, annotations.get(CAPTURE), Capture.NEVER),
         ready_file=ready_file,
         ready_http=annotations.get(READY_HTTP),

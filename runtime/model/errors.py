@@ -35,6 +35,11 @@ class ArchiveError(RewarmError):
     """A checkpoint archive is unreadable, incomplete or hostile: nothing was stored."""
 
 
+class RegistryError(RewarmError):
+    """A push or pull did not complete (registry unreachable, refused, or a blob that does not match
+    its digest); nothing was published in the store or under the tag."""
+
+
 class InstallError(RewarmError):
     """A container engine's config cannot be given the rewarm handler."""
 

@@ -13,6 +13,10 @@ class EventKind(Enum):
     CAPTURE_FAILED = "capture-failed"
     CAPTURE_SKIPPED = "capture-skipped"   # an on-ready watch ended without a capture
     HOOK_FAILED = "hook-failed"           # the worker's resume hook failed after a capture
+    PULLED = "pulled"                     # a snapshot arrived from a registry (rewarm pull, pull on miss)
+    PULL_FAILED = "pull-failed"
+    PUSHED = "pushed"                     # a snapshot went to a registry (rewarm push, push on capture)
+    PUSH_FAILED = "push-failed"
     PRESTART = "prestart"                 # rewarm-hook prestart prepared a restore
     STOPPED = "stopped"                   # rewarm-hook poststop: the container is gone
 

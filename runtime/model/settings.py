@@ -42,6 +42,13 @@ class Settings:
     metrics_file: str = "/var/lib/node_exporter/textfile_collector/rewarm.prom"  # Prometheus text file ("" = none)
     prefetch_threads: int = 0                   # readers that pull page images into the page cache ahead of CRIU
     import_max_ratio: int = 100                 # an imported archive may unpack to this many times its size
+    # Registries (push, pull, rewarm.dev/snapshot-ref)
+    pull_timeout_s: int = 60                    # longest a create waits for a pull on a miss (then cold start)
+    allowed_registries: tuple[str, ...] = ()    # HOST[:PORT] or HOST[:PORT]/REPO-PREFIX that pods may pull from
+    registry_auth_file: str = ""                # "" = $REGISTRY_AUTH_FILE, else docker's config.json
+    registry_ca_file: str = ""                  # CA bundle for registries' TLS ("" = the system's)
+    plain_http_registries: tuple[str, ...] = () # loopback registries (HOST:PORT) spoken to without TLS
+    transfer_threads: int = 8                   # parallel blob uploads / downloads
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -1,0 +1,64 @@
+"""Where a snapshot lives in an OCI registry: `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:HEX`, and
+which registries a node accepts pulls from (`allowed_registries`). Plain values, validated where
+they enter (an annotation, the command line, the node config)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from runtime.model.errors import InvalidInput
+
+# The distribution spec's grammar, made strict: the registry part is always written out.
+_HOST = r"(?:localhost|\[[0-9a-fA-F:]+\]|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*)(?::[0-9]{1,5})?"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REF_RE = re.compile(rf"^(?P<registry>{_HOST})/(?P<repository>{_COMPONENT}(?:/{_COMPONENT})*)"
+                     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+FORM = "REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:DIGEST"
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str           # host[:port]
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}" + (f":{self.tag}" if self.tag else "") + (
+            f"@{self.digest}" if self.digest else "")
+
+    @property
+    def host(self) -> str:
+        return self.registry.rsplit(":", 1)[0] if not self.registry.endswith("]") else self.registry
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+    @property
+    def name(self) -> str:
+        """REGISTRY/REPO, without tag or digest."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def reference(self) -> str:
+        """What the manifest URL ends in: the digest when given, else the tag."""
+        return self.digest or self.tag or "latest"
+
+
+def parse(text: str, what: str = "snapshot reference") -> Reference:
+    match = _REF_RE.match(text) if isinstance(text, str) and len(text) <= 512 else None
+    if match is None or "." not in match["registry"] and ":" not in match["registry"] \
+            and match["registry"] != "localhost":
+        raise InvalidInput(f"invalid {what} {text!r}: expected {FORM}, the registry written out")
+    if not match["tag"] and not match["digest"]:
+        raise InvalidInput(f"invalid {what} {text!r}: name a tag or a digest ({FORM})")
+    return Reference(match["registry"], match["repository"], match["tag"], match["digest"])
+
+
+def allowed(ref: Reference, allowed_registries: tuple[str, ...]) -> bool:
+    """Whether `ref` lies under one of the entries: a registry (`HOST[:PORT]`) or a repository prefix
+    (`HOST[:PORT]/PATH`), matched at `/` boundaries."""
+    name = ref.name
+    return any(name == entry.rstrip("/") or name.startswith(entry.rstrip("/") + "/") for entry in allowed_registries)

@@ -1,0 +1,225 @@
+"""rewarm push / pull against a real OCI registry (Debian's docker-registry, run through
+testcontainers, TLS from a test CA, htpasswd login): round trips, deduplication, a moved tag, and
+every fault ending clean (a clear one-line error, a pull-failed event, nothing visible in the store)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from helpers import events
+from registry_fixtures import started_registry, synthetic_entry
+from runtime.adapters import settings_file, store
+from runtime.adapters.registry import native
+from runtime.front.names import CONFIG_ENV
+from runtime.lab.private_node import write_config
+
+PAGES = 3 * native.CHUNK_BYTES + 12345      # four pieces
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    yield from started_registry(str(tmp_path_factory.mktemp("registry")))
+
+
+@pytest.fixture(scope="module")
+def reg_node(node, registry, tmp_path_factory):
+    """A node config of its own that trusts the test CA and logs in; $REWARM_CONFIG names it."""
+    top = str(tmp_path_factory.mktemp("reg-node"))
+    auth = registry.auth_file(os.path.join(top, "auth.json"))
+    path = write_config(top, registry_ca_file=registry.ca, registry_auth_file=auth, transfer_threads=4)
+    old = os.environ[CONFIG_ENV]
+    os.environ[CONFIG_ENV] = path
+    yield settings_file.load(path)
+    os.environ[CONFIG_ENV] = old
+
+
+def cli(*args: str, config: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **({CONFIG_ENV: config} if config else {}))
+    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "rewarm"), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def tmp_dirs(node) -> list[str]:
+    return sorted(os.listdir(os.path.join(node.store, "tmp")))
+
+
+def ref(registry, repo: str) -> str:
+    return f"{registry.address}/{repo}"
+
+
+@pytest.fixture(scope="module")
+def pushed(reg_node, registry):
+    """Snapshot `source` (random pages) pushed as rewarm/source:v1."""
+    entry = synthetic_entry(reg_node, "source", os.urandom(PAGES))
+    out = cli("push", "source", ref(registry, "rewarm/source:v1"))
+    assert out.returncode == 0, out.stderr
+    return entry
+
+
+def test_a_pushed_snapshot_pulls_back_identical_under_the_destination_name(reg_node, registry, pushed):
+    out = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "copy", "--namespace", "team")
+    assert out.returncode == 0, out.stderr
+    assert "MB/s" in out.stdout                                       # throughput printed
+    entry = store.Store(reg_node.store).entries("team", "copy")[0]
+    assert (entry.namespace, entry.name) == ("team", "copy")          # the destination, not the pusher's
+    assert entry.manifest.files == pushed.manifest.files              # byte for byte (sha256 of every file)
+    assert entry.manifest.fingerprint == pushed.manifest.fingerprint  # the restore gate compares it as for any entry
+    assert entry.manifest.source["pulled_from"] == ref(registry, "rewarm/source:v1")
+    store.verify(entry, deep=True)
+    again = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "copy", "--namespace", "team")
+    assert again.returncode == 0 and "already" in again.stdout
+    assert len(store.Store(reg_node.store).entries("team", "copy")) == 1 and tmp_dirs(reg_node) == []
+
+
+def test_the_artifact_is_one_blob_per_file_with_page_images_in_pieces(registry, pushed, reg_node):
+    from runtime.engine.pull import client_for
+    from runtime.model.registry_ref import parse
+    _, manifest = client_for(reg_node, parse(ref(registry, "rewarm/source:v1"))).get_manifest()
+    assert manifest["artifactType"] == native.ARTIFACT_TYPE and manifest["config"]["mediaType"] == native.CONFIG_TYPE
+    pages = [layer for layer in manifest["layers"]
+             if layer["annotations"][native.PATH_KEY] == "checkpoint/pages-1.img"]
+    assert [layer["size"] for layer in pages] == [native.CHUNK_BYTES] * 3 + [12345]
+    assert len(manifest["layers"]) == len(pushed.manifest.files) + 3
+
+
+def test_a_second_push_sends_only_the_pieces_that_changed_and_a_moved_tag_pulls_the_new_snapshot(
+        reg_node, registry, pushed):
+    pages = bytearray(open(pushed.file("checkpoint/pages-1.img"), "rb").read())
+    pages[native.CHUNK_BYTES + 7] ^= 0xFF                              # one piece differs
+    store.Store(reg_node.store).remove("default", "source")
+    changed = synthetic_entry(reg_node, "source", bytes(pages))
+    first = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "moving")
+    assert first.returncode == 0, first.stderr
+    out = cli("push", "source", ref(registry, "rewarm/source:v1"))   # the tag moves to the new snapshot
+    assert out.returncode == 0, out.stderr
+    pushed_event = [e for e in events(reg_node, "pushed") if e["ref"].endswith("source:v1")][-1]
+    assert pushed_event["bytes"] <= native.CHUNK_BYTES + 4096      # one piece (and a few small files) went up
+    assert pushed_event["skipped_bytes"] >= 3 * native.CHUNK_BYTES - native.CHUNK_BYTES
+    out = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "moving")
+    assert out.returncode == 0, out.stderr
+    entries = store.Store(reg_node.store).entries("default", "moving")
+    assert len(entries) == 1                                          # same fingerprint: the new one replaced it
+    assert entries[0].manifest.files == changed.manifest.files
+
+
+def assert_clean_failure(out, node, name: str, reason: str, namespace: str = "default") -> None:
+    assert out.returncode == 1, out
+    errors = [line for line in out.stderr.splitlines() if line.startswith("rewarm pull: ")]   # besides progress
+    assert len(errors) == 1 and reason in errors[0] and out.stderr.strip().endswith(errors[0]), out.stderr
+    assert store.Store(node.store).entries(namespace, name) == []
+    failed = [e for e in events(node, "pull-failed") if e["snapshot"] == name]
+    assert failed and reason in failed[-1]["reason"]
+
+
+def test_a_wrong_password_is_refused_with_the_reason(reg_node, registry, pushed, tmp_path):
+    auth = registry.auth_file(str(tmp_path / "wrong.json"), password="not-the-password")
+    config = write_config(str(tmp_path), **{**reg_node.to_json(), "registry_auth_file": auth})
+    out = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "denied", config=config)
+    assert_clean_failure(out, settings_file.load(config), "denied", "refused the credentials")
+
+
+def test_an_untrusted_certificate_is_refused(reg_node, registry, pushed, tmp_path):
+    config = write_config(str(tmp_path), **{**reg_node.to_json(), "registry_ca_file": ""})
+    out = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "untrusted", config=config)
+    assert_clean_failure(out, settings_file.load(config), "untrusted", "TLS certificate not trusted")
+
+
+def test_plain_http_is_refused_for_a_registry_off_loopback(reg_node):
+    out = cli("pull", "registry.example.com/rewarm/x:v1", "--name", "plain", "--plain-http")
+    assert_clean_failure(out, reg_node, "plain", "only spoken to a loopback registry")
+
+
+def test_a_registry_that_is_down_fails_fast_and_clean(reg_node, registry, pushed):
+    registry.stop()
+    try:
+        started = time.monotonic()
+        out = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "down")
+        assert time.monotonic() - started < 15
+        assert_clean_failure(out, reg_node, "down", "unreachable")
+        assert tmp_dirs(reg_node) == []
+    finally:
+        registry.start()
+
+
+def test_a_blob_corrupted_inside_the_registry_is_caught(reg_node, registry):
+    synthetic_entry(reg_node, "fragile", os.urandom(2 * native.CHUNK_BYTES))
+    assert cli("push", "fragile", ref(registry, "rewarm/fragile:v1")).returncode == 0
+    from runtime.engine.pull import client_for
+    from runtime.model.registry_ref import parse
+    _, manifest = client_for(reg_node, parse(ref(registry, "rewarm/fragile:v1"))).get_manifest()
+    piece = next(layer for layer in manifest["layers"] if layer["mediaType"] == native.CHUNK_TYPE)
+    with open(registry.blob_path(piece["digest"]), "r+b") as f:
+        f.seek(1000)
+        f.write(b"bit rot")
+    out = cli("pull", ref(registry, "rewarm/fragile:v1"), "--name", "fragile-copy")
+    assert_clean_failure(out, reg_node, "fragile-copy", "does not match its digest")
+    assert all(d.startswith("pull-") for d in tmp_dirs(reg_node))    # only the resumable pull, never an entry
+
+
+def test_a_pull_killed_halfway_leaves_nothing_visible_and_resumes(reg_node, registry, tmp_path):
+    synthetic_entry(reg_node, "big", os.urandom(12 * native.CHUNK_BYTES))
+    assert cli("push", "big", ref(registry, "rewarm/big:v1")).returncode == 0
+    config = write_config(str(tmp_path), **{**reg_node.to_json(), "transfer_threads": 1})
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "rewarm"), "pull",
+                             ref(registry, "rewarm/big:v1"), "--name", "big-copy"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **{CONFIG_ENV: config}))
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "pull: 30%" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert store.Store(reg_node.store).entries("default", "big-copy") == []
+    assert [d for d in tmp_dirs(reg_node) if "big-copy" in d]                   # the resumable part
+    out = cli("pull", ref(registry, "rewarm/big:v1"), "--name", "big-copy")
+    assert out.returncode == 0, out.stderr
+    resumed = [e for e in events(reg_node, "pulled") if e["snapshot"] == "big-copy"][-1]
+    assert 0 < resumed["bytes"] < 12 * native.CHUNK_BYTES                    # only what was missing
+    assert "already there" in out.stdout
+    store.verify(store.Store(reg_node.store).entries("default", "big-copy")[0], deep=True)
+    assert not [d for d in tmp_dirs(reg_node) if "big-copy" in d]
+    store.Store(reg_node.store).remove("default", "big")
+
+
+def test_two_concurrent_pulls_of_one_ref_give_one_entry(reg_node, registry, pushed):
+    outs: list[subprocess.CompletedProcess[str]] = []
+    threads = [threading.Thread(target=lambda: outs.append(
+        cli("pull", ref(registry, "rewarm/source:v1"), "--name", "twin"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [o.returncode for o in outs] == [0, 0], [o.stderr for o in outs]
+    assert len(store.Store(reg_node.store).entries("default", "twin")) == 1
+    assert sum("already" in o.stdout for o in outs) == 1                     # the second found the first's entry
+    assert tmp_dirs(reg_node) == [] or all(not d.startswith("pull-default-twin") for d in tmp_dirs(reg_node))
+
+
+def test_gc_removes_an_abandoned_pull(reg_node):
+    leftovers = [d for d in tmp_dirs(reg_node) if d.startswith("pull-")]
+    out = cli("gc", "--max-bytes", str(1 << 40))
+    assert out.returncode == 0
+    assert not [d for d in tmp_dirs(reg_node) if d in leftovers]
+
+
+def test_push_refuses_a_corrupt_snapshot_and_leaves_the_tag(reg_node, registry, pushed, tmp_path):
+    entry = synthetic_entry(reg_node, "rotten", os.urandom(1000))
+    with open(entry.file("checkpoint/pages-1.img"), "r+b") as f:
+        f.write(b"x")
+    os.utime(entry.file("checkpoint/pages-1.img"))
+    os.unlink(entry.file(store.VERIFIED_FILE))
+    out = cli("push", "rotten", ref(registry, "rewarm/source:v1"))
+    assert out.returncode == 1 and "corrupt" in out.stderr
+    pulled = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "still-source")
+    assert pulled.returncode == 0
+    assert "rotten" not in json.dumps(store.Store(reg_node.store).entries("default", "still-source")[0]
+                                      .manifest.source)

@@ -1,0 +1,256 @@
+"""Snapshots that travel, through containerd's CRI (the kubelet stand-in), against a real registry:
+push on capture, pull on miss then restore, a pull that cannot finish in time (cold start now, the
+pull goes on, the next pod restores), a registry the node does not allow, a pull while a restore of
+the same name runs, and Podman restoring what rewarm pushes and rewarm restoring what Podman pushes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from helpers import events
+from registry_fixtures import started_registry
+from runtime.adapters import settings_file, store
+from runtime.front.names import CONFIG_ENV
+from runtime.lab.containerd_lab import Lab
+from runtime.lab.private_node import write_config
+from runtime.lab.runc_lab import WORKER_DIR, rewarm_runc
+
+IMAGE = "localhost/rewarm/warm-worker:registry"
+COMMAND = ["/usr/bin/python3", "/app/worker.py"]
+ENV = {"WARM_SECONDS": "2", "PORT": "8080"}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    yield from started_registry(str(tmp_path_factory.mktemp("registry")))
+
+
+@pytest.fixture(scope="module")
+def pod_node(node, registry, tmp_path_factory):
+    top = str(tmp_path_factory.mktemp("pod-node"))
+    auth = registry.auth_file(os.path.join(top, "auth.json"))
+    path = write_config(top, registry_ca_file=registry.ca, registry_auth_file=auth,
+                        allowed_registries=[f"{registry.address}/rewarm"], pull_timeout_s=60)
+    old = os.environ[CONFIG_ENV]
+    os.environ[CONFIG_ENV] = path
+    yield path
+    os.environ[CONFIG_ENV] = old
+
+
+def settings(path: str):
+    return settings_file.load(path)
+
+
+def set_config(path: str, **changes: object) -> None:
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg.update(changes)
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+
+
+@pytest.fixture(scope="module")
+def cri_lab(pod_node):
+    lab = Lab("registry", rewarm_config=pod_node).setup(rewarm_runc())
+    lab.build_worker_image(IMAGE, WORKER_DIR, [])
+    yield lab
+    lab.destroy()
+
+
+def annotations(name: str, ref: str, **extra: str) -> dict[str, str]:
+    return {"rewarm.dev/snapshot": name, "rewarm.dev/snapshot-ref": ref, **extra}
+
+
+def wait_until(check, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+def cold_reason(node, pod) -> str:
+    cold = [e for e in events(node, "cold-start") if e["container"] == pod.container_id]
+    return cold[0]["reason"] if cold else ""
+
+
+@pytest.fixture(scope="module")
+def captured_and_pushed(cri_lab, pod_node, registry):
+    """Pod A: cold start, captured on ready, pushed on capture (rewarm.dev/push: on-capture)."""
+    ref = f"{registry.address}/rewarm/worker:v1"
+    pod = cri_lab.pod("pushing", IMAGE, COMMAND, env=ENV, annotations=annotations(
+        "worker", ref, **{"rewarm.dev/capture": "on-ready", "rewarm.dev/push": "on-capture"}))
+    answer, _ = pod.wait_answer()
+    node = settings(pod_node)
+    pushed = wait_until(lambda: [e for e in events(node, "pushed") if e["snapshot"] == "worker"]
+                        or [e for e in events(node, "push-failed") if e["snapshot"] == "worker"], 120, "push")
+    assert pushed[0]["event"] == "pushed", pushed
+    yield {"pod": pod, "answer": answer, "ref": ref}
+    pod.delete()
+
+
+def drop_local(node, name: str = "worker") -> None:
+    store.Store(node.store).remove("default", name)
+
+
+def test_push_on_capture_puts_the_snapshot_in_the_registry(captured_and_pushed, pod_node):
+    node = settings(pod_node)
+    entry = store.Store(node.store).entries("default", "worker")[0]
+    pushed = [e for e in events(node, "pushed") if e["snapshot"] == "worker"][0]
+    assert pushed["entry"] == entry.ident and pushed["ref"] == captured_and_pushed["ref"]
+
+
+def test_a_pod_on_a_node_without_the_snapshot_pulls_it_then_restores(cri_lab, captured_and_pushed, pod_node):
+    node = settings(pod_node)
+    drop_local(node)
+    pod = cri_lab.pod("pulling", IMAGE, COMMAND, env=ENV, annotations=annotations("worker", captured_and_pushed["ref"]))
+    try:
+        answer, _ = pod.wait_answer(timeout=60)
+        assert answer["boot_id"] == captured_and_pushed["answer"]["boot_id"], cold_reason(node, pod)
+        assert [e for e in events(node, "pulled") if e.get("container") == pod.container_id]
+        assert [e for e in events(node, "restored") if e["container"] == pod.container_id]
+        entry = store.Store(node.store).entries("default", "worker")[0]
+        assert entry.manifest.source["pulled_from"] == captured_and_pushed["ref"]
+    finally:
+        pod.delete()
+
+
+def test_a_pull_that_cannot_finish_in_time_cold_starts_and_the_next_pod_restores(cri_lab, captured_and_pushed,
+                                                                                  pod_node):
+    node = settings(pod_node)
+    drop_local(node)
+    set_config(pod_node, pull_timeout_s=0)
+    try:
+        cold = cri_lab.pod("too-slow", IMAGE, COMMAND, env=ENV, annotations=annotations("worker", captured_and_pushed["ref"]))
+        try:
+            answer, _ = cold.wait_answer()
+            assert answer["boot_id"] != captured_and_pushed["answer"]["boot_id"]
+            assert "did not finish within pull_timeout_s" in cold_reason(node, cold)
+            wait_until(lambda: store.Store(node.store).entries("default", "worker"), 60, "background pull")
+        finally:
+            cold.delete()
+        warm = cri_lab.pod("after-background", IMAGE, COMMAND, env=ENV,
+                           annotations=annotations("worker", captured_and_pushed["ref"]))
+        try:
+            assert warm.wait_answer(timeout=30)[0]["boot_id"] == captured_and_pushed["answer"]["boot_id"]
+        finally:
+            warm.delete()
+    finally:
+        set_config(pod_node, pull_timeout_s=60)
+
+
+@pytest.mark.parametrize("ref_of,reason", [
+    (lambda r: f"{r.address}/elsewhere/worker:v1", "does not pull from"),      # not under allowed_registries
+    (lambda r: "not a reference", "invalid rewarm.dev/snapshot-ref"),
+])
+def test_a_ref_the_node_refuses_cold_starts_with_the_reason(cri_lab, captured_and_pushed, pod_node, registry,
+                                                            ref_of, reason):
+    node = settings(pod_node)
+    drop_local(node, "refused")
+    pod = cri_lab.pod("refused", IMAGE, COMMAND, env=ENV, annotations=annotations("refused", ref_of(registry)))
+    try:
+        pod.wait_answer()
+        assert reason in cold_reason(node, pod) and reason in pod.log()
+        assert store.Store(node.store).entries("default", "refused") == []
+    finally:
+        pod.delete()
+
+
+def test_a_pull_while_a_restore_of_the_same_name_runs(cri_lab, captured_and_pushed, pod_node):
+    node = settings(pod_node)
+    wait_until(lambda: store.Store(node.store).entries("default", "worker"), 60, "a local entry")
+    results: dict[str, object] = {}
+
+    def pull() -> None:
+        time.sleep(0.2)
+        results["pull"] = subprocess.run([os.path.join(os.path.dirname(sys.executable), "rewarm"), "pull",
+                                          captured_and_pushed["ref"], "--name", "worker"],
+                                         capture_output=True, text=True, timeout=120)
+    puller = threading.Thread(target=pull)
+    puller.start()
+    pod = cri_lab.pod("restoring", IMAGE, COMMAND, env=ENV, annotations={"rewarm.dev/snapshot": "worker"})
+    try:
+        assert pod.wait_answer(timeout=30)[0]["boot_id"] == captured_and_pushed["answer"]["boot_id"]
+    finally:
+        puller.join()
+        pod.delete()
+    out = results["pull"]
+    assert out.returncode == 0, out.stderr   # type: ignore[attr-defined]
+    entries = store.Store(node.store).entries("default", "worker")
+    assert len(entries) == 1 and not os.listdir(os.path.join(node.store, "tmp"))
+
+
+# --- Podman interop ----------------------------------------------------------------------------
+PODMAN_RUN = ["run", "-d", "--network", "none", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096",
+              "-e", "WARM_SECONDS=1"]
+PODMAN_IMAGE = "localhost/rewarm/warm-worker:podman-registry"
+
+
+@pytest.fixture(scope="module")
+def podman(pod_node, registry, tmp_path_factory):
+    from runtime.lab.oci_image import ImageSpec, python_paths, write_archive
+    work = tmp_path_factory.mktemp("podman-registry")
+    certs = work / "certs" / registry.address
+    certs.mkdir(parents=True)
+    (certs / "ca.crt").write_bytes(open(registry.ca, "rb").read())
+    write_archive(ImageSpec(name=PODMAN_IMAGE, entrypoint=COMMAND, workdir="/app", paths=python_paths(),
+                            trees={"/app": WORKER_DIR},
+                            files={"/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n", "/etc/group": b"root:x:0:\n"}),
+                  str(work / "image.tar"))
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(["podman", "--runtime", "runc", *args], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 or not check, f"podman {' '.join(args)}: {out.stderr}"
+        return out
+    run("load", "-i", str(work / "image.tar"))
+    login = ["--cert-dir", str(certs), "--creds", "rewarm:lab-password"]
+    yield run, login
+    run("rm", "-af", check=False)
+    run("rmi", "-f", PODMAN_IMAGE, check=False)
+
+
+def podman_answer(run, name: str) -> dict:
+    from runtime.adapters import netns_http
+    pid = run("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()
+    # Podman 4.3 restores a --network none container into a network namespace whose loopback is down
+    # (its own checkpoint images too); the worker's restored listener answers once it is up.
+    subprocess.run(["nsenter", "-t", pid, "-n", "ip", "link", "set", "lo", "up"], check=True)
+
+    def ask():
+        status, body = netns_http.request(f"/proc/{pid}/ns/net", "http://127.0.0.1:8080/", timeout=2)
+        return json.loads(body) if status == 200 else None
+    return wait_until(ask, 30, "podman worker")
+
+
+def test_rewarm_restores_what_podman_pushes_and_podman_restores_what_rewarm_pushes(podman, pod_node, registry):
+    run, login = podman
+    node = settings(pod_node)
+    run(*PODMAN_RUN, "--name", "podman-source", PODMAN_IMAGE)
+    warm = podman_answer(run, "podman-source")
+    from_podman = f"{registry.address}/rewarm/podman-checkpoint:v1"
+    run("container", "checkpoint", "--create-image", from_podman, "podman-source")
+    run("push", *login, from_podman)
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "rewarm"), "pull", from_podman,
+                          "--name", "from-podman", "--format", "crio"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    entry = store.Store(node.store).entries("default", "from-podman")[0]
+    assert entry.manifest.source["pulled_from"] == from_podman and entry.manifest.fingerprint.args == tuple(COMMAND)
+
+    to_podman = f"{registry.address}/rewarm/from-rewarm:v1"
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "rewarm"), "push", "from-podman", to_podman,
+                          "--format", "crio"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    run("rm", "-f", "podman-source")
+    run("rmi", "-f", from_podman, check=False)
+    run("pull", *login, to_podman)
+    run("container", "restore", to_podman)
+    restored = podman_answer(run, "podman-source")
+    assert restored["boot_id"] == warm["boot_id"] and restored["served"] == warm["served"] + 1
