@@ -120,7 +120,7 @@ def run_bounded(argv: list[str], env: dict[str, str], timeout: float, capture: b
                 on_lost_criu = None
     if code != 0:
         # A runc that failed or was killed may leave its CRIU working. CRIU notices the lost runc and
-        # undoes what it did (parasite code out of the dumped tasks, cgroups thawed, the network lock
+        # undoes what it did (parasite code out of the dumped tasks, cgroups unfrozen, the network lock
         # lifted), so it gets a moment to do that; only what still runs then is killed.
         drain_until = time.monotonic() + (0 if code is None else GROUP_DRAIN_S)
         while _group_alive(proc.pid) and time.monotonic() < drain_until:
