@@ -79,8 +79,20 @@ install_criu() {
   say "CRIU $CRIU_WANT installed: /usr/local/sbin/criu, plugins in $PLUGIN_DIR"
 }
 
+install_cuda_client() {  # the client of rewarm's resident CUDA helper, CRIU's `cuda-checkpoint`
+  local src; src=$(dirname "$0")/cuda-client/rewarm-cuda-checkpoint.c
+  local bin=$PREFIX/bin/rewarm-cuda-checkpoint
+  [ -f "$src" ] || return 0
+  if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ]; then
+    mkdir -p "$PREFIX/bin"
+    cc -O2 -Wall -o "$bin.new" "$src" && mv "$bin.new" "$bin"
+    say "built $bin"
+  fi
+}
+
 [ -f /etc/debian_version ] || { say "only Debian 12/13 are supported by this script"; exit 1; }
 say "Debian $(cat /etc/debian_version), kernel $(uname -r)"
 apt_install "${APT_PACKAGES[@]}"
 install_criu
+install_cuda_client
 say "runc $(runc --version | awk 'NR==1 {print $3}'), containerd $(containerd --version | awk '{print $3}')"

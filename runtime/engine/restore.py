@@ -135,6 +135,9 @@ def pick_fitting_entry(r: Restore) -> None:
         raise NotRestorable(f"snapshot {r.what} does not fit this container: "
                             + "; ".join(fingerprint.differences(newest, here)))
     entry = fitting[0]
+    if entry.manifest.fingerprint.gpu:
+        from runtime.gpu import helper
+        helper.ensure_running()     # its driver init overlaps the checks and CRIU's memory stage
     r.held.enter_context(r.store.reading(entry.namespace, entry.name))
     if not os.path.isdir(entry.path):
         raise NotRestorable(f"snapshot {r.what} was replaced or removed while this restore began")
@@ -320,14 +323,27 @@ def gpu_env(entry: Entry, spec: Spec, work: str) -> dict[str, str]:
     return {cuda_env.DEVICE_MAP: format_device_map(pairs), cuda_env.TIMING_LOG: os.path.join(work, CUDA_TIMING)}
 
 
+# The cuda-checkpoint steps (runtime/gpu/cuda_cli.py writes one line per step) and their stage names.
+CUDA_STAGES = {"restore": "cuda_restore", "unlock": "cuda_unlock", "get-restore-tid": "cuda_query",
+               "get-state": "cuda_query", "driver-init": "cuda_driver_init", "driver-init-wait": "cuda_driver_init"}
+
+
 def cuda_split(work: str, total: float) -> dict[str, float]:
-    """Split the runtime's restore into CRIU (memory, files, ...) and CUDA restore + unlock."""
+    """Split the runtime's restore into CRIU (memory, files, ...) and the CUDA steps: driver init
+    (or the wait for the resident helper's), queries, restore (the copy back to the GPU), unlock."""
+    stages: dict[str, float] = {}
     try:
         with open(os.path.join(work, CUDA_TIMING)) as f:
-            cuda = sum(float(line.split()[2]) for line in f if line.split()[0] in ("restore", "unlock"))
-    except (OSError, IndexError, ValueError):
+            for line in f:
+                step, _, seconds = line.split()
+                if step in CUDA_STAGES:
+                    stages[CUDA_STAGES[step]] = stages.get(CUDA_STAGES[step], 0.0) + float(seconds)
+    except (OSError, ValueError):
         return {}
-    return {"cuda_restore": round(cuda, 3), "criu": round(total - cuda, 3)}
+    if not stages:
+        return {}
+    cuda = sum(stages.values())
+    return {**{k: round(v, 3) for k, v in stages.items()}, "cuda": round(cuda, 3), "criu": round(total - cuda, 3)}
 
 
 def name_entry(r: Restore, entry_path: str | None) -> None:

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Callable, Mapping, NoReturn
 
 from runtime.gpu.driver import Driver, ProcessState
 from runtime.model import cuda_env
@@ -31,10 +32,21 @@ def format_device_map(pairs: dict[str, str]) -> str:
     return ",".join(f"{old}={new}" for old, new in pairs.items())
 
 
+class UsageError(ValueError):
+    """A bad command line (argparse's errors, raised instead of exiting: the helper serves many)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.format_usage().strip()}\n{self.prog}: error: {message}")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cuda-checkpoint", description="Checkpoint and restore the CUDA state of a process.")
+    p = _Parser(prog="cuda-checkpoint", description="Checkpoint and restore the CUDA state of a process.",
+                add_help=False)
+    p.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     p.add_argument("--pid", type=int, help="process to act on")
-    what = p.add_mutually_exclusive_group(required=True)
+    what = p.add_mutually_exclusive_group()
     what.add_argument("--action", choices=["lock", "checkpoint", "restore", "unlock"], help="one step of the sequence")
     what.add_argument("--get-state", action="store_true", help="print running, locked, checkpointed or failed")
     what.add_argument("--get-restore-tid", action="store_true", help="print the thread id that performs restore")
@@ -44,15 +56,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(a: argparse.Namespace) -> str:
-    timeout = a.timeout if a.timeout is not None else int(os.environ.get(cuda_env.LOCK_TIMEOUT_MS, "0"))
-    device_map = parse_device_map(a.device_map if a.device_map is not None else os.environ.get(cuda_env.DEVICE_MAP, ""))
-    driver = Driver()
+def run(a: argparse.Namespace, env: Mapping[str, str], driver: Driver) -> str:
+    """One command on a loaded driver: what it prints. `env` holds the REWARM_CUDA_* variables."""
+    timeout = a.timeout if a.timeout is not None else int(env.get(cuda_env.LOCK_TIMEOUT_MS, "0"))
+    device_map = parse_device_map(a.device_map if a.device_map is not None else env.get(cuda_env.DEVICE_MAP, ""))
     pid = a.pid
-    if a.get_state:
-        return driver.state(pid).name.lower()
-    if a.get_restore_tid:
-        return str(driver.restore_thread_id(pid))
+    if a.get_state or a.get_restore_tid:
+        started = time.monotonic()
+        out = driver.state(pid).name.lower() if a.get_state else str(driver.restore_thread_id(pid))
+        log_timing(env, "get-state" if a.get_state else "get-restore-tid", pid, time.monotonic() - started)
+        return out
     if a.toggle:
         if driver.state(pid) == ProcessState.RUNNING:
             driver.lock(pid, timeout)
@@ -65,23 +78,46 @@ def run(a: argparse.Namespace) -> str:
             "restore": lambda: driver.restore(pid, device_map), "unlock": lambda: driver.unlock(pid)}
     started = time.monotonic()
     step[a.action]()
-    if os.environ.get(cuda_env.TIMING_LOG):
-        with open(os.environ[cuda_env.TIMING_LOG], "a") as f:
-            f.write(f"{a.action} {pid} {time.monotonic() - started:.3f}\n")
+    log_timing(env, a.action, pid, time.monotonic() - started)
     return ""
 
 
-def main(argv: list[str] | None = None) -> None:
-    a = parser().parse_args(argv)
-    if a.pid is None:
-        parser().error("--pid is required")
+def log_timing(env: Mapping[str, str], what: str, pid: int, seconds: float) -> None:
+    """One line per step into the restore's timing log: the engine splits its stages with them."""
+    if env.get(cuda_env.TIMING_LOG):
+        with open(env[cuda_env.TIMING_LOG], "a") as f:
+            f.write(f"{what} {pid} {seconds:.3f}\n")
+
+
+def execute(argv: list[str], env: Mapping[str, str], driver: Callable[[], Driver]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of one command line. `driver` gives the loaded driver; it is
+    asked for only when a command needs it (help and usage errors do not)."""
     try:
-        out = run(a)
+        a = parser().parse_args(argv)
+        if a.help:
+            return 0, parser().format_help(), ""
+        if a.pid is None or not (a.action or a.get_state or a.get_restore_tid or a.toggle):
+            parser().error("--pid and one of --action, --get-state, --get-restore-tid, --toggle are required")
+    except UsageError as e:
+        return 2, "", f"{e}\n"
+    try:
+        out = run(a, env, driver())
     except (CudaError, ValueError) as e:
-        print(f"cuda-checkpoint: {e}", file=sys.stderr)
-        sys.exit(1)
-    if out:
-        print(out)
+        return 1, "", f"cuda-checkpoint: {e}\n"
+    return 0, f"{out}\n" if out else "", ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command run directly (no resident helper): the driver is loaded for this one call."""
+    def loaded() -> Driver:
+        started = time.monotonic()
+        driver = Driver()
+        log_timing(os.environ, "driver-init", os.getpid(), time.monotonic() - started)
+        return driver
+    code, out, err = execute(sys.argv[1:] if argv is None else argv, os.environ, loaded)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
