@@ -1,17 +1,20 @@
 """llm-worker: an OpenAI-compatible completions server that starts the way real inference workers
 do: import torch and transformers, load a Llama-architecture model from safetensors on local disk,
-move it to the device, reserve GPU memory for a KV cache (as vLLM does), optionally compile, and
-warm up with generations. Then it writes rewarm's ready file and serves.
+move it to the device, reserve GPU memory (as vLLM does), allocate a static KV cache and capture a
+CUDA graph of the decode step for each batch size (as vLLM does), and warm up. Then it writes
+rewarm's ready file and serves, decoding through the captured graphs (decoder.py).
 
-  POST /v1/completions  {"prompt": str, "max_tokens": int}  greedy; OpenAI's response shape, with
-                        the boot id as system_fingerprint (a restored copy keeps its source's)
+  POST /v1/completions  {"prompt": str or [str, ...], "max_tokens": int}  greedy; OpenAI's response
+                        shape, with the boot id as system_fingerprint (a restored copy keeps its
+                        source's) and the request's own timing (prefill, decode)
   GET  /health          status, boot id, the start's stages in seconds
-  POST /sleep           quiesce for a capture: free the KV reserve and cached allocator blocks
-  POST /wake_up         take the KV reserve again (after a capture, or in a restored copy)
+  POST /sleep           quiesce for a capture: free the memory reserve and cached allocator blocks
+  POST /wake_up         take the memory reserve again (after a capture, or in a restored copy)
 
-Env: MODEL_DIR (/models/llm), DEVICE (cuda if available, else cpu), COMPILE (0; 1 = torch.compile),
-KV_CACHE_GB (0), PORT (8000), READY_FILE (/run/rewarm/ready), THREADS (CPU threads).
-The tokenizer is bytes (id = byte + 3): the weights are random, so only speed and state matter.
+Env: MODEL_DIR (/models/llm), DEVICE (cuda if available, else cpu), KV_CACHE_GB (0: the reserve),
+MAX_BATCH (8), MAX_LEN (1024), GRAPH_SIZES (1,2,4,8), PORT (8000), READY_FILE (/run/rewarm/ready),
+THREADS (CPU threads). The tokenizer is bytes (id = byte + 3): the weights are random, so only speed
+and state matter.
 """
 import ctypes
 import gc
@@ -25,11 +28,9 @@ import uuid
 
 START = time.time()
 STAGES = {}
-# torch.compile in this process by default, not in a pool of compile workers that would be captured
-# too (set TORCHINDUCTOR_COMPILE_THREADS to compile in parallel)
-os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 import torch  # noqa: E402  (imports are part of a worker's start)
 import transformers  # noqa: E402
+from decoder import StaticDecoder  # noqa: E402
 STAGES["import"] = round(time.time() - START, 2)
 
 BOOT_ID = uuid.uuid4().hex
@@ -65,7 +66,7 @@ def load_model():
 
 
 class KvReserve:
-    """GPU memory held for the KV cache, the way vLLM reserves it up front."""
+    """GPU memory held up front, the way vLLM reserves it for its KV cache (released for a capture)."""
     def __init__(self, gib):
         self.gib, self.block = gib, None
 
@@ -77,32 +78,25 @@ class KvReserve:
         self.block = None
 
 
-@timed("compile")
-def compile_model(model):
-    if os.environ.get("COMPILE") != "1":
-        return model, False
-    try:
-        model.forward = torch.compile(model.forward, dynamic=True)
-        generate(model, "compile", 4)
-        return model, True
-    except Exception as e:  # a worker that cannot compile still serves, eagerly
-        print(f"torch.compile unavailable ({type(e).__name__}: {e}); serving eagerly", flush=True)
-        model.forward = model.forward.__wrapped__ if hasattr(model.forward, "__wrapped__") else model.forward
-        return model, False
+@timed("graphs")
+def capture_graphs(decoder):
+    sizes = [int(b) for b in os.environ.get("GRAPH_SIZES", "1,2,4,8").split(",") if b.strip()]
+    decoder.capture_graphs([b for b in sizes if b <= decoder.max_batch])
 
 
-@torch.inference_mode()
-def generate(model, prompt, max_tokens):
-    ids = torch.tensor([[b + 3 for b in prompt.encode()[-512:]] or [3]], device=DEVICE)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False,
-                         pad_token_id=0)
-    return out[0, ids.shape[1]:].tolist()
+def encode(text):
+    return [b + 3 for b in text.encode()] or [3]
+
+
+def generate(prompts, max_tokens):
+    return DECODER.generate([encode(p) for p in prompts], max_tokens)
 
 
 @timed("warmup")
-def warm_up(model):
+def warm_up():
     for n in (8, 32, 64):
-        generate(model, "warm up " * n, 8)
+        generate(["warm up " * n], 8)
+    generate(["warm up"] * DECODER.max_batch, 8)
 
 
 def quiesce():
@@ -122,9 +116,11 @@ KV = KvReserve(KV_CACHE_GB)
 t = time.time()
 KV.take()
 STAGES["kv_reserve"] = round(time.time() - t, 2)
-MODEL, COMPILED = compile_model(MODEL)
-warm_up(MODEL)
+DECODER = StaticDecoder(MODEL, int(os.environ.get("MAX_BATCH", "8")), int(os.environ.get("MAX_LEN", "1024")))
+capture_graphs(DECODER)
+warm_up()
 PARAMS = sum(p.numel() for p in MODEL.parameters())
+SERVED = {"requests": 0}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -139,8 +135,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/health"):
             self._send(200, {"status": "ok", "boot_id": BOOT_ID, "ready_seconds": READY_SECONDS, "stages": STAGES,
-                             "device": DEVICE, "params": PARAMS, "compiled": COMPILED,
-                             "kv_reserved_gb": KV.gib if KV.block is not None else 0})
+                             "device": DEVICE, "params": PARAMS, "cuda_graphs": sorted(DECODER.graphs),
+                             "kv_reserved_gb": KV.gib if KV.block is not None else 0, **SERVED})
         else:
             self._send(404, {"error": "not found"})
 
@@ -149,20 +145,27 @@ class Handler(http.server.BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(length) or b"{}")
         if self.path == "/v1/completions":
             t = time.time()
-            tokens = generate(MODEL, str(request.get("prompt", "")), int(request.get("max_tokens", 16)))
-            print(f"completion of {len(tokens)} tokens in {time.time() - t:.3f}s", flush=True)
+            prompt = request.get("prompt", "")
+            prompts = [str(p) for p in prompt] if isinstance(prompt, list) else [str(prompt)]
+            outputs = generate(prompts, int(request.get("max_tokens", 16)))
+            seconds = round(time.time() - t, 4)
+            SERVED["requests"] += 1
+            print(f"completion of {len(prompts)} x {len(outputs[0])} tokens in {seconds:.3f}s", flush=True)
             self._send(200, {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion",
                              "created": int(time.time()), "model": MODEL_DIR, "system_fingerprint": BOOT_ID,
-                             "choices": [{"index": 0, "text": bytes((i - 3) % 256 for i in tokens).decode("latin-1"),
-                                          "token_ids": tokens, "finish_reason": "length", "logprobs": None}],
-                             "usage": {"prompt_tokens": len(str(request.get("prompt", "")).encode()),
-                                       "completion_tokens": len(tokens)}})
+                             "choices": [{"index": n, "text": bytes((i - 3) % 256 for i in tokens).decode("latin-1"),
+                                          "token_ids": tokens, "finish_reason": "length", "logprobs": None}
+                                         for n, tokens in enumerate(outputs)],
+                             "usage": {"prompt_tokens": sum(len(p.encode()) for p in prompts),
+                                       "completion_tokens": sum(len(o) for o in outputs)},
+                             "timing": {"seconds": seconds}})
         elif self.path == "/sleep":
             quiesce()
             self._send(200, {"sleeping": True})
         elif self.path == "/wake_up":
+            t = time.time()
             KV.take()
-            self._send(200, {"sleeping": False})
+            self._send(200, {"sleeping": False, "seconds": round(time.time() - t, 4)})
         else:
             self._send(404, {"error": "not found"})
 

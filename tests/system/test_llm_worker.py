@@ -17,6 +17,7 @@ import deps  # noqa: E402
 
 PORT = 8000
 PROMPT = {"prompt": "Restore beats a cold start because", "max_tokens": 12}
+BATCH = {"prompt": ["a warm worker", PROMPT["prompt"], "x"], "max_tokens": 12}   # decoded as one batch
 ANNOTATIONS = {"rewarm.dev/snapshot": "llm-tiny", "rewarm.dev/quiesce-http": f"http://127.0.0.1:{PORT}/sleep",
                "rewarm.dev/resume-http": f"http://127.0.0.1:{PORT}/wake_up"}
 
@@ -50,6 +51,8 @@ def test_restored_llm_worker_completes_like_the_captured_one(node, tmp_path, mod
         assert health["stages"]["load"] > 0 and health["params"] > 10_000_000
         first = cold.post("/v1/completions", PROMPT)
         assert first["object"] == "text_completion" and len(first["choices"][0]["token_ids"]) == 12
+        batch = cold.post("/v1/completions", BATCH)
+        assert len(batch["choices"]) == 3 and batch["choices"][1]["token_ids"] == first["choices"][0]["token_ids"]
         entry = capture.capture(node, lab.runc_root, cold.cid, "llm-tiny", leave_running=True)
         assert cold.post("/v1/completions", PROMPT)["choices"] == first["choices"]   # resumed, still serving
         restored = lab.create("restored", llm_worker(lab, model_dir))
@@ -59,6 +62,8 @@ def test_restored_llm_worker_completes_like_the_captured_one(node, tmp_path, mod
         answer = restored.post("/v1/completions", PROMPT)
         assert answer["system_fingerprint"] == first["system_fingerprint"]
         assert answer["choices"][0]["token_ids"] == first["choices"][0]["token_ids"]     # same weights, same greedy path
+        assert [c["token_ids"] for c in restored.post("/v1/completions", BATCH)["choices"]] == \
+            [c["token_ids"] for c in batch["choices"]]
         assert "restored" in restored.runtime_log() and entry.manifest.capture.checkpoint_bytes > 0
     finally:
         lab.close()
