@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from runtime.adapters import archive, rootfs_diff, store
 from runtime.adapters.files import read_json
-from runtime.engine import fingerprinting
+from runtime.engine import fingerprinting, warm
 from runtime.model import layout
 from runtime.model.errors import ArchiveError, NotRestorable
 from runtime.model.manifest import CaptureInfo, Manifest, RootfsInfo
@@ -60,7 +60,7 @@ def import_archive(settings: Settings, archive_path: str, name: str, namespace: 
         fp = fingerprinting.of_container(spec, settings)
         images = os.path.join(staging, layout.CHECKPOINT_DIR)
         deleted = read_json(deleted_path)
-        return st.commit(staging, Manifest(
+        entry = st.commit(staging, Manifest(
             namespace=namespace, name=name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             fingerprint=fp, fingerprint_id=fp.ident(),
             source={"container_id": str(config.get("id") or spec.get("hostname") or "imported"),
@@ -70,6 +70,8 @@ def import_archive(settings: Settings, archive_path: str, name: str, namespace: 
                                                      for f in os.listdir(images))),
             annotations={"org.criu.checkpoint.engine": str(config.get("runtimeName") or "imported"),
                          "org.criu.checkpoint.kernel": fp.kernel, "org.criu.checkpoint.arch": fp.arch}))
+    warm.after(settings, "import", entry)
+    return entry
 
 
 def export_archive(settings: Settings, name: str, namespace: str, archive_path: str) -> store.Entry:

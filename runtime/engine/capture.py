@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from runtime.adapters import criu, logs, netlock, rootfs_diff, sockets, store, worker_hooks
 from runtime.adapters.files import read_json, write_json
 from runtime.adapters.runc import Runc, run_bounded
-from runtime.engine import fingerprinting
+from runtime.engine import fingerprinting, warm
 from runtime.model import annotations as ann
 from runtime.model import layout, oci_spec
 from runtime.model.errors import CaptureFailed, CudaError, RewarmError, StoreError, WorkerHookFailed
@@ -250,6 +250,7 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
                seconds=round(time.monotonic() - c.started, 3), bytes=entry.size())
     if not leave_running:
         stop_source(c)
+    warm.after(settings, "capture", entry)
     return entry
 
 

@@ -23,7 +23,7 @@ from runtime.adapters import logs, settings_file, store
 from runtime.adapters.registry import crio, native, transfer
 from runtime.adapters.registry.client import Client
 from runtime.adapters.registry.progress import Progress
-from runtime.engine import fingerprinting
+from runtime.engine import fingerprinting, warm
 from runtime.model import annotations as ann
 from runtime.model import fingerprint, registry_ref
 from runtime.model.errors import InvalidInput, NotRestorable, RegistryError, RewarmError
@@ -69,6 +69,7 @@ def pull(settings: Settings, ref_text: str, name: str, namespace: str = "default
         logs.event(settings.event_log, EventKind.PULLED, namespace=namespace, snapshot=name, ref=str(ref),
                    digest=result.digest, entry=result.entry.ident, bytes=result.progress.moved,
                    seconds=round(result.progress.seconds(), 3), **({"container": container} if container else {}))
+        warm.after(settings, "pull", result.entry)
     return result
 
 

@@ -56,10 +56,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(a: argparse.Namespace, env: Mapping[str, str], driver: Driver) -> str:
-    """One command on a loaded driver: what it prints. `env` holds the REWARM_CUDA_* variables."""
+def run(a: argparse.Namespace, env: Mapping[str, str], loaded: Callable[[], Driver]) -> str:
+    """One command: what it prints. `env` holds the REWARM_CUDA_* variables; the driver is asked for
+    only after the command line and the environment were found sound."""
     timeout = a.timeout if a.timeout is not None else int(env.get(cuda_env.LOCK_TIMEOUT_MS, "0"))
     device_map = parse_device_map(a.device_map if a.device_map is not None else env.get(cuda_env.DEVICE_MAP, ""))
+    driver = loaded()
     pid = a.pid
     if a.get_state or a.get_restore_tid:
         started = time.monotonic()
@@ -101,7 +103,7 @@ def execute(argv: list[str], env: Mapping[str, str], driver: Callable[[], Driver
     except UsageError as e:
         return 2, "", f"{e}\n"
     try:
-        out = run(a, env, driver())
+        out = run(a, env, driver)
     except (CudaError, ValueError) as e:
         return 1, "", f"cuda-checkpoint: {e}\n"
     return 0, f"{out}\n" if out else "", ""

@@ -19,6 +19,7 @@ class EventKind(Enum):
     PUSH_FAILED = "push-failed"
     PRESTART = "prestart"                 # rewarm-hook prestart prepared a restore
     STOPPED = "stopped"                   # rewarm-hook poststop: the container is gone
+    WARMED = "warmed"                     # an entry was read into the page cache
 
 
 class Outcome(Enum):

@@ -17,6 +17,14 @@ class Verify(Enum):
     SIZE = "size"        # sizes only
 
 
+def _default_restore_threads() -> int:
+    import os
+    return min(16, os.cpu_count() or 1)
+
+
+WARM_AFTER = ("capture", "import", "pull")   # the events after which warm_after may read an entry in
+
+
 def _default_env_ignore() -> tuple[str, ...]:
     return ("HOSTNAME", "KUBERNETES_*", "*_SERVICE_HOST", "*_SERVICE_PORT", "*_SERVICE_PORT_*", "*_PORT", "*_PORT_*")
 
@@ -42,6 +50,8 @@ class Settings:
     metrics_file: str = "/var/lib/node_exporter/textfile_collector/rewarm.prom"  # Prometheus text file ("" = none)
     prefetch_threads: int = 0                   # readers that pull page images into the page cache ahead of CRIU
     import_max_ratio: int = 100                 # an imported archive may unpack to this many times its size
+    restore_threads: int = field(default_factory=_default_restore_threads)  # CRIU's readers filling memory (1: stock)
+    warm_after: tuple[str, ...] = ()            # read a new entry into the page cache after these (WARM_AFTER)
     # Registries (push, pull, rewarm.dev/snapshot-ref)
     pull_timeout_s: int = 60                    # longest a create waits for a pull on a miss (then cold start)
     allowed_registries: tuple[str, ...] = ()    # HOST[:PORT] or HOST[:PORT]/REPO-PREFIX that pods may pull from
@@ -86,4 +96,10 @@ def from_mapping(raw: Any, source: str = "(given)") -> Settings:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SettingsError(f"rewarm config {source}: unknown keys {', '.join(unknown)}")
-    return Settings(**{k: _coerce(k, v, getattr(defaults, k), source) for k, v in raw.items()})
+    settings = Settings(**{k: _coerce(k, v, getattr(defaults, k), source) for k, v in raw.items()})
+    odd = sorted(set(settings.warm_after) - set(WARM_AFTER))
+    if odd:
+        raise SettingsError(f"rewarm config {source}: warm_after may name {', '.join(WARM_AFTER)}, not {odd[0]!r}")
+    if not 1 <= settings.restore_threads <= 64:
+        raise SettingsError(f"rewarm config {source}: restore_threads must be 1 to 64")
+    return settings

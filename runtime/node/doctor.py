@@ -80,6 +80,19 @@ def _node(cfg: Settings) -> list[Check]:
     return out
 
 
+def _snapshots(cfg: Settings) -> list[Check]:
+    """How much of each snapshot is in the page cache: a warm one restores at memory speed."""
+    from runtime.adapters import store
+    from runtime.engine import warm
+    out: list[Check] = []
+    for e in store.Store(cfg.store).all_entries() if os.path.isdir(cfg.store) else []:
+        size, resident = e.size(), warm.resident(e)
+        out.append(("OK", f"snapshot {e.namespace}/{e.name}",
+                    f"{size / 1e9:.2f} GB, {100 * resident / max(size, 1):.0f}% in the page cache"
+                    + ("" if resident >= size else " (`rewarm warm` reads it in)")))
+    return out
+
+
 def _handler(cfg: Settings) -> list[Check]:
     """Is rewarm a runtime handler of the node's containerd, pointing at a rewarm-runc with its engine?"""
     from runtime.node import install
@@ -108,7 +121,8 @@ def _gpu(cfg: Settings) -> list[Check]:
         return [("WARN", "GPU", f"GPU support not available: {e}")]
 
 
-CHECKS: list[Callable[[Settings], list[Check]]] = [_config, _runtime, _criu, _store, _node, _handler, _gpu]
+CHECKS: list[Callable[[Settings], list[Check]]] = [_config, _runtime, _criu, _store, _snapshots, _node, _handler,
+                                                   _gpu]
 
 
 def run(cfg: Settings, as_json: bool = False) -> int:

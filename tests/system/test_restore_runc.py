@@ -151,6 +151,14 @@ def test_the_operator_commands_list_inspect_and_remove_snapshots(lab, node, warm
     assert captured.returncode == 0 and "captured team-a/cli-snap" in captured.stdout, captured.stderr
     listing = rewarm_cli("ls")
     assert "team-a" in listing.stdout and "cli-snap" in listing.stdout and "warm" in listing.stdout
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1\n")                                     # the snapshot's files leave the page cache
+    warmed = rewarm_cli("warm", "cli-snap", "--namespace", "team-a", "--threads", "4")
+    assert warmed.returncode == 0 and "warmed team-a/cli-snap" in warmed.stdout, warmed.stderr
+    assert "100% now" in warmed.stdout and "100% before" not in warmed.stdout, warmed.stdout
+    doctor = rewarm_cli("doctor").stdout
+    assert "snapshot team-a/cli-snap" in doctor and "100% in the page cache" in doctor, doctor
     inspected = json.loads(rewarm_cli("inspect", "cli-snap", "--namespace", "team-a").stdout)
     assert inspected[0]["manifest"]["source"]["container_id"] == src.cid
     assert rewarm_cli("capture", "--root", lab.runc_root, "no-such", "--name", "x").returncode == 1

@@ -1,0 +1,63 @@
+"""A snapshot's files and the kernel's page cache: read them in ahead of a restore with parallel
+readers (a restore then fills memory at memory speed instead of the disk's), and measure how much
+of them is resident (mincore over a mapping of each file, a window at a time)."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
+
+CHUNK = 16 << 20            # one read of a reader; large enough that each is one sequential I/O
+WINDOW = 1 << 30            # mincore looks at this much of a file at a time
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _read_range(item: tuple[str, int]) -> int:
+    path, offset = item
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return len(os.pread(fd, CHUNK, offset))
+    finally:
+        os.close(fd)
+
+
+def warm(paths: Iterable[str], threads: int) -> int:
+    """Read every byte of these files with `threads` parallel readers; returns the bytes read."""
+    ranges = [(p, off) for p in paths for off in range(0, os.path.getsize(p), CHUNK)]
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return sum(pool.map(_read_range, ranges))
+
+
+def resident_bytes(path: str) -> int:
+    """Bytes of the file that are in the page cache now."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        resident = 0
+        for offset in range(0, size, WINDOW):
+            length = min(WINDOW, size - offset)
+            addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
+            if addr in (None, MAP_FAILED):
+                raise OSError(ctypes.get_errno(), f"mmap {path}: {os.strerror(ctypes.get_errno())}")
+            try:
+                vec = ctypes.create_string_buffer((length + PAGE - 1) // PAGE)
+                if _libc.mincore(addr, length, vec) != 0:
+                    raise OSError(ctypes.get_errno(), f"mincore {path}: {os.strerror(ctypes.get_errno())}")
+                resident += (len(vec.raw) - vec.raw.count(0)) * PAGE
+            finally:
+                _libc.munmap(addr, length)
+        return min(resident, size)
+    finally:
+        os.close(fd)

@@ -1,0 +1,43 @@
+"""Warm snapshots: an entry's files read into the page cache ahead of the restores that will need
+them (`rewarm warm`, and `warm_after` after a capture, import or pull), and how much of an entry
+is resident (`rewarm doctor`)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from runtime.adapters import logs, page_cache
+from runtime.adapters.store import Entry
+from runtime.model.events import EventKind
+from runtime.model.settings import Settings
+
+
+@dataclass(frozen=True)
+class Warmed:
+    bytes_read: int
+    seconds: float
+    resident_before: int
+    resident_after: int
+
+
+def files_of(entry: Entry) -> list[str]:
+    return [entry.file(rel) for rel in entry.manifest.files]
+
+
+def resident(entry: Entry) -> int:
+    return sum(page_cache.resident_bytes(path) for path in files_of(entry))
+
+
+def warm(entry: Entry, threads: int) -> Warmed:
+    before = resident(entry)
+    t = time.monotonic()
+    read = page_cache.warm(files_of(entry), threads)
+    return Warmed(read, time.monotonic() - t, before, resident(entry))
+
+
+def after(settings: Settings, event: str, entry: Entry) -> None:
+    """Warm a new entry if the config asks for it after this event (capture, import, pull)."""
+    if event in settings.warm_after:
+        done = warm(entry, settings.restore_threads)
+        logs.event(settings.event_log, EventKind.WARMED, namespace=entry.namespace, snapshot=entry.name,
+                   entry=entry.ident, after=event, bytes=done.bytes_read, seconds=round(done.seconds, 3))
