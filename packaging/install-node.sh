@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # Installs what a rewarm node needs on Debian 12 or 13: runc, iptables, containerd, CNI plugins and
-# CRIU >= 4.2 with its CUDA plugin. Idempotent: a second run changes nothing and says so.
-# CRIU is built from Debian's source package when the distribution's CRIU is too old or fails
-# `criu check` (bookworm's 3.17 dies on new kernels, trixie's 4.1 cannot dump inet sockets).
+# CRIU 4.2.1 with rewarm's parallel memory restore (packaging/criu/parallel-restore.patch) and its
+# CUDA plugin, and the client of rewarm's CUDA helper. Idempotent: a second run changes nothing.
+# CRIU is built from Debian's pristine upstream tarball (checksum pinned) plus the patch; the build
+# directory is named by the patch's hash, so a changed patch means a new build.
+#   --keep-source DIR   also keep the built source tree there (the tests run CRIU's zdtm from it)
 set -euo pipefail
 
-CRIU_MIN=4.2
-CRIU_WANT=${REWARM_CRIU_VERSION:-4.2.1}          # the version we build when we must build
-PREFIX=${REWARM_PREFIX:-/opt/rewarm}                 # CRIU build + plugin dir live here
-CRIU_SHA256=${REWARM_CRIU_SHA256:-29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9}
-CRIU_DIR=$PREFIX/criu-$CRIU_WANT
+CRIU_WANT=4.2.1                                    # the version the patch is written for
+CRIU_SHA256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
+PREFIX=/opt/rewarm                                 # CRIU build, plugin dir and helper client live here
+HERE=$(cd "$(dirname "$0")" && pwd)
+PATCH=$HERE/criu/parallel-restore.patch
+PATCH_ID=$(sha256sum "$PATCH" | cut -c1-12)
+CRIU_DIR=$PREFIX/criu-$CRIU_WANT-$PATCH_ID
 PLUGIN_DIR=$PREFIX/criu-plugins
+KEEP_SOURCE=
+[ "${1:-}" = --keep-source ] && KEEP_SOURCE=${2:?--keep-source needs a directory}
 APT_PACKAGES=(runc iptables containerd containernetworking-plugins busybox-static python3 python3-venv python3-dev gcc)
 CRIU_BUILD_DEPS=(build-essential libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libaio-dev
   pkg-config uuid-dev libnftables-dev libdrm-dev libprotobuf-dev xz-utils dpkg-dev)
 
 say() { printf 'rewarm-install: %s\n' "$*"; }
-version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 
 apt_updated=0
 apt_install() {
@@ -29,10 +34,8 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-criu_usable() {  # $1 = criu binary
-  local v
-  v=$("$1" --version 2>/dev/null | awk '/^Version:/ {print $2}') || return 1
-  [ -n "$v" ] && version_ge "$v" "$CRIU_MIN" && "$1" check >/dev/null 2>&1
+criu_usable() {  # $1 = criu binary: rewarm's build (parallel fill), and `criu check` passes
+  "$1" --version 2>/dev/null | grep -q '^Parallel-fill:' && "$1" check >/dev/null 2>&1
 }
 
 build_criu() {
@@ -53,20 +56,28 @@ build_criu() {
   echo "$CRIU_SHA256  $tarball" | sha256sum -c --quiet - || { say "CRIU tarball checksum mismatch"; exit 1; }
   tar -C "$work" -xf "$tarball"
   local tree; tree=$(find "$work" -maxdepth 1 -type d -name 'criu-*' | head -n1)
+  patch -d "$tree" -p1 -s < "$PATCH"
   make -C "$tree" -j"$(nproc)" criu >/dev/null
   make -C "$tree/plugins/cuda" ARCH=x86 >/dev/null 2>&1 || say "CUDA plugin did not build (no GPU support)"
   mkdir -p "$CRIU_DIR"
   install -m 0755 "$tree/criu/criu" "$CRIU_DIR/criu"
   [ -f "$tree/plugins/cuda/cuda_plugin.so" ] && install -m 0644 "$tree/plugins/cuda/cuda_plugin.so" "$CRIU_DIR/"
+  if [ -n "$KEEP_SOURCE" ]; then
+    rm -rf "$KEEP_SOURCE"
+    mkdir -p "$(dirname "$KEEP_SOURCE")"
+    mv "$tree" "$KEEP_SOURCE"
+    touch "$KEEP_SOURCE/.rewarm-$PATCH_ID"
+  fi
   rm -rf "$work"
 }
 
 install_criu() {
-  if command -v criu >/dev/null && criu_usable "$(command -v criu)" && [ -f "$PLUGIN_DIR/cuda_plugin.so" ]; then
-    say "CRIU $(criu --version | awk '/^Version:/ {print $2}') already usable: $(command -v criu)"
+  if [ "$(readlink -f /usr/local/sbin/criu 2>/dev/null)" = "$CRIU_DIR/criu" ] && criu_usable /usr/local/sbin/criu \
+     && [ -f "$PLUGIN_DIR/cuda_plugin.so" ] && { [ -z "$KEEP_SOURCE" ] || [ -f "$KEEP_SOURCE/.rewarm-$PATCH_ID" ]; }; then
+    say "CRIU $CRIU_WANT with the parallel fill already installed: /usr/local/sbin/criu -> $CRIU_DIR/criu"
     return
   fi
-  if [ ! -x "$CRIU_DIR/criu" ]; then
+  if [ ! -x "$CRIU_DIR/criu" ] || { [ -n "$KEEP_SOURCE" ] && [ ! -f "$KEEP_SOURCE/.rewarm-$PATCH_ID" ]; }; then
     build_criu
   fi
   # Runtime libraries of our build (same as the build deps' runtime halves).
@@ -76,11 +87,11 @@ install_criu() {
   [ -f "$CRIU_DIR/cuda_plugin.so" ] && ln -sf "$CRIU_DIR/cuda_plugin.so" "$PLUGIN_DIR/cuda_plugin.so"
   hash -r
   criu_usable /usr/local/sbin/criu || { say "CRIU at /usr/local/sbin/criu fails 'criu check'"; exit 1; }
-  say "CRIU $CRIU_WANT installed: /usr/local/sbin/criu, plugins in $PLUGIN_DIR"
+  say "CRIU $CRIU_WANT with the parallel fill installed: /usr/local/sbin/criu -> $CRIU_DIR/criu, plugins in $PLUGIN_DIR"
 }
 
 install_cuda_client() {  # the client of rewarm's resident CUDA helper, CRIU's `cuda-checkpoint`
-  local src; src=$(dirname "$0")/cuda-client/rewarm-cuda-checkpoint.c
+  local src=$HERE/cuda-client/rewarm-cuda-checkpoint.c
   local bin=$PREFIX/bin/rewarm-cuda-checkpoint
   [ -f "$src" ] || return 0
   if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ]; then

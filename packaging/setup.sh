@@ -5,7 +5,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-bash packaging/install-node.sh
+# The tests run CRIU's own zdtm suite against the patched build: keep its source tree.
+bash packaging/install-node.sh --keep-source /opt/rewarm/criu-src
 # For the tests only (a rewarm node needs none of them): Podman (hooks.d, checkpoint archives and
 # images), Docker's engine and Debian's OCI registry (run through testcontainers by
 # runtime/lab/registry_lab.py, which starts a private dockerd), htpasswd and openssl (its login and TLS).

@@ -6,7 +6,9 @@ container it manages at it, for checkpoint and restore alike.
 """
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 import sys
 
 import runtime
@@ -31,10 +33,27 @@ def config_path(settings: Settings) -> str:
     return os.path.join(settings.store, "criu", "runc.conf")
 
 
+PARALLEL_FILL = "Parallel-fill:"   # `criu --version` of rewarm's build (packaging/criu) says so
+
+
+@functools.cache
+def has_parallel_fill(criu: str) -> bool:
+    """Whether this CRIU has rewarm's parallel memory restore (restore-threads, restore-thp)."""
+    try:
+        out = subprocess.run([criu, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(line.startswith(PARALLEL_FILL) for line in out.splitlines())
+
+
 def render(settings: Settings) -> str:
     lines = ["# Written by rewarm for the containers it manages; edit rewarm's config instead.", *BASE_OPTIONS]
     if settings.criu_plugin_dir and os.path.isdir(settings.criu_plugin_dir):
         lines.append(f"libdir {settings.criu_plugin_dir}")  # cuda_plugin.so: GPU memory
+    if has_parallel_fill(settings.criu):   # a stock CRIU would refuse these lines
+        lines.append(f"restore-threads {settings.restore_threads}")   # readers filling memory (1: stock)
+        if settings.restore_huge_pages:
+            lines.append("restore-thp")   # fault huge pages while filling (never where NOHUGEPAGE was recorded)
     lines += settings.criu_options
     return "\n".join(lines) + "\n"
 

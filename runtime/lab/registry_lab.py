@@ -27,6 +27,7 @@ import zlib
 from typing import Any
 
 from runtime.lab import oci_image
+from runtime.adapters import mounts
 from runtime.lab.runc_lab import CHECKOUT
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -35,7 +36,7 @@ USER, PASSWORD = "rewarm", "lab-password"
 
 
 class Engine:
-    """A private dockerd; started once per machine by whoever needs it first, left running."""
+    """A private dockerd, started by whoever needs it first; the test session stops it at its end."""
 
     def __init__(self, base: str = "/var/lib/rewarm-lab", run: str = "/run/rewarm-lab"):
         suffix = f"{zlib.crc32(CHECKOUT.encode()) % 10000:04d}"
@@ -68,10 +69,17 @@ class Engine:
             time.sleep(0.3)
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> None:
+        """Stop dockerd (it stops its containers) and unmount what it left under its directories."""
         with contextlib.suppress(OSError, ValueError):
             with open(os.path.join(self.exec_root, "dockerd.pid")) as f:
-                os.kill(int(f.read()), signal.SIGTERM)
+                pid = int(f.read())
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.1)
+        for path in (self.exec_root, self.root):
+            mounts.unmount_under(path)
 
 
 def _openssl(*args: str) -> None:

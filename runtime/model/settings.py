@@ -51,6 +51,7 @@ class Settings:
     prefetch_threads: int = 0                   # readers that pull page images into the page cache ahead of CRIU
     import_max_ratio: int = 100                 # an imported archive may unpack to this many times its size
     restore_threads: int = field(default_factory=_default_restore_threads)  # CRIU's readers filling memory (1: stock)
+    restore_huge_pages: bool = True             # CRIU faults huge pages while it fills (NOHUGEPAGE is kept)
     warm_after: tuple[str, ...] = ()            # read a new entry into the page cache after these (WARM_AFTER)
     # Registries (push, pull, rewarm.dev/snapshot-ref)
     pull_timeout_s: int = 60                    # longest a create waits for a pull on a miss (then cold start)

@@ -26,6 +26,13 @@ def _criu(cfg: Settings) -> list[Check]:
     out = [("OK" if parts >= CRIU_MIN else "FAIL", "criu version", f"{version} at {path} (need >= 4.2 on new kernels)")]
     check = subprocess.run([path, "check"], capture_output=True, text=True)
     out.append(("OK" if check.returncode == 0 else "FAIL", "criu check", (check.stdout + check.stderr).strip()[-200:]))
+    from runtime.adapters import criu
+    if criu.has_parallel_fill(path):
+        out.append(("OK", "criu parallel fill", f"yes: {cfg.restore_threads} reader(s) fill restored memory"
+                    + (", huge pages while filling" if cfg.restore_huge_pages else "")))
+    else:
+        out.append(("WARN", "criu parallel fill", "no: this CRIU fills memory in one thread (packaging/install-node.sh "
+                                                   "builds rewarm's, with restore_threads readers)"))
     plugin = os.path.join(cfg.criu_plugin_dir, "cuda_plugin.so")
     out.append(("OK" if os.path.exists(plugin) else "WARN", "CRIU CUDA plugin",
                 plugin if os.path.exists(plugin) else f"{plugin} missing: GPU memory cannot be captured"))

@@ -44,3 +44,11 @@ def lab(node: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[La
     the_lab = Lab(directory)
     yield the_lab
     the_lab.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_docker_engine_left_behind() -> Iterator[None]:
+    """The registry tests start a private dockerd (testcontainers needs one); it ends with the session."""
+    yield
+    from runtime.lab.registry_lab import Engine
+    Engine().stop()

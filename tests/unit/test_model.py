@@ -99,3 +99,9 @@ def test_fingerprint_differences_name_what_differs_and_hide_secret_values():
     assert env_hashes(["TOKEN=secret", "KUBERNETES_PORT=1", "HOSTNAME=x"], Settings().env_ignore).keys() == {"TOKEN"}
     assert "secret" not in str(env_hashes(["TOKEN=secret"], []))
     assert FP.ident() == Fingerprint.from_json(FP.to_json()).ident()
+
+
+def test_every_setting_is_in_the_config_schema_and_nothing_else():
+    from dataclasses import fields
+    from runtime.model.resources import config_json
+    assert set(config_json("rewarm-config.schema.json")["properties"]) == {f.name for f in fields(Settings)}
