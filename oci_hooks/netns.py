@@ -8,27 +8,16 @@ when something must change.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import ipaddress
-import os
 import socket
 import struct
 
-CLONE_NEWNET = 0x40000000
+from runtime.adapters.netns_http import enter
+
 SIOCGIFFLAGS = 0x8913
 IFF_UP = 0x1
-
-
-def enter(netns_path: str) -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    fd = os.open(netns_path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {netns_path}: {os.strerror(ctypes.get_errno())}")
-    finally:
-        os.close(fd)
 
 
 def loopback_up() -> bool:

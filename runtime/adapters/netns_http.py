@@ -1,42 +1,69 @@
 """HTTP from inside a network namespace: readiness checks, the quiesce/resume hooks, probes.
 
-The request runs in a child Python entered into the namespace with nsenter, so the caller keeps
-its own namespace (a thread cannot safely switch it in a Python process).
+The connection is made by a short-lived thread that enters the namespace (setns changes only the
+calling thread's namespace) and hands the connected socket back; a socket stays in the namespace it
+was made in, so the request itself runs in the caller's thread. No process is started: a request
+costs what the worker takes to answer.
 """
 from __future__ import annotations
 
+import ctypes
+import http.client
 import os
-import subprocess
-import sys
+import socket
+import threading
+import urllib.parse
 
 NETNS_DIR = "/var/run/netns"
-_CODE = """import sys, urllib.request, urllib.error
-url, timeout, data = sys.argv[1], float(sys.argv[2]), sys.stdin.buffer.read() if sys.argv[3] == "post" else None
-request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-try:
-    with urllib.request.urlopen(request, timeout=timeout) as r:
-        status, body = r.status, r.read()
-except urllib.error.HTTPError as e:
-    status, body = e.code, e.read()
-except Exception:
-    sys.exit(3)
-sys.stdout.write(f"{status}\\n")
-sys.stdout.flush()
-sys.stdout.buffer.write(body)
-"""
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+def enter(netns_path: str) -> None:
+    """Move the calling thread into the network namespace at netns_path."""
+    fd = os.open(netns_path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {netns_path}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)
+
+
+def connect(netns_path: str, host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection made inside the namespace (raises OSError when nothing answers)."""
+    result: dict[str, socket.socket | OSError] = {}
+
+    def run() -> None:
+        try:
+            enter(netns_path)
+            result["socket"] = socket.create_connection((host, port), timeout=timeout)
+        except OSError as e:
+            result["error"] = e
+    thread = threading.Thread(target=run, name="rewarm-netns-connect")
+    thread.start()
+    thread.join()
+    if "socket" in result:
+        s = result["socket"]
+        assert isinstance(s, socket.socket)
+        return s
+    error = result.get("error")
+    raise error if isinstance(error, OSError) else OSError("no connection")
 
 
 def request(netns: str, url: str, data: bytes | None = None, timeout: float = 5.0) -> tuple[int, str]:
     """GET url (POST with `data`) inside a network namespace: a name under /run/netns or a path such
     as /proc/PID/ns/net. Returns (HTTP status, body); (0, "") when nothing answered."""
     path = netns if netns.startswith("/") else os.path.join(NETNS_DIR, netns)
+    parts = urllib.parse.urlsplit(url)
     try:
-        proc = subprocess.run(["nsenter", f"--net={path}", sys.executable, "-I", "-S", "-c", _CODE, url, str(timeout),
-                               "get" if data is None else "post"], input=data or b"", capture_output=True,
-                              timeout=timeout + 10)
-    except subprocess.TimeoutExpired:
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+        conn.sock = connect(path, parts.hostname or "127.0.0.1", parts.port or 80, timeout)
+        target = parts.path or "/"
+        conn.request("POST" if data is not None else "GET", target + (f"?{parts.query}" if parts.query else ""),
+                     body=data, headers={"Content-Type": "application/json"} if data is not None else {})
+        response = conn.getresponse()
+        status, body = response.status, response.read()
+        conn.close()
+    except (OSError, http.client.HTTPException):
         return 0, ""
-    if proc.returncode != 0:
-        return 0, ""
-    status, _, body = proc.stdout.partition(b"\n")
-    return int(status), body.decode(errors="replace")
+    return status, body.decode(errors="replace")
