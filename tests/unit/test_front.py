@@ -60,7 +60,7 @@ def door(tmp_path):
     def call(*args: str, cwd: str | None = None) -> str:
         out = subprocess.run([str(bin_dir / "rewarm-runc"), *args], capture_output=True, text=True, cwd=cwd,
                              env={**os.environ, "REWARM_CONFIG": str(tmp_path / "config.json")})
-        return out.stdout.split()[0]
+        return out.stdout.split()[0] if out.stdout.split() else f"exit {out.returncode}"
     return call, annotated, plain, root
 
 
@@ -74,8 +74,11 @@ def test_the_front_door_sends_only_rewarms_containers_to_the_engine(door):
     assert call("create", "--bundle", str(plain), "c1") == "runtime"
     assert call("run", "--detach", "--bundle", str(annotated), "c1") == "rewarm-runc-engine"   # run = create+start
     assert call("run", "-b", str(plain), "c1") == "runtime"
-    assert call("--root", str(root), "start", "restored") == "rewarm-runc-engine"
-    assert call(f"--root={root}", "--debug", "start", "restored") == "rewarm-runc-engine"
+    for verb in (["state", "restored"], ["kill", "restored", "KILL"], ["delete", "-f", "restored"]):
+        assert call("--root", str(root), *verb) == "runtime", verb
+    assert call(f"--root={root}", "--debug", "start", "restored") == "exit 0"   # answered by the door itself
+    assert (root / "restored" / "rewarm-restored.started").exists()
+    assert call("--root", str(root), "start", "restored") == "runtime"           # a second start: runc's answer
     assert call("--root", str(root), "start", "other") == "runtime"
     for verb in (["state", "restored"], ["kill", "restored", "KILL"], ["delete", "-f", "restored"], ["--version"]):
         assert call("--root", str(root), *verb) == "runtime", verb
