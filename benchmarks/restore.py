@@ -1,31 +1,40 @@
-"""Restore vs cold start of the LLM worker (examples/llm-worker), on CPU or GPU, in one run.
+"""Restore vs cold start of the LLM worker (examples/llm-worker: CUDA graphs of its decode step
+captured at start), on the GPU or the CPU, in one run.
 
-Measures, through rewarm-runc: cold start to first token, capture, then restores to first token with
-the snapshot in the page cache and after dropping it, with transparent huge pages `madvise` and
-`always`; the restore's stages (store checks, rootfs diff, CRIU, CUDA restore, the worker's resume
-hook), snapshot size and restore throughput. In the same run, the machine's yardsticks: disk read
-and page-cache read bandwidth of the snapshot's largest file, and host-to-device copy bandwidth on
-a GPU. With --cri (CPU), the same cold start and restore also go through containerd's CRI API.
+Through rewarm-runc: a cold start to the first token (weights from disk), a capture after the
+worker's quiesce hook, then restores to the first token with THP `madvise` and `always`, the
+snapshot in the page cache (read in by `rewarm warm`'s code) and dropped from it. Every stage
+from create to first token: the engine's (store checks, rootfs diff, CRIU and its memory fill,
+the CUDA helper's driver wait, restore and unlock, the resume hook), the runtime's start, the first
+HTTP answer and the first completion. In the same run, the machine's limits: disk and page-cache
+read of the largest page image, the C fill from the page cache (benchmarks/fill_yardstick.c), and
+host-to-device copy on a GPU. Each restore must answer with the captured worker's boot id and
+tokens. With --cri (CPU), the same cold start and restore also go through containerd's CRI API.
 
-Phases, so that a long GPU run can be split in two: `cold` (weights, cold start, capture),
+Phases, so that a long GPU run can be split in two: `cold` (weights, cold start, capture) and
 `restores` (yardsticks, restores, results); `all` does both. State lives in --work.
-Usage: python3 benchmarks/restore.py --device cpu --size small [--cri] [--site DIR]
-       python3 benchmarks/restore.py --device cuda --size 8b --compile --kv-gb 16
-Writes benchmarks/results/restore_<device>_<size>.{json,md}; benchmarks/chart.py draws the PNG.
+Usage: python3 benchmarks/restore.py --device cuda --size 8b --kv-gb 40
+       python3 benchmarks/restore.py --device cpu --size small [--cri]
+Writes benchmarks/results/restore_<device>_<size>[_LABEL].{json,md}; benchmarks/chart.py draws it.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import common
-from runtime.adapters import settings_file
-from runtime.engine import capture
-from runtime.lab.runc_lab import Lab
+from runtime.adapters import logs, settings_file, store
+from runtime.engine import capture, warm
+from runtime.engine.restore import RESTORE_LOG_COPY
+from runtime.front.names import CONFIG_ENV
+from runtime.lab.private_node import write_config
+from runtime.lab.runc_lab import Container, Lab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(os.path.dirname(HERE), "examples", "llm-worker")
@@ -34,6 +43,7 @@ PORT = 8000
 PROMPT = {"prompt": "The fastest way to start an inference worker is", "max_tokens": 16}
 HOOKS = {"rewarm.dev/quiesce-http": f"http://127.0.0.1:{PORT}/sleep",
          "rewarm.dev/resume-http": f"http://127.0.0.1:{PORT}/wake_up"}
+FILL = re.compile(r"pfill: task \d+: filled (\d+) bytes, (\d+) readers, ([\d.]+) s")
 
 
 def thp(mode: str | None = None) -> str | None:
@@ -55,25 +65,22 @@ def drop_page_cache() -> None:
 class Bench:
     def __init__(self, a: argparse.Namespace):
         self.a = a
-        self.work = a.work
-        os.makedirs(self.work, mode=0o755, exist_ok=True)
-        self.models = os.path.join(self.work, "models", a.size)
-        from runtime.front.names import CONFIG_ENV
-        from runtime.lab.private_node import write_config
-        self.config = write_config(self.work)
+        os.makedirs(a.work, mode=0o755, exist_ok=True)
+        self.models = os.path.join(a.work, "models", a.size)
+        self.config = write_config(a.work)
         os.environ[CONFIG_ENV] = self.config
         self.cfg = settings_file.load(self.config)
-        self.lab = Lab(os.path.join(self.work, "lab"), port=PORT)
+        self.lab = Lab(os.path.join(a.work, "lab"), port=PORT)
         self.snapshot = f"llm-{a.size}"
         self.annotations = {"rewarm.dev/snapshot": self.snapshot, **(HOOKS if a.hooks else {})}
         self.gpu = a.device.startswith("cuda")
         self.python = sys.executable if self.gpu else "/usr/bin/python3"
-        self.state_file = os.path.join(self.work, f"state-{a.device}-{a.size}.json")
+        self.state_file = os.path.join(a.work, f"state-{a.device}-{a.size}.json")
 
     # the worker
     def env(self) -> dict[str, str]:
         env = {"MODEL_DIR": "/models/llm", "PORT": str(PORT), "DEVICE": self.a.device,
-               "COMPILE": "1" if self.a.compile else "0", "KV_CACHE_GB": str(self.a.kv_gb), "HF_HUB_OFFLINE": "1"}
+               "KV_CACHE_GB": str(self.a.kv_gb), "HF_HUB_OFFLINE": "1"}
         if not self.gpu:
             env.update(PYTHONPATH="/opt/torch", THREADS=str(os.cpu_count() or 2))
         return {**env, **dict(item.split("=", 1) for item in self.a.worker_env)}
@@ -92,20 +99,34 @@ class Bench:
         subprocess.run([self.python, os.path.join(WORKER, "make_weights.py"), self.models, "--size", self.a.size,
                         "--device", self.a.device], check=True, env=env)
 
-    def run_to_first_token(self, name: str, timeout: float = 1800) -> dict:
-        """Create + start a container, wait for /health, then time the first completion."""
-        c = self.lab.create(name, self.worker())
-        health, ready_s = c.wait_ready(timeout=timeout, path="/health")
+    def run_to_first_token(self, name: str, timeout: float = 1800) -> tuple[Container, dict]:
+        """Create and start a container the way containerd's shim does, then time each step to the
+        first completion: create (restore or cold start), start, the first HTTP answer, the completion."""
+        t0 = time.monotonic()
+        c = self.lab.create(name, self.worker(), start=False)
+        if c.create_rc != 0:
+            raise RuntimeError(f"{name}: create failed: {c.runtime_log()[-2000:]}")
+        t_created = time.monotonic()
+        c.runtime_cmd("start", c.cid, check=True)
+        t_started = time.monotonic()
+        deadline = t_started + timeout
+        while (health := c.get("/health", timeout=2)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}: no answer; output:\n{c.text()[-3000:]}")
+            time.sleep(0.005)
+        t_health = time.monotonic()
         completion = c.post("/v1/completions", PROMPT)
-        first_token_s = time.monotonic() - c.started_at
+        t_token = time.monotonic()
         if completion is None:
             raise RuntimeError(f"{name}: no completion; output:\n{c.text()[-3000:]}")
-        return {"container": c, "health": health, "ready_s": ready_s, "first_token_s": first_token_s,
-                "tokens": completion["choices"][0]["token_ids"], "boot_id": completion["system_fingerprint"]}
+        return c, {"health": health, "first_token_s": t_token - t0, "tokens": completion["choices"][0]["token_ids"],
+                   "boot_id": completion["system_fingerprint"],
+                   "timeline": {"create": t_created - t0, "start": t_started - t_created,
+                                "first_answer": t_health - t_started, "first_completion": t_token - t_health,
+                                "completion_in_worker": completion.get("timing", {}).get("seconds", 0.0)}}
 
     def events(self, container_id: str) -> list[dict]:
-        with open(self.cfg.event_log) as f:
-            return [e for e in map(json.loads, f) if e.get("container") == container_id]
+        return [e for e in logs.read_events(self.cfg.event_log) if e.get("container") == container_id]
 
     # phases
     def cold(self) -> None:
@@ -114,25 +135,23 @@ class Bench:
         weights_s = time.monotonic() - t
         weight_bytes = sum(os.path.getsize(os.path.join(self.models, f)) for f in os.listdir(self.models))
         drop_page_cache()  # a node's first start reads the weights from disk
-        run = self.run_to_first_token("cold")
-        c = run.pop("container")
+        c, run = self.run_to_first_token("cold")
         entry = capture.capture(self.cfg, self.lab.runc_root, c.cid, self.snapshot, leave_running=False)
         self.lab.containers.remove(c)
         c.bundle.remove()
-        state = {"machine": common.machine(), "device": self.a.device, "size": self.a.size, "compile": self.a.compile,
-                 "kv_gb": self.a.kv_gb, "hooks": self.a.hooks, "weights_s": weights_s, "weight_bytes": weight_bytes,
-                 "cold": run, "cold_events": self.events(c.cid), "entry": entry.ident,
-                 "snapshot_bytes": entry.size(), "capture": vars(entry.manifest.capture),
-                 "largest_file": max((os.path.join(entry.path, "checkpoint", f) for f in
-                                      os.listdir(os.path.join(entry.path, "checkpoint"))), key=os.path.getsize)}
+        state = {"machine": common.machine(), "device": self.a.device, "size": self.a.size, "kv_gb": self.a.kv_gb,
+                 "hooks": self.a.hooks, "weights_s": weights_s, "weight_bytes": weight_bytes, "cold": run,
+                 "cold_events": self.events(c.cid), "entry": entry.ident, "snapshot_bytes": entry.size(),
+                 "capture": vars(entry.manifest.capture),
+                 "largest_file": max((entry.file(f) for f in entry.manifest.files if "pages-" in f),
+                                     key=os.path.getsize)}
         if self.gpu:
             from runtime.gpu import nvml
             state["gpu"] = [g.model for g in nvml.inventory().gpus][:1]
-            state["gpu_processes"] = {k: list(v) for k, v in entry.manifest.gpu_processes.items()}
         with open(self.state_file, "w") as f:
             json.dump(state, f, indent=2)
         print(f"cold start to first token {run['first_token_s']:.2f}s (worker stages {run['health']['stages']}); "
-              f"snapshot {entry.size() / 1e9:.2f} GB captured in {entry.manifest.capture.seconds:.1f}s")
+              f"snapshot {entry.size() / 1e9:.2f} GB captured in {entry.manifest.capture.seconds:.1f}s", flush=True)
 
     def yardsticks(self, state: dict) -> dict:
         path = state["largest_file"]
@@ -140,8 +159,14 @@ class Bench:
         drop_page_cache()
         out["disk_read_gbps"] = read_gbps(path)
         out["page_cache_read_gbps"] = read_gbps(path)
-        drop_page_cache()
-        out["disk_read_8_readers_gbps"] = parallel_read_gbps(path, 8)
+        with tempfile.TemporaryDirectory() as work:
+            binary = os.path.join(work, "fill-yardstick")
+            subprocess.run(["cc", "-O2", "-pthread", "-o", binary, os.path.join(HERE, "fill_yardstick.c")], check=True)
+            threads = self.cfg.restore_threads
+            fill = subprocess.run([binary, "-t", str(threads), "-m", "thp", "-r", "2", path], capture_output=True,
+                                  text=True, check=True).stdout
+            m = re.search(r"GB/s=([\d.]+)", fill.splitlines()[-1])
+            out["fill_gbps"], out["fill_threads"] = float(m.group(1)) if m else 0.0, threads
         if self.gpu:
             code = ("import torch, time\n"
                     "x = torch.empty(2 << 30, dtype=torch.uint8).pin_memory(); y = torch.empty_like(x, device='cuda')\n"
@@ -156,6 +181,7 @@ class Bench:
         with open(self.state_file) as f:
             state = json.load(f)
         state["yardsticks"] = self.yardsticks(state)
+        entry = store.Store(self.cfg.store).entries("default", self.snapshot)[0]
         original = thp()
         modes = [m for m in ("madvise", "always") if original is not None and thp(m) == m] or [original]
         variants = [(mode, cache) for mode in modes for cache in ("warm", "dropped")
@@ -164,20 +190,24 @@ class Bench:
         try:
             for i, (mode, cache) in enumerate(variants):
                 thp(mode)
-                subprocess.run(["cat", state["largest_file"]], stdout=subprocess.DEVNULL)  # page cache as asked
+                common.pretouch(state["snapshot_bytes"] / 2**30 + 2)   # see common.pretouch
                 if cache == "dropped":
                     drop_page_cache()
-                run = self.run_to_first_token(f"restore{i}", timeout=600)
-                c = run.pop("container")
+                else:
+                    state.setdefault("warm_s", warm.warm(entry, self.cfg.restore_threads).seconds)
+                c, run = self.run_to_first_token(f"restore{i}", timeout=600)
                 restored = [e for e in self.events(c.cid) if e["event"] == "restored"]
                 if not restored or run["boot_id"] != state["cold"]["boot_id"] or run["tokens"] != state["cold"]["tokens"]:
                     raise RuntimeError(f"restore {i} did not give the captured worker: {self.events(c.cid)}")
-                run.update(thp=mode, page_cache=cache, stages=restored[-1]["stages"])
+                with open(os.path.join(self.lab.runc_root, c.cid, RESTORE_LOG_COPY), errors="replace") as f:
+                    fills = [(int(m.group(1)), float(m.group(3))) for m in FILL.finditer(f.read())]
+                run.update(thp=mode, page_cache=cache, stages=restored[-1]["stages"], engine_s=restored[-1]["seconds"],
+                           fill_bytes=sum(b for b, _ in fills), fill_s=max((s for _, s in fills), default=0.0))
                 state["restores"].append(run)
                 c.destroy()
                 self.lab.containers.remove(c)
-                print(f"restore THP {mode}, page cache {cache}: first token {run['first_token_s']:.2f}s "
-                      f"stages {run['stages']}")
+                print(f"restore THP {mode}, page cache {cache}: first token {run['first_token_s']:.2f}s, "
+                      f"timeline {run['timeline']}, stages {run['stages']}", flush=True)
         finally:
             thp(original)
         if self.a.cri:
@@ -188,28 +218,13 @@ class Bench:
 def read_gbps(path: str) -> float:
     t, n = time.monotonic(), 0
     with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(8 << 20):
+        while chunk := f.read(16 << 20):
             n += len(chunk)
-    return n / (time.monotonic() - t) / 1e9
-
-
-def parallel_read_gbps(path: str, readers: int) -> float:
-    from concurrent.futures import ThreadPoolExecutor
-    size, chunk = os.path.getsize(path), 64 << 20
-
-    def read(offset: int) -> int:
-        with open(path, "rb", buffering=0) as f:
-            f.seek(offset)
-            return len(f.read(chunk))
-    t = time.monotonic()
-    with ThreadPoolExecutor(readers) as pool:
-        n = sum(pool.map(read, range(0, size, chunk)))
     return n / (time.monotonic() - t) / 1e9
 
 
 def cri_run(bench: Bench) -> dict:
     """The same worker as an image, through containerd's CRI: cold pod captured on ready, then a restore."""
-    from runtime.adapters import store
     from runtime.lab import oci_image
     from runtime.lab.containerd_lab import Lab as CriLab
     from runtime.lab.runc_lab import rewarm_runc
@@ -217,7 +232,8 @@ def cri_run(bench: Bench) -> dict:
     image = f"localhost/rewarm/llm-worker:{bench.a.size}"
     try:
         spec = oci_image.ImageSpec(name=image, entrypoint=["/usr/bin/python3", "/app/server.py"], workdir="/app",
-                                   paths=oci_image.python_paths(packages=(bench.a.site,)), trees={"/app": WORKER, "/opt/torch": bench.a.site},
+                                   paths=oci_image.python_paths(packages=(bench.a.site,)),
+                                   trees={"/app": WORKER, "/opt/torch": bench.a.site},
                                    files={"/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n", "/etc/group": b"root:x:0:\n"})
         oci_image.build_and_import(spec, lab.address)
         annotations = {"rewarm.dev/snapshot": f"cri-{bench.snapshot}", "rewarm.dev/capture": "on-ready",
@@ -245,40 +261,57 @@ def first_token(pod, timeout: float = 1800) -> dict:  # type: ignore[no-untyped-
     while not pod.get("/health", timeout=2):
         if time.monotonic() > deadline:
             raise TimeoutError(pod.log()[-2000:])
-        time.sleep(0.05)
+        time.sleep(0.01)
     completion = pod.post("/v1/completions", PROMPT)
     return {"first_token_s": time.monotonic() - pod.started, "boot_id": completion["system_fingerprint"]}
+
+
+STAGE_COLUMNS = [("store checks", ("find", "fingerprint", "verify")), ("rootfs", ("rootfs",)),
+                 ("CRIU", ("criu",)), ("CUDA driver wait", ("cuda_driver_init",)),
+                 ("CUDA queries", ("cuda_query",)), ("CUDA restore", ("cuda_restore",)),
+                 ("CUDA unlock", ("cuda_unlock",)), ("resume hook", ("resume",))]
 
 
 def report(state: dict) -> None:
     cold = state["cold"]["first_token_s"]
     size = state["snapshot_bytes"]
     y = state["yardsticks"]
-    rows = [["cold start (weights from disk)", "", "dropped", f"{cold:.2f}", "1.0x", "", "", "", "", "", ""]]
+    header = ["THP", "page cache", "first token (s)", "vs cold", *(c for c, _ in STAGE_COLUMNS),
+              "engine, other", "start", "first answer", "first completion", "memory fill GB/s"]
+    rows = []
     for r in state["restores"]:
-        s = r["stages"]
-        gbps = size / 1e9 / s["runtime_restore"]
-        rows.append(["restore", r["thp"], r["page_cache"], f"{r['first_token_s']:.2f}", f"{cold / r['first_token_s']:.1f}x",
-                     f"{s.get('find', 0) + s.get('fingerprint', 0) + s.get('verify', 0):.2f}", f"{s.get('rootfs', 0):.2f}",
-                     f"{s.get('criu', s['runtime_restore']):.2f}", f"{s.get('cuda_restore', 0):.2f}",
-                     f"{s.get('resume', 0):.2f}", f"{gbps:.2f} ({gbps / y['page_cache_read_gbps']:.0%} of page cache)"])
-    best = min(state["restores"], key=lambda r: r["first_token_s"])
+        s, t = r["stages"], r["timeline"]
+        if "criu" not in s:
+            s = {**s, "criu": s.get("runtime_restore", 0)}
+        cols = [sum(s.get(k, 0) for k in keys) for _, keys in STAGE_COLUMNS]
+        other = t["create"] - sum(cols)
+        gbps = r["fill_bytes"] / r["fill_s"] / 1e9 if r["fill_s"] else size / s["criu"] / 1e9
+        rows.append([r["thp"], r["page_cache"], f"{r['first_token_s']:.2f}", f"{cold / r['first_token_s']:.1f}x",
+                     *(f"{c:.2f}" for c in cols), f"{other:.2f}", f"{t['start']:.3f}", f"{t['first_answer']:.3f}",
+                     f"{t['first_completion']:.2f}", f"{gbps:.2f}"])
     worker = state["cold"]["health"]
     where = state.get("gpu", [state["machine"]["cpu"]])[0]
+    by = {(r["thp"], r["page_cache"]): r for r in state["restores"]}
     lines = [
-        f"LLM worker ({worker['params'] / 1e9:.2f}B params, {state['size']}, {worker['device']}"
-        f"{', torch.compile' if worker.get('compiled') else ''}"
-        f"{', KV reserve %s GiB' % state['kv_gb'] if state['kv_gb'] else ''}) on {where}, {state['machine']['date']}.",
+        f"LLM worker ({worker['params'] / 1e9:.2f}B params, {state['size']}, {worker['device']}, CUDA graphs for "
+        f"batch sizes {worker.get('cuda_graphs') or 'none (CPU)'}"
+        f"{', memory reserve %s GiB' % state['kv_gb'] if state['kv_gb'] else ''}) on {where}, "
+        f"{state['machine']['cores']} cores, {state['machine']['date']}.",
         f"Weights {state['weight_bytes'] / 1e9:.2f} GB; snapshot {size / 1e9:.2f} GB, captured in "
         f"{state['capture']['seconds']:.1f}s{' after the quiesce hook' if state['hooks'] else ''}.",
-        f"Cold start stages (worker's own clock, s): {worker['stages']}.",
-        f"Yardsticks: disk read {y['disk_read_gbps']:.2f} GB/s (8 readers: {y.get('disk_read_8_readers_gbps', 0):.2f}), page-cache read {y['page_cache_read_gbps']:.2f} GB/s"
-        + (f", host-to-device {y['h2d_gbps']:.1f} GB/s" if "h2d_gbps" in y else "") + f" ({y['file']}).",
-        f"Best restore: {best['first_token_s']:.2f}s to first token, {cold / best['first_token_s']:.1f}x faster than cold.",
-        "",
-        common.table(["path", "THP", "page cache", "first token (s)", "vs cold", "store checks (s)", "rootfs (s)",
-                      "CRIU (s)", "CUDA restore (s)", "resume hook (s)", "restore GB/s"], rows),
+        f"Cold start: {cold:.2f}s to the first token; its stages (worker's own clock, s): {worker['stages']}.",
+        f"Yardsticks: disk read {y['disk_read_gbps']:.2f} GB/s, page-cache read {y['page_cache_read_gbps']:.2f} GB/s, "
+        f"C fill from the page cache with {y['fill_threads']} threads and huge pages {y['fill_gbps']:.2f} GB/s"
+        + (f", host-to-device {y['h2d_gbps']:.1f} GB/s" if "h2d_gbps" in y else "") + f" ({y['file']})."
+        + (f" Warming the snapshot (rewarm warm) took {state['warm_s']:.2f}s." if "warm_s" in state else ""),
     ]
+    if ("madvise", "warm") in by and ("madvise", "dropped") in by:
+        w, d = by[("madvise", "warm")], by[("madvise", "dropped")]
+        bound = size / 1e9 / y["disk_read_gbps"] + w["first_token_s"]
+        lines.append(f"THP madvise: warm {w['first_token_s']:.2f}s ({cold / w['first_token_s']:.1f}x); dropped "
+                     f"{d['first_token_s']:.2f}s = {d['first_token_s'] / bound:.2f}x of (bytes / disk bandwidth + "
+                     f"warm time) = {bound:.2f}s.")
+    lines += ["", common.table(header, rows)]
     if "cri" in state:
         c = state["cri"]
         lines += ["", "Through containerd's CRI (RunPodSandbox to first token):", "",
@@ -297,8 +330,7 @@ def main() -> None:
     p.add_argument("--work", default="/var/tmp/rewarm-bench/restore")
     p.add_argument("--phase", default="all", choices=["all", "cold", "restores"])
     p.add_argument("--site", default="/var/tmp/rewarm-bench/torch-site", help="CPU: torch + transformers for /usr/bin/python3")
-    p.add_argument("--compile", action="store_true", help="the worker runs torch.compile at start")
-    p.add_argument("--kv-gb", type=float, default=0, help="GPU memory the worker reserves for its KV cache")
+    p.add_argument("--kv-gb", type=float, default=0, help="GPU memory the worker reserves up front (like vLLM's KV cache)")
     p.add_argument("--no-hooks", dest="hooks", action="store_false", help="capture without the worker's quiesce hook")
     p.add_argument("--cri", action="store_true", help="also cold start + restore through containerd's CRI")
     p.add_argument("--label", default="", help="suffix of the result files")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import socket
 import socketserver
 import subprocess
@@ -87,6 +88,8 @@ def serve(path: str = SOCKET) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return   # another helper serves already
+    os.ftruncate(lock, 0)
+    os.write(lock, str(os.getpid()).encode())   # for stop()
     driver = _Driver()
 
     class Handler(socketserver.StreamRequestHandler):
@@ -130,6 +133,29 @@ def running(path: str = SOCKET) -> bool:
             return True
         except OSError:
             return False
+
+
+def stop(timeout: float = 10) -> None:
+    """Stop the helper that holds the lock, if one does (it starts again when next needed)."""
+    try:
+        with open(LOCK) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(SOCKET)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"   # a zombie has ended
+    except (OSError, IndexError):
+        return False
 
 
 def ensure_running() -> None:

@@ -9,14 +9,11 @@ import re
 import shutil
 import subprocess
 
-import pytest
-
 from runtime.adapters import criu
 from runtime.lab.runc_lab import CHECKOUT
 
 TREE = "/opt/rewarm/criu-src"        # kept by packaging/install-node.sh --keep-source (setup.sh)
 SUBSET = os.path.join(CHECKOUT, "packaging", "criu", "zdtm-subset.txt")
-
 
 def test_zdtm_memory_tests_pass_with_sixteen_readers_and_huge_pages(node, tmp_path):
     assert os.path.exists(os.path.join(TREE, ".zdtm-ready")), "packaging/setup.sh prepares zdtm"

@@ -5,7 +5,6 @@ without a GPU the driver's absence is the answer (the GPU machine's tests restor
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,16 +26,14 @@ def libexec(node):
 
 @pytest.fixture
 def running_helper():
-    assert not helper.running(), "a CUDA helper is already running on this machine"
+    helper.stop()                       # one a restore started earlier, if any
     proc = subprocess.Popen([sys.executable, "-m", "runtime.gpu.helper"])
     deadline = time.monotonic() + 10
     while not helper.running() and time.monotonic() < deadline:
         time.sleep(0.02)
     yield proc
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
-    if os.path.exists(helper.SOCKET):
-        os.unlink(helper.SOCKET)
+    helper.stop()
+    assert proc.wait(10) is not None
 
 
 def cuda_checkpoint(libexec: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
@@ -66,6 +63,7 @@ def test_the_client_speaks_the_plugins_protocol_through_the_helper(libexec, runn
 
 
 def test_without_a_helper_the_client_runs_the_python_command(libexec):
+    helper.stop()
     assert not helper.running()
     out = cuda_checkpoint(libexec, "-h")
     assert out.returncode == 0 and "--action" in out.stdout and "--get-restore-tid" in out.stdout

@@ -2,7 +2,8 @@
 
 A torch worker holding >= 10 GiB of GPU memory, a captured CUDA graph and an HTTP endpoint runs as
 a runc container, is captured with rewarm's capture, and is restored as a new container (new id,
-bundle and network namespace) through rewarm-runc. Measurements go to $REWARM_GPU_RESULTS (JSON).
+bundle and network namespace) through rewarm-runc. Its measurements are printed as one JSON line
+(run with -s to keep them).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -40,7 +42,7 @@ RESULTS: dict = {}
 
 
 def gpu_worker(lab: Lab, annotations: dict) -> object:
-    return lab.gpu_worker(annotations, env={"GPU_GIB": os.environ.get("REWARM_GPU_GIB", "10")}, app_dir=WORKER)
+    return lab.gpu_worker(annotations, env={"GPU_GIB": "10"}, app_dir=WORKER)
 
 
 def gpu_used_bytes() -> int:
@@ -63,10 +65,7 @@ def source(node, tmp_path_factory):
     RESULTS["gpu_bytes"] = answer["gpu_bytes"]
     yield {"lab": lab, "container": c, "answer": answer}
     lab.close()
-    out = os.environ.get("REWARM_GPU_RESULTS")
-    if out:
-        with open(out, "w") as f:
-            json.dump(RESULTS, f, indent=2)
+    print("gpu results:", json.dumps(RESULTS))
 
 
 def test_gpu_worker_is_captured_and_restored_bit_identical(source, node, tmp_path_factory):
@@ -85,7 +84,8 @@ def test_gpu_worker_is_captured_and_restored_bit_identical(source, node, tmp_pat
         r = lab.create("grestored", gpu_worker(lab, {"rewarm.dev/snapshot": "gpu-worker"}))
         answer, seconds = r.wait_ready(timeout=300)
         RESULTS["restore_to_first_answer_s"] = round(seconds, 2)
-        RESULTS["restore_stages_s"] = events(node, "restored")[-1]["stages"]
+        RESULTS["restore_stages_s"] = stages = events(node, "restored")[-1]["stages"]
+        assert {"cuda_restore", "cuda_unlock", "criu"} <= set(stages)   # every CUDA step timed
         assert answer == source["answer"]  # same boot id, weights and CUDA-graph output, bit for bit
         assert c.get() == source["answer"]  # the source still serves too
         prestart = [e for e in events(node, "prestart") if e["container"] == r.cid]
@@ -133,7 +133,7 @@ def test_cuda_restore_through_a_device_map():
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
     first = proc.stdout.readline().strip()
-    cmd = [sys.executable, "-m", "runtime.cuda_cli"]
+    cmd = [sys.executable, "-m", "runtime.gpu.cuda_cli"]
     pid = str(proc.pid)
     for step in (["--action", "lock"], ["--action", "checkpoint"]):
         subprocess.run(cmd + step + ["--pid", pid], check=True)
@@ -151,17 +151,31 @@ def test_cuda_restore_through_a_device_map():
 
 
 def test_a_failed_capture_leaves_the_gpu_worker_running_and_unlocked(source, node, tmp_path):
+    """The store has room for the capture when it starts; another writer fills it once CRIU writes
+    pages, i.e. after the GPU memory was checkpointed into the process: the dump fails there."""
     small = tmp_path / "small-store"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(small)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16g", "tmpfs", str(small)], check=True)
+    staging = small / "store" / "tmp"
+
+    def fill_once_pages_are_written() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if staging.is_dir() and any(staging.glob("*/checkpoint/pages-*.img")):
+                break
+            time.sleep(0.01)
+        subprocess.run(["dd", "if=/dev/zero", f"of={small / 'filler'}", "bs=16M"], capture_output=True)
+    filler = threading.Thread(target=fill_once_pages_are_written, daemon=True)
+    filler.start()
     try:
         with pytest.raises(CaptureFailed) as failure:  # CRIU runs out of space after the GPU was checkpointed
-            capture.capture(dataclasses.replace(node, store=str(small)), source["lab"].runc_root,
+            capture.capture(dataclasses.replace(node, store=str(small / "store")), source["lab"].runc_root,
                             source["container"].cid, "doomed", leave_running=True)
+        filler.join(60)
     finally:
-        subprocess.run(["umount", str(small)])
+        subprocess.run(["umount", "-l", str(small)])
     RESULTS["failed_capture_reason"] = str(failure.value)[:600]
     assert source["container"].get(timeout=30) == source["answer"]  # still serving, state intact
-    state = subprocess.run([sys.executable, "-m", "runtime.cuda_cli", "--get-state", "--pid",
+    state = subprocess.run([sys.executable, "-m", "runtime.gpu.cuda_cli", "--get-state", "--pid",
                             str(source["container"].state()["pid"])], capture_output=True, text=True)
     assert state.stdout.strip() == "running", state.stderr

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU measurements of BENCHMARKS.md and the GPU tests, on a GPU node where rewarm is installed
+# (packaging/install-node.sh, or packaging/offline/install.sh where no package archive is reachable)
+# and REWARM_CONFIG names its config. Results go to benchmarks/results/ (suffix LABEL).
+#   benchmarks/gpu-suite.sh LABEL [tests] [memory] [llm]     (default: all three)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+label=${1:?usage: gpu-suite.sh LABEL [tests] [memory] [llm]}
+shift
+steps=${*:-tests memory llm}
+results=benchmarks/results
+export PYTHONUNBUFFERED=1
+python3 -c 'import torch; print("torch", torch.__version__, "GPUs", torch.cuda.device_count())'
+for step in $steps; do
+  case $step in
+    tests)   # the GPU tests, the CUDA helper, the parallel fill in a container; their output kept
+      python3 -m pytest -s -v -p no:cacheprovider tests/system/test_gpu_machine.py tests/system/test_cuda_helper.py \
+        tests/system/test_parallel_fill.py 2>&1 | tee "$results/gpu_tests_$label.log" ;;
+    memory)  # memory restore throughput by readers, THP and page cache, beside the C fill and the disk
+      python3 benchmarks/memory_restore.py --gib 16 --label "$label" 2>&1 | tee "$results/memory_restore_$label.log" ;;
+    llm)     # the 8B worker with CUDA graphs: cold start vs restore to first token, every stage
+      work=/var/tmp/rewarm-bench/restore-gpu
+      python3 benchmarks/restore.py --device cuda --size 8b --kv-gb 40 --work "$work" --label "$label" 2>&1 \
+        | tee "$results/restore_cuda_8b_$label.log"
+      rm -rf "$work" ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done
