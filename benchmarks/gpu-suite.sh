@@ -17,7 +17,7 @@ for step in $steps; do
       python3 -m pytest -s -v -p no:cacheprovider tests/system/test_gpu_machine.py tests/system/test_cuda_helper.py \
         tests/system/test_parallel_fill.py 2>&1 | tee "$results/gpu_tests_$label.log" ;;
     memory)  # memory restore throughput by readers, THP and page cache, beside the C fill and the disk
-      python3 benchmarks/memory_restore.py --gib 16 --label "$label" 2>&1 | tee "$results/memory_restore_$label.log" ;;
+      python3 benchmarks/memory_restore.py --gib 8 --label "$label" 2>&1 | tee "$results/memory_restore_$label.log" ;;
     llm)     # the 8B worker with CUDA graphs: cold start vs restore to first token, every stage
       work=/var/tmp/rewarm-bench/restore-gpu
       python3 benchmarks/restore.py --device cuda --size 8b --kv-gb 40 --work "$work" --label "$label" 2>&1 \
