@@ -1,5 +1,7 @@
-"""Draw a restore benchmark's result as a PNG: stacked stages, cold start vs each restore.
-Usage: .venv/bin/python benchmarks/chart.py benchmarks/results/restore_cuda_8b.json [...]
+"""Draw a benchmark's result as a PNG beside its JSON: a restore benchmark (restore.py) as stacked
+stages, cold start vs each restore; a memory-restore benchmark (memory_restore.py) as fill GB/s by
+readers beside its yardsticks.
+Usage: .venv/bin/python benchmarks/chart.py benchmarks/results/restore_cuda_8b_h200.json [...]
 (needs matplotlib: pip install '.[bench]')"""
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLD_STAGES = ["import", "load", "kv_reserve", "compile", "warmup"]
-RESTORE_STAGES = [("store checks", ("find", "verify")), ("rootfs diff", ("rootfs",)), ("CRIU", ("criu",)),
-                  ("CUDA restore", ("cuda_restore",)), ("resume hook", ("resume",))]
+COLD_STAGES = ["import", "load", "kv_reserve", "compile", "graphs", "warmup"]
+RESTORE_STAGES = [("store checks", ("find", "fingerprint", "verify")), ("rootfs diff", ("rootfs",)),
+                  ("CRIU", ("criu",)), ("CUDA restore", ("cuda_driver_init", "cuda_query", "cuda_restore", "cuda_unlock")),
+                  ("resume hook", ("resume",))]
 
 
 def bars(state: dict) -> tuple[list[str], dict[str, list[float]]]:
@@ -37,6 +40,36 @@ def bars(state: dict) -> tuple[list[str], dict[str, list[float]]]:
 def draw(path: str) -> str:
     with open(path) as f:
         state = json.load(f)
+    return draw_memory(path, state) if "runs" in state else draw_restore(path, state)
+
+
+def draw_memory(path: str, state: dict) -> str:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for thp in ("madvise", "always"):
+        for cache in ("warm", "dropped"):
+            runs = [r for r in state["runs"] if (r["thp"], r["cache"]) == (thp, cache) and r.get("fill_s")]
+            if runs:
+                ax.plot([r["readers"] for r in runs], [r["fill_bytes"] / r["fill_s"] / 1e9 for r in runs],
+                        marker="o", label=f"CRIU fill, THP {thp}, cache {cache}")
+    yard = state["yardstick"]["thp"]
+    ax.plot([int(k) for k in yard], list(yard.values()), "k--", label="C fill, page cache (yardstick)")
+    ax.axhline(state["disk_read_gbps"], color="grey", linestyle=":", label="disk read (yardstick)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("readers")
+    ax.set_ylabel("GB/s")
+    ax.set_title(f"Memory restore of {state['snapshot_bytes'] / 1e9:.1f} GB, {state['machine']['cores']} cores")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _save(fig: "plt.Figure", path: str) -> str:
+    fig.tight_layout()
+    out = path.rsplit(".", 1)[0] + ".png"
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def draw_restore(path: str, state: dict) -> str:
     labels, parts = bars(state)
     fig, ax = plt.subplots(figsize=(2 + 1.6 * len(labels), 5))
     bottom = [0.0] * len(labels)
@@ -50,10 +83,7 @@ def draw(path: str) -> str:
     ax.set_title(f"LLM worker {state['size']} on {where}: time to first token")
     ax.set_ylabel("seconds")
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    out = path.rsplit(".", 1)[0] + ".png"
-    fig.savefig(out, dpi=110)
-    return out
+    return _save(fig, path)
 
 
 if __name__ == "__main__":

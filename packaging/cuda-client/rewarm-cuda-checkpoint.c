@@ -28,20 +28,26 @@ static const char *forwarded[] = { "REWARM_CUDA_DEVICE_MAP", "REWARM_CUDA_LOCK_T
 static void run_direct(char **argv)
 {
 	char self[PATH_MAX], path[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	ssize_t n;
 
-	if (n < 0) {
-		perror("cuda-checkpoint: readlink /proc/self/exe");
-		exit(1);
+	/* CRIU's plugin runs a bare `cuda-checkpoint` found on PATH: the fallback is found the same way
+	 * (rewarm puts both first on CRIU's PATH). A path in argv[0] means the fallback is beside it. */
+	if (!strchr(argv[0], '/')) {
+		argv[0] = FALLBACK;
+		execvp(FALLBACK, argv);
+	} else {
+		snprintf(path, sizeof(path), "%s/%s", dirname(strdup(argv[0])), FALLBACK);
+		argv[0] = path;
+		execv(path, argv);
 	}
-	self[n] = '\0';
-	/* The fallback lies beside the link CRIU ran (argv[0]), else beside this binary. */
-	snprintf(path, sizeof(path), "%s/%s", dirname(strdup(argv[0])), FALLBACK);
-	if (access(path, X_OK) != 0)
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);   /* last: beside this binary */
+	if (n > 0) {
+		self[n] = '\0';
 		snprintf(path, sizeof(path), "%s/%s", dirname(self), FALLBACK);
-	argv[0] = path;
-	execv(path, argv);
-	fprintf(stderr, "cuda-checkpoint: no CUDA helper, and %s cannot run: %s\n", path, strerror(errno));
+		argv[0] = path;
+		execv(path, argv);
+	}
+	fprintf(stderr, "cuda-checkpoint: no CUDA helper, and %s cannot run: %s\n", FALLBACK, strerror(errno));
 	exit(1);
 }
 

@@ -1,8 +1,8 @@
 """The capture pipeline: checkpoint a running container into a new store entry, as named steps over
 one context:
 
-    fingerprint_source -> check_space -> note_gpus_and_sockets -> checkpoint -> keep_dump_log
-    -> write_rootfs_diff -> describe -> commit -> (stop_source, unless it is to keep running)
+    fingerprint_source -> note_gpus_and_sockets -> checkpoint (quiesce hook, space check, dump,
+    resume hook) -> keep_dump_log -> write_rootfs_diff -> describe -> commit -> (stop_source, unless it is to keep running)
 
 The entry is built in a private staging directory and published with one rename at the very end,
 so a capture that dies at any point leaves nothing that a restore would use. The checkpoint always
@@ -147,13 +147,15 @@ def note_gpus_and_sockets(c: Capture) -> None:
 
 
 def checkpoint(c: Capture) -> None:
-    """The checkpoint, between the worker's quiesce and resume hooks where its annotations name them."""
+    """The space check and the checkpoint, between the worker's quiesce and resume hooks where its
+    annotations name them."""
     annotations = oci_spec.annotations_of(c.source.spec)
     quiesce, resume = annotations.get(ann.QUIESCE_HTTP), annotations.get(ann.RESUME_HTTP)
     t = time.monotonic()
     try:
         if quiesce:
             worker_hooks.post(c.source.pid, quiesce, "quiesce", c.settings.hook_timeout_s)
+        check_space(c)   # after the quiesce: a worker gives back its KV reserve there
         if c.containerd is not None:
             _containerd_checkpoint(c, c.containerd)
         else:
@@ -206,7 +208,7 @@ def stop_source(c: Capture) -> None:
 
 
 Step = Callable[[Capture], None]
-STEPS: tuple[Step, ...] = (check_space, note_gpus_and_sockets, checkpoint, keep_dump_log, write_rootfs_diff,
+STEPS: tuple[Step, ...] = (note_gpus_and_sockets, checkpoint, keep_dump_log, write_rootfs_diff,
                            describe)
 
 

@@ -95,13 +95,17 @@ def serve(path: str = SOCKET) -> None:
     class Handler(socketserver.StreamRequestHandler):
         def handle(self) -> None:
             _Server.last_request = time.monotonic()
-            argv, env = parse_request(self.rfile.read())
+            data = self.rfile.read()
+            if not data:
+                return   # running()'s probe: it connected and left
+            argv, env = parse_request(data)
             t = time.monotonic()
             waited = not driver.ready.is_set()
             code, out, err = cuda_cli.execute(argv, env, driver.get)
             if waited and driver.ready.is_set():
                 cuda_cli.log_timing(env, "driver-init-wait", os.getpid(), time.monotonic() - t)
-            self.wfile.write(answer(code, out, err))
+            with contextlib.suppress(BrokenPipeError):   # the client was killed meanwhile
+                self.wfile.write(answer(code, out, err))
             _Server.last_request = time.monotonic()
 
     with contextlib.suppress(FileNotFoundError):

@@ -67,3 +67,12 @@ def test_without_a_helper_the_client_runs_the_python_command(libexec):
     assert not helper.running()
     out = cuda_checkpoint(libexec, "-h")
     assert out.returncode == 0 and "--action" in out.stdout and "--get-restore-tid" in out.stdout
+
+
+def test_without_a_helper_the_client_found_on_path_runs_the_python_command(libexec, tmp_path):
+    """As CRIU's plugin runs it: a bare `cuda-checkpoint` found on PATH, from another directory
+    (the plugin disables itself when `-h` fails, and a GPU capture then stops at the device VMAs)."""
+    helper.stop()
+    out = subprocess.run(["cuda-checkpoint", "-h"], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PATH": libexec + os.pathsep + os.environ["PATH"]})
+    assert out.returncode == 0 and "--action" in out.stdout, out.stderr
