@@ -32,6 +32,11 @@ def kernel() -> str:
 
 def tool_version(argv: list[str]) -> str:
     """First line that names a version ("runc version 1.1.5", "Version: 4.2.1")."""
+    return _tool_version(tuple(argv))
+
+
+@functools.cache   # once per process: a create that checks for a pull on miss asks again at restore
+def _tool_version(argv: tuple[str, ...]) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
