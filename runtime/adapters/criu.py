@@ -6,12 +6,12 @@ container it manages at it, for checkpoint and restore alike.
 """
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
 
 import runtime
+from runtime.adapters import node_facts
 from runtime.adapters.files import write_if_changed
 from runtime.model import cuda_env
 from runtime.model.settings import Settings
@@ -36,11 +36,10 @@ def config_path(settings: Settings) -> str:
 PARALLEL_FILL = "Parallel-fill:"   # `criu --version` of rewarm's build (packaging/criu) says so
 
 
-@functools.cache
 def has_parallel_fill(criu: str) -> bool:
     """Whether this CRIU has rewarm's parallel memory restore (restore-threads, restore-thp)."""
     try:
-        out = subprocess.run([criu, "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = node_facts.version_output((criu, "--version"))
     except (OSError, subprocess.TimeoutExpired):
         return False
     return any(line.startswith(PARALLEL_FILL) for line in out.splitlines())

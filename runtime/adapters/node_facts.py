@@ -32,16 +32,17 @@ def kernel() -> str:
 
 def tool_version(argv: list[str]) -> str:
     """First line that names a version ("runc version 1.1.5", "Version: 4.2.1")."""
-    return _tool_version(tuple(argv))
-
-
-@functools.cache   # once per process: a create that checks for a pull on miss asks again at restore
-def _tool_version(argv: tuple[str, ...]) -> str:
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+        out = version_output(tuple(argv))
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"unavailable ({e})"
     for line in out.splitlines():
         if "ersion" in line:
             return line.strip()
     return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+
+@functools.cache   # once per process: a create asks for CRIU's in its config and in the fingerprint
+def version_output(argv: tuple[str, ...]) -> str:
+    """What `argv` (a tool's version command) prints; a tool that cannot run raises, uncached."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
