@@ -14,8 +14,8 @@ from typing import Iterator
 
 import pytest
 
+from helpers import config_named
 from runtime.adapters import settings_file
-from runtime.front.names import CONFIG_ENV
 from runtime.lab.private_node import write_config
 from runtime.lab.runc_lab import Lab
 from runtime.model.settings import Settings
@@ -27,13 +27,8 @@ def node() -> Iterator[Settings]:
     top = tempfile.mkdtemp(prefix="rewarm-test-")
     os.chmod(top, 0o755)
     path = write_config(top)
-    old = os.environ.get(CONFIG_ENV)
-    os.environ[CONFIG_ENV] = path
-    yield settings_file.load(path)
-    if old is None:
-        os.environ.pop(CONFIG_ENV, None)
-    else:
-        os.environ[CONFIG_ENV] = old
+    with config_named(path):
+        yield settings_file.load(path)
     shutil.rmtree(top, ignore_errors=True)
 
 

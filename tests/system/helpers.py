@@ -1,16 +1,32 @@
 """Helpers of the system tests: the operator's command, the event log, copies of store entries."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 from runtime.adapters import logs, store
 from runtime.adapters.files import read_json, write_json
+from runtime.front.names import CONFIG_ENV
 from runtime.model import layout
 from runtime.model.settings import Settings
+
+
+@contextlib.contextmanager
+def config_named(path: str) -> Iterator[None]:
+    """$REWARM_CONFIG names `path` inside the block (rewarm-runc and the CLI read it), then what it named."""
+    old = os.environ.get(CONFIG_ENV)
+    os.environ[CONFIG_ENV] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(CONFIG_ENV, None)
+        else:
+            os.environ[CONFIG_ENV] = old
 
 
 def rewarm_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

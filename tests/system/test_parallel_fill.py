@@ -11,10 +11,10 @@ import os
 
 import pytest
 
+from helpers import config_named
 from runtime.adapters import criu
 from runtime.engine import capture
 from runtime.engine.restore import RESTORE_LOG_COPY
-from runtime.front.names import CONFIG_ENV
 from runtime.lab.runc_lab import Lab
 
 WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers")
@@ -44,11 +44,8 @@ def source(node, tmp_path_factory):
 def test_every_byte_comes_back_with_one_reader_and_with_eight(lab, node, source, tmp_path, threads, huge_pages):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**node.to_json(), "restore_threads": threads, "restore_huge_pages": huge_pages}))
-    os.environ[CONFIG_ENV], kept = str(config), os.environ[CONFIG_ENV]
-    try:
+    with config_named(str(config)):
         c = lab.create(f"mem{threads}", mem_worker(lab))
-    finally:
-        os.environ[CONFIG_ENV] = kept
     assert "restored" in c.runtime_log(), c.runtime_log()
     after = c.get("/digest", timeout=120)
     assert after["parent"] == source["parent"]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import events
+from helpers import config_named, events
 from registry_fixtures import started_registry, synthetic_entry
 from runtime.adapters import settings_file, store
 from runtime.adapters.registry import native
@@ -34,10 +34,8 @@ def reg_node(node, registry, tmp_path_factory):
     top = str(tmp_path_factory.mktemp("reg-node"))
     auth = registry.auth_file(os.path.join(top, "auth.json"))
     path = write_config(top, registry_ca_file=registry.ca, registry_auth_file=auth, transfer_threads=4)
-    old = os.environ[CONFIG_ENV]
-    os.environ[CONFIG_ENV] = path
-    yield settings_file.load(path)
-    os.environ[CONFIG_ENV] = old
+    with config_named(path):
+        yield settings_file.load(path)
 
 
 def cli(*args: str, config: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -13,10 +13,9 @@ import time
 
 import pytest
 
-from helpers import events
+from helpers import config_named, events
 from registry_fixtures import started_registry
 from runtime.adapters import settings_file, store
-from runtime.front.names import CONFIG_ENV
 from runtime.lab.containerd_lab import Lab
 from runtime.lab.private_node import write_config
 from runtime.lab.runc_lab import WORKER_DIR, rewarm_runc
@@ -37,10 +36,8 @@ def pod_node(node, registry, tmp_path_factory):
     auth = registry.auth_file(os.path.join(top, "auth.json"))
     path = write_config(top, registry_ca_file=registry.ca, registry_auth_file=auth,
                         allowed_registries=[f"{registry.address}/rewarm"], pull_timeout_s=60)
-    old = os.environ[CONFIG_ENV]
-    os.environ[CONFIG_ENV] = path
-    yield path
-    os.environ[CONFIG_ENV] = old
+    with config_named(path):
+        yield path
 
 
 def settings(path: str):
