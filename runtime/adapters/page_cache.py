@@ -7,10 +7,12 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 CHUNK = 16 << 20            # one read of a reader; large enough that each is one sequential I/O
+ADVISE_CHUNK = 64 << 20     # one read-ahead request of the prefetch
 WINDOW = 1 << 30            # mincore looks at this much of a file at a time
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -31,11 +33,34 @@ def _read_range(item: tuple[str, int]) -> int:
         os.close(fd)
 
 
+def _ranges(paths: Iterable[str], chunk: int) -> list[tuple[str, int]]:
+    return [(p, off) for p in paths for off in range(0, os.path.getsize(p), chunk)]
+
+
 def warm(paths: Iterable[str], threads: int) -> int:
     """Read every byte of these files with `threads` parallel readers; returns the bytes read."""
-    ranges = [(p, off) for p in paths for off in range(0, os.path.getsize(p), CHUNK)]
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        return sum(pool.map(_read_range, ranges))
+        return sum(pool.map(_read_range, _ranges(paths, CHUNK)))
+
+
+def _advise_range(item: tuple[str, int]) -> None:
+    fd = os.open(item[0], os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, item[1], ADVISE_CHUNK, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
+def prefetch_in_background(paths: Iterable[str], threads: int) -> None:
+    """Ask the kernel to read these files ahead, `threads` ranges at once, without waiting: for a
+    reader that will read them one after another (ranges already cached cost nothing)."""
+    ranges = _ranges(paths, ADVISE_CHUNK)
+
+    def run() -> None:
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(_advise_range, ranges))
+    if ranges:
+        threading.Thread(target=run, daemon=True, name="rewarm-prefetch").start()
 
 
 def resident_bytes(path: str) -> int:

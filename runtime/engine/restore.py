@@ -14,13 +14,11 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from runtime.adapters import cgroups, criu, logs, mounts, netlock, rootfs_diff, store, worker_hooks
+from runtime.adapters import cgroups, criu, logs, mounts, netlock, page_cache, rootfs_diff, store, worker_hooks
 from runtime.adapters.store import Entry, Store
 from runtime.adapters.files import remove_tree, write_json
 from runtime.adapters.runc import Runc, restore_argv, run_bounded, start_attached
@@ -35,7 +33,6 @@ from runtime.model.settings import Settings, Verify
 
 CUDA_TIMING = "cuda-timing.log"
 RESTORE_LOG_COPY = "rewarm-restore.log"   # CRIU's restore log, kept beside runc's state of the container
-PREFETCH_CHUNK = 64 << 20
 
 
 class Stages:
@@ -255,25 +252,11 @@ def _str_global(call: RuncCall, flag: str) -> str | None:
 def prefetch_pages(entry: Entry, threads: int) -> None:
     """Have the kernel read CRIU's page images ahead of CRIU, several ranges at once, in the
     background. CRIU reads them one after another, so with a cold page cache a restore runs at one
-    reader's disk bandwidth; ranges already cached cost nothing."""
-    if threads <= 0:
-        return
-    images = entry.file(layout.CHECKPOINT_DIR)
-    ranges = [(os.path.join(images, name), offset) for name in sorted(os.listdir(images)) if name.startswith("pages-")
-              for offset in range(0, os.path.getsize(os.path.join(images, name)), PREFETCH_CHUNK)]
-
-    def advise(item: tuple[str, int]) -> None:
-        fd = os.open(item[0], os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, item[1], PREFETCH_CHUNK, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
-
-    def run() -> None:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(advise, ranges))
-    if ranges:
-        threading.Thread(target=run, daemon=True, name="rewarm-prefetch").start()
+    reader's disk bandwidth."""
+    if threads > 0:
+        images = entry.file(layout.CHECKPOINT_DIR)
+        page_cache.prefetch_in_background(
+            [os.path.join(images, n) for n in sorted(os.listdir(images)) if n.startswith("pages-")], threads)
 
 
 def image_view(entry: Entry, work: str) -> str:
