@@ -177,7 +177,7 @@ def test_two_pods_restore_the_same_snapshot_at_once(cri_lab, captured):
     try:
         assert len(pods) == 2
         for pod in pods:
-            assert pod.wait_answer(timeout=30)[0]["boot_id"] == captured["answer"]["boot_id"]
+            assert pod.wait_answer(timeout=30)[0]["boot_id"] == captured["answer"]["boot_id"], pod.log()
     finally:
         for pod in pods:
             pod.delete()
