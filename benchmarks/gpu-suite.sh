@@ -14,7 +14,8 @@ python3 -c 'import torch; print("torch", torch.__version__, "GPUs", torch.cuda.d
 for step in $steps; do
   case $step in
     tests)   # the GPU tests, the CUDA helper, the parallel fill in a container; their output kept
-      python3 -m pytest -s -v -p no:cacheprovider tests/system/test_gpu_machine.py tests/system/test_cuda_helper.py \
+      python3 -m pytest -s -v -p no:cacheprovider tests/system/test_gpu_machine.py tests/system/test_llm_worker_gpu.py \
+        tests/system/test_cuda_helper.py \
         tests/system/test_parallel_fill.py 2>&1 | tee "$results/gpu_tests_$label.log" ;;
     memory)  # memory restore throughput by readers, THP and page cache, beside the C fill and the disk
       python3 benchmarks/memory_restore.py --gib 8 --label "$label" 2>&1 | tee "$results/memory_restore_$label.log" ;;

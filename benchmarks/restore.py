@@ -29,7 +29,7 @@ import tempfile
 import time
 
 import common
-from runtime.adapters import logs, settings_file, store
+from runtime.adapters import logs, page_cache, settings_file, store
 from runtime.engine import capture, warm
 from runtime.engine.restore import RESTORE_LOG_COPY
 from runtime.front.names import CONFIG_ENV
@@ -44,6 +44,7 @@ PROMPT = {"prompt": "The fastest way to start an inference worker is", "max_toke
 HOOKS = {"rewarm.dev/quiesce-http": f"http://127.0.0.1:{PORT}/sleep",
          "rewarm.dev/resume-http": f"http://127.0.0.1:{PORT}/wake_up"}
 FILL = re.compile(r"pfill: task \d+: filled (\d+) bytes, (\d+) readers, ([\d.]+) s")
+WAKE = re.compile(r"llm-worker: awake in ([\d.]+)s (\{.*\})")
 
 
 def thp(mode: str | None = None) -> str | None:
@@ -125,6 +126,9 @@ class Bench:
                                 "first_answer": t_health - t_started, "first_completion": t_token - t_health,
                                 "completion_in_worker": completion.get("timing", {}).get("seconds", 0.0)}}
 
+    def model_files(self) -> list[str]:
+        return [os.path.join(self.models, f) for f in sorted(os.listdir(self.models))]
+
     def events(self, container_id: str) -> list[dict]:
         return [e for e in logs.read_events(self.cfg.event_log) if e.get("container") == container_id]
 
@@ -193,15 +197,19 @@ class Bench:
                 common.pretouch(state["snapshot_bytes"] / 2**30 + 2)   # see common.pretouch
                 if cache == "dropped":
                     drop_page_cache()
-                else:
-                    state.setdefault("warm_s", warm.warm(entry, self.cfg.restore_threads).seconds)
+                else:   # the snapshot and the model files its worker reads back on wake
+                    t = time.monotonic()
+                    warm.warm(entry, self.cfg.restore_threads)
+                    page_cache.warm(self.model_files(), self.cfg.restore_threads)
+                    state.setdefault("warm_s", time.monotonic() - t)
                 c, run = self.run_to_first_token(f"restore{i}", timeout=600)
                 restored = [e for e in self.events(c.cid) if e["event"] == "restored"]
                 if not restored or run["boot_id"] != state["cold"]["boot_id"] or run["tokens"] != state["cold"]["tokens"]:
                     raise RuntimeError(f"restore {i} did not give the captured worker: {self.events(c.cid)}")
                 with open(os.path.join(self.lab.runc_root, c.cid, RESTORE_LOG_COPY), errors="replace") as f:
                     fills = [(int(m.group(1)), float(m.group(3))) for m in FILL.finditer(f.read())]
-                run.update(thp=mode, page_cache=cache, stages=restored[-1]["stages"], engine_s=restored[-1]["seconds"],
+                wakes = [json.loads(m.group(2)) for m in WAKE.finditer(c.text())]
+                run.update(wake=wakes[-1] if wakes else {}, thp=mode, page_cache=cache, stages=restored[-1]["stages"], engine_s=restored[-1]["seconds"],
                            fill_bytes=sum(b for b, _ in fills), fill_s=max((s for _, s in fills), default=0.0))
                 state["restores"].append(run)
                 c.destroy()
@@ -277,7 +285,7 @@ def report(state: dict) -> None:
     size = state["snapshot_bytes"]
     y = state["yardsticks"]
     header = ["THP", "page cache", "first token (s)", "vs cold", *(c for c, _ in STAGE_COLUMNS),
-              "engine, other", "start", "first answer", "first completion", "memory fill GB/s"]
+              "engine, other", "start", "first answer", "first completion", "memory fill GB/s", "weights read back GB/s"]
     rows = []
     for r in state["restores"]:
         s, t = r["stages"], r["timeline"]
@@ -288,7 +296,8 @@ def report(state: dict) -> None:
         gbps = r["fill_bytes"] / r["fill_s"] / 1e9 if r["fill_s"] else size / s["criu"] / 1e9
         rows.append([r["thp"], r["page_cache"], f"{r['first_token_s']:.2f}", f"{cold / r['first_token_s']:.1f}x",
                      *(f"{c:.2f}" for c in cols), f"{other:.2f}", f"{t['start']:.3f}", f"{t['first_answer']:.3f}",
-                     f"{t['first_completion']:.2f}", f"{gbps:.2f}"])
+                     f"{t['first_completion']:.2f}", f"{gbps:.2f}",
+                     f"{r['wake']['gbps']:.2f}" if r.get("wake", {}).get("gbps") else "-"])
     worker = state["cold"]["health"]
     where = state.get("gpu", [state["machine"]["cpu"]])[0]
     by = {(r["thp"], r["page_cache"]): r for r in state["restores"]}
@@ -307,10 +316,12 @@ def report(state: dict) -> None:
     ]
     if ("madvise", "warm") in by and ("madvise", "dropped") in by:
         w, d = by[("madvise", "warm")], by[("madvise", "dropped")]
-        bound = size / 1e9 / y["disk_read_gbps"] + w["first_token_s"]
+        reread = d.get("wake", {}).get("bytes", 0)   # weights the worker reads back from the model files
+        bound = (size + reread) / 1e9 / y["disk_read_gbps"] + w["first_token_s"]
         lines.append(f"THP madvise: warm {w['first_token_s']:.2f}s ({cold / w['first_token_s']:.1f}x); dropped "
                      f"{d['first_token_s']:.2f}s = {d['first_token_s'] / bound:.2f}x of (bytes / disk bandwidth + "
-                     f"warm time) = {bound:.2f}s.")
+                     f"warm time) = {bound:.2f}s, the bytes being the snapshot's and the "
+                     f"{reread / 1e9:.2f} GB of weights read back from the model files.")
     lines += ["", common.table(header, rows)]
     if "cri" in state:
         c = state["cri"]

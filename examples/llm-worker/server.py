@@ -8,13 +8,17 @@ rewarm's ready file and serves, decoding through the captured graphs (decoder.py
                         shape, with the boot id as system_fingerprint (a restored copy keeps its
                         source's) and the request's own timing (prefill, decode)
   GET  /health          status, boot id, the start's stages in seconds
-  POST /sleep           quiesce for a capture: free the memory reserve and cached allocator blocks
-  POST /wake_up         take the memory reserve again (after a capture, or in a restored copy)
+  POST /sleep           quiesce for a capture: free the memory reserve and cached allocator blocks,
+                        and on a GPU release the weights' memory (weight_arena.py): they come back
+                        from the model files, so the checkpoint need not carry them
+  POST /wake_up         read the weights back and take the memory reserve again (after a capture, or
+                        in a restored copy); fails (HTTP 500) if the model files changed since
 
 Env: MODEL_DIR (/models/llm), DEVICE (cuda if available, else cpu), KV_CACHE_GB (0: the reserve),
 MAX_BATCH (8), MAX_LEN (1024), GRAPH_SIZES (1,2,4,8), PORT (8000), READY_FILE (/run/rewarm/ready),
-THREADS (CPU threads). The tokenizer is bytes (id = byte + 3): the weights are random, so only speed
-and state matter.
+THREADS (CPU threads), SLEEP_WEIGHTS (release: the weights leave the GPU on /sleep; keep: they stay
+and the checkpoint carries them), LOAD_THREADS (readers of a wake, default the CPUs up to 16). The
+tokenizer is bytes (id = byte + 3): the weights are random, so only speed and state matter.
 """
 import ctypes
 import gc
@@ -23,6 +27,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 
@@ -65,6 +70,18 @@ def load_model():
     return model.to(DEVICE).eval()
 
 
+@timed("arena")
+def weights_arena(model):
+    """On a GPU, the weights move into a block they can leave and come back to (weight_arena.py)."""
+    if not DEVICE.startswith("cuda") or os.environ.get("SLEEP_WEIGHTS", "release") != "release":
+        return None
+    import weight_arena
+    arena, why = weight_arena.build(model, MODEL_DIR)
+    if arena is None:
+        print(f"llm-worker: the weights stay in the checkpoint: {why}", flush=True)
+    return arena
+
+
 class KvReserve:
     """GPU memory held up front, the way vLLM reserves it for its KV cache (released for a capture)."""
     def __init__(self, gib):
@@ -99,9 +116,12 @@ def warm_up():
     generate(["warm up"] * DECODER.max_batch, 8)
 
 
-def quiesce():
-    """Give back what a capture should not carry: the KV reserve, cached GPU blocks, free heap."""
+def quiesce(release_weights=False):
+    """Give back what a capture should not carry: the KV reserve, cached GPU blocks, free heap, and
+    (for a capture) the weights that the model files hold anyway."""
     KV.release()
+    if release_weights and ARENA is not None:
+        ARENA.release()
     gc.collect()
     if DEVICE.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -112,6 +132,7 @@ def quiesce():
 
 
 MODEL = load_model()
+ARENA = weights_arena(MODEL)
 KV = KvReserve(KV_CACHE_GB)
 t = time.time()
 KV.take()
@@ -121,6 +142,17 @@ capture_graphs(DECODER)
 warm_up()
 PARAMS = sum(p.numel() for p in MODEL.parameters())
 SERVED = {"requests": 0}
+LOAD_THREADS = int(os.environ.get("LOAD_THREADS") or min(16, os.cpu_count() or 1))
+AWAKE = threading.Lock()   # held by a completion, or by a sleep until the wake that ends it
+ASLEEP = threading.Event()
+
+
+def wake_up():
+    """Weights back from their files, then the memory reserve (a failure leaves the worker asleep)."""
+    t = time.time()
+    loaded = ARENA.reload(LOAD_THREADS) if ARENA is not None else {}
+    KV.take()
+    return {"seconds": round(time.time() - t, 4), "weights": loaded}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -147,7 +179,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             t = time.time()
             prompt = request.get("prompt", "")
             prompts = [str(p) for p in prompt] if isinstance(prompt, list) else [str(prompt)]
-            outputs = generate(prompts, int(request.get("max_tokens", 16)))
+            if not AWAKE.acquire(timeout=60):
+                return self._send(503, {"error": "asleep (quiesced for a capture)"})
+            try:
+                outputs = generate(prompts, int(request.get("max_tokens", 16)))
+            finally:
+                AWAKE.release()
             seconds = round(time.time() - t, 4)
             SERVED["requests"] += 1
             print(f"completion of {len(prompts)} x {len(outputs[0])} tokens in {seconds:.3f}s", flush=True)
@@ -160,12 +197,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                        "completion_tokens": sum(len(o) for o in outputs)},
                              "timing": {"seconds": seconds}})
         elif self.path == "/sleep":
-            quiesce()
+            if not ASLEEP.is_set():
+                if not AWAKE.acquire(timeout=60):
+                    return self._send(503, {"error": "a completion did not end"})
+                ASLEEP.set()
+            quiesce(release_weights=True)
             self._send(200, {"sleeping": True})
         elif self.path == "/wake_up":
-            t = time.time()
-            KV.take()
-            self._send(200, {"sleeping": False, "seconds": round(time.time() - t, 4)})
+            if not ASLEEP.is_set():
+                return self._send(200, {"sleeping": False, "seconds": 0})
+            try:
+                woke = wake_up()
+            except Exception as e:  # noqa: BLE001  (the caller, rewarm, cold-starts the pod instead)
+                print(f"llm-worker: wake failed: {e}", flush=True)
+                return self._send(500, {"error": str(e)})
+            ASLEEP.clear()
+            AWAKE.release()
+            print(f"llm-worker: awake in {woke['seconds']}s {json.dumps(woke['weights'])}", flush=True)
+            self._send(200, {"sleeping": False, **woke})
         else:
             self._send(404, {"error": "not found"})
 

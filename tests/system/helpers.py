@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import subprocess
@@ -27,6 +28,15 @@ def config_named(path: str) -> Iterator[None]:
             os.environ.pop(CONFIG_ENV, None)
         else:
             os.environ[CONFIG_ENV] = old
+
+
+def gpu_usable() -> bool:
+    """An NVIDIA GPU and a driver with the CUDA checkpoint API (GPU tests skip without them)."""
+    try:
+        ctypes.CDLL("libcuda.so.1").cuCheckpointProcessLock  # noqa: B018
+        return os.path.exists("/dev/nvidiactl")
+    except (OSError, AttributeError):
+        return False
 
 
 def rewarm_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,6 @@ bundle and network namespace) through rewarm-runc. Its measurements are printed 
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -18,7 +17,7 @@ import time
 
 import pytest
 
-from helpers import clone_entry, events
+from helpers import clone_entry, events, gpu_usable
 from runtime.adapters import store
 from runtime.adapters.files import read_json, write_json
 from runtime.engine import capture
@@ -28,15 +27,7 @@ from runtime.model.errors import CaptureFailed
 from runtime.lab.runc_lab import CHECKOUT, Lab
 
 
-def _gpu_usable() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1").cuCheckpointProcessLock  # noqa: B018
-        return os.path.exists("/dev/nvidiactl")
-    except (OSError, AttributeError):
-        return False
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _gpu_usable(), reason="needs an NVIDIA GPU with the CUDA checkpoint API")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_usable(), reason="needs an NVIDIA GPU with the CUDA checkpoint API")]
 WORKER = os.path.join(CHECKOUT, "examples", "gpu-worker")
 RESULTS: dict = {}
 
