@@ -13,14 +13,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLD_STAGES = ["import", "load", "kv_reserve", "compile", "graphs", "warmup"]
+COLD_STAGES = ["import", "load", "movable", "kv_reserve", "compile", "graphs", "warmup"]
 RESTORE_STAGES = [("store checks", ("find", "fingerprint", "verify")), ("rootfs diff", ("rootfs",)),
                   ("CRIU", ("criu",)), ("CUDA restore", ("cuda_driver_init", "cuda_query", "cuda_restore", "cuda_unlock")),
                   ("resume hook", ("resume",))]
 
 
 def bars(state: dict) -> tuple[list[str], dict[str, list[float]]]:
-    labels = ["cold start"] + [f"restore\nTHP {r['thp']}\ncache {r['page_cache']}" for r in state["restores"]]
+    labels = ["cold start"] + [f"restore {i}\nTHP {r['thp']}\ncache {r['page_cache']}"
+                               for i, r in enumerate(state["restores"], start=1)]
     parts: dict[str, list[float]] = {}
     worker = state["cold"]["health"]["stages"]
     n = len(labels)
@@ -71,7 +72,7 @@ def _save(fig: "plt.Figure", path: str) -> str:
 
 def draw_restore(path: str, state: dict) -> str:
     labels, parts = bars(state)
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(labels), 5))
+    fig, ax = plt.subplots(figsize=(2 + 1.3 * len(labels), 5))
     bottom = [0.0] * len(labels)
     for name, values in parts.items():
         if any(values):
@@ -82,6 +83,7 @@ def draw_restore(path: str, state: dict) -> str:
     where = state.get("gpu", [state["machine"]["cpu"]])[0]
     ax.set_title(f"LLM worker {state['size']} on {where}: time to first token")
     ax.set_ylabel("seconds")
+    ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=7, loc="upper right")
     return _save(fig, path)
 

@@ -2,8 +2,10 @@
 captured at start), on the GPU or the CPU, in one run.
 
 Through rewarm-runc: a cold start to the first token (weights from disk), a capture after the
-worker's quiesce hook, then restores to the first token with THP `madvise` and `always`, the
-snapshot in the page cache (read in by `rewarm warm`'s code) and dropped from it. Every stage
+worker's quiesce hook (on a GPU the worker gives back its weights there and reads them back in its
+resume hook), then restores to the first token with THP `madvise` and `always`: one with the page
+cache dropped, then --repeats with the snapshot and the weights read in by `rewarm warm`'s code
+(the median counts). Every stage
 from create to first token: the engine's (store checks, rootfs diff, CRIU and its memory fill,
 the CUDA helper's driver wait, restore and unlock, the resume hook), the runtime's start, the first
 HTTP answer and the first completion. In the same run, the machine's limits: disk and page-cache
@@ -29,7 +31,7 @@ import tempfile
 import time
 
 import common
-from runtime.adapters import logs, page_cache, settings_file, store
+from runtime.adapters import logs, settings_file, store
 from runtime.engine import capture, warm
 from runtime.engine.restore import RESTORE_LOG_COPY
 from runtime.front.names import CONFIG_ENV
@@ -126,9 +128,6 @@ class Bench:
                                 "first_answer": t_health - t_started, "first_completion": t_token - t_health,
                                 "completion_in_worker": completion.get("timing", {}).get("seconds", 0.0)}}
 
-    def model_files(self) -> list[str]:
-        return [os.path.join(self.models, f) for f in sorted(os.listdir(self.models))]
-
     def events(self, container_id: str) -> list[dict]:
         return [e for e in logs.read_events(self.cfg.event_log) if e.get("container") == container_id]
 
@@ -147,6 +146,7 @@ class Bench:
                  "hooks": self.a.hooks, "weights_s": weights_s, "weight_bytes": weight_bytes, "cold": run,
                  "cold_events": self.events(c.cid), "entry": entry.ident, "snapshot_bytes": entry.size(),
                  "capture": vars(entry.manifest.capture),
+                 "reload_bytes": sum(f.size for f in entry.manifest.reload_files),
                  "largest_file": max((entry.file(f) for f in entry.manifest.files if "pages-" in f),
                                      key=os.path.getsize)}
         if self.gpu:
@@ -188,20 +188,20 @@ class Bench:
         entry = store.Store(self.cfg.store).entries("default", self.snapshot)[0]
         original = thp()
         modes = [m for m in ("madvise", "always") if original is not None and thp(m) == m] or [original]
-        variants = [(mode, cache) for mode in modes for cache in ("warm", "dropped")
+        # per THP mode: the page cache dropped (everything read from disk), then rewarm warm before
+        # each of --repeats restores (the image's own files are then as warm as on a node that has
+        # restored this worker before)
+        variants = [(mode, cache) for mode in modes for cache in ("dropped", *["warm"] * self.a.repeats)
                     if not self.a.variants or f"{mode}:{cache}" in self.a.variants.split(",")]
         state["restores"] = []
         try:
             for i, (mode, cache) in enumerate(variants):
                 thp(mode)
-                common.pretouch(state["snapshot_bytes"] / 2**30 + 2)   # see common.pretouch
                 if cache == "dropped":
                     drop_page_cache()
-                else:   # the snapshot and the model files its worker reads back on wake
-                    t = time.monotonic()
-                    warm.warm(entry, self.cfg.restore_threads)
-                    page_cache.warm(self.model_files(), self.cfg.restore_threads)
-                    state.setdefault("warm_s", time.monotonic() - t)
+                else:   # rewarm warm: the snapshot and the model files its worker reads back on wake
+                    state.setdefault("warm_s", warm.warm(entry, self.cfg.restore_threads).seconds)
+                common.pretouch(state["snapshot_bytes"] / 2**30 + 2)   # last: see common.pretouch
                 c, run = self.run_to_first_token(f"restore{i}", timeout=600)
                 restored = [e for e in self.events(c.cid) if e["event"] == "restored"]
                 if not restored or run["boot_id"] != state["cold"]["boot_id"] or run["tokens"] != state["cold"]["tokens"]:
@@ -300,7 +300,11 @@ def report(state: dict) -> None:
                      f"{r['wake']['gbps']:.2f}" if r.get("wake", {}).get("gbps") else "-"])
     worker = state["cold"]["health"]
     where = state.get("gpu", [state["machine"]["cpu"]])[0]
-    by = {(r["thp"], r["page_cache"]): r for r in state["restores"]}
+    by = {}   # (THP, page cache) -> the run of median first-token time
+    for key in {(r["thp"], r["page_cache"]) for r in state["restores"]}:
+        runs = sorted((r for r in state["restores"] if (r["thp"], r["page_cache"]) == key),
+                      key=lambda r: r["first_token_s"])
+        by[key] = runs[(len(runs) - 1) // 2]
     lines = [
         f"LLM worker ({worker['params'] / 1e9:.2f}B params, {state['size']}, {worker['device']}, CUDA graphs for "
         f"batch sizes {worker.get('cuda_graphs') or 'none (CPU)'}"
@@ -312,13 +316,20 @@ def report(state: dict) -> None:
         f"Yardsticks: disk read {y['disk_read_gbps']:.2f} GB/s, page-cache read {y['page_cache_read_gbps']:.2f} GB/s, "
         f"C fill from the page cache with {y['fill_threads']} threads and huge pages {y['fill_gbps']:.2f} GB/s"
         + (f", host-to-device {y['h2d_gbps']:.1f} GB/s" if "h2d_gbps" in y else "") + f" ({y['file']})."
-        + (f" Warming the snapshot (rewarm warm) took {state['warm_s']:.2f}s." if "warm_s" in state else ""),
+        + (f" Warming the snapshot and the weights its worker reads back (rewarm warm) took {state['warm_s']:.2f}s."
+           if "warm_s" in state else ""),
     ]
+    for mode in ("madvise", "always"):
+        warm_runs = sorted(r["first_token_s"] for r in state["restores"] if r["thp"] == mode and r["page_cache"] == "warm")
+        if len(warm_runs) > 1:
+            lines.append(f"THP {mode}, warm: {len(warm_runs)} restores to first token in "
+                         + ", ".join(f"{x:.2f}" for x in warm_runs) + f" s (median {by[(mode, 'warm')]['first_token_s']:.2f}"
+                         f" s, {cold / by[(mode, 'warm')]['first_token_s']:.1f}x the cold start).")
     if ("madvise", "warm") in by and ("madvise", "dropped") in by:
         w, d = by[("madvise", "warm")], by[("madvise", "dropped")]
         reread = d.get("wake", {}).get("bytes", 0)   # weights the worker reads back from the model files
         bound = (size + reread) / 1e9 / y["disk_read_gbps"] + w["first_token_s"]
-        lines.append(f"THP madvise: warm {w['first_token_s']:.2f}s ({cold / w['first_token_s']:.1f}x); dropped "
+        lines.append(f"THP madvise: warm {w['first_token_s']:.2f}s (median, {cold / w['first_token_s']:.1f}x); dropped "
                      f"{d['first_token_s']:.2f}s = {d['first_token_s'] / bound:.2f}x of (bytes / disk bandwidth + "
                      f"warm time) = {bound:.2f}s, the bytes being the snapshot's and the "
                      f"{reread / 1e9:.2f} GB of weights read back from the model files.")
@@ -347,6 +358,7 @@ def main() -> None:
     p.add_argument("--label", default="", help="suffix of the result files")
     p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE", help="more environment for the worker")
     p.add_argument("--variants", default="", help="restores to run, e.g. always:warm,madvise:dropped (default: all four)")
+    p.add_argument("--repeats", type=int, default=3, help="restores with the page cache warm, per THP mode")
     a = p.parse_args()
     bench = Bench(a)
     try:

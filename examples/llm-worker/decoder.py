@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 
 class StaticDecoder:
-    def __init__(self, model, max_batch: int, max_len: int):
+    def __init__(self, model, max_batch: int, max_len: int, cache=None):
+        """`cache(shape, dtype)` gives the zeroed key and value caches (default: two torch.zeros)."""
         cfg = model.config
         self.device, self.dtype = model.device, model.dtype
         self.layers = cfg.num_hidden_layers
@@ -24,8 +25,10 @@ class StaticDecoder:
         self.eps, self.max_batch, self.max_len = cfg.rms_norm_eps, max_batch, max_len
         self.w = dict(model.state_dict())          # the model's own tensors, shared
         shape = (self.layers, max_batch, self.kv_heads, max_len, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if cache is None:
+            self.k_cache, self.v_cache = (torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(2))
+        else:
+            self.k_cache, self.v_cache = cache(shape, self.dtype)
         theta = float(getattr(cfg, "rope_theta", None) or 10000.0)
         inv = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, device=self.device, dtype=torch.float32) / self.head_dim))
         freqs = torch.outer(torch.arange(max_len, device=self.device, dtype=torch.float32), inv)

@@ -9,15 +9,17 @@ rewarm's ready file and serves, decoding through the captured graphs (decoder.py
                         source's) and the request's own timing (prefill, decode)
   GET  /health          status, boot id, the start's stages in seconds
   POST /sleep           quiesce for a capture: free the memory reserve and cached allocator blocks,
-                        and on a GPU release the weights' memory (weight_arena.py): they come back
-                        from the model files, so the checkpoint need not carry them
-  POST /wake_up         read the weights back and take the memory reserve again (after a capture, or
-                        in a restored copy); fails (HTTP 500) if the model files changed since
+                        and on a GPU give back the memory of the weights and the KV cache
+                        (gpu_memory.py): the weights come back from the model files and the cache
+                        is zeroed, so the checkpoint need carry neither
+  POST /wake_up         read the weights back, map the KV cache and take the memory reserve again
+                        (after a capture, or in a restored copy); fails (HTTP 500) if the model
+                        files changed since
 
 Env: MODEL_DIR (/models/llm), DEVICE (cuda if available, else cpu), KV_CACHE_GB (0: the reserve),
 MAX_BATCH (8), MAX_LEN (1024), GRAPH_SIZES (1,2,4,8), PORT (8000), READY_FILE (/run/rewarm/ready),
-THREADS (CPU threads), SLEEP_WEIGHTS (release: the weights leave the GPU on /sleep; keep: they stay
-and the checkpoint carries them), LOAD_THREADS (readers of a wake, default the CPUs up to 16). The
+THREADS (CPU threads), SLEEP_WEIGHTS (release: the weights and the KV cache leave the GPU on /sleep;
+keep: they stay and the checkpoint carries them), LOAD_THREADS (readers of a wake, default the CPUs up to 16). The
 tokenizer is bytes (id = byte + 3): the weights are random, so only speed and state matter.
 """
 import ctypes
@@ -70,16 +72,38 @@ def load_model():
     return model.to(DEVICE).eval()
 
 
-@timed("arena")
-def weights_arena(model):
-    """On a GPU, the weights move into a block they can leave and come back to (weight_arena.py)."""
+@timed("movable")
+def movable_weights(model):
+    """On a GPU, the weights move into memory they can leave and come back to (gpu_memory.py)."""
     if not DEVICE.startswith("cuda") or os.environ.get("SLEEP_WEIGHTS", "release") != "release":
         return None
-    import weight_arena
-    arena, why = weight_arena.build(model, MODEL_DIR)
-    if arena is None:
+    import gpu_memory
+    moved, why = gpu_memory.weights(model, MODEL_DIR)
+    if moved is None:
         print(f"llm-worker: the weights stay in the checkpoint: {why}", flush=True)
-    return arena
+    return moved
+
+
+class KvCache:
+    """The decoder's key and value caches; with movable weights, in memory that a sleep gives back."""
+    def __init__(self):
+        self.block = None
+
+    def __call__(self, shape, dtype):
+        if WEIGHTS is None:
+            return tuple(torch.zeros(shape, dtype=dtype, device=DEVICE) for _ in range(2))
+        import gpu_memory
+        self.block, tensors = gpu_memory.zeroed([shape, shape], dtype, torch.device(DEVICE).index or 0)
+        return tensors
+
+    def release(self):
+        if self.block is not None:
+            self.block.unmap()
+
+    def take(self):
+        if self.block is not None and not self.block.mapped:
+            self.block.map()
+            self.block.bytes.zero_()
 
 
 class KvReserve:
@@ -118,10 +142,11 @@ def warm_up():
 
 def quiesce(release_weights=False):
     """Give back what a capture should not carry: the KV reserve, cached GPU blocks, free heap, and
-    (for a capture) the weights that the model files hold anyway."""
-    KV.release()
-    if release_weights and ARENA is not None:
-        ARENA.release()
+    (for a capture) the weights that the model files hold anyway and the KV cache."""
+    RESERVE.release()
+    if release_weights and WEIGHTS is not None:
+        WEIGHTS.release()
+        KV_CACHE.release()
     gc.collect()
     if DEVICE.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -132,12 +157,14 @@ def quiesce(release_weights=False):
 
 
 MODEL = load_model()
-ARENA = weights_arena(MODEL)
-KV = KvReserve(KV_CACHE_GB)
+WEIGHTS = movable_weights(MODEL)
+KV_CACHE = KvCache()
+RESERVE = KvReserve(KV_CACHE_GB)
 t = time.time()
-KV.take()
+RESERVE.take()
 STAGES["kv_reserve"] = round(time.time() - t, 2)
-DECODER = StaticDecoder(MODEL, int(os.environ.get("MAX_BATCH", "8")), int(os.environ.get("MAX_LEN", "1024")))
+DECODER = StaticDecoder(MODEL, int(os.environ.get("MAX_BATCH", "8")), int(os.environ.get("MAX_LEN", "1024")),
+                       cache=KV_CACHE)
 capture_graphs(DECODER)
 warm_up()
 PARAMS = sum(p.numel() for p in MODEL.parameters())
@@ -148,10 +175,12 @@ ASLEEP = threading.Event()
 
 
 def wake_up():
-    """Weights back from their files, then the memory reserve (a failure leaves the worker asleep)."""
+    """Weights back from their files, the KV cache, then the memory reserve (a failure leaves the
+    worker asleep)."""
     t = time.time()
-    loaded = ARENA.reload(LOAD_THREADS) if ARENA is not None else {}
-    KV.take()
+    loaded = WEIGHTS.reload(LOAD_THREADS) if WEIGHTS is not None else {}
+    KV_CACHE.take()
+    RESERVE.take()
     return {"seconds": round(time.time() - t, 4), "weights": loaded}
 
 
@@ -168,7 +197,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path.startswith("/health"):
             self._send(200, {"status": "ok", "boot_id": BOOT_ID, "ready_seconds": READY_SECONDS, "stages": STAGES,
                              "device": DEVICE, "params": PARAMS, "cuda_graphs": sorted(DECODER.graphs),
-                             "kv_reserved_gb": KV.gib if KV.block is not None else 0, **SERVED})
+                             "kv_reserved_gb": RESERVE.gib if RESERVE.block is not None else 0, **SERVED})
         else:
             self._send(404, {"error": "not found"})
 
@@ -201,8 +230,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if not AWAKE.acquire(timeout=60):
                     return self._send(503, {"error": "a completion did not end"})
                 ASLEEP.set()
-            quiesce(release_weights=True)
-            self._send(200, {"sleeping": True})
+            quiesce(release_weights=True)   # rewarm warms the files named here with the snapshot
+            self._send(200, {"sleeping": True, "reload_files": WEIGHTS.files() if WEIGHTS is not None else []})
         elif self.path == "/wake_up":
             if not ASLEEP.is_set():
                 return self._send(200, {"sleeping": False, "seconds": 0})
@@ -224,7 +253,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as PID 1 of its container, no default action
 quiesce()   # the start's garbage (loader buffers, warm-up activations) is not part of the warm state
-KV.take()
+RESERVE.take()
 server = http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8000"))), Handler)
 READY_SECONDS = round(time.time() - START, 2)
 ready_file = os.environ.get("READY_FILE", "/run/rewarm/ready")

@@ -2,6 +2,11 @@
 inference server. It computes a table at start (WARM_SECONDS of CPU work), writes a cache file into
 its rootfs, marks itself ready, and serves JSON over HTTP. Each answer shows the warm state and an
 id drawn at start, so a restored copy is told apart from a fresh start.
+
+Its quiesce hook (POST /sleep) drops a ballast of BALLAST_MB that stands in for a KV cache, and its
+resume hook (POST /wake_up) takes it again. With BALLAST_FILE, the ballast is that file's content,
+read again on wake, and /sleep names the file to rewarm, as a worker names the weights it reads
+back.
 """
 import http.server
 import json
@@ -29,7 +34,17 @@ def warm_up(seconds: float) -> dict:
 
 STATE = warm_up(float(os.environ.get("WARM_SECONDS", "3")))
 BALLAST_BYTES = int(os.environ.get("BALLAST_MB", "0")) << 20   # stands in for a KV cache
-BALLAST = bytearray(b"w") * BALLAST_BYTES
+BALLAST_FILE = os.environ.get("BALLAST_FILE", "")             # or for weights read from disk
+
+
+def ballast() -> bytearray:
+    if BALLAST_FILE:
+        with open(BALLAST_FILE, "rb") as f:
+            return bytearray(f.read())
+    return bytearray(b"w") * BALLAST_BYTES
+
+
+BALLAST = ballast()
 wakes = 0
 os.makedirs("/var/cache/worker", exist_ok=True)
 with open("/var/cache/worker/state.json", "w") as f:
@@ -55,17 +70,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         """Quiesce / resume hooks: drop the ballast before a capture, take it again after."""
         global BALLAST, wakes
+        answer = b""
         if self.path == "/sleep":
             BALLAST = bytearray()
+            answer = json.dumps({"reload_files": [BALLAST_FILE] if BALLAST_FILE else []}).encode()
         elif self.path == "/wake_up":
-            BALLAST, wakes = bytearray(b"w") * BALLAST_BYTES, wakes + 1
+            BALLAST, wakes = ballast(), wakes + 1
         else:
             self.send_response(404)
             self.end_headers()
             return
         self.send_response(200)
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
+        self.wfile.write(answer)
 
     def log_message(self, *args):
         pass

@@ -50,9 +50,13 @@ def connect(netns_path: str, host: str, port: int, timeout: float) -> socket.soc
     raise error if isinstance(error, OSError) else OSError("no connection")
 
 
+MAX_BODY = 1 << 20
+
+
 def request(netns: str, url: str, data: bytes | None = None, timeout: float = 5.0) -> tuple[int, str]:
     """GET url (POST with `data`) inside a network namespace: a name under /run/netns or a path such
-    as /proc/PID/ns/net. Returns (HTTP status, body); (0, "") when nothing answered."""
+    as /proc/PID/ns/net. Returns (HTTP status, body: its first MAX_BODY bytes, for the answer comes
+    from inside a container); (0, "") when nothing answered."""
     path = netns if netns.startswith("/") else os.path.join(NETNS_DIR, netns)
     parts = urllib.parse.urlsplit(url)
     try:
@@ -62,7 +66,7 @@ def request(netns: str, url: str, data: bytes | None = None, timeout: float = 5.
         conn.request("POST" if data is not None else "GET", target + (f"?{parts.query}" if parts.query else ""),
                      body=data, headers={"Content-Type": "application/json"} if data is not None else {})
         response = conn.getresponse()
-        status, body = response.status, response.read()
+        status, body = response.status, response.read(MAX_BODY)
         conn.close()
     except (OSError, http.client.HTTPException):
         return 0, ""

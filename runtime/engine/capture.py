@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from runtime.adapters import criu, logs, netlock, rootfs_diff, sockets, store, worker_hooks
+from runtime.adapters import criu, logs, netlock, reload_files, rootfs_diff, sockets, store, worker_hooks
 from runtime.adapters.files import read_json, write_json
 from runtime.adapters.runc import Runc, run_bounded
 from runtime.engine import fingerprinting, warm
@@ -28,7 +28,7 @@ from runtime.model import layout, oci_spec
 from runtime.model.errors import CaptureFailed, CudaError, RewarmError, StoreError, WorkerHookFailed
 from runtime.model.events import EventKind
 from runtime.model.fingerprint import Fingerprint
-from runtime.model.manifest import CaptureInfo, Manifest, RootfsInfo
+from runtime.model.manifest import CaptureInfo, Manifest, ReloadFile, RootfsInfo
 from runtime.model.names import validate_name, validate_namespace
 from runtime.model.oci_spec import Spec
 from runtime.model.settings import Settings
@@ -69,6 +69,8 @@ class Capture:
     bound: list[str] = field(default_factory=list)
     checkpoint_seconds: float = 0.0
     rootfs: RootfsInfo = RootfsInfo()
+    reload: tuple[ReloadFile, ...] = ()       # files the worker reads back (its quiesce hook named them)
+    reload_left_out: list[str] = field(default_factory=list)
 
     @property
     def images(self) -> str:
@@ -154,7 +156,8 @@ def checkpoint(c: Capture) -> None:
     t = time.monotonic()
     try:
         if quiesce:
-            worker_hooks.post(c.source.pid, quiesce, "quiesce", c.settings.hook_timeout_s)
+            answer = worker_hooks.post(c.source.pid, quiesce, "quiesce", c.settings.hook_timeout_s)
+            c.reload, c.reload_left_out = reload_files.resolve(c.source.spec, answer)
         check_space(c)   # after the quiesce: a worker gives back its KV reserve there
         if c.containerd is not None:
             _containerd_checkpoint(c, c.containerd)
@@ -248,8 +251,10 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
             failure = CaptureFailed(f"{failure}" + (f"; {revived}" if revived else ""))
         logs.event(settings.event_log, EventKind.CAPTURE_FAILED, **where, reason=str(failure))
         raise failure from e
+    left_out = {"reload_files_left_out": c.reload_left_out[:20]} if c.reload_left_out else {}
     logs.event(settings.event_log, EventKind.CAPTURED, **where, entry=entry.ident,
-               seconds=round(time.monotonic() - c.started, 3), bytes=entry.size())
+               seconds=round(time.monotonic() - c.started, 3), bytes=entry.size(),
+               reload_bytes=sum(f.size for f in c.reload), **left_out)
     if not leave_running:
         stop_source(c)
     warm.after(settings, "capture", entry)
@@ -268,7 +273,8 @@ def _manifest(c: Capture) -> Manifest:
         namespace=c.namespace, name=c.name, created=_now_rfc3339(), fingerprint=fp, fingerprint_id=fp.ident(),
         source={"container_id": c.source.container_id, "bundle": c.source.bundle,
                 "runtime_root": c.source.runtime_root},
-        rootfs=c.rootfs, capture=_capture_info(c), bound_addresses=tuple(c.bound), **c.gpu_facts,
+        rootfs=c.rootfs, capture=_capture_info(c), bound_addresses=tuple(c.bound), reload_files=c.reload,
+        **c.gpu_facts,
         annotations={"org.criu.checkpoint.engine": "rewarm", "org.criu.checkpoint.criu-version": fp.criu,
                      "org.criu.checkpoint.kernel": fp.kernel, "org.criu.checkpoint.arch": fp.arch})
 

@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from runtime.adapters import cgroups, criu, logs, mounts, netlock, page_cache, rootfs_diff, store, worker_hooks
+from runtime.adapters import (cgroups, criu, logs, mounts, netlock, page_cache, reload_files, rootfs_diff, store,
+                              worker_hooks)
 from runtime.adapters.store import Entry, Store
 from runtime.adapters.files import remove_tree, write_json
 from runtime.adapters.runc import Runc, restore_argv, run_bounded, start_attached
@@ -139,7 +140,7 @@ def pick_fitting_entry(r: Restore) -> None:
     if not os.path.isdir(entry.path):
         raise NotRestorable(f"snapshot {r.what} was replaced or removed while this restore began")
     r.entry = entry
-    prefetch_pages(entry, r.settings.prefetch_threads)
+    prefetch_pages(entry, r.spec, r.settings.prefetch_threads)
 
 
 def verify_files(r: Restore) -> None:
@@ -249,14 +250,16 @@ def _str_global(call: RuncCall, flag: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def prefetch_pages(entry: Entry, threads: int) -> None:
+def prefetch_pages(entry: Entry, spec: Spec, threads: int) -> None:
     """Have the kernel read CRIU's page images ahead of CRIU, several ranges at once, in the
-    background. CRIU reads them one after another, so with a cold page cache a restore runs at one
-    reader's disk bandwidth."""
+    background, and then the files the worker will read back in its resume hook (as this
+    container mounts them). CRIU reads its images one after another, so with a cold page cache a
+    restore would run at one reader's disk bandwidth."""
     if threads > 0:
         images = entry.file(layout.CHECKPOINT_DIR)
         page_cache.prefetch_in_background(
-            [os.path.join(images, n) for n in sorted(os.listdir(images)) if n.startswith("pages-")], threads)
+            [os.path.join(images, n) for n in sorted(os.listdir(images)) if n.startswith("pages-")]
+            + reload_files.on_this_node(entry.manifest.reload_files, spec), threads)
 
 
 def image_view(entry: Entry, work: str) -> str:

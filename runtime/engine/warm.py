@@ -1,12 +1,14 @@
 """Warm snapshots: an entry's files read into the page cache ahead of the restores that will need
 them (`rewarm warm`, and `warm_after` after a capture, import or pull), and how much of an entry
-is resident (`rewarm doctor`)."""
+is resident (`rewarm doctor`). The files its worker reads back after a restore (reload_files.py)
+are warmed with it: a restore is only as warm as everything it reads."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
-from runtime.adapters import logs, page_cache
+from runtime.adapters import logs, page_cache, reload_files
 from runtime.adapters.store import Entry
 from runtime.model.events import EventKind
 from runtime.model.settings import Settings
@@ -21,7 +23,12 @@ class Warmed:
 
 
 def files_of(entry: Entry) -> list[str]:
-    return [entry.file(rel) for rel in entry.manifest.files]
+    """The entry's own files, then the worker's files to read back that are on this node."""
+    return [entry.file(rel) for rel in entry.manifest.files] + reload_files.on_this_node(entry.manifest.reload_files)
+
+
+def size(entry: Entry) -> int:
+    return sum(os.path.getsize(path) for path in files_of(entry))
 
 
 def resident(entry: Entry) -> int:

@@ -37,6 +37,15 @@ class CaptureInfo:
 
 
 @dataclass(frozen=True)
+class ReloadFile:
+    """A file the worker reads back after a restore (its quiesce hook named it): warmed with the
+    snapshot, never part of it."""
+    path: str                      # in the container
+    host: str                      # where the capture found it on its node
+    size: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     namespace: str
     name: str
@@ -51,6 +60,7 @@ class Manifest:
     gpu_uuids: tuple[str, ...] = ()                # GPUs the container used, in its device order
     gpu_processes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # pid -> GPU UUIDs
     bound_addresses: tuple[str, ...] = ()          # specific local addresses of its sockets
+    reload_files: tuple[ReloadFile, ...] = ()      # what the worker reads back on its resume hook
 
     def size(self) -> int:
         return sum(f.size for f in self.files.values())
@@ -67,6 +77,8 @@ class Manifest:
         if self.gpu_uuids:
             out["gpu_uuids"] = list(self.gpu_uuids)
             out["gpu_processes"] = {k: list(v) for k, v in self.gpu_processes.items()}
+        if self.reload_files:
+            out["reload_files"] = [vars(f).copy() for f in self.reload_files]
         validate(out)
         return out
 
@@ -84,6 +96,7 @@ class Manifest:
             gpu_uuids=tuple(raw.get("gpu_uuids", ())),
             gpu_processes={k: tuple(v) for k, v in raw.get("gpu_processes", {}).items()},
             bound_addresses=tuple(raw.get("bound_addresses", ())),
+            reload_files=tuple(ReloadFile(**f) for f in raw.get("reload_files", ())),
         )
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 from typing import Any, Mapping
 
 Spec = dict[str, Any]
@@ -51,3 +52,21 @@ def gpu_keys(spec: Mapping[str, Any]) -> list[str]:
             return [k.strip() for k in e.split("=", 1)[1].split(",") if k.strip()]
     return [v.split("=", 1)[1] for k, v in annotations_of(spec).items()
             if k.startswith("cdi.k8s.io/") and "nvidia.com/gpu=" in v]
+
+
+def bind_mount_of(spec: Mapping[str, Any], container_path: str) -> tuple[str, str] | None:
+    """The bind mount that holds a container path: (its source on the host, the path below its
+    destination); None where no bind mount does. The deepest destination wins, and of equal ones
+    the later mount (it covers the earlier)."""
+    path = posixpath.normpath(container_path)
+    best: tuple[str, str] | None = None
+    for m in spec.get("mounts") or []:
+        if not isinstance(m, Mapping) or not m.get("source") or not m.get("destination"):
+            continue
+        if m.get("type") != "bind" and not {"bind", "rbind"} & set(m.get("options") or []):
+            continue
+        dest = posixpath.normpath(str(m["destination"]))
+        inside = path == dest or path.startswith(dest.rstrip("/") + "/")
+        if inside and (best is None or len(dest) >= len(best[0])):
+            best = (dest, str(m["source"]))
+    return None if best is None else (best[1], posixpath.relpath(path, best[0]))

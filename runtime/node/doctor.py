@@ -93,9 +93,11 @@ def _snapshots(cfg: Settings) -> list[Check]:
     from runtime.engine import warm
     out: list[Check] = []
     for e in store.Store(cfg.store).all_entries() if os.path.isdir(cfg.store) else []:
-        size, resident = e.size(), warm.resident(e)
+        size, resident = warm.size(e), warm.resident(e)
+        reread = size - e.size()
         out.append(("OK", f"snapshot {e.namespace}/{e.name}",
-                    f"{size / 1e9:.2f} GB, {100 * resident / max(size, 1):.0f}% in the page cache"
+                    f"{e.size() / 1e9:.2f} GB" + (f" + {reread / 1e9:.2f} GB its worker reads back" if reread else "")
+                    + f", {100 * resident / max(size, 1):.0f}% in the page cache"
                     + ("" if resident >= size else " (`rewarm warm` reads it in)")))
     return out
 

@@ -71,14 +71,17 @@ def test_weights_leave_the_gpu_for_a_capture_and_come_back(node, tmp_path, model
         pid = int(cold.state()["pid"])
 
         awake = gpu_bytes_of(pid)
-        assert cold.post("/sleep", {}) == {"sleeping": True}
+        slept = cold.post("/sleep", {})
+        assert slept["sleeping"] is True and slept["reload_files"], slept
         asleep = gpu_bytes_of(pid)
         woke = cold.post("/wake_up", {})
         assert woke is not None and woke["weights"]["bytes"] >= weight_bytes * 0.99, cold.text()[-2000:]
         assert awake - asleep >= weight_bytes * 0.95, (awake, asleep, weight_bytes)   # the weights left the GPU
         assert cold.post("/v1/completions", PROMPT)["choices"][0]["token_ids"] == first
 
-        capture.capture(node, lab.runc_root, cold.cid, "llm-gpu", leave_running=True)
+        entry = capture.capture(node, lab.runc_root, cold.cid, "llm-gpu", leave_running=True)
+        shards = sorted(f for f in os.listdir(model_dir) if f.endswith(".safetensors"))
+        assert [f.path for f in entry.manifest.reload_files] == [f"/models/llm/{f}" for f in shards]
         assert cold.post("/v1/completions", PROMPT)["choices"][0]["token_ids"] == first   # the source woke too
         restored = lab.create("llm-restored", worker(lab, model_dir, "llm-gpu"))
         again = restored.get("/health", timeout=30)

@@ -2,11 +2,15 @@
 capture and after a restore, with the demo worker: its hooks drop and retake a 64 MiB ballast."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from helpers import events
+from helpers import events, rewarm_cli
+from runtime.adapters import page_cache
 from runtime.engine import capture
 from runtime.model.errors import CaptureFailed
+from runtime.model.manifest import ReloadFile
 
 BALLAST = {"BALLAST_MB": "64"}
 HOOKS = {"rewarm.dev/quiesce-http": "http://127.0.0.1:8080/sleep", "rewarm.dev/resume-http": "http://127.0.0.1:8080/wake_up"}
@@ -53,3 +57,60 @@ def test_a_failing_resume_hook_after_restore_means_a_cold_start(lab, node):
     answer, _ = c.wait_ready()
     assert answer["boot_id"] != before["boot_id"]
     assert "resume hook" in events(node, "cold-start")[-1]["reason"]
+
+
+def test_files_the_worker_reads_back_are_recorded_and_warmed_with_the_snapshot(lab, node, tmp_path):
+    """The quiesce hook names the file its ballast comes from (as an LLM worker names its weights):
+    the capture records it, `rewarm warm` and doctor count it, and the restored copy reads it back."""
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chmod(tmp_path, 0o755)
+    ballast = data / "ballast.bin"
+    ballast.write_bytes(os.urandom(8 << 20))
+    w = lab.worker(annotations("reads-back", **HOOKS), env={"BALLAST_FILE": "/data/ballast.bin"})
+    w.binds["/data"] = str(data)
+    source = lab.create("reads-back", w)
+    before, _ = source.wait_ready()
+    entry = capture.capture(node, lab.runc_root, source.cid, "reads-back", leave_running=True)
+    assert entry.manifest.reload_files == (ReloadFile("/data/ballast.bin", str(ballast), 8 << 20),)
+    assert events(node, "captured")[-1]["reload_bytes"] == 8 << 20
+
+    evict(str(ballast))
+    assert page_cache.resident_bytes(str(ballast)) < 8 << 20
+    warmed = rewarm_cli("warm", "reads-back")     # $REWARM_CONFIG names the node fixture's config
+    doctor = rewarm_cli("doctor")
+    assert warmed.returncode == 0, warmed.stderr
+    assert page_cache.resident_bytes(str(ballast)) == 8 << 20
+    assert "0.01 GB its worker reads back, 100% in the page cache" in doctor.stdout, doctor.stdout
+
+    w2 = lab.worker(annotations("reads-back", **HOOKS), env={"BALLAST_FILE": "/data/ballast.bin"})
+    w2.binds["/data"] = str(data)
+    restored = lab.create("reads-back-2", w2)
+    answer = restored.get()
+    assert answer["boot_id"] == before["boot_id"] and answer["ballast_bytes"] == 8 << 20
+
+
+def test_a_quiesce_answer_naming_a_file_that_escapes_its_mount_records_none_and_says_why(lab, node, tmp_path):
+    """A link in the mounted dir that points out of it: the worker reads the container's file, and
+    rewarm, which would follow it on the host, leaves it out."""
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chmod(tmp_path, 0o755)
+    (data / "link").symlink_to("/usr/lib/os-release")
+    w = lab.worker(annotations("reads-outside", **HOOKS), env={"BALLAST_FILE": "/data/link"})
+    w.binds["/data"] = str(data)
+    source = lab.create("reads-outside", w)
+    source.wait_ready()
+    entry = capture.capture(node, lab.runc_root, source.cid, "reads-outside", leave_running=True)
+    assert entry.manifest.reload_files == ()
+    left_out = events(node, "captured")[-1]["reload_files_left_out"]
+    assert left_out == ["/data/link is not a regular file under a bind mount of the container"]
+
+
+def evict(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

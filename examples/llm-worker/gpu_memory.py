@@ -1,16 +1,17 @@
-"""Weights that leave the GPU for a capture and come back from the model files after it.
+"""GPU memory that leaves the GPU for a capture and comes back after it: the weights (read back from
+the model files) and the KV cache (zeroed: a request attends only to what it wrote, the rest masked).
 
-The weights live in one block of GPU memory at a fixed device address, made with CUDA's virtual
-memory API: the address range is reserved once, and the physical memory under it can be released
-and created again. Releasing it before a capture keeps 16 GB that the node already has on disk out
-of the GPU checkpoint (the driver copies a checkpoint back from pageable memory at a few GB/s).
-Waking maps new memory at the same address, so every captured CUDA graph stays valid, and reads
-the safetensors files into it with parallel readers through pinned buffers, each reader's copy to
-the GPU overlapping its next read.
+Each lives in a Block: GPU memory at a fixed device address, made with CUDA's virtual memory API.
+The address range is reserved once; the physical memory under it is released and created again.
+Releasing it before a capture keeps what the node has on disk anyway (16 GB for an 8B model) out
+of the GPU checkpoint, which the driver copies back from pageable memory at a few GB/s. A wake
+maps new memory at the same address, so every captured CUDA graph stays valid, and parallel
+readers read the safetensors files back through pinned buffers, each reader's copy to the GPU
+overlapping its next read.
 
-The layout is the files' own: each file's data section is one contiguous span of the block, so a
-wake copies files, not tensors. Before reading, the files must be the ones the weights came from
-(size and mtime); if not, the wake fails and rewarm cold-starts the pod instead.
+The weights' layout is the files' own (each file's data section is one contiguous span of the
+block), so a wake copies files, not tensors. Before it reads, the files must still be the ones the
+weights came from (size and mtime); if not, the wake fails and rewarm cold-starts the pod instead.
 """
 from __future__ import annotations
 
@@ -96,14 +97,12 @@ def _identity(path: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-class WeightArena:
-    def __init__(self, files: list[tuple[str, int, int]], device: int):
+class Block:
+    """GPU memory at a fixed device address whose physical memory can be given back and taken again
+    (a CUDA graph captured over it stays valid across both)."""
+    def __init__(self, size: int, device: int):
         self.cuda, self.device = _Driver(), device
         self.cuda.use_device(device)
-        self.spans, size = [], 0      # (path, data start in file, bytes, offset in the block)
-        for path, start, length in files:
-            self.spans.append((path, start, length, size))
-            size = -(-(size + length) // _SPAN_ALIGN) * _SPAN_ALIGN
         self.prop = _AllocationProp(type=_PINNED, location=_Location(_ON_DEVICE, device))
         granularity = ctypes.c_size_t()
         self.cuda("cuMemGetAllocationGranularity", ctypes.byref(granularity), ctypes.byref(self.prop), 0)
@@ -111,15 +110,22 @@ class WeightArena:
         ptr = ctypes.c_uint64()
         self.cuda("cuMemAddressReserve", ctypes.byref(ptr), ctypes.c_size_t(self.size), ctypes.c_size_t(0),
                   ctypes.c_uint64(0), ctypes.c_uint64(0))
-        self.ptr, self.handle, self.identities = ptr.value, None, {}
-        self._map()
+        self.ptr, self.handle = ptr.value, None
+        self.map()
         self.bytes = torch.as_tensor(_CudaBytes(self.ptr, self.size), device=f"cuda:{device}")
 
     @property
-    def resident(self) -> bool:
+    def mapped(self) -> bool:
         return self.handle is not None
 
-    def _map(self) -> None:
+    def view(self, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        return self.bytes[offset:offset + nbytes].view(dtype).view(shape)
+
+    def map(self) -> None:
+        if self.handle is not None:
+            return
+        self.cuda.use_device(self.device)
         handle = ctypes.c_uint64()
         self.cuda("cuMemCreate", ctypes.byref(handle), ctypes.c_size_t(self.size), ctypes.byref(self.prop),
                   ctypes.c_uint64(0))
@@ -134,21 +140,8 @@ class WeightArena:
         self.cuda("cuMemSetAccess", ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size), ctypes.byref(access),
                   ctypes.c_size_t(1))
 
-    def adopt(self, model: torch.nn.Module, tensors: dict[str, tuple]) -> None:
-        """Move each parameter into its place in the block (a copy on the GPU); the old memory is freed."""
-        offsets = {path: (start, at) for path, start, _, at in self.spans}
-        for name, p in model.named_parameters():
-            path, offset, nbytes, _, _ = tensors[name]
-            start, at = offsets[path]
-            where = at + offset - start
-            view = self.bytes[where:where + nbytes].view(p.dtype).view(p.shape)
-            view.copy_(p.data)
-            p.data = view
-        torch.cuda.synchronize()
-        self.identities = {path: _identity(path) for path, *_ in self.spans}
-
-    def release(self) -> None:
-        """Give the physical memory back; the address range stays reserved for the wake."""
+    def unmap(self) -> None:
+        """Give the physical memory back; the address range stays reserved."""
         if self.handle is None:
             return
         torch.cuda.synchronize()
@@ -157,16 +150,43 @@ class WeightArena:
         self.cuda("cuMemRelease", self.handle)
         self.handle = None
 
+
+class Weights:
+    """A model's parameters in one Block, laid out as their safetensors files are."""
+    def __init__(self, files: list[tuple[str, int, int]], device: int):
+        self.spans, size = [], 0      # (path, data start in file, bytes, offset in the block)
+        for path, start, length in files:
+            self.spans.append((path, start, length, size))
+            size = -(-(size + length) // _SPAN_ALIGN) * _SPAN_ALIGN
+        self.block, self.identities = Block(size, device), {}
+
+    def adopt(self, model: torch.nn.Module, tensors: dict[str, tuple]) -> None:
+        """Move each parameter into its place in the block (a copy on the GPU); the old memory is freed."""
+        offsets = {path: (start, at) for path, start, _, at in self.spans}
+        for name, p in model.named_parameters():
+            path, offset, _, _, _ = tensors[name]
+            start, at = offsets[path]
+            view = self.block.view(at + offset - start, p.dtype, tuple(p.shape))
+            view.copy_(p.data)
+            p.data = view
+        torch.cuda.synchronize()
+        self.identities = {path: _identity(path) for path, *_ in self.spans}
+
+    def files(self) -> list[str]:
+        return [path for path, *_ in self.spans]
+
+    def release(self) -> None:
+        self.block.unmap()
+
     def reload(self, threads: int, chunk: int = 16 << 20) -> dict:
         """Map new memory at the same address and read the weights back from their files."""
-        if self.handle is not None:
+        if self.block.mapped:
             return {}
         changed = [p for p, ident in self.identities.items() if not os.path.exists(p) or _identity(p) != ident]
         if changed:
             raise RuntimeError(f"weights changed on disk since the capture: {', '.join(changed)}")
         t0 = time.monotonic()
-        self.cuda.use_device(self.device)
-        self._map()
+        self.block.map()
         t1 = time.monotonic()
         pieces = [(path, start + i, min(chunk, length - i), at + i)
                   for path, start, length, at in self.spans for i in range(0, length, chunk)]
@@ -190,10 +210,10 @@ class WeightArena:
         """Two pinned buffers: read into one while the other's copy to the GPU runs."""
         fds: dict[str, int] = {}
         try:
-            torch.cuda.set_device(self.device)
+            torch.cuda.set_device(self.block.device)
             stream = torch.cuda.Stream()
             buffers = [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-            windows = [(ctypes.c_char * chunk).from_address(b.data_ptr()) for b in buffers]
+            windows = [memoryview((ctypes.c_char * chunk).from_address(b.data_ptr())).cast("B") for b in buffers]
             done: list[torch.cuda.Event | None] = [None, None]
             for n in itertools.count():
                 i = next(take)
@@ -205,11 +225,11 @@ class WeightArena:
                     done[k].synchronize()
                 if path not in fds:
                     fds[path] = os.open(path, os.O_RDONLY)
-                got = os.preadv(fds[path], [memoryview(windows[k])[:length]], offset)
+                got = os.preadv(fds[path], [windows[k][:length]], offset)
                 if got != length:
                     raise OSError(f"{path}: short read at {offset} ({got} of {length} bytes)")
                 with torch.cuda.stream(stream):
-                    self.bytes[at:at + length].copy_(buffers[k][:length], non_blocking=True)
+                    self.block.bytes[at:at + length].copy_(buffers[k][:length], non_blocking=True)
                     done[k] = torch.cuda.Event()
                     done[k].record(stream)
             stream.synchronize()
@@ -220,8 +240,18 @@ class WeightArena:
                 os.close(fd)
 
 
-def build(model: torch.nn.Module, model_dir: str) -> tuple[WeightArena | None, str]:
-    """The arena for a model on a GPU, or None and why its weights must stay where they are."""
+def zeroed(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: int) -> tuple[Block, list[torch.Tensor]]:
+    """Zeroed tensors of these shapes in one Block, for memory whose content need not survive a sleep
+    (zero it again after mapping it back)."""
+    sizes = [torch.Size(s).numel() * torch.empty((), dtype=dtype).element_size() for s in shapes]
+    offsets = [sum(-(-n // _SPAN_ALIGN) * _SPAN_ALIGN for n in sizes[:i]) for i in range(len(sizes))]
+    block = Block(offsets[-1] + sizes[-1], device)
+    block.bytes.zero_()
+    return block, [block.view(at, dtype, shape) for at, shape in zip(offsets, shapes)]
+
+
+def weights(model: torch.nn.Module, model_dir: str) -> tuple[Weights | None, str]:
+    """The model's weights moved into a Block, or None and why they must stay where they are."""
     tensors, files = safetensors_index(model_dir)
     for name, p in model.named_parameters():
         t = tensors.get(name)
@@ -230,6 +260,6 @@ def build(model: torch.nn.Module, model_dir: str) -> tuple[WeightArena | None, s
         if _DTYPES.get(t[3]) != p.dtype or t[4] != tuple(p.shape):
             return None, f"parameter {name} is {p.dtype} {tuple(p.shape)} but {t[3]} {t[4]} on disk"
     used = {tensors[name][0] for name, _ in model.named_parameters()}
-    arena = WeightArena([f for f in files if f[0] in used], model.device.index or 0)
-    arena.adopt(model, tensors)
-    return arena, ""
+    moved = Weights([f for f in files if f[0] in used], model.device.index or 0)
+    moved.adopt(model, tensors)
+    return moved, ""

@@ -1,0 +1,94 @@
+"""Files a worker reads back after a restore: memory it gave back in its quiesce hook because the
+node holds it on disk anyway (an LLM worker's weights, read back from the model files in its
+resume hook). The quiesce hook's JSON answer names them:
+
+    {"reload_files": ["/models/llm/model-00001-of-00004.safetensors", ...]}
+
+rewarm finds each on the host through the container's bind mounts and warms it with the snapshot
+(`rewarm warm`, `warm_after`, the restore's read-ahead), so that a warm restore is warm all through.
+The worker's answer is input from inside the container: only absolute paths under a bind mount are
+taken, each must resolve (symlinks followed) to a regular file below that mount's source, and
+anything else is left out with a reason. These files are never part of the snapshot, never written,
+only read into the page cache; the worker checks they are still the files it left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import stat
+from typing import Any, Mapping
+
+from runtime.model.manifest import ReloadFile
+from runtime.model.oci_spec import bind_mount_of
+
+MAX_FILES = 4096
+MAX_PATH = 4096
+
+
+def named_in(answer: str) -> tuple[list[str], list[str]]:
+    """The container paths a quiesce hook's answer names, and what was wrong with the rest."""
+    try:
+        raw = json.loads(answer) if answer.strip() else {}
+    except ValueError:
+        return [], []                      # a hook may answer plain text: it names no files then
+    named = raw.get("reload_files", []) if isinstance(raw, dict) else []
+    if not isinstance(named, list):
+        return [], ["reload_files is not a list"]
+    paths, problems = [], []
+    for p in named[:MAX_FILES]:
+        if not isinstance(p, str) or not p.startswith("/") or len(p) > MAX_PATH or "\0" in p:
+            problems.append(f"{str(p)[:80]!r} is not an absolute path")
+        elif ".." in p.split("/"):
+            problems.append(f"{p[:80]!r} climbs with '..'")
+        else:
+            paths.append(posixpath.normpath(p))
+    if len(named) > MAX_FILES:
+        problems.append(f"{len(named) - MAX_FILES} more than {MAX_FILES} files")
+    return paths, problems
+
+
+def host_file(spec: Mapping[str, Any], container_path: str) -> str | None:
+    """The container path's regular file on the host, if a bind mount holds it and it resolves to a
+    file below that mount's source."""
+    found = bind_mount_of(spec, container_path)
+    if found is None:
+        return None
+    source, below = found
+    root = os.path.realpath(source)
+    real = os.path.realpath(os.path.join(root, below))
+    if os.path.commonpath([root, real]) != root:
+        return None
+    try:
+        return real if stat.S_ISREG(os.stat(real).st_mode) else None
+    except OSError:
+        return None
+
+
+def resolve(spec: Mapping[str, Any], answer: str) -> tuple[tuple[ReloadFile, ...], list[str]]:
+    """The files a capture records for the worker's answer, and why others were left out."""
+    paths, problems = named_in(answer)
+    found = []
+    for p in dict.fromkeys(paths):
+        host = host_file(spec, p)
+        if host is None:
+            problems.append(f"{p[:200]} is not a regular file under a bind mount of the container")
+        else:
+            found.append(ReloadFile(p, host, os.path.getsize(host)))
+    return tuple(found), problems
+
+
+def on_this_node(files: tuple[ReloadFile, ...], spec: Mapping[str, Any] | None = None) -> list[str]:
+    """Host paths of the files as they are here and now: through a restoring container's mounts
+    when there is one, else where the capture found them; only regular files of the recorded size
+    (a manifest may come from another node)."""
+    out = []
+    for f in files:
+        host = host_file(spec, f.path) if spec is not None else f.host
+        try:
+            st = os.stat(host) if host else None
+        except OSError:
+            st = None
+        if host and st is not None and stat.S_ISREG(st.st_mode) and st.st_size == f.size:
+            out.append(host)
+    return out

@@ -1,0 +1,62 @@
+"""The files a worker's quiesce hook names for reading back: what rewarm takes from the answer,
+where it finds them on the host (through the container's bind mounts only), and what it leaves out."""
+from __future__ import annotations
+
+import json
+import os
+
+from runtime.adapters import reload_files
+from runtime.model.manifest import ReloadFile
+from runtime.model.oci_spec import bind_mount_of
+
+
+def spec_with(*mounts: tuple[str, str]) -> dict:
+    return {"mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                       *({"destination": d, "type": "bind", "source": s, "options": ["rbind", "ro"]} for d, s in mounts)]}
+
+
+def test_the_deepest_and_latest_bind_mount_holds_a_path():
+    spec = spec_with(("/models", "/srv/a"), ("/models/llm", "/srv/b"), ("/models/llm", "/srv/c"))
+    assert bind_mount_of(spec, "/models/llm/x.safetensors") == ("/srv/c", "x.safetensors")
+    assert bind_mount_of(spec, "/models/other/y") == ("/srv/a", "other/y")
+    assert bind_mount_of(spec, "/modelsx/y") is None and bind_mount_of(spec, "/proc/self/mem") is None
+
+
+def test_an_answer_names_absolute_paths_and_says_what_it_left_out():
+    answer = json.dumps({"sleeping": True, "reload_files": ["/m/a", "relative", "/m/../etc/shadow", 7, "/m/b"]})
+    paths, problems = reload_files.named_in(answer)
+    assert paths == ["/m/a", "/m/b"]
+    assert len(problems) == 3 and any("'..'" in p for p in problems)
+    assert reload_files.named_in("") == ([], []) and reload_files.named_in("ok") == ([], [])
+    assert reload_files.named_in(json.dumps({"reload_files": "/m/a"})) == ([], ["reload_files is not a list"])
+    too_many = json.dumps({"reload_files": [f"/m/{i}" for i in range(reload_files.MAX_FILES + 5)]})
+    paths, problems = reload_files.named_in(too_many)
+    assert len(paths) == reload_files.MAX_FILES and "5 more" in problems[0]
+
+
+def test_only_regular_files_below_the_mount_source_are_taken(tmp_path):
+    source = tmp_path / "models"
+    (source / "llm").mkdir(parents=True)
+    (source / "llm" / "w.safetensors").write_bytes(b"w" * 1000)
+    (source / "llm" / "escape").symlink_to("/etc/passwd")             # resolves outside the source
+    (source / "llm" / "inside").symlink_to(source / "llm" / "w.safetensors")
+    (source / "llm" / "a-directory").mkdir()
+    (tmp_path / "secret").write_text("x")
+    spec = spec_with(("/models", str(source)))
+    answer = json.dumps({"reload_files": ["/models/llm/w.safetensors", "/models/llm/escape", "/models/llm/inside",
+                                          "/models/llm/a-directory", "/models/llm/missing", "/etc/hostname"]})
+    found, problems = reload_files.resolve(spec, answer)
+    real = os.path.realpath(source / "llm" / "w.safetensors")
+    assert found == (ReloadFile("/models/llm/w.safetensors", real, 1000), ReloadFile("/models/llm/inside", real, 1000))
+    assert len(problems) == 4 and all("not a regular file under a bind mount" in p for p in problems)
+
+
+def test_files_count_on_a_node_only_as_regular_files_of_the_recorded_size(tmp_path):
+    data = tmp_path / "w.bin"
+    data.write_bytes(b"x" * 10)
+    files = (ReloadFile("/m/w.bin", str(data), 10), ReloadFile("/m/gone", str(tmp_path / "gone"), 1),
+             ReloadFile("/m/dev", "/dev/zero", 0))
+    assert reload_files.on_this_node(files) == [str(data)]
+    assert reload_files.on_this_node(files, spec_with(("/m", str(tmp_path)))) == [str(data)]
+    data.write_bytes(b"x" * 11)                       # changed since the capture: not warmed
+    assert reload_files.on_this_node(files) == []
