@@ -49,6 +49,7 @@ class _Driver:
     """The few calls of libcuda's virtual memory API this needs."""
     def __init__(self) -> None:
         self.lib = ctypes.CDLL("libcuda.so.1")
+        self.contexts: dict[int, ctypes.c_void_p] = {}
 
     def __call__(self, name: str, *args) -> None:
         rc = getattr(self.lib, name)(*args)
@@ -57,10 +58,17 @@ class _Driver:
 
     def use_device(self, ordinal: int) -> None:
         """Make the device's primary context (the one torch uses) current on this thread."""
-        dev, ctx = ctypes.c_int(), ctypes.c_void_p()
-        self("cuDeviceGet", ctypes.byref(dev), ordinal)
-        self("cuDevicePrimaryCtxRetain", ctypes.byref(ctx), dev)
-        self("cuCtxSetCurrent", ctx)
+        if ordinal not in self.contexts:
+            dev, ctx = ctypes.c_int(), ctypes.c_void_p()
+            self("cuDeviceGet", ctypes.byref(dev), ordinal)
+            self("cuDevicePrimaryCtxRetain", ctypes.byref(ctx), dev)
+            self.contexts[ordinal] = ctx
+        self("cuCtxSetCurrent", self.contexts[ordinal])
+
+
+def _check(rc, what: str) -> None:
+    if int(rc) != 0:
+        raise RuntimeError(f"{what} failed with CUDA error {int(rc)}")
 
 
 class _CudaBytes:
@@ -111,7 +119,11 @@ class Block:
         self.cuda("cuMemAddressReserve", ctypes.byref(ptr), ctypes.c_size_t(self.size), ctypes.c_size_t(0),
                   ctypes.c_uint64(0), ctypes.c_uint64(0))
         self.ptr, self.handle = ptr.value, None
-        self.map()
+        try:
+            self.map()
+        except RuntimeError:
+            self.cuda("cuMemAddressFree", ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size))
+            raise
         self.bytes = torch.as_tensor(_CudaBytes(self.ptr, self.size), device=f"cuda:{device}")
 
     @property
@@ -135,20 +147,27 @@ class Block:
         except RuntimeError:
             self.cuda("cuMemRelease", handle)
             raise
-        self.handle = handle
-        access = _AccessDesc(location=_Location(_ON_DEVICE, self.device), flags=_READ_WRITE)
-        self.cuda("cuMemSetAccess", ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size), ctypes.byref(access),
-                  ctypes.c_size_t(1))
+        try:
+            access = _AccessDesc(location=_Location(_ON_DEVICE, self.device), flags=_READ_WRITE)
+            self.cuda("cuMemSetAccess", ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size), ctypes.byref(access),
+                      ctypes.c_size_t(1))
+        except RuntimeError:
+            self.cuda("cuMemUnmap", ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size))
+            self.cuda("cuMemRelease", handle)
+            raise
+        self.handle = handle     # mapped only once it is usable
 
     def unmap(self) -> None:
         """Give the physical memory back; the address range stays reserved."""
         if self.handle is None:
             return
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(self.device)
         self.cuda.use_device(self.device)
+        handle = self.handle
         self.cuda("cuMemUnmap", ctypes.c_uint64(self.ptr), ctypes.c_size_t(self.size))
-        self.cuda("cuMemRelease", self.handle)
-        self.handle = None
+        self.handle = None       # unusable from here on, even if the release below fails
+        self.cuda("cuMemRelease", handle)
+
 
 
 class Weights:
@@ -209,10 +228,15 @@ class Weights:
                 errors: list[BaseException]) -> None:
         """Two pinned buffers: read into one while the other's copy to the GPU runs."""
         fds: dict[str, int] = {}
+        pinned: list[torch.Tensor] = []
         try:
             torch.cuda.set_device(self.block.device)
             stream = torch.cuda.Stream()
-            buffers = [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+            # pinned here and unpinned at the end (torch's pinned-memory cache would keep them)
+            buffers = [torch.empty(chunk, dtype=torch.uint8) for _ in range(2)]
+            for b in buffers:
+                _check(torch.cuda.cudart().cudaHostRegister(b.data_ptr(), chunk, 0), "cudaHostRegister")
+                pinned.append(b)
             windows = [memoryview((ctypes.c_char * chunk).from_address(b.data_ptr())).cast("B") for b in buffers]
             done: list[torch.cuda.Event | None] = [None, None]
             for n in itertools.count():
@@ -236,6 +260,9 @@ class Weights:
         except BaseException as e:  # noqa: BLE001  (handed to the waiting thread)
             errors.append(e)
         finally:
+            torch.cuda.synchronize(self.block.device)
+            for b in pinned:
+                torch.cuda.cudart().cudaHostUnregister(b.data_ptr())
             for fd in fds.values():
                 os.close(fd)
 
@@ -260,6 +287,9 @@ def weights(model: torch.nn.Module, model_dir: str) -> tuple[Weights | None, str
         if _DTYPES.get(t[3]) != p.dtype or t[4] != tuple(p.shape):
             return None, f"parameter {name} is {p.dtype} {tuple(p.shape)} but {t[3]} {t[4]} on disk"
     used = {tensors[name][0] for name, _ in model.named_parameters()}
-    moved = Weights([f for f in files if f[0] in used], model.device.index or 0)
+    try:
+        moved = Weights([f for f in files if f[0] in used], model.device.index or 0)
+    except RuntimeError as e:   # the move needs room for a second copy of the weights for a moment
+        return None, f"no room to move them ({e})"
     moved.adopt(model, tensors)
     return moved, ""

@@ -14,7 +14,8 @@ rewarm's ready file and serves, decoding through the captured graphs (decoder.py
                         is zeroed, so the checkpoint need carry neither
   POST /wake_up         read the weights back, map the KV cache and take the memory reserve again
                         (after a capture, or in a restored copy); fails (HTTP 500) if the model
-                        files changed since
+                        files changed since (size or mtime). A worker put to sleep serves again
+                        only after a wake: give it both hooks
 
 Env: MODEL_DIR (/models/llm), DEVICE (cuda if available, else cpu), KV_CACHE_GB (0: the reserve),
 MAX_BATCH (8), MAX_LEN (1024), GRAPH_SIZES (1,2,4,8), PORT (8000), READY_FILE (/run/rewarm/ready),
@@ -169,9 +170,10 @@ capture_graphs(DECODER)
 warm_up()
 PARAMS = sum(p.numel() for p in MODEL.parameters())
 SERVED = {"requests": 0}
-LOAD_THREADS = int(os.environ.get("LOAD_THREADS") or min(16, os.cpu_count() or 1))
+LOAD_THREADS = max(1, int(os.environ.get("LOAD_THREADS") or min(16, os.cpu_count() or 1)))
 AWAKE = threading.Lock()   # held by a completion, or by a sleep until the wake that ends it
 ASLEEP = threading.Event()
+HOOK = threading.Lock()    # one sleep or wake at a time: a wake that comes early waits for its sleep
 
 
 def wake_up():
@@ -195,7 +197,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path.startswith("/health"):
-            self._send(200, {"status": "ok", "boot_id": BOOT_ID, "ready_seconds": READY_SECONDS, "stages": STAGES,
+            self._send(200, {"status": "ok", "sleeping": ASLEEP.is_set(), "boot_id": BOOT_ID,
+                             "ready_seconds": READY_SECONDS, "stages": STAGES,
                              "device": DEVICE, "params": PARAMS, "cuda_graphs": sorted(DECODER.graphs),
                              "kv_reserved_gb": RESERVE.gib if RESERVE.block is not None else 0, **SERVED})
         else:
@@ -209,7 +212,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             prompt = request.get("prompt", "")
             prompts = [str(p) for p in prompt] if isinstance(prompt, list) else [str(prompt)]
             if not AWAKE.acquire(timeout=60):
-                return self._send(503, {"error": "asleep (quiesced for a capture)"})
+                return self._send(503, {"error": "asleep for a capture, or busy"})
             try:
                 outputs = generate(prompts, int(request.get("max_tokens", 16)))
             finally:
@@ -226,22 +229,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                        "completion_tokens": sum(len(o) for o in outputs)},
                              "timing": {"seconds": seconds}})
         elif self.path == "/sleep":
-            if not ASLEEP.is_set():
-                if not AWAKE.acquire(timeout=60):
-                    return self._send(503, {"error": "a completion did not end"})
-                ASLEEP.set()
-            quiesce(release_weights=True)   # rewarm warms the files named here with the snapshot
+            with HOOK:
+                if not ASLEEP.is_set():
+                    if not AWAKE.acquire(timeout=60):
+                        return self._send(503, {"error": "a completion did not end"})
+                    ASLEEP.set()
+                quiesce(release_weights=True)   # rewarm warms the files named here with the snapshot
             self._send(200, {"sleeping": True, "reload_files": WEIGHTS.files() if WEIGHTS is not None else []})
         elif self.path == "/wake_up":
-            if not ASLEEP.is_set():
-                return self._send(200, {"sleeping": False, "seconds": 0})
-            try:
-                woke = wake_up()
-            except Exception as e:  # noqa: BLE001  (the caller, rewarm, cold-starts the pod instead)
-                print(f"llm-worker: wake failed: {e}", flush=True)
-                return self._send(500, {"error": str(e)})
-            ASLEEP.clear()
-            AWAKE.release()
+            with HOOK:
+                if not ASLEEP.is_set():
+                    return self._send(200, {"sleeping": False, "seconds": 0})
+                try:
+                    woke = wake_up()
+                except Exception as e:  # noqa: BLE001  (the caller, rewarm, cold-starts the pod instead)
+                    print(f"llm-worker: wake failed: {e}", flush=True)
+                    return self._send(500, {"error": str(e)})
+                ASLEEP.clear()
+                AWAKE.release()
             print(f"llm-worker: awake in {woke['seconds']}s {json.dumps(woke['weights'])}", flush=True)
             self._send(200, {"sleeping": False, **woke})
         else:

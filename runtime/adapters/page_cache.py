@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
@@ -24,9 +25,20 @@ _libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
+def _open_regular(path: str) -> int | None:
+    """An fd of the path if it is a regular file now (a FIFO put in a file's place must not block)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
+
+
 def _read_range(item: tuple[str, int]) -> int:
     path, offset = item
-    fd = os.open(path, os.O_RDONLY)
+    fd = _open_regular(path)
+    if fd is None:
+        return 0
     try:
         return len(os.pread(fd, CHUNK, offset))
     finally:
@@ -44,7 +56,9 @@ def warm(paths: Iterable[str], threads: int) -> int:
 
 
 def _advise_range(item: tuple[str, int]) -> None:
-    fd = os.open(item[0], os.O_RDONLY)
+    fd = _open_regular(item[0])
+    if fd is None:
+        return
     try:
         os.posix_fadvise(fd, item[1], ADVISE_CHUNK, os.POSIX_FADV_WILLNEED)
     finally:
@@ -65,10 +79,13 @@ def prefetch_in_background(paths: Iterable[str], threads: int) -> None:
 
 def resident_bytes(path: str) -> int:
     """Bytes of the file that are in the page cache now."""
-    size = os.path.getsize(path)
-    if size == 0:
+    fd = _open_regular(path)
+    if fd is None:
         return 0
-    fd = os.open(path, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    if size == 0:
+        os.close(fd)
+        return 0
     try:
         resident = 0
         for offset in range(0, size, WINDOW):

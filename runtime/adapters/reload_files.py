@@ -30,8 +30,8 @@ def named_in(answer: str) -> tuple[list[str], list[str]]:
     """The container paths a quiesce hook's answer names, and what was wrong with the rest."""
     try:
         raw = json.loads(answer) if answer.strip() else {}
-    except ValueError:
-        return [], []                      # a hook may answer plain text: it names no files then
+    except (ValueError, RecursionError):   # plain text (or a nesting bomb) names no files
+        return [], []
     named = raw.get("reload_files", []) if isinstance(raw, dict) else []
     if not isinstance(named, list):
         return [], ["reload_files is not a list"]
@@ -42,15 +42,15 @@ def named_in(answer: str) -> tuple[list[str], list[str]]:
         elif ".." in p.split("/"):
             problems.append(f"{p[:80]!r} climbs with '..'")
         else:
-            paths.append(posixpath.normpath(p))
+            paths.append("/" + posixpath.normpath(p).lstrip("/"))
     if len(named) > MAX_FILES:
         problems.append(f"{len(named) - MAX_FILES} more than {MAX_FILES} files")
     return paths, problems
 
 
-def host_file(spec: Mapping[str, Any], container_path: str) -> str | None:
-    """The container path's regular file on the host, if a bind mount holds it and it resolves to a
-    file below that mount's source."""
+def host_file(spec: Mapping[str, Any], container_path: str) -> tuple[str, int] | None:
+    """The container path's regular file on the host and its size, if a bind mount holds it and it
+    resolves to a file below that mount's source."""
     found = bind_mount_of(spec, container_path)
     if found is None:
         return None
@@ -59,36 +59,45 @@ def host_file(spec: Mapping[str, Any], container_path: str) -> str | None:
     real = os.path.realpath(os.path.join(root, below))
     if os.path.commonpath([root, real]) != root:
         return None
+    return _regular(real)
+
+
+def _regular(path: str) -> tuple[str, int] | None:
     try:
-        return real if stat.S_ISREG(os.stat(real).st_mode) else None
+        st = os.stat(path)
     except OSError:
         return None
+    return (path, st.st_size) if stat.S_ISREG(st.st_mode) else None
 
 
 def resolve(spec: Mapping[str, Any], answer: str) -> tuple[tuple[ReloadFile, ...], list[str]]:
     """The files a capture records for the worker's answer, and why others were left out."""
     paths, problems = named_in(answer)
-    found = []
+    found: dict[str, ReloadFile] = {}     # by host path: two names of one file count once
     for p in dict.fromkeys(paths):
         host = host_file(spec, p)
         if host is None:
             problems.append(f"{p[:200]} is not a regular file under a bind mount of the container")
         else:
-            found.append(ReloadFile(p, host, os.path.getsize(host)))
-    return tuple(found), problems
+            found.setdefault(host[0], ReloadFile(p, *host))
+    return tuple(found.values()), problems
 
 
 def on_this_node(files: tuple[ReloadFile, ...], spec: Mapping[str, Any] | None = None) -> list[str]:
     """Host paths of the files as they are here and now: through a restoring container's mounts
-    when there is one, else where the capture found them; only regular files of the recorded size
-    (a manifest may come from another node)."""
+    when there is one, else where the capture found them (and no link leads there now); only
+    regular files of the recorded size (a manifest may come from another node)."""
     out = []
     for f in files:
-        host = host_file(spec, f.path) if spec is not None else f.host
-        try:
-            st = os.stat(host) if host else None
-        except OSError:
-            st = None
-        if host and st is not None and stat.S_ISREG(st.st_mode) and st.st_size == f.size:
-            out.append(host)
+        if spec is not None:
+            found = host_file(spec, f.path)
+        else:
+            found = _regular(f.host) if os.path.realpath(f.host) == f.host else None
+        if found is not None and found[1] == f.size:
+            out.append(found[0])
     return out
+
+
+def missing(files: tuple[ReloadFile, ...], spec: Mapping[str, Any]) -> list[str]:
+    """The container paths of the files that a restoring container does not have as captured."""
+    return [f.path for f in files if not on_this_node((f,), spec)]

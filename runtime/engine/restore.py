@@ -133,6 +133,10 @@ def pick_fitting_entry(r: Restore) -> None:
         raise NotRestorable(f"snapshot {r.what} does not fit this container: "
                             + "; ".join(fingerprint.differences(newest, here)))
     entry = fitting[0]
+    gone = reload_files.missing(entry.manifest.reload_files, r.spec)
+    if gone:   # its resume hook would fail after the whole restore
+        raise NotRestorable(f"snapshot {r.what}: its worker reads back files this container does not have as "
+                            f"captured (same size, under a bind mount): {', '.join(gone[:3])}")
     if entry.manifest.fingerprint.gpu:
         from runtime.gpu import helper
         helper.ensure_running()     # its driver init overlaps the checks and CRIU's memory stage

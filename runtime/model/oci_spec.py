@@ -56,17 +56,19 @@ def gpu_keys(spec: Mapping[str, Any]) -> list[str]:
 
 def bind_mount_of(spec: Mapping[str, Any], container_path: str) -> tuple[str, str] | None:
     """The bind mount that holds a container path: (its source on the host, the path below its
-    destination); None where no bind mount does. The deepest destination wins, and of equal ones
-    the later mount (it covers the earlier)."""
+    destination); None where the mount that holds it (the deepest destination, of equal ones the
+    later) is not a bind mount, or none does."""
     path = posixpath.normpath(container_path)
-    best: tuple[str, str] | None = None
+    best: tuple[str, Mapping[str, Any]] | None = None
     for m in spec.get("mounts") or []:
-        if not isinstance(m, Mapping) or not m.get("source") or not m.get("destination"):
-            continue
-        if m.get("type") != "bind" and not {"bind", "rbind"} & set(m.get("options") or []):
+        if not isinstance(m, Mapping) or not m.get("destination"):
             continue
         dest = posixpath.normpath(str(m["destination"]))
         inside = path == dest or path.startswith(dest.rstrip("/") + "/")
         if inside and (best is None or len(dest) >= len(best[0])):
-            best = (dest, str(m["source"]))
-    return None if best is None else (best[1], posixpath.relpath(path, best[0]))
+            best = (dest, m)
+    if best is None:
+        return None
+    dest, mount = best
+    is_bind = mount.get("type") == "bind" or bool({"bind", "rbind"} & set(mount.get("options") or []))
+    return (str(mount["source"]), posixpath.relpath(path, dest)) if is_bind and mount.get("source") else None

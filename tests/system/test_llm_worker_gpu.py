@@ -1,6 +1,6 @@
 """The LLM worker on a GPU (runs only where an NVIDIA GPU with the checkpoint API is present): its
 weights leave the GPU in the quiesce hook and come back from the model files in the resume hook
-(examples/llm-worker/weight_arena.py), under CUDA graphs captured for their addresses.
+(examples/llm-worker/gpu_memory.py), under CUDA graphs captured for their addresses.
 
 - the sleep really gives the weights' GPU memory back (NVML's view of the worker process), and the
   wake brings back a worker that answers the same tokens;

@@ -61,7 +61,8 @@ def test_a_failing_resume_hook_after_restore_means_a_cold_start(lab, node):
 
 def test_files_the_worker_reads_back_are_recorded_and_warmed_with_the_snapshot(lab, node, tmp_path):
     """The quiesce hook names the file its ballast comes from (as an LLM worker names its weights):
-    the capture records it, `rewarm warm` and doctor count it, and the restored copy reads it back."""
+    the capture records it, `rewarm warm` and doctor count it, the restored copy reads it back, and
+    once the file has changed a pod cold-starts without trying the restore."""
     data = tmp_path / "data"
     data.mkdir()
     os.chmod(tmp_path, 0o755)
@@ -88,6 +89,14 @@ def test_files_the_worker_reads_back_are_recorded_and_warmed_with_the_snapshot(l
     restored = lab.create("reads-back-2", w2)
     answer = restored.get()
     assert answer["boot_id"] == before["boot_id"] and answer["ballast_bytes"] == 8 << 20
+
+    ballast.write_bytes(os.urandom(4 << 20))      # the file changed on the node: no restore is tried
+    w3 = lab.worker(annotations("reads-back", **HOOKS), env={"BALLAST_FILE": "/data/ballast.bin"})
+    w3.binds["/data"] = str(data)
+    fresh, _ = lab.create("reads-back-3", w3).wait_ready()
+    assert fresh["boot_id"] != before["boot_id"] and fresh["ballast_bytes"] == 4 << 20
+    reason = events(node, "cold-start")[-1]["reason"]
+    assert "does not have as captured" in reason and "/data/ballast.bin" in reason, reason
 
 
 def test_a_quiesce_answer_naming_a_file_that_escapes_its_mount_records_none_and_says_why(lab, node, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from runtime.adapters import reload_files
+from runtime.adapters import page_cache, reload_files
 from runtime.model.manifest import ReloadFile
 from runtime.model.oci_spec import bind_mount_of
 
@@ -15,10 +15,12 @@ def spec_with(*mounts: tuple[str, str]) -> dict:
                        *({"destination": d, "type": "bind", "source": s, "options": ["rbind", "ro"]} for d, s in mounts)]}
 
 
-def test_the_deepest_and_latest_bind_mount_holds_a_path():
+def test_the_deepest_and_latest_mount_holds_a_path_and_only_a_bind_mount_counts():
     spec = spec_with(("/models", "/srv/a"), ("/models/llm", "/srv/b"), ("/models/llm", "/srv/c"))
+    spec["mounts"].append({"destination": "/models/cache", "type": "tmpfs", "source": "tmpfs"})
     assert bind_mount_of(spec, "/models/llm/x.safetensors") == ("/srv/c", "x.safetensors")
     assert bind_mount_of(spec, "/models/other/y") == ("/srv/a", "other/y")
+    assert bind_mount_of(spec, "/models/cache/w") is None          # a tmpfs over the bind: not the host's file
     assert bind_mount_of(spec, "/modelsx/y") is None and bind_mount_of(spec, "/proc/self/mem") is None
 
 
@@ -28,6 +30,8 @@ def test_an_answer_names_absolute_paths_and_says_what_it_left_out():
     assert paths == ["/m/a", "/m/b"]
     assert len(problems) == 3 and any("'..'" in p for p in problems)
     assert reload_files.named_in("") == ([], []) and reload_files.named_in("ok") == ([], [])
+    assert reload_files.named_in("[" * 200_000) == ([], [])          # a nesting bomb is no answer
+    assert reload_files.named_in(json.dumps({"reload_files": ["//m//a/"]})) == (["/m/a"], [])
     assert reload_files.named_in(json.dumps({"reload_files": "/m/a"})) == ([], ["reload_files is not a list"])
     too_many = json.dumps({"reload_files": [f"/m/{i}" for i in range(reload_files.MAX_FILES + 5)]})
     paths, problems = reload_files.named_in(too_many)
@@ -47,7 +51,7 @@ def test_only_regular_files_below_the_mount_source_are_taken(tmp_path):
                                           "/models/llm/a-directory", "/models/llm/missing", "/etc/hostname"]})
     found, problems = reload_files.resolve(spec, answer)
     real = os.path.realpath(source / "llm" / "w.safetensors")
-    assert found == (ReloadFile("/models/llm/w.safetensors", real, 1000), ReloadFile("/models/llm/inside", real, 1000))
+    assert found == (ReloadFile("/models/llm/w.safetensors", real, 1000),)   # the link inside names the same file
     assert len(problems) == 4 and all("not a regular file under a bind mount" in p for p in problems)
 
 
@@ -56,7 +60,12 @@ def test_files_count_on_a_node_only_as_regular_files_of_the_recorded_size(tmp_pa
     data.write_bytes(b"x" * 10)
     files = (ReloadFile("/m/w.bin", str(data), 10), ReloadFile("/m/gone", str(tmp_path / "gone"), 1),
              ReloadFile("/m/dev", "/dev/zero", 0))
+    spec = spec_with(("/m", str(tmp_path)))
     assert reload_files.on_this_node(files) == [str(data)]
-    assert reload_files.on_this_node(files, spec_with(("/m", str(tmp_path)))) == [str(data)]
+    assert reload_files.on_this_node(files, spec) == [str(data)]
+    assert reload_files.missing(files, spec) == ["/m/gone", "/m/dev"]
     data.write_bytes(b"x" * 11)                       # changed since the capture: not warmed
-    assert reload_files.on_this_node(files) == []
+    assert reload_files.on_this_node(files) == [] and "/m/w.bin" in reload_files.missing(files, spec)
+    data.unlink()
+    os.mkfifo(data)                                   # a FIFO in its place is neither warmed nor opened
+    assert reload_files.on_this_node(files) == [] and page_cache.warm([str(data)], 2) == 0
