@@ -333,23 +333,22 @@ def test_a_capture_that_cannot_fit_is_refused_before_the_dump_and_the_worker_ser
 
 @pytest.mark.parametrize("leave_running", [True, False])
 def test_a_disk_that_fills_up_after_the_dump_fails_the_capture_and_the_worker_survives(lab, node, small_store,
-                                                                                      leave_running):
+                                                                                      leave_running, tmp_path):
+    """Another writer takes the rest of the disk the moment the dump is done: the capture runs the
+    real runc through a wrapper that, after `runc checkpoint`, fills the store's filesystem (a
+    thread watching for the images raced with the capture's next writes and could lose)."""
     src = lab.create("filled", lab.worker({"rewarm.dev/snapshot": "filled"}, env={"BALLAST_MB": "40"}))
     before, _ = src.wait_ready()
     filler = os.path.join(os.path.dirname(small_store.store), "filler")
-
-    def fill_once_dumped() -> None:   # another writer takes the rest of the disk while CRIU dumps
-        deadline = time.monotonic() + 60
-        tmp = os.path.join(small_store.store, "tmp")
-        while time.monotonic() < deadline:
-            if any(os.path.exists(os.path.join(tmp, d, "checkpoint", "inventory.img")) for d in
-                   (os.listdir(tmp) if os.path.isdir(tmp) else [])):
-                break
-            time.sleep(0.002)
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
-    threading.Thread(target=fill_once_dumped, daemon=True).start()
+    runc = tmp_path / "runc-then-fill"
+    real = shutil.which(small_store.runtime) or small_store.runtime
+    runc.write_text(f'#!/bin/sh\n"{real}" "$@"\nrc=$?\n'
+                    f'case " $* " in *" checkpoint "*) dd if=/dev/zero of="{filler}" bs=1M 2>/dev/null ;; esac\n'
+                    'exit $rc\n')
+    runc.chmod(0o755)
     with pytest.raises(CaptureFailed, match="No space left on device"):
-        capture.capture(small_store, lab.runc_root, src.cid, "filled", leave_running=leave_running)
+        capture.capture(dataclasses.replace(small_store, runtime=str(runc)), lab.runc_root, src.cid, "filled",
+                        leave_running=leave_running)
     after = src.get()
     assert after["boot_id"] == before["boot_id"] and src.state()["status"] == "running"   # warm worker kept
     failed = [e for e in events(node, "capture-failed") if e["container"] == src.cid]
