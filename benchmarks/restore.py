@@ -146,7 +146,6 @@ class Bench:
                  "hooks": self.a.hooks, "weights_s": weights_s, "weight_bytes": weight_bytes, "cold": run,
                  "cold_events": self.events(c.cid), "entry": entry.ident, "snapshot_bytes": entry.size(),
                  "capture": vars(entry.manifest.capture),
-                 "reload_bytes": sum(f.size for f in entry.manifest.reload_files),
                  "largest_file": max((entry.file(f) for f in entry.manifest.files if "pages-" in f),
                                      key=os.path.getsize)}
         if self.gpu:

@@ -52,9 +52,7 @@ class _Driver:
         self.contexts: dict[int, ctypes.c_void_p] = {}
 
     def __call__(self, name: str, *args) -> None:
-        rc = getattr(self.lib, name)(*args)
-        if rc != 0:
-            raise RuntimeError(f"{name} failed with CUDA error {rc}")
+        _check(getattr(self.lib, name)(*args), name)
 
     def use_device(self, ordinal: int) -> None:
         """Make the device's primary context (the one torch uses) current on this thread."""
@@ -64,6 +62,10 @@ class _Driver:
             self("cuDevicePrimaryCtxRetain", ctypes.byref(ctx), dev)
             self.contexts[ordinal] = ctx
         self("cuCtxSetCurrent", self.contexts[ordinal])
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
 
 
 def _check(rc, what: str) -> None:
@@ -114,7 +116,7 @@ class Block:
         self.prop = _AllocationProp(type=_PINNED, location=_Location(_ON_DEVICE, device))
         granularity = ctypes.c_size_t()
         self.cuda("cuMemGetAllocationGranularity", ctypes.byref(granularity), ctypes.byref(self.prop), 0)
-        self.size = -(-size // granularity.value) * granularity.value
+        self.size = _round_up(size, granularity.value)
         ptr = ctypes.c_uint64()
         self.cuda("cuMemAddressReserve", ctypes.byref(ptr), ctypes.c_size_t(self.size), ctypes.c_size_t(0),
                   ctypes.c_uint64(0), ctypes.c_uint64(0))
@@ -131,7 +133,7 @@ class Block:
         return self.handle is not None
 
     def view(self, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        nbytes = torch.Size(shape).numel() * dtype.itemsize
         return self.bytes[offset:offset + nbytes].view(dtype).view(shape)
 
     def map(self) -> None:
@@ -169,14 +171,13 @@ class Block:
         self.cuda("cuMemRelease", handle)
 
 
-
 class Weights:
     """A model's parameters in one Block, laid out as their safetensors files are."""
     def __init__(self, files: list[tuple[str, int, int]], device: int):
         self.spans, size = [], 0      # (path, data start in file, bytes, offset in the block)
         for path, start, length in files:
             self.spans.append((path, start, length, size))
-            size = -(-(size + length) // _SPAN_ALIGN) * _SPAN_ALIGN
+            size = _round_up(size + length, _SPAN_ALIGN)
         self.block, self.identities = Block(size, device), {}
 
     def adopt(self, model: torch.nn.Module, tensors: dict[str, tuple]) -> None:
@@ -270,8 +271,8 @@ class Weights:
 def zeroed(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: int) -> tuple[Block, list[torch.Tensor]]:
     """Zeroed tensors of these shapes in one Block, for memory whose content need not survive a sleep
     (zero it again after mapping it back)."""
-    sizes = [torch.Size(s).numel() * torch.empty((), dtype=dtype).element_size() for s in shapes]
-    offsets = [sum(-(-n // _SPAN_ALIGN) * _SPAN_ALIGN for n in sizes[:i]) for i in range(len(sizes))]
+    sizes = [torch.Size(s).numel() * dtype.itemsize for s in shapes]
+    offsets = [sum(_round_up(n, _SPAN_ALIGN) for n in sizes[:i]) for i in range(len(sizes))]
     block = Block(offsets[-1] + sizes[-1], device)
     block.bytes.zero_()
     return block, [block.view(at, dtype, shape) for at, shape in zip(offsets, shapes)]

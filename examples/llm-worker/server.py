@@ -20,8 +20,9 @@ rewarm's ready file and serves, decoding through the captured graphs (decoder.py
 Env: MODEL_DIR (/models/llm), DEVICE (cuda if available, else cpu), KV_CACHE_GB (0: the reserve),
 MAX_BATCH (8), MAX_LEN (1024), GRAPH_SIZES (1,2,4,8), PORT (8000), READY_FILE (/run/rewarm/ready),
 THREADS (CPU threads), SLEEP_WEIGHTS (release: the weights and the KV cache leave the GPU on /sleep;
-keep: they stay and the checkpoint carries them), LOAD_THREADS (readers of a wake, default the CPUs up to 16). The
-tokenizer is bytes (id = byte + 3): the weights are random, so only speed and state matter.
+keep: they stay and the checkpoint carries them), LOAD_THREADS (readers of a wake, default the CPUs
+up to 16). The tokenizer is bytes (id = byte + 3): the weights are random, so only speed and state
+matter.
 """
 import ctypes
 import gc

@@ -42,7 +42,7 @@ def named_in(answer: str) -> tuple[list[str], list[str]]:
         elif ".." in p.split("/"):
             problems.append(f"{p[:80]!r} climbs with '..'")
         else:
-            paths.append("/" + posixpath.normpath(p).lstrip("/"))
+            paths.append("/" + posixpath.normpath(p).lstrip("/"))   # normpath keeps a leading "//"
     if len(named) > MAX_FILES:
         problems.append(f"{len(named) - MAX_FILES} more than {MAX_FILES} files")
     return paths, problems
