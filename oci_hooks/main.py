@@ -73,13 +73,13 @@ def _check_gpus(manifest: dict[str, Any], spec: dict[str, Any]) -> None:
 
 def prestart(state: dict[str, Any], settings: Settings) -> None:
     annotations = state.get("annotations") or {}
-    request = ann.parse(annotations)
+    spec = _spec(state)
+    request = ann.parse(annotations, oci_spec.process(spec))
     entry_path = annotations.get(ann.ENTRY_KEY)
     if not entry_path:
         return  # a cold start: nothing to prepare
     # rewarm-runc checked this entry a moment ago: no schema pass here (jsonschema costs ~50 ms)
     manifest = read_json(os.path.join(entry_path, layout.MANIFEST))
-    spec = _spec(state)
     _check_gpus(manifest, spec)
     from oci_hooks import netns
     added = netns.prepare(_netns_path(state, spec), manifest.get("bound_addresses") or [])

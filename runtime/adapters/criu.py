@@ -104,7 +104,9 @@ def runtime_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 # Error lines CRIU prints on the way that do not cause a failure: skipped when quoting the cause.
-HARMLESS_ERRORS = ("RLIMIT_NOFILE", "rlimit")
+# The CUDA plugin's complaint comes from NVIDIA's cuda-checkpoint about a process without CUDA state,
+# which the plugin then leaves alone (rewarm's answers "nothing to do" instead).
+HARMLESS_ERRORS = ("RLIMIT_NOFILE", "rlimit", "cuda-checkpoint to retrieve restore tid")
 
 
 def first_error(log_path: str) -> str:

@@ -6,7 +6,8 @@ resume hook). The quiesce hook's JSON answer names them:
 
 rewarm finds each on the host through the container's bind mounts and warms it with the snapshot
 (`rewarm warm`, `warm_after`, the restore's read-ahead), so that a warm restore is warm all through.
-The worker's answer is input from inside the container: only absolute paths under a bind mount are
+An engine preset (model/engines.py) names them instead, as the model directory on the engine's
+command line: every file below it. The worker's answer is input from inside the container: only absolute paths under a bind mount are
 taken, each must resolve (symlinks followed) to a regular file below that mount's source, and
 anything else is left out with a reason. These files are never part of the snapshot, never written,
 only read into the page cache; the worker checks they are still the files it left.
@@ -70,9 +71,36 @@ def _regular(path: str) -> tuple[str, int] | None:
     return (path, st.st_size) if stat.S_ISREG(st.st_mode) else None
 
 
-def resolve(spec: Mapping[str, Any], answer: str) -> tuple[tuple[ReloadFile, ...], list[str]]:
-    """The files a capture records for the worker's answer, and why others were left out."""
-    paths, problems = named_in(answer)
+def files_below(spec: Mapping[str, Any], container_dir: str) -> list[str]:
+    """Container paths of the files below a directory of the container (through its bind mount)."""
+    found = bind_mount_of(spec, container_dir)
+    if found is None:
+        return [container_dir]   # not under a bind mount: resolve() says so
+    source, below = found
+    top = os.path.join(source, below)
+    if not os.path.isdir(top):
+        return [container_dir]
+    out = []
+    for parent, dirs, names in os.walk(top):
+        dirs.sort()
+        for name in sorted(names):
+            out.append(posixpath.join(container_dir, os.path.relpath(os.path.join(parent, name), top)))
+            if len(out) >= MAX_FILES:
+                return out
+    return out
+
+
+def resolve(spec: Mapping[str, Any], answers: list[str],
+            reads_back: tuple[str, ...] = ()) -> tuple[tuple[ReloadFile, ...], list[str]]:
+    """The files a capture records for the worker's hook answers and the paths its engine preset
+    names (files, or directories: each file below), and why others were left out."""
+    paths, problems = [], []
+    for answer in answers:
+        named, wrong = named_in(answer)
+        paths += named
+        problems += wrong
+    for p in reads_back:
+        paths += files_below(spec, p)
     found: dict[str, ReloadFile] = {}     # by host path: two names of one file count once
     for p in dict.fromkeys(paths):
         host = host_file(spec, p)

@@ -1,21 +1,28 @@
-"""The worker's own hooks around a capture, named by annotations: rewarm POSTs to them inside the
-container's network namespace and expects HTTP 200.
+"""The worker's own hooks around a capture (model/hooks.py, model/engines.py): rewarm calls them in
+order inside the container's network namespace, and each must answer 2xx.
 
-  rewarm.dev/quiesce-http  before a capture: drop what need not be saved (KV cache, allocator caches,
-                           free heap, weights it can read back); vLLM's /sleep and SGLang's
-                           release_memory_occupation are such hooks
-  rewarm.dev/resume-http   after a capture (the source keeps running) and after a restore
+  quiesce  before a capture: drop what need not be saved (KV cache, allocator caches, free heap,
+           weights it can read back); vLLM's /sleep and SGLang's release_memory_occupation are such hooks
+  resume   after a capture (the source keeps running) and after a restore
 """
 from __future__ import annotations
 
 from runtime.adapters import netns_http
 from runtime.model.errors import WorkerHookFailed
+from runtime.model.hooks import HookCall
 
 
-def post(pid: int, url: str, what: str, timeout: float) -> str:
-    """The hook's answer (a quiesce hook may name files the worker reads back: reload_files.py)."""
-    status, body = netns_http.request(f"/proc/{pid}/ns/net", url, data=b"{}", timeout=timeout)
-    if status != 200:
-        answer = f"HTTP {status}: {body.strip()[:200]}" if status else "no answer"
-        raise WorkerHookFailed(f"{what} hook {url} failed ({answer})")
-    return body
+def call(pid: int, calls: tuple[HookCall, ...], what: str, timeout: float) -> list[str]:
+    """The answers, in order (a quiesce hook may name files the worker reads back: reload_files.py);
+    the first call that fails stops the sequence."""
+    answers: list[str] = []
+    for step in calls:
+        status, body = netns_http.request(f"/proc/{pid}/ns/net", step.url,
+                                          data=None if step.method == "GET" else step.body, timeout=timeout)
+        if not 200 <= status < 300:
+            answer = f"HTTP {status}: {body.strip()[:200]}" if status else "no answer"
+            where = f" (call {len(answers) + 1} of {len(calls)})" if len(calls) > 1 else ""
+            raise WorkerHookFailed(f"{what} hook {step}{where} failed ({answer})"
+                                   + (f"; {step.hint}" if step.hint else ""))
+        answers.append(body)
+    return answers

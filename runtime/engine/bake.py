@@ -34,7 +34,7 @@ def bake(settings: Settings, address: str, image: str, name: str, namespace: str
         annotations[ann.READY_FILE] = ready_file
     if ready_http:
         annotations[ann.READY_HTTP] = ready_http
-    ann.parse(annotations)
+    ann.parse(annotations, {"args": command, "env": [f"{k}={v}" for k, v in env.items()]})
     with cri.Client(address) as client:
         if client.image_status(image) is None:
             raise RewarmError(f"image {image} is not on this node (pull or import it first)")

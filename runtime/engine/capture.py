@@ -1,8 +1,8 @@
 """The capture pipeline: checkpoint a running container into a new store entry, as named steps over
 one context:
 
-    fingerprint_source -> note_gpus_and_sockets -> checkpoint (quiesce hook, space check, dump,
-    resume hook) -> keep_dump_log -> write_rootfs_diff -> describe -> commit -> (stop_source, unless it is to keep running)
+    fingerprint_source -> refuse_what_criu_cannot_dump -> note_gpus_and_sockets -> checkpoint (quiesce
+    hook, space check, dump, resume hook) -> keep_dump_log -> write_rootfs_diff -> describe -> commit -> (stop_source, unless it is to keep running)
 
 The entry is built in a private staging directory and published with one rename at the very end,
 so a capture that dies at any point leaves nothing that a restore would use. The checkpoint always
@@ -19,13 +19,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from runtime.adapters import criu, logs, netlock, reload_files, rootfs_diff, sockets, store, worker_hooks
+from runtime.adapters import criu, logs, netlock, open_files, reload_files, rootfs_diff, sockets, store, worker_hooks
 from runtime.adapters.files import read_json, write_json
 from runtime.adapters.runc import Runc, run_bounded
 from runtime.engine import fingerprinting, warm
 from runtime.model import annotations as ann
 from runtime.model import layout, oci_spec
-from runtime.model.errors import CaptureFailed, CudaError, RewarmError, StoreError, WorkerHookFailed
+from runtime.model.errors import CaptureFailed, CudaError, InvalidInput, RewarmError, StoreError, WorkerHookFailed
 from runtime.model.events import EventKind
 from runtime.model.fingerprint import Fingerprint
 from runtime.model.manifest import CaptureInfo, Manifest, ReloadFile, RootfsInfo
@@ -35,9 +35,6 @@ from runtime.model.settings import Settings
 
 if TYPE_CHECKING:
     from runtime.clients.containerd import Containerd
-
-CUDA_NOT_INITIALIZED = 3   # CUresult of a process that does not use CUDA
-
 
 @dataclass(frozen=True)
 class Source:
@@ -63,6 +60,7 @@ class Capture:
     leave_running: bool
     staging: str
     containerd: "Containerd | None" = None
+    hooks: ann.WorkerHooks = ann.WorkerHooks()
     started: float = field(default_factory=time.monotonic)
     fingerprint: Fingerprint | None = None
     gpu_facts: dict[str, Any] = field(default_factory=dict)
@@ -137,6 +135,17 @@ def _resident_bytes(pid: int) -> int:
         return 0
 
 
+def refuse_what_criu_cannot_dump(c: Capture) -> None:
+    """Fail before the worker is touched where CRIU would fail midway: an io_uring instance (a
+    container started by rewarm-runc has io_uring refused, see model/seccomp.py; one started
+    elsewhere, or with block_io_uring off, may hold one)."""
+    holders = open_files.io_uring_holders(c.runc.pids(c.source.container_id) or [c.source.pid])
+    if holders:
+        raise CaptureFailed(f"process {', '.join(holders[:5])} holds an io_uring instance, which CRIU cannot "
+                            "checkpoint; start the container through rewarm-runc with block_io_uring on (the "
+                            "default), or have its libraries use epoll (libuv and uvloop take a ring unasked)")
+
+
 def note_gpus_and_sockets(c: Capture) -> None:
     """Before the checkpoint, while the process surely runs: its GPUs (device order, which of its
     processes hold contexts) and the addresses its sockets are bound to."""
@@ -150,14 +159,12 @@ def note_gpus_and_sockets(c: Capture) -> None:
 
 def checkpoint(c: Capture) -> None:
     """The space check and the checkpoint, between the worker's quiesce and resume hooks where its
-    annotations name them."""
-    annotations = oci_spec.annotations_of(c.source.spec)
-    quiesce, resume = annotations.get(ann.QUIESCE_HTTP), annotations.get(ann.RESUME_HTTP)
+    annotations (or its engine's preset) name them."""
+    worker = c.hooks
     t = time.monotonic()
     try:
-        if quiesce:
-            answer = worker_hooks.post(c.source.pid, quiesce, "quiesce", c.settings.hook_timeout_s)
-            c.reload, c.reload_left_out = reload_files.resolve(c.source.spec, answer)
+        answers = worker_hooks.call(c.source.pid, worker.quiesce, "quiesce", c.settings.hook_timeout_s)
+        c.reload, c.reload_left_out = reload_files.resolve(c.source.spec, answers, worker.reads_back)
         check_space(c)   # after the quiesce: a worker gives back its KV reserve there
         if c.containerd is not None:
             _containerd_checkpoint(c, c.containerd)
@@ -166,12 +173,11 @@ def checkpoint(c: Capture) -> None:
     except WorkerHookFailed as e:
         raise CaptureFailed(str(e)) from e
     finally:
-        if resume:   # the worker runs on after the checkpoint in every case (see stop_source)
-            try:
-                worker_hooks.post(c.source.pid, resume, "resume", c.settings.hook_timeout_s)
-            except WorkerHookFailed as e:
-                logs.event(c.settings.event_log, EventKind.HOOK_FAILED, container=c.source.container_id,
-                           reason=str(e))
+        try:   # the worker runs on after the checkpoint in every case (see stop_source)
+            worker_hooks.call(c.source.pid, worker.resume, "resume", c.settings.hook_timeout_s)
+        except WorkerHookFailed as e:
+            logs.event(c.settings.event_log, EventKind.HOOK_FAILED, container=c.source.container_id,
+                       reason=str(e))
     c.checkpoint_seconds = time.monotonic() - t
 
 
@@ -211,7 +217,7 @@ def stop_source(c: Capture) -> None:
 
 
 Step = Callable[[Capture], None]
-STEPS: tuple[Step, ...] = (note_gpus_and_sockets, checkpoint, keep_dump_log, write_rootfs_diff,
+STEPS: tuple[Step, ...] = (refuse_what_criu_cannot_dump, note_gpus_and_sockets, checkpoint, keep_dump_log, write_rootfs_diff,
                            describe)
 
 
@@ -231,8 +237,9 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
     criu.ensure_config(settings)
     where = {"container": container_id, "namespace": namespace, "snapshot": name}
     try:
+        hooks = _hooks_of(src)
         with st.capturing(namespace, name), st.staging() as staging:
-            c = Capture(settings, src, namespace, name, leave_running, staging, containerd)
+            c = Capture(settings, src, namespace, name, leave_running, staging, containerd, hooks)
             fingerprint_source(c)
             if skip_if_present:
                 present = [e for e in st.entries(namespace, name) if e.manifest.fingerprint_id == c.fp().ident()]
@@ -259,6 +266,13 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
         stop_source(c)
     warm.after(settings, "capture", entry)
     return entry
+
+
+def _hooks_of(src: Source) -> ann.WorkerHooks:
+    try:
+        return ann.worker_hooks(oci_spec.annotations_of(src.spec), oci_spec.process(src.spec))
+    except InvalidInput as e:
+        raise CaptureFailed(f"container {src.container_id}: {e}") from e
 
 
 def _capture_info(c: Capture) -> CaptureInfo:
@@ -321,7 +335,7 @@ def revive_source(settings: Settings, src: Source) -> str:
     notes = []
     runc = Runc(settings.runtime, src.runtime_root)
     if oci_spec.uses_gpu(src.spec):
-        from runtime.gpu.driver import Driver, ProcessState
+        from runtime.gpu.driver import NOT_INITIALIZED, Driver, ProcessState
         try:
             driver = Driver()
             for pid in runc.pids(src.container_id) or [src.pid]:
@@ -329,7 +343,7 @@ def revive_source(settings: Settings, src: Source) -> str:
                     if driver.state(pid) != ProcessState.RUNNING:
                         notes.append(f"pid {pid} CUDA state back to {driver.bring_back(pid).name.lower()}")
                 except CudaError as e:
-                    if e.code != CUDA_NOT_INITIALIZED:
+                    if e.code != NOT_INITIALIZED:
                         notes.append(f"pid {pid}: {e}")
         except CudaError as e:
             notes.append(str(e))

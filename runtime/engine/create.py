@@ -18,6 +18,7 @@ from runtime.adapters.files import read_json, write_json
 from runtime.adapters.runc import wait_forwarding
 from runtime.front.runc_argv import RuncCall
 from runtime.model import annotations as ann
+from runtime.model import oci_spec, seccomp
 from runtime.model.errors import RewarmError, SettingsError
 from runtime.model.events import EventKind
 from runtime.model.oci_spec import Spec
@@ -39,18 +40,23 @@ def _image_digest(call: RuncCall) -> str | None:
         return client.image_digest(client.container(str(call.container_id)).image)
 
 
-def prepare_spec(call: RuncCall, settings: Settings) -> Spec:
-    """Point the container at rewarm's CRIU options, for its restore now and its capture later, and
-    name its image by digest: the fingerprint of both sides then holds the digest."""
+def prepare_spec(call: RuncCall, settings: Settings, spec: Spec) -> Spec:
+    """Point the container (`spec`, its config.json as read) at rewarm's CRIU options, for its
+    restore now and its capture later, name its image by digest (the fingerprint of both sides then
+    holds the digest), and keep io_uring, which CRIU cannot capture, out of it (model/seccomp.py)."""
     path = os.path.join(call.bundle, "config.json")
-    spec: Spec = read_json(path)
+    if settings.block_io_uring and not seccomp.blocks_io_uring(spec):
+        spec = seccomp.with_io_uring_blocked(spec)
+        changed = True
+    else:
+        changed = False
     annotations = spec.setdefault("annotations", {})
     wanted = {criu.RUNC_CONFIG_ANNOTATION: criu.ensure_config(settings)}
     digest = _image_digest(call)
     if digest:
         wanted[ann.IMAGE_DIGEST_KEY] = digest
     hooks_added = settings.inject_hooks and _add_hooks(spec, call)
-    if any(annotations.get(k) != v for k, v in wanted.items()) or hooks_added:
+    if any(annotations.get(k) != v for k, v in wanted.items()) or hooks_added or changed:
         annotations.update(wanted)
         write_json(path, spec, mode=os.stat(path).st_mode & 0o777)
     return spec
@@ -100,8 +106,9 @@ def create(call: RuncCall, annotations: dict[str, str]) -> NoReturn:
         if config_error:
             raise SettingsError(config_error)
         namespace = ann.namespace_of(annotations)
-        request = ann.parse(annotations)
-        spec = prepare_spec(call, settings)
+        spec: Spec = read_json(os.path.join(call.bundle, "config.json"))
+        request = ann.parse(annotations, oci_spec.process(spec))
+        spec = prepare_spec(call, settings, spec)
         if request.snapshot_ref:   # rewarm.dev/snapshot-ref: pull on a miss, within pull_timeout_s
             from runtime.engine import pull
             pull.on_miss(settings, spec, request, namespace, str(call.container_id))

@@ -204,13 +204,13 @@ def restore_process(r: Restore) -> None:
 
 def resume_worker(r: Restore) -> None:
     """The worker's resume hook in the restored container (a failure fails the restore: cold start)."""
-    if not r.request.resume_http:
+    if not r.request.hooks.resume:
         return
     state = r.runc.state(r.container_id)
     if not state or not state.get("pid"):
         raise RestoreFailed(f"restored container {r.container_id} has no state to resume")
     try:
-        worker_hooks.post(int(state["pid"]), r.request.resume_http, "resume", r.settings.hook_timeout_s)
+        worker_hooks.call(int(state["pid"]), r.request.hooks.resume, "resume", r.settings.hook_timeout_s)
     except WorkerHookFailed as e:
         raise RestoreFailed(str(e)) from e
 

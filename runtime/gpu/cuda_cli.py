@@ -1,7 +1,9 @@
 """`cuda-checkpoint`: the command CRIU's CUDA plugin runs, on rewarm's binding of the driver API.
 
 Speaks the plugin's protocol (`-h` lists `--action`; `--get-state` prints running / locked /
-checkpointed / failed; `--get-restore-tid` prints a thread id) and adds `--toggle` and
+checkpointed / failed; `--get-restore-tid` prints a thread id, or -1 for a process without CUDA
+state, which the plugin then leaves alone: a failure there would put an error line into every
+CRIU log of an engine whose tree has such processes, before the real cause) and adds `--toggle` and
 `--device-map OLD=NEW,...`. CRIU's plugin passes no device map, so `restore` also reads one from
 $REWARM_CUDA_DEVICE_MAP, which rewarm-runc sets when a container lands on other GPUs.
 """
@@ -16,6 +18,9 @@ from typing import Callable, Mapping, NoReturn
 from runtime.gpu.driver import Driver, ProcessState
 from runtime.model import cuda_env
 from runtime.model.errors import CudaError
+
+
+NO_CUDA = -1   # --get-restore-tid of a process without CUDA state: the plugin's "nothing to do here"
 
 
 def parse_device_map(text: str) -> dict[str, str]:
@@ -65,7 +70,11 @@ def run(a: argparse.Namespace, env: Mapping[str, str], loaded: Callable[[], Driv
     pid = a.pid
     if a.get_state or a.get_restore_tid:
         started = time.monotonic()
-        out = driver.state(pid).name.lower() if a.get_state else str(driver.restore_thread_id(pid))
+        if a.get_state:
+            out = driver.state(pid).name.lower()
+        else:
+            tid = driver.restore_thread_id(pid)
+            out = str(NO_CUDA if tid is None else tid)
         log_timing(env, "get-state" if a.get_state else "get-restore-tid", pid, time.monotonic() - started)
         return out
     if a.toggle:

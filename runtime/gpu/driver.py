@@ -12,6 +12,9 @@ import uuid
 from runtime.model.errors import CudaError, CudaUnavailable
 
 
+NOT_INITIALIZED = 3   # CUresult for a process that has no CUDA state (never called cuInit, or not yet)
+
+
 class ProcessState(enum.Enum):
     RUNNING = 0
     LOCKED = 1
@@ -70,10 +73,17 @@ class Driver:
         self._check("cuCheckpointProcessGetState", self.lib.cuCheckpointProcessGetState(pid, ctypes.byref(out)))
         return ProcessState(out.value)
 
-    def restore_thread_id(self, pid: int) -> int:
+    def restore_thread_id(self, pid: int) -> int | None:
+        """The thread that performs `pid`'s CUDA restore; None for a process without CUDA state
+        (an engine's tree holds such processes beside the ones that use the GPU)."""
         out = ctypes.c_int()
-        self._check("cuCheckpointProcessGetRestoreThreadId",
-                    self.lib.cuCheckpointProcessGetRestoreThreadId(pid, ctypes.byref(out)))
+        try:
+            self._check("cuCheckpointProcessGetRestoreThreadId",
+                        self.lib.cuCheckpointProcessGetRestoreThreadId(pid, ctypes.byref(out)))
+        except CudaError as e:
+            if e.code == NOT_INITIALIZED:
+                return None
+            raise
         return out.value
 
     def lock(self, pid: int, timeout_ms: int = 0) -> None:

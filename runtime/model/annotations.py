@@ -5,13 +5,14 @@ Also reads the Kubernetes facts that containerd (io.kubernetes.cri.*) and CRI-O
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Mapping, TypeVar
+from typing import Any, Mapping, TypeVar
 
 from runtime.front.names import ANNOTATION_PREFIX
+from runtime.model import engines, hooks
 from runtime.model.errors import InvalidInput
+from runtime.model.hooks import HookCall
 from runtime.model.names import validate_name, validate_namespace
 from runtime.model.registry_ref import parse as parse_ref
 
@@ -25,7 +26,10 @@ QUIESCE_HTTP = PREFIX + "quiesce-http"
 RESUME_HTTP = PREFIX + "resume-http"
 SNAPSHOT_REF = PREFIX + "snapshot-ref"
 PUSH = PREFIX + "push"
-KNOWN = frozenset({SNAPSHOT, CAPTURE, READY_FILE, READY_HTTP, FALLBACK, QUIESCE_HTTP, RESUME_HTTP, SNAPSHOT_REF, PUSH})
+ENGINE = PREFIX + "engine"
+SLEEP_LEVEL = PREFIX + "sleep-level"
+KNOWN = frozenset({SNAPSHOT, CAPTURE, READY_FILE, READY_HTTP, FALLBACK, QUIESCE_HTTP, RESUME_HTTP, SNAPSHOT_REF, PUSH,
+                   ENGINE, SLEEP_LEVEL})
 
 # Written by rewarm-runc into config.json, never by users (outside the user's prefix).
 INTERNAL_PREFIX = "internal.rewarm.dev/"
@@ -33,7 +37,6 @@ ENTRY_KEY = INTERNAL_PREFIX + "entry"               # the store entry being rest
 IMAGE_DIGEST_KEY = INTERNAL_PREFIX + "image-digest"  # the image digest containerd has for the container
 
 DEFAULT_READY_FILE = "/run/rewarm/ready"
-URL_RE = re.compile(r"^http://[^/\s]+(/\S*)?$")
 
 NAMESPACE_KEYS = ("io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace")
 CONTAINER_TYPE_KEYS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
@@ -55,17 +58,28 @@ class Push(Enum):
 
 
 @dataclass(frozen=True)
+class WorkerHooks:
+    """How rewarm talks to the worker around a capture: its annotations, or its engine's preset."""
+    quiesce: tuple[HookCall, ...] = ()  # before a capture: the worker drops what need not be saved
+    resume: tuple[HookCall, ...] = ()   # after a capture (the source) and after a restore
+    ready_http: str | None = None       # readiness: HTTP 200 from this URL (else the ready file)
+    reads_back: tuple[str, ...] = ()    # container paths the worker reads again on resume (its preset knows)
+
+
+@dataclass(frozen=True)
 class Request:
     """What a container asks of rewarm."""
     snapshot: str
     capture: Capture = Capture.NEVER
     ready_file: str = DEFAULT_READY_FILE
-    ready_http: str | None = None
     fallback: Fallback = Fallback.COLD
-    quiesce_http: str | None = None     # POSTed before a capture: the worker drops what need not be saved
-    resume_http: str | None = None      # POSTed after a capture (the source) and after a restore
+    hooks: WorkerHooks = field(default_factory=WorkerHooks)
     snapshot_ref: str | None = None     # REGISTRY/REPO:TAG to pull from on a miss (and push to)
     push: Push = Push.NEVER             # push to snapshot_ref after an on-ready capture
+
+    @property
+    def ready_http(self) -> str | None:
+        return self.hooks.ready_http
 
 
 def wants_rewarm(annotations: Mapping[str, str]) -> bool:
@@ -102,8 +116,30 @@ def _enum(enum: type[E], key: str, value: str | None, default: E) -> E:
         raise InvalidInput(f"invalid {key}: {value!r} (expected {allowed})") from e
 
 
-def parse(annotations: Mapping[str, str]) -> Request:
-    """Validate every rewarm.dev/* annotation; raise InvalidInput naming the first bad one."""
+def worker_hooks(annotations: Mapping[str, str], process: Mapping[str, Any]) -> WorkerHooks:
+    """The hooks of a container: its engine's preset (read off its command line, `process` of its
+    spec), with each hook its annotations name instead."""
+    preset = None
+    level = annotations.get(SLEEP_LEVEL)
+    if level is not None and (ENGINE not in annotations or level not in ("1", "2")):
+        raise InvalidInput(f"invalid {SLEEP_LEVEL}: {level[:20]!r} (1 or 2, with {ENGINE})")
+    if ENGINE in annotations:
+        preset = engines.preset(annotations[ENGINE], [str(a) for a in process.get("args") or []],
+                                [str(e) for e in process.get("env") or []],
+                                int(level) if level else engines.DEFAULT_SLEEP_LEVEL)
+    quiesce = hooks.parse(QUIESCE_HTTP, annotations[QUIESCE_HTTP]) if QUIESCE_HTTP in annotations else None
+    resume = hooks.parse(RESUME_HTTP, annotations[RESUME_HTTP]) if RESUME_HTTP in annotations else None
+    ready_http = hooks.valid_url(READY_HTTP, annotations[READY_HTTP]) if READY_HTTP in annotations else None
+    return WorkerHooks(
+        quiesce=quiesce if quiesce is not None else preset.quiesce if preset else (),
+        resume=resume if resume is not None else preset.resume if preset else (),
+        ready_http=ready_http or (preset.ready_http if preset else None),
+        reads_back=preset.reads_back if preset else ())
+
+
+def parse(annotations: Mapping[str, str], process: Mapping[str, Any]) -> Request:
+    """Validate every rewarm.dev/* annotation; raise InvalidInput naming the first bad one. `process`
+    (of the container's spec) is where an engine preset reads its port and model."""
     unknown = sorted(k for k in annotations if k.startswith(PREFIX) and k not in KNOWN)
     if unknown:
         raise InvalidInput(f"unknown annotation {unknown[0]} (known: {', '.join(sorted(KNOWN))})")
@@ -112,9 +148,7 @@ def parse(annotations: Mapping[str, str]) -> Request:
     ready_file = annotations.get(READY_FILE, DEFAULT_READY_FILE)
     if not ready_file.startswith("/") or "\0" in ready_file or "/../" in ready_file + "/":
         raise InvalidInput(f"invalid {READY_FILE}: {ready_file!r} (an absolute path inside the container)")
-    for key in (READY_HTTP, QUIESCE_HTTP, RESUME_HTTP):
-        if key in annotations and not URL_RE.match(annotations[key]):
-            raise InvalidInput(f"invalid {key}: {annotations[key]!r} (expected http://HOST:PORT/PATH)")
+    worker = worker_hooks(annotations, process)
     snapshot_ref = annotations.get(SNAPSHOT_REF)
     if snapshot_ref is not None:
         snapshot_ref = str(parse_ref(snapshot_ref, SNAPSHOT_REF))
@@ -127,8 +161,6 @@ def parse(annotations: Mapping[str, str]) -> Request:
         push=push,
         capture=_enum(Capture, CAPTURE, annotations.get(CAPTURE), Capture.NEVER),
         ready_file=ready_file,
-        ready_http=annotations.get(READY_HTTP),
-        quiesce_http=annotations.get(QUIESCE_HTTP),
-        resume_http=annotations.get(RESUME_HTTP),
+        hooks=worker,
         fallback=_enum(Fallback, FALLBACK, annotations.get(FALLBACK), Fallback.COLD),
     )

@@ -46,6 +46,7 @@ class Settings:
     cuda_checkpoint: str = ""                   # "" = rewarm's own cuda-checkpoint; or a path to NVIDIA's
     cuda_lock_timeout_ms: int = 10000           # how long capture waits for in-flight GPU work
     hook_timeout_s: int = 60                    # longest a worker's quiesce / resume hook may take
+    block_io_uring: bool = True                 # annotated containers start with io_uring refused (CRIU cannot capture it)
     inject_hooks: bool = True                   # rewarm-runc adds rewarm-hook prestart/poststop to annotated containers
     metrics_file: str = "/var/lib/node_exporter/textfile_collector/rewarm.prom"  # Prometheus text file ("" = none)
     prefetch_threads: int = 0                   # readers that pull page images into the page cache ahead of CRIU

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import subprocess
 import sys
 from typing import Any, Iterator
 
-from runtime.adapters import logs, store
+from runtime.adapters import cgroups, logs, store
 from runtime.adapters.files import read_json, write_json
 from runtime.front.names import CONFIG_ENV
 from runtime.model import layout
+from runtime.lab.runc_lab import Container
 from runtime.model.settings import Settings
 
 
@@ -70,3 +72,17 @@ def reseal(entry_path: str) -> None:
     sums = store.checksum_tree(entry_path)
     meta["files"] = {k: {"size": v.size, "sha256": v.sha256} for k, v in sums.items()}
     write_json(os.path.join(entry_path, layout.MANIFEST), meta)
+
+
+def spec_of(c: Container) -> dict:
+    return read_json(os.path.join(c.bundle.path, "config.json"))
+
+
+def stray_processes(c: Container) -> list[int]:
+    """Processes in the container's cgroups that are not the container runc knows."""
+    known = set(json.loads(c.runtime_cmd("ps", "--format", "json", c.cid).stdout or "[]"))
+    in_cgroup = set()
+    for d in cgroups.container_dirs(spec_of(c)):
+        with open(os.path.join(d, "cgroup.procs")) as f:
+            in_cgroup |= {int(p) for p in f.read().split()}
+    return sorted(in_cgroup - known)

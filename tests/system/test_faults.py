@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import gzip
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ from typing import Callable
 import psutil
 import pytest
 
-from helpers import clone_entry, events, reseal, rewarm_cli
+from helpers import clone_entry, events, reseal, rewarm_cli, spec_of, stray_processes
 from runtime.adapters import cgroups, mounts, store
 from runtime.adapters.files import read_json, write_json
 from runtime.engine import capture
@@ -37,20 +36,6 @@ BIG = {"BALLAST_MB": "1500"}          # a restore of ~1.5 GB takes seconds here:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def spec_of(c: Container) -> dict:
-    return read_json(os.path.join(c.bundle.path, "config.json"))
-
-
-def stray_processes(c: Container) -> list[int]:
-    """Processes in the container's cgroups that are not the container runc knows."""
-    known = set(json.loads(c.runtime_cmd("ps", "--format", "json", c.cid).stdout or "[]"))
-    in_cgroup = set()
-    for d in cgroups.container_dirs(spec_of(c)):
-        with open(os.path.join(d, "cgroup.procs")) as f:
-            in_cgroup |= {int(p) for p in f.read().split()}
-    return sorted(in_cgroup - known)
-
-
 def leftovers(c: Container) -> list[str]:
     """What a container deleted with `delete --force` left behind."""
     found = [f"cgroup {d}" for d in cgroups.container_dirs(spec_of(c))]

@@ -3,6 +3,7 @@ through its schema, fingerprint differences worded for an operator."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import pytest
@@ -12,6 +13,7 @@ from runtime.model.errors import InvalidInput, SettingsError
 from runtime.model.fingerprint import Fingerprint, differences, env_hashes
 from runtime.model.manifest import CaptureInfo, FileDigest, Manifest, RootfsInfo
 from runtime.model.names import validate_name, validate_namespace
+from runtime.model.hooks import HookCall
 from runtime.model.settings import Settings, Verify, from_mapping
 
 FP = Fingerprint(image="sha256:abc", args=("python", "w.py"), cwd="/", env={"A": "h"}, arch="x86_64", cpu="c",
@@ -21,9 +23,10 @@ FP = Fingerprint(image="sha256:abc", args=("python", "w.py"), cwd="/", env={"A":
 def test_a_full_set_of_annotations_becomes_one_request():
     request = ann.parse({"rewarm.dev/snapshot": "llm-8b", "rewarm.dev/capture": "on-ready",
                          "rewarm.dev/ready-http": "http://127.0.0.1:8000/health", "rewarm.dev/fallback": "fail",
-                         "rewarm.dev/quiesce-http": "http://127.0.0.1:8000/sleep", "other.io/x": "ignored"})
-    assert request == ann.Request("llm-8b", ann.Capture.ON_READY, ann.DEFAULT_READY_FILE,
-                                  "http://127.0.0.1:8000/health", ann.Fallback.FAIL, "http://127.0.0.1:8000/sleep")
+                         "rewarm.dev/quiesce-http": "http://127.0.0.1:8000/sleep", "other.io/x": "ignored"}, {})
+    assert request == ann.Request("llm-8b", ann.Capture.ON_READY, ann.DEFAULT_READY_FILE, ann.Fallback.FAIL,
+                                  ann.WorkerHooks(quiesce=(HookCall("http://127.0.0.1:8000/sleep"),),
+                                                  ready_http="http://127.0.0.1:8000/health"))
 
 
 @pytest.mark.parametrize("annotations, message", [
@@ -35,10 +38,54 @@ def test_a_full_set_of_annotations_becomes_one_request():
     ({"rewarm.dev/snapshot": "x", "rewarm.dev/ready-file": "/a/../../b"}, "an absolute path inside the container"),
     ({"rewarm.dev/snapshot": "x", "rewarm.dev/resume-http": "https://x/"}, "expected http://HOST:PORT/PATH"),
     ({"rewarm.dev/snapshot": "x", "rewarm.dev/snapshots": "y"}, "unknown annotation rewarm.dev/snapshots"),
+    ({"rewarm.dev/snapshot": "x", "rewarm.dev/ready-http": "http://h:1/\n"}, "expected http://HOST:PORT/PATH"),
+    ({"rewarm.dev/snapshot": "x", "rewarm.dev/quiesce-http": "[1]"}, "each call is a URL or an object"),
+    ({"rewarm.dev/snapshot": "x", "rewarm.dev/quiesce-http": "[]"}, "a list of 1 to 16 calls"),
+    ({"rewarm.dev/snapshot": "x", "rewarm.dev/quiesce-http": "[{\"url\": \"http://h:1/\", \"method\": \"DELETE\"}]"},
+     "method 'DELETE'"),
+    ({"rewarm.dev/snapshot": "x", "rewarm.dev/quiesce-http": "[\"http://h:1/\""}, "not a URL and not a JSON list"),
+    ({"rewarm.dev/snapshot": "x", "rewarm.dev/engine": "tgi"}, "unknown engine 'tgi' (known: vllm, sglang)"),
+    ({"rewarm.dev/snapshot": "x", "rewarm.dev/sleep-level": "2"}, "1 or 2, with rewarm.dev/engine"),
+    ({"rewarm.dev/snapshot": "x", "rewarm.dev/engine": "vllm", "rewarm.dev/sleep-level": "3"}, "1 or 2"),
 ])
 def test_a_bad_annotation_is_refused_by_name(annotations, message):
     with pytest.raises(InvalidInput, match=re.escape(message)):
-        ann.parse(annotations)
+        ann.parse(annotations, {})
+
+
+VLLM_ARGS = ["python3", "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/llama", "--port=8001",
+             "--enable-sleep-mode"]
+VLLM_PROCESS = {"args": VLLM_ARGS, "env": ["VLLM_SERVER_DEV_MODE=1"]}
+
+
+def test_the_vllm_preset_reads_its_port_and_model_off_the_command_line():
+    level1 = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm"}, VLLM_PROCESS).hooks
+    assert [str(c) for c in level1.quiesce] == ["POST http://127.0.0.1:8001/sleep?level=1"]
+    assert [str(c) for c in level1.resume] == ["POST http://127.0.0.1:8001/wake_up"]
+    assert level1.ready_http == "http://127.0.0.1:8001/health" and level1.reads_back == ()   # weights travel along
+    level2 = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm", "rewarm.dev/sleep-level": "2"},
+                       {"args": ["vllm", "serve", "org/model", "--enable-sleep-mode"],
+                        "env": ["HF_HOME=/hf", "VLLM_SERVER_DEV_MODE=1"]}).hooks
+    assert [str(c) for c in level2.resume] == ["POST http://127.0.0.1:8000/wake_up?tags=weights",
+                                               "POST http://127.0.0.1:8000/collective_rpc",
+                                               "POST http://127.0.0.1:8000/wake_up?tags=kv_cache"]
+    assert json.loads(level2.resume[1].body) == {"method": "reload_weights"}
+    assert level2.reads_back == ("/hf/hub/models--org--model/snapshots",)
+    mine = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm",
+                      "rewarm.dev/resume-http": "[\"http://127.0.0.1:9/a\", {\"url\": \"http://127.0.0.1:9/b\", "
+                                                 "\"method\": \"GET\"}]"}, VLLM_PROCESS).hooks
+    assert [str(c) for c in mine.resume] == ["POST http://127.0.0.1:9/a", "GET http://127.0.0.1:9/b"]   # the annotation wins
+    assert [str(c) for c in mine.quiesce] == ["POST http://127.0.0.1:8001/sleep?level=1"]              # the rest is the preset's
+
+
+@pytest.mark.parametrize("process, lacks", [
+    ({"args": VLLM_ARGS[:-1], "env": ["VLLM_SERVER_DEV_MODE=1"]}, "needs --enable-sleep-mode on the engine's"),
+    ({"args": VLLM_ARGS, "env": ["VLLM_SERVER_DEV_MODE=0"]}, "needs VLLM_SERVER_DEV_MODE=1 in the container's"),
+    ({"args": [*VLLM_ARGS, "--port", "http"], "env": ["VLLM_SERVER_DEV_MODE=1"]}, "--port 'http' is not a port"),
+])
+def test_a_vllm_that_cannot_answer_its_preset_is_refused_with_what_it_lacks(process, lacks):
+    with pytest.raises(InvalidInput, match=re.escape(lacks)):
+        ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm"}, process)
 
 
 @pytest.mark.parametrize("value", ["../../evil", "/abs", "", "a/b", "UPPER", "-x", "x" * 64, "a\0b", "."])

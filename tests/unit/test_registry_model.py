@@ -39,14 +39,14 @@ def test_allowed_registries_match_whole_hosts_and_path_prefixes_only():
 
 
 def test_snapshot_ref_and_push_annotations_are_parsed_and_checked():
-    r = ann.parse({ann.SNAPSHOT: "w", ann.SNAPSHOT_REF: "localhost:5000/w:v1", ann.PUSH: "on-capture"})
+    r = ann.parse({ann.SNAPSHOT: "w", ann.SNAPSHOT_REF: "localhost:5000/w:v1", ann.PUSH: "on-capture"}, {})
     assert r.snapshot_ref == "localhost:5000/w:v1" and r.push is ann.Push.ON_CAPTURE
     with pytest.raises(InvalidInput, match="invalid rewarm.dev/snapshot-ref"):
-        ann.parse({ann.SNAPSHOT: "w", ann.SNAPSHOT_REF: "w:v1"})
+        ann.parse({ann.SNAPSHOT: "w", ann.SNAPSHOT_REF: "w:v1"}, {})
     with pytest.raises(InvalidInput, match="invalid rewarm.dev/push: 'always'"):
-        ann.parse({ann.SNAPSHOT: "w", ann.SNAPSHOT_REF: "localhost:5000/w:v1", ann.PUSH: "always"})
+        ann.parse({ann.SNAPSHOT: "w", ann.SNAPSHOT_REF: "localhost:5000/w:v1", ann.PUSH: "always"}, {})
     with pytest.raises(InvalidInput, match="needs rewarm.dev/snapshot-ref"):
-        ann.parse({ann.SNAPSHOT: "w", ann.PUSH: "on-capture"})
+        ann.parse({ann.SNAPSHOT: "w", ann.PUSH: "on-capture"}, {})
 
 
 FILES = {"checkpoint/pages-1.img": FileDigest(native.CHUNK_BYTES + 10, "b" * 64),

@@ -49,7 +49,7 @@ def test_only_regular_files_below_the_mount_source_are_taken(tmp_path):
     spec = spec_with(("/models", str(source)))
     answer = json.dumps({"reload_files": ["/models/llm/w.safetensors", "/models/llm/escape", "/models/llm/inside",
                                           "/models/llm/a-directory", "/models/llm/missing", "/etc/hostname"]})
-    found, problems = reload_files.resolve(spec, answer)
+    found, problems = reload_files.resolve(spec, [answer])
     real = os.path.realpath(source / "llm" / "w.safetensors")
     assert found == (ReloadFile("/models/llm/w.safetensors", real, 1000),)   # the link inside names the same file
     assert len(problems) == 4 and all("not a regular file under a bind mount" in p for p in problems)
@@ -69,3 +69,24 @@ def test_files_count_on_a_node_only_as_regular_files_of_the_recorded_size(tmp_pa
     data.unlink()
     os.mkfifo(data)                                   # a FIFO in its place is neither warmed nor opened
     assert reload_files.on_this_node(files) == [] and page_cache.warm([str(data)], 2) == 0
+
+
+def test_a_presets_model_directory_counts_every_file_below_it_that_stays_inside_the_mount(tmp_path):
+    """vLLM's --model DIR (or a Hugging Face snapshot's links into its blobs): each file below it."""
+    source = tmp_path / "hub"
+    snap = source / "models--org--m" / "snapshots" / "abc"
+    blobs = source / "models--org--m" / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir()
+    (blobs / "1").write_bytes(b"w" * 100)
+    (snap / "model.safetensors").symlink_to("../../blobs/1")
+    (snap / "config.json").write_text("{}")
+    (snap / "leak").symlink_to("/etc/passwd")
+    spec = spec_with(("/root/.cache/huggingface/hub", str(source)))
+    found, problems = reload_files.resolve(spec, [], ("/root/.cache/huggingface/hub/models--org--m/snapshots",))
+    got = {f.path: f.size for f in found}
+    prefix = "/root/.cache/huggingface/hub/models--org--m/snapshots/abc/"
+    assert got == {prefix + "config.json": 2, prefix + "model.safetensors": 100}
+    assert problems == [prefix + "leak is not a regular file under a bind mount of the container"]
+    _, outside = reload_files.resolve(spec, [], ("/models/not-mounted",))
+    assert outside == ["/models/not-mounted is not a regular file under a bind mount of the container"]

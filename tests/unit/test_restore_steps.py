@@ -84,7 +84,7 @@ class World:
 
     def restore(self) -> restore.Result:
         return restore.restore(self.call, self.settings, read_json(str(self.bundle / "config.json")),
-                               ann.parse(self.spec["annotations"]), "default")
+                               ann.parse(self.spec["annotations"], self.spec["process"]), "default")
 
 
 @pytest.fixture

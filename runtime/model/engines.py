@@ -1,0 +1,124 @@
+"""Engine presets (`rewarm.dev/engine`): the hooks a stock serving engine already offers, read off
+its command line, so that a pod opts in with one annotation and no worker code of ours.
+
+vLLM (`--enable-sleep-mode`, VLLM_SERVER_DEV_MODE=1 for its dev endpoints):
+  sleep level 1  quiesce POST /sleep?level=1 (weights to host memory, KV cache freed: the weights
+                 travel in the snapshot); resume POST /wake_up
+  sleep level 2  quiesce POST /sleep?level=2 (weights and KV cache freed); resume /wake_up?tags=weights,
+                 /collective_rpc {"method": "reload_weights"} (read from the model files again),
+                 /wake_up?tags=kv_cache; the model's files are what the worker reads back
+  ready          GET /health
+SGLang (`--enable-memory-saver`): quiesce /release_memory_occupation, resume
+/resume_memory_occupation, ready /health (its model files are read back).
+
+The port and host come from `--port` / `--host` (vLLM 8000, SGLang 30000), the model from `--model`
+/ `--model-path` or `vllm serve MODEL`: a path in the container, or a Hugging Face name found under
+$HF_HOME (default /root/.cache/huggingface) in the container's environment.
+"""
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Sequence
+
+from runtime.model.errors import InvalidInput
+from runtime.model.hooks import HookCall
+
+VLLM, SGLANG = "vllm", "sglang"
+ENGINES = (VLLM, SGLANG)
+SLEEP_LEVELS = (1, 2)
+DEFAULT_SLEEP_LEVEL = 1
+VLLM_NEEDS = "vLLM answers it when started with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1"
+SGLANG_NEEDS = "SGLang answers it when started with --enable-memory-saver"
+
+
+@dataclass(frozen=True)
+class Preset:
+    quiesce: tuple[HookCall, ...]
+    resume: tuple[HookCall, ...]
+    ready_http: str
+    reads_back: tuple[str, ...] = ()   # container paths (files or directories) the worker reads again on resume
+
+
+def flag(args: Sequence[str], *names: str) -> str | None:
+    """The value of the last `--name VALUE` or `--name=VALUE` among args."""
+    found = None
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name and i + 1 < len(args):
+                found = args[i + 1]
+            elif arg.startswith(name + "="):
+                found = arg[len(name) + 1:]
+    return found
+
+
+def model_dir(model: str | None, env: Sequence[str]) -> str | None:
+    """Where a model named on the command line lies in the container: a path as it is, a Hugging Face
+    name (org/name) under the hub cache's snapshots."""
+    if not model:
+        return None
+    if model.startswith("/"):
+        return posixpath.normpath(model)
+    if model.count("/") != 1 or ".." in model:
+        return None
+    values = dict(e.split("=", 1) for e in env if "=" in e)
+    hub = values.get("HF_HUB_CACHE") or posixpath.join(values.get("HF_HOME", "/root/.cache/huggingface"), "hub")
+    return posixpath.join(hub, "models--" + model.replace("/", "--"), "snapshots")
+
+
+def _base(args: Sequence[str], default_port: int) -> str:
+    port = flag(args, "--port") or str(default_port)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"the engine's --port {port[:20]!r} is not a port")
+    host = flag(args, "--host") or "127.0.0.1"
+    if host in ("0.0.0.0", "::", "") or any(c in host for c in "/ \t\n"):
+        host = "127.0.0.1"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def needs(engine: str, args: Sequence[str], env: Sequence[str], flag_name: str, env_name: str | None) -> None:
+    """Refuse a preset whose engine cannot answer it, naming what it lacks (a `--config` file may
+    hold the flag: then the engine's answer tells)."""
+    on = any(a == flag_name or a.startswith(flag_name + "=") and a.split("=", 1)[1].lower() in ("1", "true")
+             for a in args)
+    if not on and "--config" not in " ".join(args):
+        raise InvalidInput(f"rewarm.dev/engine: {engine} needs {flag_name} on the engine's command line "
+                           "(its sleep and wake hooks)")
+    if env_name and f"{env_name}=1" not in env:
+        raise InvalidInput(f"rewarm.dev/engine: {engine} needs {env_name}=1 in the container's environment "
+                           "(the engine's /sleep and /wake_up endpoints)")
+
+
+def _vllm(args: Sequence[str], env: Sequence[str], level: int) -> Preset:
+    needs(VLLM, args, env, "--enable-sleep-mode", "VLLM_SERVER_DEV_MODE")
+    base = _base(args, 8000)
+    model = flag(args, "--model")
+    if model is None and "serve" in args[:3]:   # `vllm serve MODEL ...`
+        rest = list(args[args.index("serve") + 1:])
+        model = rest[0] if rest and not rest[0].startswith("-") else None
+    if level == 1:
+        return Preset((HookCall(f"{base}/sleep?level=1", hint=VLLM_NEEDS),),
+                      (HookCall(f"{base}/wake_up", hint=VLLM_NEEDS),), f"{base}/health")
+    found = model_dir(model, env)
+    quiesce = (HookCall(f"{base}/sleep?level=2", hint=VLLM_NEEDS),)
+    resume = (HookCall(f"{base}/wake_up?tags=weights", hint=VLLM_NEEDS),
+              HookCall(f"{base}/collective_rpc", body=b'{"method": "reload_weights"}', hint=VLLM_NEEDS),
+              HookCall(f"{base}/wake_up?tags=kv_cache", hint=VLLM_NEEDS))
+    return Preset(quiesce, resume, f"{base}/health", (found,) if found else ())
+
+
+def _sglang(args: Sequence[str], env: Sequence[str]) -> Preset:
+    needs(SGLANG, args, env, "--enable-memory-saver", None)
+    base = _base(args, 30000)
+    found = model_dir(flag(args, "--model-path", "--model"), env)
+    return Preset((HookCall(f"{base}/release_memory_occupation", hint=SGLANG_NEEDS),),
+                  (HookCall(f"{base}/resume_memory_occupation", hint=SGLANG_NEEDS),),
+                  f"{base}/health", (found,) if found else ())
+
+
+def preset(engine: str, args: Sequence[str], env: Sequence[str], sleep_level: int = DEFAULT_SLEEP_LEVEL) -> Preset:
+    if engine == VLLM:
+        return _vllm(args, env, sleep_level)
+    if engine == SGLANG:
+        return _sglang(args, env)
+    raise InvalidInput(f"unknown engine {engine[:40]!r} (known: {', '.join(ENGINES)})")
