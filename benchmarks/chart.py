@@ -2,6 +2,8 @@
 stages, cold start vs each restore; a memory-restore benchmark (memory_restore.py) as fill GB/s by
 readers beside its yardsticks.
 Usage: .venv/bin/python benchmarks/chart.py benchmarks/results/restore_cuda_8b_h200.json [...]
+A stock-vLLM benchmark (vllm.py) as two panels: the cold starts by vLLM's stages, the median
+restore of each sleep level and page-cache state by rewarm's.
 (needs matplotlib: pip install '.[bench]')"""
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLD_STAGES = ["import", "load", "movable", "kv_reserve", "compile", "graphs", "warmup"]
 RESTORE_STAGES = [("store checks", ("find", "fingerprint", "verify")), ("rootfs diff", ("rootfs",)),
                   ("CRIU", ("criu",)), ("CUDA restore", ("cuda_driver_init", "cuda_query", "cuda_restore", "cuda_unlock")),
-                  ("resume hook", ("resume",))]
+                  ("resume hook (vLLM: wake_up)", ("resume",))]
 
 
 def bars(state: dict) -> tuple[list[str], dict[str, list[float]]]:
@@ -41,6 +43,8 @@ def bars(state: dict) -> tuple[list[str], dict[str, list[float]]]:
 def draw(path: str) -> str:
     with open(path) as f:
         state = json.load(f)
+    if "captures" in state:
+        return draw_vllm(path, state)
     return draw_memory(path, state) if "runs" in state else draw_restore(path, state)
 
 
@@ -85,6 +89,50 @@ def draw_restore(path: str, state: dict) -> str:
     ax.set_ylabel("seconds")
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=7, loc="upper right")
+    return _save(fig, path)
+
+
+def _stack(ax: "plt.Axes", labels: list[str], parts: dict[str, list[float]], totals: list[float]) -> None:
+    accounted = [sum(v[i] for v in parts.values()) for i in range(len(labels))]
+    parts["other"] = [max(t - a, 0.0) for t, a in zip(totals, accounted)]
+    bottom = [0.0] * len(labels)
+    for name, values in parts.items():
+        if any(values):
+            ax.bar(labels, values, bottom=bottom, label=name)
+            bottom = [b + v for b, v in zip(bottom, values)]
+    for i, total in enumerate(totals):
+        ax.text(i, total, f"{total:.1f}s" if total >= 10 else f"{total:.2f}s", ha="center", va="bottom")
+    ax.set_ylabel("seconds to first token")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def draw_vllm(path: str, state: dict) -> str:
+    fig, (cold_ax, restore_ax) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 2]})
+    caches = list(state["cold"])
+    cold_parts: dict[str, list[float]] = {}
+    for i, cache in enumerate(caches):
+        for name, seconds in state["cold"][cache]["vllm_stages"].items():
+            if name != "engine_init":   # it holds torch.compile and the graphs
+                cold_parts.setdefault(name, [0.0] * len(caches))[i] = seconds
+    _stack(cold_ax, [f"cold start\ncache {c}" for c in caches], cold_parts,
+           [state["cold"][c]["first_token_s"] for c in caches])
+    cold_ax.set_title("cold start (vLLM's stages)")
+    medians = []
+    for level in sorted({r["level"] for r in state["restores"]}):
+        for cache in ("warm", "dropped"):
+            runs = sorted((r for r in state["restores"] if (r["level"], r["page_cache"]) == (level, cache)),
+                          key=lambda r: r["first_token_s"])
+            if runs:
+                medians.append(runs[(len(runs) - 1) // 2])
+    parts: dict[str, list[float]] = {}
+    for j, r in enumerate(medians):
+        for name, keys in RESTORE_STAGES:
+            parts.setdefault(name, [0.0] * len(medians))[j] = sum(r["stages"].get(k, 0.0) for k in keys)
+    _stack(restore_ax, [f"sleep level {r['level']}\ncache {r['page_cache']}" for r in medians], parts,
+           [r["first_token_s"] for r in medians])
+    restore_ax.set_title("restore through rewarm-runc (median)")
+    fig.suptitle(f"Stock vLLM, {state['size']} Llama, on {state['gpu'][0]}")
     return _save(fig, path)
 
 

@@ -71,3 +71,30 @@ def pretouch(gib: float, threads: int | None = None) -> float:
     del base
     m.close()
     return time.monotonic() - t
+
+
+THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp(mode: str | None = None) -> str | None:
+    try:
+        if mode:
+            with open(THP, "w") as f:
+                f.write(mode)
+        return open(THP).read().split("[")[1].split("]")[0]
+    except OSError:
+        return None
+
+
+def drop_page_cache() -> None:
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def read_gbps(path: str) -> float:
+    t, n = time.monotonic(), 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(16 << 20):
+            n += len(chunk)
+    return n / (time.monotonic() - t) / 1e9

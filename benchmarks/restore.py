@@ -40,29 +40,12 @@ from runtime.lab.runc_lab import Container, Lab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(os.path.dirname(HERE), "examples", "llm-worker")
-THP = "/sys/kernel/mm/transparent_hugepage/enabled"
 PORT = 8000
 PROMPT = {"prompt": "The fastest way to start an inference worker is", "max_tokens": 16}
 HOOKS = {"rewarm.dev/quiesce-http": f"http://127.0.0.1:{PORT}/sleep",
          "rewarm.dev/resume-http": f"http://127.0.0.1:{PORT}/wake_up"}
 FILL = re.compile(r"pfill: task \d+: filled (\d+) bytes, (\d+) readers, ([\d.]+) s")
 WAKE = re.compile(r"llm-worker: awake in ([\d.]+)s (\{.*\})")
-
-
-def thp(mode: str | None = None) -> str | None:
-    try:
-        if mode:
-            with open(THP, "w") as f:
-                f.write(mode)
-        return open(THP).read().split("[")[1].split("]")[0]
-    except OSError:
-        return None
-
-
-def drop_page_cache() -> None:
-    subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
 
 
 class Bench:
@@ -137,7 +120,7 @@ class Bench:
         self.make_weights()
         weights_s = time.monotonic() - t
         weight_bytes = sum(os.path.getsize(os.path.join(self.models, f)) for f in os.listdir(self.models))
-        drop_page_cache()  # a node's first start reads the weights from disk
+        common.drop_page_cache()  # a node's first start reads the weights from disk
         c, run = self.run_to_first_token("cold")
         entry = capture.capture(self.cfg, self.lab.runc_root, c.cid, self.snapshot, leave_running=False)
         self.lab.containers.remove(c)
@@ -159,10 +142,10 @@ class Bench:
     def yardsticks(self, state: dict, entry: store.Entry) -> dict:
         path = state["largest_file"]
         out = {"file": os.path.basename(path), "file_bytes": os.path.getsize(path)}
-        drop_page_cache()
-        out["disk_read_gbps"] = read_gbps(path)
-        out["page_cache_read_gbps"] = read_gbps(path)
-        drop_page_cache()   # rewarm warm from the disk: the snapshot and the files its worker reads back
+        common.drop_page_cache()
+        out["disk_read_gbps"] = common.read_gbps(path)
+        out["page_cache_read_gbps"] = common.read_gbps(path)
+        common.drop_page_cache()   # rewarm warm from the disk: the snapshot and the files its worker reads back
         done = warm.warm(entry, self.cfg.restore_threads)
         out["warm_s"], out["warm_bytes"] = done.seconds, done.bytes_read
         with tempfile.TemporaryDirectory() as work:
@@ -188,8 +171,8 @@ class Bench:
             state = json.load(f)
         entry = store.Store(self.cfg.store).entries("default", self.snapshot)[0]
         state["yardsticks"] = self.yardsticks(state, entry)
-        original = thp()
-        modes = [m for m in ("madvise", "always") if original is not None and thp(m) == m] or [original]
+        original = common.thp()
+        modes = [m for m in ("madvise", "always") if original is not None and common.thp(m) == m] or [original]
         # per THP mode: the page cache dropped (everything read from disk), then rewarm warm before
         # each of --repeats restores (the image's own files are then as warm as on a node that has
         # restored this worker before)
@@ -198,9 +181,9 @@ class Bench:
         state["restores"] = []
         try:
             for i, (mode, cache) in enumerate(variants):
-                thp(mode)
+                common.thp(mode)
                 if cache == "dropped":
-                    drop_page_cache()
+                    common.drop_page_cache()
                 else:   # rewarm warm: the snapshot and the model files its worker reads back on wake
                     warm.warm(entry, self.cfg.restore_threads)
                 common.pretouch(state["snapshot_bytes"] / 2**30 + 2)   # last: see common.pretouch
@@ -219,18 +202,10 @@ class Bench:
                 print(f"restore THP {mode}, page cache {cache}: first token {run['first_token_s']:.2f}s, "
                       f"timeline {run['timeline']}, stages {run['stages']}", flush=True)
         finally:
-            thp(original)
+            common.thp(original)
         if self.a.cri:
             state["cri"] = cri_run(self)
         return state
-
-
-def read_gbps(path: str) -> float:
-    t, n = time.monotonic(), 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(16 << 20):
-            n += len(chunk)
-    return n / (time.monotonic() - t) / 1e9
 
 
 def cri_run(bench: Bench) -> dict:

@@ -1,0 +1,289 @@
+"""Stock vLLM through rewarm-runc on a GPU node: cold start against restore to the first token, with
+the page cache warm and dropped, for both sleep levels of vLLM's sleep mode.
+
+The server is vLLM's own OpenAI server as pip installs it (`python -m vllm.entrypoints.openai.
+api_server`, vLLM's defaults: multiprocess engine, torch.compile, CUDA graphs), with
+`--enable-sleep-mode`, VLLM_SERVER_DEV_MODE=1 and one annotation, `rewarm.dev/engine: vllm`; no
+worker code of ours. One cold start (page cache dropped) is captured twice while it keeps serving:
+with sleep level 1 (weights to host memory: they travel in the snapshot) and level 2 (weights
+dropped, read back from the model files by `reload_weights`; its snapshot is taken with the level-2
+annotation written into the running container's spec, as a pod asking for level 2 would have it).
+A second cold start has the model files in the page cache. Then, per level, --repeats restores
+after `rewarm warm` and one after a page-cache drop; each must answer the cold start's greedy text.
+
+Every stage: vLLM's own start (weights, torch.compile, CUDA graphs, engine init) from its log; the
+restore's (store checks, rootfs, CRIU, CUDA driver wait / queries / restore / unlock, the resume
+hook, which is vLLM's wake_up) from rewarm's event; create, first answer and first token from here.
+Bytes read from the disk during each run come from /proc/diskstats; the disk's read bandwidth is
+measured in the same run (the largest page image, page cache dropped).
+
+Phases, so that a run fits into the GPU node's time slices: `cold` (model, cold start, captures) and
+`restores` (the warm cold start, yardsticks, restores, results). State lives in --work.
+Usage: python3 benchmarks/vllm.py --model /opt/vmodel-8b --site /opt/vsite --label h200
+Writes benchmarks/results/vllm_<size>[_LABEL].{json,md}; benchmarks/chart.py vllm ... draws it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import common
+from runtime.adapters import files, logs, settings_file, store
+from runtime.engine import capture, warm
+from runtime.front.names import CONFIG_ENV
+from runtime.lab.private_node import write_config
+from runtime.lab.runc_lab import Container, Lab
+
+PORT = 8000
+PROMPT = {"model": "/models/llm", "prompt": "The fastest way to start an inference worker is", "temperature": 0}
+LEVELS = (1, 2)
+VLLM_STAGES = {   # vLLM's own log lines of its start, and the stage each names
+    "weights": re.compile(r"Loading weights took ([\d.]+) ?s"),
+    "model_load": re.compile(r"Model loading took [\d.]+ ?GiB (?:memory )?and ([\d.]+) ?s"),
+    "torch_compile": re.compile(r"torch\.compile takes ([\d.]+) ?s in total"),
+    "cuda_graphs": re.compile(r"Graph capturing finished in ([\d.]+) ?sec"),
+    "engine_init": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) ?s"),
+}
+
+
+def disk_of(path: str) -> str:
+    """The whole disk under a path, as /proc/diskstats names it."""
+    dev = os.stat(path).st_dev
+    sys_dir = os.path.realpath(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if os.path.exists(os.path.join(sys_dir, "partition")):
+        sys_dir = os.path.dirname(sys_dir)
+    return os.path.basename(sys_dir)
+
+
+def bytes_read(disk: str) -> int:
+    with open("/proc/diskstats") as f:
+        for line in f:
+            parts = line.split()
+            if parts[2] == disk:
+                return int(parts[5]) * 512
+    return 0
+
+
+class Bench:
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        os.makedirs(a.work, mode=0o755, exist_ok=True)
+        self.config = write_config(a.work)
+        os.environ[CONFIG_ENV] = self.config
+        self.cfg = settings_file.load(self.config)
+        self.lab = Lab(os.path.join(a.work, "lab"), port=PORT)
+        self.size = a.size
+        self.state_file = os.path.join(a.work, f"state-{a.size}.json")
+        self.disk = disk_of(a.work)
+
+    def snapshot(self, level: int) -> str:
+        return f"vllm-{self.size}-sleep{level}"
+
+    def annotations(self, level: int) -> dict[str, str]:
+        return {"rewarm.dev/snapshot": self.snapshot(level), "rewarm.dev/engine": "vllm",
+                "rewarm.dev/sleep-level": str(level)}
+
+    def worker(self, level: int):  # type: ignore[no-untyped-def]
+        env = {"PYTHONPATH": self.a.site, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "VLLM_SERVER_DEV_MODE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_NO_USAGE_STATS": "1",
+               "NCCL_NVLS_ENABLE": "0", "HOME": "/root"}
+        w = self.lab.gpu_worker(self.annotations(level), env, os.path.dirname(os.path.abspath(__file__)))
+        w.args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/llm",
+                  "--dtype", "bfloat16", "--max-model-len", "2048", "--gpu-memory-utilization", str(self.a.gpu_mem),
+                  "--port", str(PORT), "--enable-sleep-mode"]
+        w.binds["/models/llm"] = self.a.model
+        return w
+
+    def run_to_first_token(self, name: str, level: int, timeout: float = 900) -> tuple[Container, dict]:
+        """create + start as containerd's shim does, then time: the first /health answer, the first
+        token (a one-token completion), and the greedy text of a 16-token one."""
+        read0, t0 = bytes_read(self.disk), time.monotonic()
+        c = self.lab.create(name, self.worker(level), start=False)
+        if c.create_rc != 0:
+            raise RuntimeError(f"{name}: create failed: {c.runtime_log()[-3000:]}")
+        t_created = time.monotonic()
+        c.runtime_cmd("start", c.cid, check=True)
+        deadline = time.monotonic() + timeout
+        while not c.get("/health", timeout=2):
+            if time.monotonic() > deadline or c.state().get("status") == "stopped":
+                raise RuntimeError(f"{name}: vLLM did not become healthy; its output:\n{c.text()[-4000:]}")
+            time.sleep(0.005)
+        t_health = time.monotonic()
+        first = c.post("/v1/completions", {**PROMPT, "max_tokens": 1})
+        t_token = time.monotonic()
+        if first is None:
+            raise RuntimeError(f"{name}: no completion; output:\n{c.text()[-4000:]}")
+        read1 = bytes_read(self.disk)
+        text = c.post("/v1/completions", {**PROMPT, "max_tokens": 16})["choices"][0]["text"]
+        return c, {"first_token_s": t_token - t0, "text": text, "disk_bytes": read1 - read0,
+                   "timeline": {"create": t_created - t0, "first_answer": t_health - t_created,
+                                "first_token": t_token - t_health},
+                   "vllm_stages": {k: float(m.group(1)) for k, r in VLLM_STAGES.items() if (m := r.search(c.text()))}}
+
+    def events(self, container_id: str) -> list[dict]:
+        return [e for e in logs.read_events(self.cfg.event_log) if e.get("container") == container_id]
+
+    def save(self, state: dict) -> None:
+        files.write_json(self.state_file, state)
+
+    def load(self) -> dict:
+        with open(self.state_file) as f:
+            return json.load(f)
+
+    # phases
+    def cold(self) -> None:
+        common.drop_page_cache()   # a node's first start reads vLLM and the weights from disk
+        c, run = self.run_to_first_token("cold-dropped", 1)
+        print(f"cold start, page cache dropped: first token {run['first_token_s']:.1f}s, vLLM {run['vllm_stages']}",
+              flush=True)
+        state = {"machine": common.machine(), "size": self.size, "gpu_mem": self.a.gpu_mem,
+                 "model_bytes": sum(os.path.getsize(os.path.join(self.a.model, f)) for f in os.listdir(self.a.model)),
+                 "cold": {"dropped": run}, "captures": {}}
+        from runtime.gpu import nvml
+        state["gpu"] = [g.model for g in nvml.inventory().gpus][:1]
+        spec_path = os.path.join(c.bundle.path, "config.json")
+        for level in LEVELS:
+            spec = files.read_json(spec_path)   # the level this capture asks for, as a pod's spec would
+            spec["annotations"].update(self.annotations(level))
+            files.write_json(spec_path, spec)
+            t = time.monotonic()
+            entry = capture.capture(self.cfg, self.lab.runc_root, c.cid, self.snapshot(level),
+                                    leave_running=level != LEVELS[-1])
+            state["captures"][str(level)] = {"seconds": time.monotonic() - t, "bytes": entry.size(),
+                                             "checkpoint_bytes": entry.manifest.capture.checkpoint_bytes,
+                                             "reload_bytes": sum(f.size for f in entry.manifest.reload_files),
+                                             "largest_file": max((entry.file(f) for f in entry.manifest.files
+                                                                  if "pages-" in f), key=os.path.getsize)}
+            print(f"captured sleep level {level}: {entry.size() / 1e9:.2f} GB in {time.monotonic() - t:.1f}s", flush=True)
+            if level != LEVELS[-1]:
+                after = c.post("/v1/completions", {**PROMPT, "max_tokens": 16})["choices"][0]["text"]
+                state["captures"][str(level)]["source_text_after"] = after
+        self.lab.containers.remove(c)
+        c.bundle.remove()
+        self.save(state)
+
+    def yardsticks(self, state: dict) -> dict:
+        path = state["captures"]["1"]["largest_file"]
+        common.drop_page_cache()
+        return {"file": os.path.basename(path), "file_bytes": os.path.getsize(path),
+                "disk_read_gbps": common.read_gbps(path), "page_cache_read_gbps": common.read_gbps(path)}
+
+    def restores(self) -> dict:
+        state = self.load()
+        for name in os.listdir(self.a.model):   # the second cold start: vLLM and the weights in the page cache
+            common.read_gbps(os.path.join(self.a.model, name))
+        c, run = self.run_to_first_token("cold-warm", 1)
+        state["cold"]["warm"] = run
+        c.destroy()
+        self.lab.containers.remove(c)
+        print(f"cold start, page cache warm: first token {run['first_token_s']:.1f}s", flush=True)
+        state["yardsticks"] = self.yardsticks(state)
+        state["restores"], state["thp"] = [], common.thp()
+        common.thp("madvise")   # a node's usual setting; rewarm's CRIU faults huge pages where it fills
+        try:
+            self._restores(state)
+        finally:
+            common.thp(state["thp"])
+        return state
+
+    def _restores(self, state: dict) -> None:
+        expected = state["cold"]["dropped"]["text"]
+        for level in LEVELS:
+            entry = store.Store(self.cfg.store).entries("default", self.snapshot(level))[0]
+            for i, cache in enumerate(["warm"] * self.a.repeats + ["dropped"]):
+                if cache == "dropped":
+                    common.drop_page_cache()
+                else:
+                    warm.warm(entry, self.cfg.restore_threads)
+                common.pretouch(entry.size() / 2**30 + 2)
+                c, run = self.run_to_first_token(f"restore-l{level}-{i}", level, timeout=600)
+                restored = [e for e in self.events(c.cid) if e["event"] == "restored"]
+                if not restored or run["text"] != expected:
+                    raise RuntimeError(f"restore {level}/{i} did not answer as the captured server: {run['text']!r} "
+                                       f"vs {expected!r}; events {self.events(c.cid)}")
+                run.update(level=level, page_cache=cache, stages=restored[-1]["stages"],
+                           engine_s=restored[-1]["seconds"])
+                state["restores"].append(run)
+                c.destroy()
+                self.lab.containers.remove(c)
+                print(f"restore, sleep level {level}, page cache {cache}: first token {run['first_token_s']:.2f}s, "
+                      f"stages {run['stages']}, read {run['disk_bytes'] / 1e9:.2f} GB from disk", flush=True)
+                self.save(state)
+
+
+STAGE_COLUMNS = [("store checks", ("find", "fingerprint", "verify")), ("rootfs", ("rootfs",)),
+                 ("CRIU", ("criu",)), ("CUDA driver wait", ("cuda_driver_init",)), ("CUDA queries", ("cuda_query",)),
+                 ("CUDA restore", ("cuda_restore",)), ("CUDA unlock", ("cuda_unlock",)), ("wake_up (resume hook)", ("resume",))]
+
+
+def report(state: dict, label: str) -> None:
+    y = state["yardsticks"]
+    headers = ["sleep level", "page cache", "first token (s)", "vs cold, same cache", *(c for c, _ in STAGE_COLUMNS),
+               "engine, other", "start to /health", "one-token completion", "read from disk (GB)", "vs disk bound"]
+    rows, medians = [], {}
+    for level in LEVELS:
+        for cache in ("warm", "dropped"):
+            runs = [r for r in state["restores"] if r["level"] == level and r["page_cache"] == cache]
+            if runs:
+                medians[(level, cache)] = statistics.median(r["first_token_s"] for r in runs)
+            for r in runs:
+                s, t = r["stages"], r["timeline"]
+                cols = [sum(s.get(k, 0) for k in keys) for _, keys in STAGE_COLUMNS]
+                bound = r["disk_bytes"] / 1e9 / y["disk_read_gbps"]
+                rows.append([level, cache, f"{r['first_token_s']:.2f}",
+                             f"{state['cold'][cache]['first_token_s'] / r['first_token_s']:.1f}x",
+                             *(f"{c:.2f}" for c in cols), f"{t['create'] - sum(cols):.2f}", f"{t['first_answer']:.3f}",
+                             f"{t['first_token']:.3f}", f"{r['disk_bytes'] / 1e9:.2f}",
+                             f"{r['first_token_s'] / bound:.2f}x" if cache == "dropped" and bound else "-"])
+    cold_rows = [[cache, f"{run['first_token_s']:.1f}", f"{run['disk_bytes'] / 1e9:.2f}",
+                  ", ".join(f"{k} {v:.1f}" for k, v in run["vllm_stages"].items())]
+                 for cache, run in state["cold"].items()]
+    caps = state["captures"]
+    lines = [
+        f"Stock vLLM 0.24.0 (OpenAI server, its defaults: multiprocess engine, torch.compile, CUDA graphs; "
+        f"--gpu-memory-utilization {state['gpu_mem']}), {state['size']} random-weight Llama "
+        f"({state['model_bytes'] / 1e9:.1f} GB), on {state['gpu'][0]}, {state['machine']['cores']} cores, "
+        f"{state['machine']['date']}; annotations rewarm.dev/engine: vllm and rewarm.dev/sleep-level.",
+        "Snapshots: " + "; ".join(f"sleep level {lv}: {c['bytes'] / 1e9:.2f} GB (+{c['reload_bytes'] / 1e9:.2f} GB of "
+                                  f"model files read back), captured in {c['seconds']:.1f}s" for lv, c in caps.items()) + ".",
+        f"Disk read {y['disk_read_gbps']:.2f} GB/s, page-cache read {y['page_cache_read_gbps']:.2f} GB/s ({y['file']}).",
+        "Median first token: " + "; ".join(f"sleep level {lv}, page cache {cache}: {m:.2f}s "
+                                           f"({state['cold'][cache]['first_token_s'] / m:.1f}x the cold start)"
+                                           for (lv, cache), m in medians.items()) + ".",
+        "", "Cold starts (vLLM's own stages, s):", "",
+        common.table(["page cache", "first token (s)", "read from disk (GB)", "vLLM's stages"], cold_rows),
+        "", "Restores (every text identical to the cold start's greedy 16 tokens):", "",
+        common.table(headers, rows)]
+    common.write(f"vllm_{state['size']}" + (f"_{label}" if label else ""), {**state, "label": label}, "\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True, help="the model directory (make_model.py of the vLLM kit)")
+    p.add_argument("--size", default="8b", help="its name in the results")
+    p.add_argument("--site", default="/opt/vsite", help="vLLM's packages, bound into the container under /opt")
+    p.add_argument("--work", default="/var/tmp/rewarm-bench/vllm")
+    p.add_argument("--phase", default="all", choices=["all", "cold", "restores"])
+    p.add_argument("--gpu-mem", type=float, default=0.3, help="vLLM's --gpu-memory-utilization")
+    p.add_argument("--repeats", type=int, default=3, help="restores with the page cache warm, per sleep level")
+    p.add_argument("--label", default="")
+    a = p.parse_args()
+    bench = Bench(a)
+    try:
+        if a.phase in ("all", "cold"):
+            bench.cold()
+        if a.phase in ("all", "restores"):
+            report(bench.restores(), a.label)
+    finally:
+        bench.lab.close()
+        subprocess.run(["sync"])
+
+
+if __name__ == "__main__":
+    main()
