@@ -6,8 +6,10 @@ api_server`, vLLM's defaults: multiprocess engine, torch.compile, CUDA graphs), 
 `--enable-sleep-mode`, VLLM_SERVER_DEV_MODE=1 and one annotation, `rewarm.dev/engine: vllm`; no
 worker code of ours. One cold start (page cache dropped) is captured twice while it keeps serving:
 with sleep level 1 (weights to host memory: they travel in the snapshot) and level 2 (weights
-dropped, read back from the model files by `reload_weights`; its snapshot is taken with the level-2
-annotation written into the running container's spec, as a pod asking for level 2 would have it).
+dropped, read back from the model files by `reload_weights`; each snapshot is taken with its level's
+annotation written into the running container's spec, as a pod asking for that level would have it;
+level 2 first, for level 1 leaves its 15 GB weight backup in torch's pinned-memory cache). Cold
+starts name a snapshot that never exists.
 A second cold start has the model files in the page cache. Then, per level, --repeats restores
 after `rewarm warm` and one after a page-cache drop; each must answer the cold start's greedy text.
 
@@ -34,7 +36,7 @@ import sys
 import time
 
 import common
-from runtime.adapters import files, logs, settings_file, store
+from runtime.adapters import files, logs, netns_http, settings_file, store
 from runtime.engine import capture, warm
 from runtime.front.names import CONFIG_ENV
 from runtime.lab.private_node import write_config
@@ -43,6 +45,7 @@ from runtime.lab.runc_lab import Container, Lab
 PORT = 8000
 PROMPT = {"model": "/models/llm", "prompt": "The fastest way to start an inference worker is", "temperature": 0}
 LEVELS = (1, 2)
+CAPTURE_ORDER = (2, 1)   # level 1 leaves its weight backup in torch's pinned-memory cache: it goes last
 VLLM_STAGES = {   # vLLM's own log lines of its start, and the stage each names
     "weights": re.compile(r"Loading weights took ([\d.]+) ?s"),
     "model_load": re.compile(r"Model loading took [\d.]+ ?GiB (?:memory )?and ([\d.]+) ?s"),
@@ -85,32 +88,34 @@ class Bench:
     def snapshot(self, level: int) -> str:
         return f"vllm-{self.size}-sleep{level}"
 
-    def annotations(self, level: int) -> dict[str, str]:
-        return {"rewarm.dev/snapshot": self.snapshot(level), "rewarm.dev/engine": "vllm",
-                "rewarm.dev/sleep-level": str(level)}
+    def annotations(self, level: int, cold: bool = False) -> dict[str, str]:
+        """A restore's pod names the snapshot of its level; a cold start's names one that never exists."""
+        return {"rewarm.dev/snapshot": f"vllm-{self.size}-cold" if cold else self.snapshot(level),
+                "rewarm.dev/engine": "vllm", "rewarm.dev/sleep-level": str(level)}
 
-    def worker(self, level: int):  # type: ignore[no-untyped-def]
+    def worker(self, level: int, cold: bool = False):  # type: ignore[no-untyped-def]
         env = {"PYTHONPATH": self.a.site, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "VLLM_SERVER_DEV_MODE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_NO_USAGE_STATS": "1",
                "NCCL_NVLS_ENABLE": "0", "HOME": "/root"}
-        w = self.lab.gpu_worker(self.annotations(level), env, os.path.dirname(os.path.abspath(__file__)))
+        w = self.lab.gpu_worker(self.annotations(level, cold), env, os.path.dirname(os.path.abspath(__file__)))
         w.args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/llm",
                   "--dtype", "bfloat16", "--max-model-len", "2048", "--gpu-memory-utilization", str(self.a.gpu_mem),
                   "--port", str(PORT), "--enable-sleep-mode"]
         w.binds["/models/llm"] = self.a.model
         return w
 
-    def run_to_first_token(self, name: str, level: int, timeout: float = 900) -> tuple[Container, dict]:
+    def run_to_first_token(self, name: str, level: int, cold: bool = False,
+                           timeout: float = 900) -> tuple[Container, dict]:
         """create + start as containerd's shim does, then time: the first /health answer, the first
         token (a one-token completion), and the greedy text of a 16-token one."""
         read0, t0 = bytes_read(self.disk), time.monotonic()
-        c = self.lab.create(name, self.worker(level), start=False)
+        c = self.lab.create(name, self.worker(level, cold), start=False)
         if c.create_rc != 0:
             raise RuntimeError(f"{name}: create failed: {c.runtime_log()[-3000:]}")
         t_created = time.monotonic()
         c.runtime_cmd("start", c.cid, check=True)
         deadline = time.monotonic() + timeout
-        while not c.get("/health", timeout=2):
+        while netns_http.request(c.netns, f"http://127.0.0.1:{PORT}/health", timeout=2)[0] != 200:   # an empty 200
             if time.monotonic() > deadline or c.state().get("status") == "stopped":
                 raise RuntimeError(f"{name}: vLLM did not become healthy; its output:\n{c.text()[-4000:]}")
             time.sleep(0.005)
@@ -121,10 +126,16 @@ class Bench:
             raise RuntimeError(f"{name}: no completion; output:\n{c.text()[-4000:]}")
         read1 = bytes_read(self.disk)
         text = c.post("/v1/completions", {**PROMPT, "max_tokens": 16})["choices"][0]["text"]
+        self.keep_output(c)
         return c, {"first_token_s": t_token - t0, "text": text, "disk_bytes": read1 - read0,
                    "timeline": {"create": t_created - t0, "first_answer": t_health - t_created,
                                 "first_token": t_token - t_health},
                    "vllm_stages": {k: float(m.group(1)) for k, r in VLLM_STAGES.items() if (m := r.search(c.text()))}}
+
+    def keep_output(self, c: Container) -> None:
+        """The server's own log (vLLM says what its sleep freed and what stays on the GPU)."""
+        with open(os.path.join(self.a.work, f"{c.cid}.out"), "w") as f:
+            f.write(c.text())
 
     def events(self, container_id: str) -> list[dict]:
         return [e for e in logs.read_events(self.cfg.event_log) if e.get("container") == container_id]
@@ -139,7 +150,7 @@ class Bench:
     # phases
     def cold(self) -> None:
         common.drop_page_cache()   # a node's first start reads vLLM and the weights from disk
-        c, run = self.run_to_first_token("cold-dropped", 1)
+        c, run = self.run_to_first_token("cold-dropped", 1, cold=True)
         print(f"cold start, page cache dropped: first token {run['first_token_s']:.1f}s, vLLM {run['vllm_stages']}",
               flush=True)
         state = {"machine": common.machine(), "size": self.size, "gpu_mem": self.a.gpu_mem,
@@ -148,20 +159,21 @@ class Bench:
         from runtime.gpu import nvml
         state["gpu"] = [g.model for g in nvml.inventory().gpus][:1]
         spec_path = os.path.join(c.bundle.path, "config.json")
-        for level in LEVELS:
+        for level in CAPTURE_ORDER:
             spec = files.read_json(spec_path)   # the level this capture asks for, as a pod's spec would
             spec["annotations"].update(self.annotations(level))
             files.write_json(spec_path, spec)
             t = time.monotonic()
             entry = capture.capture(self.cfg, self.lab.runc_root, c.cid, self.snapshot(level),
-                                    leave_running=level != LEVELS[-1])
+                                    leave_running=level != CAPTURE_ORDER[-1])
             state["captures"][str(level)] = {"seconds": time.monotonic() - t, "bytes": entry.size(),
                                              "checkpoint_bytes": entry.manifest.capture.checkpoint_bytes,
                                              "reload_bytes": sum(f.size for f in entry.manifest.reload_files),
                                              "largest_file": max((entry.file(f) for f in entry.manifest.files
                                                                   if "pages-" in f), key=os.path.getsize)}
             print(f"captured sleep level {level}: {entry.size() / 1e9:.2f} GB in {time.monotonic() - t:.1f}s", flush=True)
-            if level != LEVELS[-1]:
+            self.keep_output(c)
+            if level != CAPTURE_ORDER[-1]:
                 after = c.post("/v1/completions", {**PROMPT, "max_tokens": 16})["choices"][0]["text"]
                 state["captures"][str(level)]["source_text_after"] = after
         self.lab.containers.remove(c)
@@ -178,7 +190,7 @@ class Bench:
         state = self.load()
         for name in os.listdir(self.a.model):   # the second cold start: vLLM and the weights in the page cache
             common.read_gbps(os.path.join(self.a.model, name))
-        c, run = self.run_to_first_token("cold-warm", 1)
+        c, run = self.run_to_first_token("cold-warm", 1, cold=True)
         state["cold"]["warm"] = run
         c.destroy()
         self.lab.containers.remove(c)
@@ -236,8 +248,8 @@ def report(state: dict, label: str) -> None:
                 s, t = r["stages"], r["timeline"]
                 cols = [sum(s.get(k, 0) for k in keys) for _, keys in STAGE_COLUMNS]
                 bound = r["disk_bytes"] / 1e9 / y["disk_read_gbps"]
-                rows.append([level, cache, f"{r['first_token_s']:.2f}",
-                             f"{state['cold'][cache]['first_token_s'] / r['first_token_s']:.1f}x",
+                cold = state["cold"].get(cache, {}).get("first_token_s")
+                rows.append([level, cache, f"{r['first_token_s']:.2f}", f"{cold / r['first_token_s']:.1f}x" if cold else "-",
                              *(f"{c:.2f}" for c in cols), f"{t['create'] - sum(cols):.2f}", f"{t['first_answer']:.3f}",
                              f"{t['first_token']:.3f}", f"{r['disk_bytes'] / 1e9:.2f}",
                              f"{r['first_token_s'] / bound:.2f}x" if cache == "dropped" and bound else "-"])
@@ -253,9 +265,11 @@ def report(state: dict, label: str) -> None:
         "Snapshots: " + "; ".join(f"sleep level {lv}: {c['bytes'] / 1e9:.2f} GB (+{c['reload_bytes'] / 1e9:.2f} GB of "
                                   f"model files read back), captured in {c['seconds']:.1f}s" for lv, c in caps.items()) + ".",
         f"Disk read {y['disk_read_gbps']:.2f} GB/s, page-cache read {y['page_cache_read_gbps']:.2f} GB/s ({y['file']}).",
-        "Median first token: " + "; ".join(f"sleep level {lv}, page cache {cache}: {m:.2f}s "
-                                           f"({state['cold'][cache]['first_token_s'] / m:.1f}x the cold start)"
-                                           for (lv, cache), m in medians.items()) + ".",
+        "Median first token: " + "; ".join(
+            f"sleep level {lv}, page cache {cache}: {m:.2f}s" + (f" ({state['cold'][cache]['first_token_s'] / m:.1f}x "
+                                                                 "the cold start)" if cache in state["cold"] else "")
+            for (lv, cache), m in medians.items()) + ".",
+        *state.get("notes", []),
         "", "Cold starts (vLLM's own stages, s):", "",
         common.table(["page cache", "first token (s)", "read from disk (GB)", "vLLM's stages"], cold_rows),
         "", "Restores (every text identical to the cold start's greedy 16 tokens):", "",
