@@ -7,6 +7,21 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 # The tests run CRIU's own zdtm suite against the patched build: keep its source tree.
 bash packaging/install-node.sh --keep-source /opt/rewarm/criu-src
+# CRIU's zdtm harness in the kept tree, for tests/system/test_criu_zdtm.py: zdtm-keep-root.patch,
+# pycriu's image modules (zdtm.py imports them), zdtm's own library and helpers. zdtm.py then builds
+# only the tests it runs (without libzdtmtst.a it would build all of them, some of which need more
+# libraries than a node has). install-node.sh replaces the tree, and the marker, when CRIU changes.
+ZDTM=/opt/rewarm/criu-src
+if [ ! -f $ZDTM/.zdtm-ready ]; then
+  if patch -d $ZDTM -p1 -N -s --dry-run < packaging/criu/zdtm-keep-root.patch >/dev/null 2>&1; then
+    patch -d $ZDTM -p1 -N -s < packaging/criu/zdtm-keep-root.patch
+  fi
+  make -C $ZDTM -j"$(nproc)" lib >/dev/null
+  make -C $ZDTM/test/zdtm/lib -j"$(nproc)" >/dev/null
+  make -C $ZDTM/test umount2 zdtm_ct >/dev/null
+  touch $ZDTM/.zdtm-ready
+  echo "rewarm-setup: zdtm prepared in $ZDTM"
+fi
 # For the tests only (a rewarm node needs none of them): Podman (hooks.d, checkpoint archives and
 # images), Docker's engine and Debian's OCI registry (run through testcontainers by
 # runtime/lab/registry_lab.py, which starts a private dockerd), htpasswd and openssl (its login and TLS).

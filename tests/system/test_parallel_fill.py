@@ -1,7 +1,7 @@
 """rewarm's CRIU fills a restored process's memory with parallel readers (restore_threads): every
 byte comes back, in a container with its own PID namespace, several processes (COW-shared pages)
 and threads, over 1 GiB of os.urandom content in a large anonymous mapping, hundreds of small ones,
-MAP_SHARED memory, dirty private pages over a tmpfs file, a MADV_HUGEPAGE and a MADV_NOHUGEPAGE
+MAP_SHARED memory (filled by the readers too), dirty private pages over a tmpfs file, a MADV_HUGEPAGE and a MADV_NOHUGEPAGE
 region. The digests each process takes of its memory after the restore equal those of the source,
 with one reader (CRIU's own fill) and with eight."""
 from __future__ import annotations
@@ -53,9 +53,12 @@ def test_every_byte_comes_back_with_one_reader_and_with_eight(lab, node, source,
     assert after["threads"] == source["threads"] and len(after["pids"]) == 3
     assert after["huge_kb"]["nohuge"] == 0                    # recorded MADV_NOHUGEPAGE is kept
     with open(os.path.join(lab.runc_root, c.cid, RESTORE_LOG_COPY), errors="replace") as f:
-        fills = [line for line in f if "pfill: task" in line and "filled" in line]
+        log = f.read().splitlines()
+    fills = [line for line in log if "pfill: task" in line and "filled" in line]
+    shared = [line for line in log if "Filled shmem" in line]    # MAP_SHARED memory (a GPU worker's pinned buffers)
     if threads == 1:
-        assert fills == []                                     # CRIU's own code path
+        assert fills == [] and shared == []                    # CRIU's own code path
     else:
         root = [line for line in fills if "pfill: task 1:" in line]   # PID 1 holds most of the memory
         assert root and f"{threads} readers" in root[0], fills       # (small fills use fewer readers)
+        assert any(f"of {64 << 20} bytes with up to {threads} readers" in line for line in shared), shared
