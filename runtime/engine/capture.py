@@ -2,7 +2,8 @@
 one context:
 
     fingerprint_source -> refuse_what_criu_cannot_dump -> note_gpus_and_sockets -> checkpoint (quiesce
-    hook, space check, dump, resume hook) -> keep_dump_log -> write_rootfs_diff -> describe -> commit -> (stop_source, unless it is to keep running)
+    hook, space check, dump, resume hook) -> keep_dump_log -> write_rootfs_diff -> write_dev_shm
+    -> describe -> commit -> (stop_source, unless it is to keep running)
 
 The entry is built in a private staging directory and published with one rename at the very end,
 so a capture that dies at any point leaves nothing that a restore would use. The checkpoint always
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from runtime.adapters import criu, logs, netlock, open_files, reload_files, rootfs_diff, sockets, store, worker_hooks
+from runtime.adapters import criu, dev_shm, logs, netlock, open_files, reload_files, rootfs_diff, sockets, store, worker_hooks
 from runtime.adapters.files import read_json, write_json
 from runtime.adapters.runc import Runc, run_bounded
 from runtime.engine import fingerprinting, warm
@@ -193,6 +194,10 @@ def write_rootfs_diff(c: Capture) -> None:
     c.rootfs = RootfsInfo("overlay" if upper else "none", size, deleted)
 
 
+def write_dev_shm(c: Capture) -> None:
+    dev_shm.write(c.source.spec, os.path.join(c.staging, layout.DEV_SHM))
+
+
 def describe(c: Capture) -> None:
     """spec.dump, config.dump and stats-dump: the files CRI-O's and Podman's tools read."""
     write_json(os.path.join(c.staging, layout.SPEC_DUMP), c.source.spec)
@@ -217,8 +222,8 @@ def stop_source(c: Capture) -> None:
 
 
 Step = Callable[[Capture], None]
-STEPS: tuple[Step, ...] = (refuse_what_criu_cannot_dump, note_gpus_and_sockets, checkpoint, keep_dump_log, write_rootfs_diff,
-                           describe)
+STEPS: tuple[Step, ...] = (refuse_what_criu_cannot_dump, note_gpus_and_sockets, checkpoint, keep_dump_log,
+                           write_rootfs_diff, write_dev_shm, describe)
 
 
 # --- the pipeline -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The restore pipeline, as named steps over one context:
 
     refuse_terminal -> refuse_existing_container -> find_candidates -> pick_fitting_entry
-    -> verify_files -> lay_rootfs_diff -> restore_process -> resume_worker
+    -> verify_files -> lay_rootfs_diff -> lay_dev_shm -> restore_process -> resume_worker
 
 The cheap checks come first (no subprocess runs before the store has a candidate). A step raises
 NotRestorable (nothing was changed) or RestoreFailed (the runtime ran and failed); the cleanups
@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from runtime.adapters import (cgroups, criu, logs, mounts, netlock, page_cache, reload_files, rootfs_diff, store,
-                              worker_hooks)
+from runtime.adapters import (cgroups, criu, dev_shm, logs, mounts, netlock, page_cache, reload_files, rootfs_diff,
+                              store, worker_hooks)
 from runtime.adapters.store import Entry, Store
 from runtime.adapters.files import remove_tree, write_json
 from runtime.adapters.runc import Runc, restore_argv, run_bounded, start_attached
@@ -166,6 +166,14 @@ def lay_rootfs_diff(r: Restore) -> None:
     r.on_failure.callback(patch.undo)
 
 
+def lay_dev_shm(r: Restore) -> None:
+    """The files the captured pod kept in a /dev/shm bound in from the host (adapters/dev_shm.py)."""
+    if layout.DEV_SHM in r.chosen().manifest.files:
+        patch = dev_shm.lay(r.spec, r.chosen().file(layout.DEV_SHM), os.path.join(r.work, "dev-shm-backup"))
+        if patch is not None:
+            r.on_failure.callback(patch.undo)
+
+
 def restore_process(r: Restore) -> None:
     """`runc restore` in the caller's place: the restored process becomes the container's init and
     takes over this process's stdio, exactly as `create` hands its stdio to the container."""
@@ -224,6 +232,7 @@ STEPS: tuple[tuple[str | None, Step], ...] = (
     ("fingerprint", pick_fitting_entry),
     ("verify", verify_files),
     ("rootfs", lay_rootfs_diff),
+    ("rootfs", lay_dev_shm),
     (None, restore_process),        # times itself: runtime_restore, split into criu and cuda_restore
     ("resume", resume_worker),
 )

@@ -9,6 +9,7 @@ CONFIG_DUMP = "config.dump"            # container facts at capture (id, name, i
 SPEC_DUMP = "spec.dump"                # the OCI runtime spec (config.json) of the captured container
 ROOTFS_DIFF = "rootfs-diff.tar"        # files the container changed in its rootfs
 DELETED_FILES = "deleted.files"        # JSON list of paths the container deleted from its rootfs
+DEV_SHM = "dev-shm.tar"                # rewarm: files of a /dev/shm bound in from the host (adapters/dev_shm.py)
 STATS_DUMP = "stats-dump"              # capture statistics
 MANIFEST = "manifest.json"             # rewarm: fingerprint, checksums, provenance
 INVENTORY = os.path.join(CHECKPOINT_DIR, "inventory.img")  # CRIU writes it last: a cheap completeness check

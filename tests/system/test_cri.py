@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import shutil
+import sys
+import tarfile
 import threading
 import time
 
@@ -18,7 +20,7 @@ import pytest
 from helpers import clone_entry, events, rewarm_cli
 from runtime.adapters import store
 from runtime.clients import cri
-from runtime.lab import containerd_lab
+from runtime.lab import containerd_lab, oci_image
 from runtime.node import install
 from runtime.lab.containerd_lab import CONTAINERD_2_BIN, Lab, Pod
 from runtime.lab.runc_lab import WORKER_DIR, rewarm_runc
@@ -27,6 +29,7 @@ IMAGE = "localhost/rewarm/warm-worker:test"
 OTHER_IMAGE = "localhost/rewarm/warm-worker:other"
 COMMAND = ["/usr/bin/python3", "/app/worker.py"]
 ENV = {"WARM_SECONDS": "2", "PORT": "8080"}
+ENGINE_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers", "engine_tree")
 
 
 def rewarm_annotations(name: str, **extra: str) -> dict[str, str]:
@@ -326,3 +329,48 @@ def test_install_twice_gives_a_config_containerd_loads_with_the_rewarm_handler(t
         assert handler["PodAnnotations"] == ["rewarm.dev/*"] and handler["ContainerAnnotations"] == ["rewarm.dev/*"]
     finally:
         lab.destroy()
+
+
+def test_an_engine_tree_with_the_vllm_preset_is_captured_on_ready_and_restored_whole(cri_lab, node, tmp_path):
+    """The engine stand-in (tests/system/workers/engine_tree: vLLM's process tree and dev endpoints)
+    as a Kubernetes user would run stock vLLM: its image, its command line, `rewarm.dev/engine: vllm`,
+    the model on a read-only volume. Under CRI /dev/shm is the sandbox's, bound in from the host: the
+    engine's shared-memory segment there must travel with the snapshot."""
+    sys.path.insert(0, ENGINE_APP)
+    import deps
+    site = deps.ensure()
+    image = "localhost/rewarm/engine-tree:test"
+    (tmp_path / "tmp").mkdir()   # zmq's ipc:// sockets go there
+    spec = oci_image.ImageSpec(name=image, workdir="/app", env=["PATH=/usr/local/bin:/usr/bin:/bin",
+                                                                 "PYTHONPATH=/opt/engine-site"],
+                               paths=oci_image.python_paths(packages=(site,)),
+                               trees={"/app": ENGINE_APP, "/opt/engine-site": site, "/tmp": str(tmp_path / "tmp")},
+                               files={"/etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n", "/etc/group": b"root:x:0:\n"})
+    oci_image.build_and_import(spec, cri_lab.address, containerd_lab.NAMESPACE, ctr=cri_lab.tool("ctr"))
+    model = tmp_path / "model"
+    model.mkdir()
+    os.chmod(tmp_path, 0o755)
+    (model / "model-00001.bin").write_bytes(os.urandom(8 << 20))
+    command = ["/usr/bin/python3", "/app/server.py", "--model", "/models", "--port", "8000", "--enable-sleep-mode"]
+    kwargs = dict(annotations={"rewarm.dev/snapshot": "engine", "rewarm.dev/capture": "on-ready",
+                               "rewarm.dev/engine": "vllm"},
+                  env={"VLLM_SERVER_DEV_MODE": "1", "WARM_SECONDS": "2"}, port=8000,
+                  mounts=[(str(model), "/models", True)])
+    source = cri_lab.pod("engine-a", image, command, **kwargs)
+    try:
+        before, _ = source.wait_answer()
+        wait_for_snapshot(node, "default", "engine")
+        restored = cri_lab.pod("engine-b", image, command, **kwargs)
+        try:
+            after, _ = restored.wait_answer()
+            assert [e["snapshot"] for e in events(node, "restored")][-1:] == ["engine"], events(node)[-1].get("reason")
+            assert after["boot_id"] == before["boot_id"] and after["engine"]["engine_pid"] == before["engine"]["engine_pid"]
+            prompt = {"prompt": "same warm state?"}
+            assert restored.post("/v1/completions", prompt) == source.post("/v1/completions", prompt)
+            assert after["calls"] == ["POST /sleep?level=1", "POST /wake_up"] and after["io_uring"] == 0
+            entry = wait_for_snapshot(node, "default", "engine")
+            assert any(m.name.startswith("psm_") for m in tarfile.open(entry.file("dev-shm.tar")).getmembers())
+        finally:
+            restored.delete()
+    finally:
+        source.delete()

@@ -125,3 +125,26 @@ def test_gc_keeps_the_store_under_its_budget(tmp_path):
     removed = st.gc(max_bytes=1500)
     assert removed == [old.path]
     assert [e.name for e in st.all_entries()] == ["new"]
+
+
+def test_a_bound_dev_shm_travels_as_files_and_is_laid_with_an_undo(tmp_path):
+    """CRI binds the sandbox's shm at /dev/shm: its files go into the snapshot, and into the
+    restoring pod's shm (undone if the restore fails); a tmpfs of the container's own needs nothing."""
+    from runtime.adapters import dev_shm
+    source, target, out = tmp_path / "shm-a", tmp_path / "shm-b", tmp_path / "out"
+    for d in (source, target, out):
+        d.mkdir()
+    (source / "psm_1").write_bytes(b"s" * 4096)
+    (source / "sem.mp-x").write_bytes(b"m" * 32)
+    (target / "other").write_text("the new pod's own")
+    bound = lambda d: {"mounts": [{"destination": "/dev/shm", "type": "bind", "source": str(d), "options": ["rbind"]}]}
+    tar = str(out / "dev-shm.tar")
+    assert dev_shm.write(bound(source), tar) > 0 and not (out / "dev-shm.tar.deleted").exists()
+    patch = dev_shm.lay(bound(target), tar, str(tmp_path / "backup"))
+    assert patch is not None and sorted(os.listdir(target)) == ["other", "psm_1", "sem.mp-x"]
+    assert (target / "psm_1").read_bytes() == b"s" * 4096
+    patch.undo()
+    assert os.listdir(target) == ["other"]
+    own = {"mounts": [{"destination": "/dev/shm", "type": "tmpfs", "source": "shm"}]}
+    assert dev_shm.write(own, str(out / "none.tar")) == 0 and not (out / "none.tar").exists()
+    assert dev_shm.lay(own, tar, str(tmp_path / "backup2")) is None
