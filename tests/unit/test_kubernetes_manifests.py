@@ -54,3 +54,19 @@ def test_the_containerfile_copies_files_that_exist():
         if line.startswith("COPY") and "--from" not in line:
             for source in line.split()[1:-1]:
                 assert os.path.exists(os.path.join(TOP, source)), source
+
+
+def test_the_vllm_example_is_a_valid_deployment_whose_annotations_fit_its_command_line():
+    """examples/vllm: valid for Kubernetes, and rewarm would accept it as written (the engine preset
+    reads vLLM's flags off the container's command line and environment)."""
+    from runtime.model import annotations as ann
+    with open(os.path.join(TOP, "examples", "vllm", "deployment.yaml")) as f:
+        deployment = yaml.safe_load(f)
+    kubernetes_validate.validate(deployment, VERSION, strict=True)
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    process = {"args": container["command"], "env": [f"{e['name']}={e['value']}" for e in container["env"]]}
+    request = ann.parse(pod["metadata"]["annotations"], process)
+    assert pod["spec"]["runtimeClassName"] == "rewarm" and request.capture is ann.Capture.ON_READY
+    assert request.hooks.ready_http == "http://127.0.0.1:8000/health"
+    assert [str(c) for c in request.hooks.quiesce] == ["POST http://127.0.0.1:8000/sleep?level=1"]
