@@ -101,8 +101,9 @@ def run_bounded(argv: list[str], env: dict[str, str], timeout: float, capture: b
     """Run the runtime (a restore or checkpoint) in a process group of its own; on timeout kill the
     whole group, runc and the CRIU it started, and return None as the exit code. Without `capture`
     its stdio is ours (for a restore: the container's); with it, stderr is returned.
-    `on_lost_criu` is called once if runc's CRIU dies while runc still waits: a restore's half-made
-    tasks hold CRIU's end of runc's socket, so runc would wait for ever unless they go."""
+    `on_lost_criu` is called once if runc's CRIU dies while runc still waits (within POLL_S), after
+    the restore's half-made tasks, which hold CRIU's end of runc's socket, were killed: it kills
+    what else the restore left (the container's cgroups)."""
     proc = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL if capture else None,
                             stdout=subprocess.DEVNULL if capture else None,
                             stderr=subprocess.PIPE if capture else None, text=True)
@@ -115,7 +116,8 @@ def run_bounded(argv: list[str], env: dict[str, str], timeout: float, capture: b
         except subprocess.TimeoutExpired:
             if time.monotonic() > deadline:
                 break
-            if on_lost_criu is not None and watch.lost():
+            if on_lost_criu is not None and (orphans := watch.half_made()):
+                _kill(orphans)
                 on_lost_criu()
                 on_lost_criu = None
     if code != 0:
@@ -125,6 +127,8 @@ def run_bounded(argv: list[str], env: dict[str, str], timeout: float, capture: b
         drain_until = time.monotonic() + (0 if code is None else GROUP_DRAIN_S)
         while _group_alive(proc.pid) and time.monotonic() < drain_until:
             time.sleep(0.05)
+        if code is None:   # timed out: half-made tasks are children of runc, outside its group
+            _kill([pid for pid, alive in _criu_children_of(proc.pid) if alive])
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         if code is None:
@@ -132,33 +136,46 @@ def run_bounded(argv: list[str], env: dict[str, str], timeout: float, capture: b
     return code, err or ""
 
 
-POLL_S = 0.2
-LOST_AFTER_S = 2.0
+POLL_S = 0.1
 
 
 class _CriuWatch:
-    """Whether runc's CRIU child came and went while runc is still there."""
+    """CRIU's death in the middle of a restore. runc talks to its child `criu swrk` (which renames
+    itself `criu: restore --rpc`) and reaps it only once the restore's answer came. CRIU forks the
+    restored tree's init with CLONE_PARENT, so while the restore runs that is a child of runc named
+    `criu` too, and it holds CRIU's end of runc's socket: with CRIU killed, runc would wait for
+    ever. So a `criu` child of runc that has died (a zombie runc has not reaped) beside living ones
+    means CRIU was killed midway, and the living ones are what it left half made (a finished
+    restore leaves none: its tasks have their own names by then). Two polls in a row must agree."""
 
     def __init__(self, runc_pid: int) -> None:
-        self.runc_pid, self.seen, self.gone_since = runc_pid, False, 0.0
+        self.runc_pid, self.suspects = runc_pid, set[int]()
 
-    def lost(self) -> bool:
-        if _criu_child_of(self.runc_pid):
-            self.seen, self.gone_since = True, 0.0
-        elif self.seen:
-            self.gone_since = self.gone_since or time.monotonic()
-            return time.monotonic() - self.gone_since > LOST_AFTER_S
-        return False
+    def half_made(self) -> list[int]:
+        children = _criu_children_of(self.runc_pid)
+        now = {pid for pid, alive in children if alive} if any(not alive for _, alive in children) else set()
+        found, self.suspects = sorted(now & self.suspects), now
+        return found
 
 
-def _criu_child_of(ppid: int) -> bool:
+def _criu_children_of(ppid: int) -> list[tuple[int, bool]]:
+    """(pid, not a zombie) of runc's children named criu."""
+    found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError, ValueError, IndexError):
             with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
                 head, _, tail = f.read().rpartition(")")
-            if int(tail.split()[1]) == ppid and head.split("(", 1)[1] == "criu":
-                return True
-    return False
+            fields = tail.split()
+            if int(fields[1]) == ppid and head.split("(", 1)[1] == "criu":
+                found.append((int(pid), fields[0] != "Z"))
+    return found
+
+
+def _kill(pids: list[int]) -> None:
+    """SIGKILL each (a half-made init is PID 1 of its namespace: its whole tree goes with it)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 GROUP_DRAIN_S = 15.0

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from typing import Any, Iterator
 
 from runtime.adapters import cgroups, logs, store
@@ -86,3 +87,27 @@ def stray_processes(c: Container) -> list[int]:
         with open(os.path.join(d, "cgroup.procs")) as f:
             in_cgroup |= {int(p) for p in f.read().split()}
     return sorted(in_cgroup - known)
+
+
+def survivors(c: Container, wait: float = 5.0) -> list[str]:
+    """Processes left of a container after its delete: any process whose cgroup, in any hierarchy,
+    names the container, and any `criu` process in a PID namespace not ours (a half-restored init
+    that no cgroup holds yet). Zombies do not count; they get a moment to be reaped."""
+    ours = os.readlink("/proc/self/ns/pid")
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError, IndexError):
+                with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                    head, _, tail = f.read().rpartition(")")
+                if tail.split()[0] == "Z":
+                    continue
+                with open(f"/proc/{pid}/cgroup") as f:
+                    in_cgroup = c.cid in f.read()
+                foreign = os.readlink(f"/proc/{pid}/ns/pid") != ours and head.split("(", 1)[1] == "criu"
+                if in_cgroup or foreign:
+                    found.append(f"{pid} {head.split('(', 1)[1]}" + (" (other PID namespace)" if foreign else ""))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
