@@ -1,68 +1,94 @@
-"""Prometheus text-format metrics of rewarm's lifecycle events, for a node exporter's textfile
-collector. Derived from the event log each time, so the numbers survive restarts and stay consistent
-with it; written with one rename."""
+"""Prometheus metrics of rewarm's lifecycle events, for a node exporter's textfile collector.
+Derived from the event log each time, so the numbers survive restarts and stay consistent with it;
+prometheus_client writes the text format (escaping included) and the file with one rename."""
 from __future__ import annotations
 
+import os
 from collections import defaultdict
-from typing import Any
+from typing import Any, Iterable, Iterator
 
-from runtime.adapters.files import atomic_write
+from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client.core import CounterMetricFamily, Metric, SummaryMetricFamily
+
 from runtime.model.events import EventKind
 
 REASONS = (("no snapshot", "missing"), ("does not fit", "incompatible"), ("checksum", "corrupt"),
            ("manifest", "corrupt"), ("size", "corrupt"), ("invalid", "invalid"), ("unknown annotation", "invalid"),
            ("restore failed", "failed"), ("hook", "failed"), ("longer than", "timeout"))
+SNAPSHOT = ("namespace", "snapshot")
 
 
 def reason_class(reason: str) -> str:
     return next((label for needle, label in REASONS if needle in reason), "other")
 
 
-def _labels(**labels: str) -> str:
-    inner = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                     for k, v in sorted(labels.items()))
-    return "{" + inner + "}"
+class _Events:
+    """A collector over the event log: every metric is a count or a sum of events."""
+
+    def __init__(self, events: Iterable[dict[str, Any]]):
+        self.events = list(events)
+
+    def collect(self) -> Iterator[Metric]:
+        counts: dict[str, dict[tuple[str, ...], float]] = defaultdict(lambda: defaultdict(float))
+        sums: dict[str, dict[tuple[str, ...], list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
+        for e in self.events:
+            snap, kind = (str(e.get("namespace", "")), str(e.get("snapshot", ""))), e.get("event")
+            if kind == EventKind.RESTORED.value:
+                counts["restores"][snap] += 1
+                _add(sums["restore_seconds"][snap], e.get("seconds", 0))
+            elif kind == EventKind.COLD_START.value:
+                counts["cold_starts"][(*snap, reason_class(e.get("reason", "")))] += 1
+            elif kind == EventKind.RESTORE_REFUSED.value:
+                counts["restores_refused"][(*snap, reason_class(e.get("reason", "")))] += 1
+            elif kind == EventKind.CAPTURED.value:
+                counts["captures"][snap] += 1
+                _add(sums["capture_seconds"][snap], e.get("seconds", 0))
+                _add(sums["capture_bytes"][snap], e.get("bytes", 0))
+            elif kind == EventKind.CAPTURE_FAILED.value:
+                counts["capture_failures"][snap] += 1
+            elif kind == EventKind.STOPPED.value:
+                counts["containers_stopped"][(str(e.get("outcome", "unknown")),)] += 1
+        for name, (doc, labels) in COUNTERS.items():
+            if counts.get(name):
+                family = CounterMetricFamily(f"rewarm_{name}", doc, labels=labels)
+                for values, n in sorted(counts[name].items()):
+                    family.add_metric(values, n)
+                yield family
+        for name, doc in SUMMARIES.items():
+            if sums.get(name):
+                summary = SummaryMetricFamily(f"rewarm_{name}", doc, labels=SNAPSHOT)
+                for values, (count, total) in sorted(sums[name].items()):
+                    summary.add_metric(values, count_value=int(count), sum_value=total)
+                yield summary
 
 
-def render(events: list[dict[str, Any]]) -> str:
-    counters: dict[tuple[str, str], float] = defaultdict(float)
-    for e in events:
-        ns, snap = e.get("namespace", ""), e.get("snapshot", "")
-        kind = e.get("event")
-        if kind == EventKind.RESTORED.value:
-            counters[("rewarm_restores_total", _labels(namespace=ns, snapshot=snap))] += 1
-            counters[("rewarm_restore_seconds_sum", _labels(namespace=ns, snapshot=snap))] += e.get("seconds", 0)
-            counters[("rewarm_restore_seconds_count", _labels(namespace=ns, snapshot=snap))] += 1
-        elif kind in (EventKind.COLD_START.value, EventKind.RESTORE_REFUSED.value):
-            name = "rewarm_cold_starts_total" if kind == EventKind.COLD_START.value else "rewarm_restores_refused_total"
-            counters[(name, _labels(namespace=ns, snapshot=snap, reason=reason_class(e.get("reason", ""))))] += 1
-        elif kind == EventKind.CAPTURED.value:
-            counters[("rewarm_captures_total", _labels(namespace=ns, snapshot=snap))] += 1
-            counters[("rewarm_capture_seconds_sum", _labels(namespace=ns, snapshot=snap))] += e.get("seconds", 0)
-            counters[("rewarm_capture_bytes_sum", _labels(namespace=ns, snapshot=snap))] += e.get("bytes", 0)
-        elif kind == EventKind.CAPTURE_FAILED.value:
-            counters[("rewarm_capture_failures_total", _labels(namespace=ns, snapshot=snap))] += 1
-        elif kind == EventKind.STOPPED.value:
-            counters[("rewarm_containers_stopped_total", _labels(outcome=e.get("outcome", "unknown")))] += 1
-    help_lines = {
-        "rewarm_restores_total": "Containers restored from a snapshot.",
-        "rewarm_restore_seconds_sum": "Seconds spent in restores (create to restored).",
-        "rewarm_restore_seconds_count": "Restores timed.",
-        "rewarm_cold_starts_total": "Annotated containers that cold-started, by reason.",
-        "rewarm_restores_refused_total": "Restores refused with rewarm.dev/fallback: fail, by reason.",
-        "rewarm_captures_total": "Snapshots captured.",
-        "rewarm_capture_seconds_sum": "Seconds spent capturing.",
-        "rewarm_capture_bytes_sum": "Bytes of snapshots captured.",
-        "rewarm_capture_failures_total": "Captures that failed (the worker kept running).",
-        "rewarm_containers_stopped_total": "Annotated containers stopped, by how they had started.",
-    }
-    lines = []
-    for metric in sorted({m for m, _ in counters}):
-        kind = "counter" if metric.endswith(("_total", "_sum", "_count")) else "gauge"
-        lines += [f"# HELP {metric} {help_lines[metric]}", f"# TYPE {metric} {kind}"]
-        lines += [f"{metric}{labels} {value:g}" for (m, labels), value in sorted(counters.items()) if m == metric]
-    return "\n".join(lines) + "\n"
+def _add(acc: list[float], value: Any) -> None:
+    acc[0] += 1
+    acc[1] += float(value or 0)
+
+
+COUNTERS = {
+    "restores": ("Containers restored from a snapshot.", SNAPSHOT),
+    "cold_starts": ("Annotated containers that cold-started, by reason.", (*SNAPSHOT, "reason")),
+    "restores_refused": ("Restores refused with rewarm.dev/fallback: fail, by reason.", (*SNAPSHOT, "reason")),
+    "captures": ("Snapshots captured.", SNAPSHOT),
+    "capture_failures": ("Captures that failed (the worker kept running).", SNAPSHOT),
+    "containers_stopped": ("Annotated containers stopped, by how they had started.", ("outcome",)),
+}
+SUMMARIES = {
+    "restore_seconds": "Seconds spent in restores (create to restored).",
+    "capture_seconds": "Seconds spent capturing.",
+    "capture_bytes": "Bytes of snapshots captured.",
+}
+
+
+def registry_of(events: Iterable[dict[str, Any]]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Events(events))
+    return registry
 
 
 def write(path: str, events: list[dict[str, Any]]) -> None:
-    atomic_write(path, render(events), mode=0o644, sync=False)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_to_textfile(path, registry_of(events))
+    os.chmod(path, 0o644)   # the node exporter reads it as its own user

@@ -68,4 +68,4 @@ else
 fi
 .venv/bin/python -m runtime.clients.api.generate   # CRI / containerd protobuf modules from runtime/clients/api/*.proto
 .venv/bin/python examples/llm-worker/deps.py   # torch + transformers for the LLM worker's containers
-.venv/bin/python tests/system/workers/engine_tree/deps.py   # uvicorn, uvloop, pyzmq for the engine stand-in's containers
+.venv/bin/python tests/system/workers/engine_tree/engine_site.py   # uvicorn, uvloop, pyzmq for the engine stand-in's containers

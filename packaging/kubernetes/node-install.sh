@@ -11,6 +11,9 @@ cp -r /payload/. "$HOST/opt/rewarm/payload/"
 if [ -f /config/config.json ] && [ ! -f "$HOST/etc/rewarm/config.json" ]; then
   cp /config/config.json "$HOST/etc/rewarm/config.json"   # the operator's edits on the node win
 fi
+if [ -f /fingerprint-key/fingerprint.key ]; then   # the cluster's key: snapshots move between nodes
+  install -m 0600 /fingerprint-key/fingerprint.key "$HOST/etc/rewarm/fingerprint.key"
+fi
 nsenter --target 1 --mount --uts --ipc --net --pid -- /bin/sh -eu -c '
   bash /opt/rewarm/payload/install-node.sh
   [ -x /opt/rewarm/venv/bin/python ] || python3 -m venv /opt/rewarm/venv

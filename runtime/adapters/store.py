@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import os
@@ -103,8 +104,20 @@ class Store:
     @contextlib.contextmanager
     def _flock(self, namespace: str, name: str, suffix: str, mode: int) -> Iterator[None]:
         directory = os.path.join(self.root, "locks", validate_namespace(namespace))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(directory, f"{validate_name(name)}.{suffix}"), os.O_RDWR | os.O_CREAT, 0o600)
+        path = os.path.join(directory, f"{validate_name(name)}.{suffix}")
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            if e.errno != errno.EROFS or mode != fcntl.LOCK_SH:
+                raise
+            # A store mounted read-only: nothing can write it, so a reader needs a lock only
+            # where one exists (a writer elsewhere that sees the same files read-write).
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                yield
+                return
         try:
             try:
                 fcntl.flock(fd, mode)
@@ -165,9 +178,10 @@ class Store:
         fingerprint (a recapture, a re-pull), under the name's write lock."""
         ns, name = manifest.namespace, manifest.name
         parent = self.name_dir(ns, name)
-        os.makedirs(parent, mode=0o700, exist_ok=True)
         final = os.path.join(parent, f"{manifest.fingerprint_id}-{time.time_ns()}")
-        with self.writing(ns, name):
+        _root_only(staging)
+        with self.writing(ns, name):   # gc removes an empty name dir under this lock too
+            os.makedirs(parent, mode=0o700, exist_ok=True)
             os.rename(staging, final)
             fsync_dir(parent)
             if checksummed:   # the first restore here skips the checksum pass
@@ -294,7 +308,29 @@ class Store:
                 shutil.rmtree(e.path, ignore_errors=True)
             total -= e.size()
             removed.append(e.path)
-        return removed
+        return removed + self._drop_empty_names()
+
+    def _drop_empty_names(self) -> list[str]:
+        """Name dirs left empty (by rm of the last entry, or by the loop above), each under its
+        name's write lock, which a publish holds from making the dir to its rename into it."""
+        base, dropped = os.path.join(self.root, "snapshots"), []
+        for ns in _listdir(base):
+            for name in _listdir(os.path.join(base, ns)):
+                path = os.path.join(base, ns, name)
+                with contextlib.suppress(OSError), self._lock_of(path):
+                    os.rmdir(path)   # only if empty
+                    dropped.append(path)
+        return dropped
+
+
+def _root_only(tree: str) -> None:
+    """An entry's files 0600 and its dirs 0700, whatever wrote them: they hold process memory."""
+    for d, _, files in os.walk(tree):
+        os.chmod(d, 0o700)
+        for f in files:
+            path = os.path.join(d, f)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
 
 
 def load_manifest(entry_path: str) -> Manifest:

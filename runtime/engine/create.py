@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 from runtime.adapters import criu, logs, settings_file
 from runtime.adapters.files import read_json, write_json
 from runtime.adapters.runc import wait_forwarding
+from runtime.front import dispatch
 from runtime.front.runc_argv import RuncCall
 from runtime.model import annotations as ann
 from runtime.model import oci_spec, seccomp
@@ -89,10 +90,12 @@ def _add_hooks(spec: Spec, call: RuncCall) -> bool:
 
 
 def _settings() -> tuple[Settings, str | None]:
+    """The node's settings, or the defaults and why not. Even then the real runtime is the one the
+    sh front door runs for every other verb (the first "runtime" of the file), never a second guess."""
     try:
         return settings_file.load(), None
     except SettingsError as e:
-        return Settings(), str(e)
+        return Settings(runtime=dispatch.real_runtime()), str(e)
 
 
 def create(call: RuncCall, annotations: dict[str, str]) -> NoReturn:

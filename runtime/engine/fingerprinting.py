@@ -3,20 +3,22 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from runtime.adapters import node_facts
+from runtime.adapters import fingerprint_key, node_facts
 from runtime.gpu import nvml
 from runtime.model import oci_spec
-from runtime.model.fingerprint import Fingerprint, env_hashes, image_of
+from runtime.model.fingerprint import Fingerprint, env_hashes, image_of, key_id
 from runtime.model.settings import Settings
 
 
 def of_container(spec: Mapping[str, Any], settings: Settings) -> Fingerprint:
     process = oci_spec.process(spec)
+    key = fingerprint_key.load(settings.fingerprint_key_file)
     return Fingerprint(
         image=image_of(oci_spec.annotations_of(spec)),
         args=tuple(process.get("args") or ()),
         cwd=process.get("cwd") or "/",
-        env=env_hashes(process.get("env") or [], settings.env_ignore),
+        env=env_hashes(process.get("env") or [], settings.env_ignore, key),
+        env_key=key_id(key),
         arch=node_facts.arch(),
         cpu=node_facts.cpu_identity(),
         kernel=node_facts.kernel(),

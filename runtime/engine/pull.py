@@ -2,9 +2,10 @@
 `rewarm.dev/snapshot-ref` names one.
 
 A pull resolves the reference to a manifest digest, then, holding the pull lock of its destination
-(namespace, name), fetches into STORE/tmp/pull-NS-NAME-DIGEST (kept when the pull is interrupted, so
-the next pull of the same manifest resumes from it; `rewarm gc` removes it once its owner is gone),
-checks every blob against its digest, re-validates rewarm's manifest.json with the destination's
+(namespace, name), checks the size its manifest declares against pull_max_bytes and the store's free space, fetches
+into STORE/tmp/pull-NS-NAME-DIGEST (kept when the transfer is killed, breaks off or stalls, so the
+next pull of the same manifest resumes from it; removed when the pull is refused; `rewarm gc`
+removes a kept one once its owner is gone), checks every blob against its digest, re-validates rewarm's manifest.json with the destination's
 namespace and name written into it, and publishes the entry with the store's one rename. The
 fingerprint is the capturing node's: restore's gate compares it with this node's as for any entry.
 A second pull of the same manifest into the same name waits for the first, then finds its entry.
@@ -26,7 +27,7 @@ from runtime.adapters.registry.progress import Progress
 from runtime.engine import fingerprinting, warm
 from runtime.model import annotations as ann
 from runtime.model import fingerprint, registry_ref
-from runtime.model.errors import InvalidInput, NotRestorable, RegistryError, RewarmError
+from runtime.model.errors import InvalidInput, NotRestorable, RegistryError, RewarmError, TransferInterrupted
 from runtime.model.events import EventKind
 from runtime.model.manifest import Manifest
 from runtime.model.names import validate_name, validate_namespace
@@ -93,12 +94,18 @@ def _pull(settings: Settings, ref: Reference, name: str, namespace: str, fmt: st
         with open(os.path.join(staging, store.OWNER_FILE), "w") as f:
             f.write(str(os.getpid()))
         origin = {SOURCE_REF: str(ref), SOURCE_DIGEST: digest}
-        if found == "native":
-            entry, progress = _native(settings, client, st, oci, staging, resume, name, namespace, origin, stream,
-                                      quiet)
-        else:
-            entry, progress = _checkpoint_image(settings, client, oci, staging, resume, name, namespace, origin,
-                                                stream, quiet)
+        try:
+            if found == "native":
+                entry, progress = _native(settings, client, st, oci, staging, resume, name, namespace, origin,
+                                          stream, quiet)
+            else:
+                entry, progress = _checkpoint_image(settings, client, oci, staging, resume, name, namespace,
+                                                    origin, stream, quiet)
+        except TransferInterrupted:
+            raise   # its part is kept to resume from
+        except Exception:
+            shutil.rmtree(staging, ignore_errors=True)   # refused or unusable: nothing to resume
+            raise
     return Pulled(entry, digest, progress)
 
 
@@ -115,9 +122,10 @@ def _native(settings: Settings, client: Client, st: store.Store, oci: dict[str, 
     if reserved:
         raise RegistryError(f"{client.ref}: manifest.json lists rewarm's own file {reserved[0]}")
     native.check_against(pieces, pushed.files)
+    _check_room(settings, client.ref, staging, sum(p.size for p in pieces))
     progress = Progress("pull", sum(p.size for p in pieces), stream, quiet)
     try:
-        transfer.download(client, staging, pieces, settings.transfer_threads, progress, resume)
+        transfer.download(client, staging, pieces, settings.transfer_threads, progress, resume, settings.pull_stall_s)
     except BaseException:
         progress.finish()
         raise
@@ -138,15 +146,35 @@ def _checkpoint_image(settings: Settings, client: Client, oci: dict[str, Any], s
     if layer is None:
         raise RegistryError(f"{client.ref}: a checkpoint image must have one tar layer")
     piece = native.Piece("layer.tar", 0, layer["size"], layer["digest"])
+    _check_room(settings, client.ref, staging, piece.size)
     progress = Progress("pull", piece.size, stream, quiet)
     try:
-        transfer.download(client, staging, [piece], 1, progress, resume)
+        transfer.download(client, staging, [piece], 1, progress, resume, settings.pull_stall_s)
     except BaseException:
         progress.finish()
         raise
     entry = archives.import_archive(settings, os.path.join(staging, piece.path), name, namespace, origin)
     shutil.rmtree(staging, ignore_errors=True)
     return entry, progress
+
+
+PULL_SPARE = 1 << 30   # what a pull leaves free on the store's disk
+
+
+def _check_room(settings: Settings, ref: Reference, staging: str, declared: int) -> None:
+    """Refuse, before a byte is written, a snapshot larger than pull_max_bytes or than the store's
+    disk can take (less PULL_SPARE): its manifest's word is all there is until the bytes come, and
+    a hostile registry could claim any size. What a resumed pull has already is counted as there."""
+    gib = declared / 2**30
+    if settings.pull_max_bytes and declared > settings.pull_max_bytes:
+        raise RegistryError(f"{ref}: the snapshot is {gib:.2f} GiB, more than pull_max_bytes "
+                            f"({settings.pull_max_bytes / 2**30:.2f} GiB)")
+    have = sum(os.lstat(os.path.join(d, f)).st_blocks * 512 for d, _, fs in os.walk(staging) for f in fs)
+    fs = os.statvfs(staging)
+    free = fs.f_bavail * fs.f_frsize
+    if declared - have > free - PULL_SPARE:
+        raise RegistryError(f"{ref}: the snapshot is {gib:.2f} GiB and the store's disk has "
+                            f"{free / 2**30:.2f} GiB free ({PULL_SPARE >> 30} GiB is kept free)")
 
 
 # --- pull on miss (rewarm-runc's create) -------------------------------------------------------

@@ -17,6 +17,8 @@ def write_config(top: str, **overrides: object) -> str:
     base = settings_file.load().to_json() if os.environ.get(CONFIG_ENV) else {"criu": shutil.which("criu") or "criu"}
     cfg = {**base, "store": os.path.join(top, "store"), "event_log": os.path.join(top, "events.jsonl"),
            "metrics_file": os.path.join(top, "metrics", "rewarm.prom"), **overrides}
+    if not os.environ.get(CONFIG_ENV):   # a node of its own; one made from a node's config shares its key
+        cfg.setdefault("fingerprint_key_file", os.path.join(top, "fingerprint.key"))
     path = os.path.join(top, "config.json")
     with open(path, "w") as f:
         json.dump(cfg, f, indent=2)

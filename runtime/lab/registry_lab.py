@@ -188,11 +188,11 @@ class Registry:
                 self.container.stop()
             self.container = None
 
-    def auth_file(self, path: str, password: str = PASSWORD) -> str:
-        """A docker-format credentials file for this registry."""
+    def auth_file(self, path: str, password: str = PASSWORD, address: str = "") -> str:
+        """A docker-format credentials file for this registry (reached at `address`: a proxy's)."""
         token = base64.b64encode(f"{USER}:{password}".encode()).decode()
         with open(path, "w") as f:
-            json.dump({"auths": {self.address: {"auth": token}}}, f)
+            json.dump({"auths": {address or self.address: {"auth": token}}}, f)
         return path
 
     def blob_path(self, digest: str) -> str:

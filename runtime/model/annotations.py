@@ -91,11 +91,14 @@ def is_sandbox(annotations: Mapping[str, str]) -> bool:
 
 
 def namespace_of(annotations: Mapping[str, str]) -> str:
-    """The pod's Kubernetes namespace, validated (it becomes a directory of the store)."""
-    for key in NAMESPACE_KEYS:
-        if annotations.get(key):
-            return validate_namespace(annotations[key])
-    return "default"
+    """The pod's Kubernetes namespace, validated (it becomes a directory of the store). containerd
+    and CRI-O each write it under their own key; where the workload can set the other runtime's key
+    (CRI-O and Podman pass annotations through), two that disagree are refused, never resolved."""
+    given = {key: annotations[key] for key in NAMESPACE_KEYS if annotations.get(key)}
+    if len(set(given.values())) > 1:
+        raise InvalidInput("the pod's namespace is given twice and differs: "
+                           + ", ".join(f"{k}={v[:64]!r}" for k, v in given.items()))
+    return validate_namespace(next(iter(given.values()))) if given else "default"
 
 
 def wants_fail(annotations: Mapping[str, str]) -> bool:

@@ -40,6 +40,11 @@ class RegistryError(RewarmError):
     its digest); nothing was published in the store or under the tag."""
 
 
+class TransferInterrupted(RegistryError):
+    """A blob transfer broke off or stalled: what arrived is sound so far and kept, for the next
+    pull of the same manifest to resume from."""
+
+
 class InstallError(RewarmError):
     """A container engine's config cannot be given the rewarm handler."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import hmac
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
@@ -25,13 +26,14 @@ class Fingerprint:
     image: str
     args: tuple[str, ...]
     cwd: str
-    env: Mapping[str, str]        # name -> sha256 of the value (values may be secrets)
+    env: Mapping[str, str]        # name -> HMAC of name and value under env_key (values may be secrets)
     arch: str
     cpu: str                      # vendor, model and a hash of the feature flags
     kernel: str
     criu: str
     runtime: str
     gpu: Mapping[str, Any] | None = field(default=None)  # model, count, driver, cuda_driver
+    env_key: str = ""             # key_id() of the key the env values were hashed with
 
     def ident(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
@@ -55,13 +57,20 @@ def image_of(annotations: Mapping[str, str]) -> str:
     return next((annotations[k] for k in IMAGE_KEYS if annotations.get(k)), "")
 
 
-def env_hashes(env: Iterable[str], ignore: Iterable[str]) -> dict[str, str]:
+def key_id(key: bytes) -> str:
+    """Names a fingerprint key without giving it away: nodes that share snapshots share the key."""
+    return hmac.new(key, b"rewarm fingerprint key id", hashlib.sha256).hexdigest()[:16]
+
+
+def env_hashes(env: Iterable[str], ignore: Iterable[str], key: bytes) -> dict[str, str]:
+    """Each value keyed by name under the node's fingerprint key. A plain hash of a short secret
+    can be reversed by trying values; without the key, these cannot (they leave the node with a push)."""
     patterns = list(ignore)
     out = {}
     for item in env:
         name, _, value = item.partition("=")
         if not any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
-            out[name] = short_hash(value)
+            out[name] = hmac.new(key, f"{name}={value}".encode(), hashlib.sha256).hexdigest()[:32]
     return out
 
 
@@ -73,6 +82,11 @@ def differences(recorded: Fingerprint, here: Fingerprint) -> list[str]:
         if a != b:
             a, b = (list(a), list(b)) if name == "args" else (a, b)
             reasons.append(f"{name}: snapshot has {a!r}, this container/node has {b!r}")
+    if recorded.env_key != here.env_key:
+        reasons.append(f"environment: the snapshot's was fingerprinted with key {recorded.env_key or '(none)'}, "
+                       f"this node's fingerprint_key_file is key {here.env_key}: nodes that share snapshots "
+                       "share that file")
+        return reasons
     changed = sorted(k for k in set(recorded.env) | set(here.env) if recorded.env.get(k) != here.env.get(k))
     if changed:
         reasons.append(f"environment differs in {', '.join(changed)}")

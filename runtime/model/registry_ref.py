@@ -3,6 +3,7 @@ which registries a node accepts pulls from (`allowed_registries`). Plain values,
 they enter (an annotation, the command line, the node config)."""
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -11,9 +12,8 @@ from runtime.model.errors import InvalidInput
 # The distribution spec's grammar, made strict: the registry part is always written out.
 _HOST = r"(?:localhost|\[[0-9a-fA-F:]+\]|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*)(?::[0-9]{1,5})?"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REF_RE = re.compile(rf"^(?P<registry>{_HOST})/(?P<repository>{_COMPONENT}(?:/{_COMPONENT})*)"
-                     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_REF_RE = re.compile(rf"(?P<registry>{_HOST})/(?P<repository>{_COMPONENT}(?:/{_COMPONENT})*)"
+                     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?")
 FORM = "REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:DIGEST"
 
 
@@ -34,7 +34,13 @@ class Reference:
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+        """localhost, or an IP address of the loopback net (a name that merely starts with "127." is not)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
 
     @property
     def name(self) -> str:
@@ -48,7 +54,7 @@ class Reference:
 
 
 def parse(text: str, what: str = "snapshot reference") -> Reference:
-    match = _REF_RE.match(text) if isinstance(text, str) and len(text) <= 512 else None
+    match = _REF_RE.fullmatch(text) if isinstance(text, str) and len(text) <= 512 else None
     if match is None or "." not in match["registry"] and ":" not in match["registry"] \
             and match["registry"] != "localhost":
         raise InvalidInput(f"invalid {what} {text!r}: expected {FORM}, the registry written out")

@@ -37,6 +37,7 @@ class Settings:
     criu_plugin_dir: str = "/opt/rewarm/criu-plugins"   # CRIU plugins (cuda_plugin.so); "" = none
     criu_options: tuple[str, ...] = ()          # extra CRIU config-file lines
     env_ignore: tuple[str, ...] = field(default_factory=_default_env_ignore)  # env names (globs) not fingerprinted
+    fingerprint_key_file: str = "/etc/rewarm/fingerprint.key"  # keys env hashes; made on first use; shared by nodes that share snapshots
     shared_namespaces: tuple[str, ...] = ()     # namespaces whose snapshots any namespace may restore
     event_log: str = "/var/log/rewarm/events.jsonl"  # one JSON line per restore / cold start / capture
     pod_log_notice: bool = True                 # one line on the container's stderr saying what rewarm did
@@ -56,6 +57,8 @@ class Settings:
     warm_after: tuple[str, ...] = ()            # read a new entry into the page cache after these (WARM_AFTER)
     # Registries (push, pull, rewarm.dev/snapshot-ref)
     pull_timeout_s: int = 60                    # longest a create waits for a pull on a miss (then cold start)
+    pull_stall_s: int = 60                      # a pull that moves under 1 MiB in this long has stalled: it fails
+    pull_max_bytes: int = 0                     # largest snapshot a pull takes (0: what the store's disk can hold)
     allowed_registries: tuple[str, ...] = ()    # HOST[:PORT] or HOST[:PORT]/REPO-PREFIX that pods may pull from
     registry_auth_file: str = ""                # "" = $REGISTRY_AUTH_FILE, else docker's config.json
     registry_ca_file: str = ""                  # CA bundle for registries' TLS ("" = the system's)

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from typing import Any, Callable
 
-from runtime.adapters.files import read_json
+from runtime.adapters import settings_file
 from runtime.adapters.node_facts import tool_version
 from runtime.front.names import config_path
 from runtime.model.resources import config_json
@@ -51,7 +51,7 @@ def _config(cfg: Settings) -> list[Check]:
         return [("OK", "config", f"{path} absent: defaults in use")]
     import jsonschema
     try:
-        jsonschema.validate(read_json(path), config_json("rewarm-config.schema.json"))
+        jsonschema.validate(settings_file.read_raw(path), config_json("rewarm-config.schema.json"))
     except (jsonschema.ValidationError, ValueError) as e:
         return [("FAIL", "config", f"{path}: {getattr(e, 'message', e)}")]
     return [("OK", "config", path)]

@@ -3,9 +3,11 @@ testcontainers, a node config that trusts it, and synthetic snapshots with page 
 enough to be cut into pieces."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tarfile
+import threading
 from typing import Iterator
 
 from runtime.adapters import store
@@ -48,3 +50,54 @@ def started_registry(directory: str) -> Iterator[Registry]:
         yield registry
     finally:
         registry.stop()
+
+
+class TrickleProxy:
+    """A TCP proxy on loopback in front of the registry: each answer's first `fast` bytes pass at
+    once, the rest one byte every `gap` seconds, TLS and all (a registry that never stops and never
+    finishes: every read stays inside its timeout). A stand-in for a hostile or broken link."""
+
+    def __init__(self, target_port: int, fast: int = 1 << 20, gap: float = 0.5):
+        self.target, self.fast, self.gap = target_port, fast, gap
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.closed = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, trickle: bool) -> None:
+        sent = 0
+        try:
+            while not self.closed.is_set() and (data := src.recv(1 << 16)):
+                if trickle and sent >= self.fast:
+                    for i in range(len(data)):
+                        if self.closed.wait(self.gap):
+                            return
+                        dst.sendall(data[i:i + 1])
+                else:
+                    dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.server.close()
+        for s in self.conns:
+            with contextlib.suppress(OSError):
+                s.close()

@@ -337,8 +337,8 @@ def test_an_engine_tree_with_the_vllm_preset_is_captured_on_ready_and_restored_w
     the model on a read-only volume. Under CRI /dev/shm is the sandbox's, bound in from the host: the
     engine's shared-memory segment there must travel with the snapshot."""
     sys.path.insert(0, ENGINE_APP)
-    import deps
-    site = deps.ensure()
+    import engine_site
+    site = engine_site.ensure()
     image = "localhost/rewarm/engine-tree:test"
     (tmp_path / "tmp").mkdir()   # zmq's ipc:// sockets go there
     spec = oci_image.ImageSpec(name=image, workdir="/app", env=["PATH=/usr/local/bin:/usr/bin:/bin",

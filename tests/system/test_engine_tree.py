@@ -24,7 +24,7 @@ from runtime.model.errors import CaptureFailed
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(HERE, "workers", "engine_tree")
 sys.path.insert(0, APP)
-import deps  # noqa: E402  (the stand-in's packages: packaging/setup.sh installs them)
+import engine_site  # noqa: E402  (the stand-in's packages: packaging/setup.sh installs them)
 
 PORT = 8000
 PROMPT = {"prompt": "The fastest way to start an inference worker is"}
@@ -49,7 +49,7 @@ def engine_lab(lab):
 
 
 def engine(lab, model, name: str, annotations: dict[str, str], sleep_mode: bool = True, dev_mode: bool = True):
-    site = deps.ensure()
+    site = engine_site.ensure()
     args = ["/usr/bin/python3", "/app/server.py", "--model", "/models", "--port", str(PORT)]
     w = lab.worker({"rewarm.dev/snapshot": name, **annotations},
                    env={"PYTHONPATH": "/opt/engine-site", "VLLM_SERVER_DEV_MODE": "1" if dev_mode else "0",

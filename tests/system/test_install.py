@@ -85,7 +85,8 @@ def test_crio_dropin_allows_exactly_rewarms_annotations_and_hooks_d_runs_rewarm_
     assert set(runtime["allowed_annotations"]) == {"rewarm.dev/snapshot", "rewarm.dev/capture", "rewarm.dev/ready-file",
                                                    "rewarm.dev/ready-http", "rewarm.dev/fallback",
                                                    "rewarm.dev/quiesce-http", "rewarm.dev/resume-http",
-                                                   "rewarm.dev/snapshot-ref", "rewarm.dev/push"}
+                                                   "rewarm.dev/snapshot-ref", "rewarm.dev/push",
+                                                   "rewarm.dev/engine", "rewarm.dev/sleep-level"}
 
 
 def test_broken_toml_is_reported_not_overwritten(tmp_path):

@@ -14,9 +14,9 @@ import time
 import pytest
 
 from helpers import config_named, events
-from registry_fixtures import started_registry, synthetic_entry
+from registry_fixtures import TrickleProxy, started_registry, synthetic_entry
 from runtime.adapters import settings_file, store
-from runtime.adapters.registry import native
+from runtime.adapters.registry import native, transfer
 from runtime.front.names import CONFIG_ENV
 from runtime.lab.private_node import write_config
 
@@ -144,6 +144,53 @@ def test_a_registry_that_is_down_fails_fast_and_clean(reg_node, registry, pushed
         assert tmp_dirs(reg_node) == []
     finally:
         registry.start()
+
+
+def test_a_manifest_that_claims_more_than_the_disk_holds_is_refused_before_a_byte_is_written(
+        reg_node, registry, pushed, tmp_path):
+    """A hostile (or broken) registry's manifest says 500 GiB: the pull is refused on the manifest's
+    word, before any file is made, and leaves no staging dir; pull_max_bytes caps smaller ones."""
+    from runtime.engine.pull import client_for
+    from runtime.model.registry_ref import parse
+    client = client_for(reg_node, parse(ref(registry, "rewarm/source:v1")))
+    _, oci = client.get_manifest()
+    config = json.loads(transfer.fetch_bytes(client, oci["config"]["digest"], oci["config"]["size"]))
+    huge, page = 500 << 30, "checkpoint/pages-1.img"
+    fake = transfer.put_config(client, b"a small blob that claims to be 500 GiB")[7:]   # the registry has it
+    config["files"][page] = {"size": huge, "sha256": fake}
+    layers = [layer for layer in oci["layers"] if layer["annotations"][native.PATH_KEY] != page]
+    layers.append(native.Piece(page, 0, huge, f"sha256:{fake}").descriptor())
+    data = json.dumps(config).encode()
+    client.put_manifest({**oci, "config": {**oci["config"], "digest": transfer.put_config(client, data),
+                                           "size": len(data)}, "layers": layers}, "huge")
+    out = cli("pull", ref(registry, "rewarm/source:huge"), "--name", "huge")
+    assert_clean_failure(out, reg_node, "huge", "500.00 GiB and the store's disk has")
+    assert not [d for d in tmp_dirs(reg_node) if "-huge-" in d]
+    capped = write_config(str(tmp_path), **{**reg_node.to_json(), "pull_max_bytes": 1 << 20})
+    out = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "capped", config=capped)
+    assert_clean_failure(out, settings_file.load(capped), "capped", "more than pull_max_bytes (0.00 GiB)")
+    assert not [d for d in tmp_dirs(reg_node) if "-capped-" in d]
+
+
+def test_a_registry_that_trickles_is_broken_off_and_the_name_is_free_for_the_next_pull(
+        reg_node, registry, pushed, tmp_path):
+    """One byte every half second keeps every read within its timeout: the pull fails once less
+    than 1 MiB came in pull_stall_s, keeps its part, and the next pull of the name resumes from it."""
+    proxy = TrickleProxy(registry.port)
+    try:
+        auth = registry.auth_file(str(tmp_path / "auth.json"), address=proxy.address)
+        config = write_config(str(tmp_path), **{**reg_node.to_json(), "registry_auth_file": auth, "pull_stall_s": 2})
+        started = time.monotonic()
+        out = cli("pull", f"{proxy.address}/rewarm/source:v1", "--name", "trickled", config=config, timeout=120)
+        assert time.monotonic() - started < 30
+        assert_clean_failure(out, settings_file.load(config), "trickled", "(pull_stall_s): stalled")
+        assert [d for d in tmp_dirs(reg_node) if "-trickled-" in d]               # kept to resume
+    finally:
+        proxy.close()
+    out = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "trickled", timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "already there" in out.stdout                                        # resumed, not started over
+    store.verify(store.Store(reg_node.store).entries("default", "trickled")[0], deep=True)
 
 
 def test_a_blob_corrupted_inside_the_registry_is_caught(reg_node, registry):

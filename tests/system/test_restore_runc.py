@@ -84,6 +84,22 @@ def test_kill_and_delete_of_a_restored_container_leave_nothing_behind(lab, warm)
     assert c.runtime_cmd("state", c.cid).returncode != 0
 
 
+def test_a_store_mounted_read_only_still_restores(lab, warm, node):
+    """A node may mount its store read-only (a shared volume, snapshots baked into an image): a
+    restore only reads it, so it restores; it does not cold-start on a lock file it cannot create."""
+    subprocess.run(["mount", "--bind", node.store, node.store], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", node.store], check=True)
+        c = lab.create("read-only", lab.worker(SNAPSHOT))
+        answer = c.get()
+        c.runtime_cmd("delete", "--force", c.cid)
+    finally:
+        subprocess.run(["umount", node.store], check=True)
+    assert c.create_rc == 0 and answer is not None, c.runtime_log()
+    assert answer["boot_id"] == warm["answer"]["boot_id"], c.runtime_log()
+    assert events(node, "restored")[-1]["container"] == c.cid
+
+
 def test_start_after_restore_is_a_no_op_and_a_second_start_fails_like_runc(lab, warm):
     c = lab.create("twice", lab.worker(SNAPSHOT))
     assert c.state()["status"] == "running"

@@ -13,7 +13,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 SCANNED = ["tests/**/*.py", "runtime/lab/*.py", "examples/**/deps.py"]
 OUTSIDE = re.compile(r"^/(opt|var|etc|usr/local|srv|home|root|run|mnt|data)/")
 SETUP = ["packaging/setup.sh", "packaging/install-node.sh", "examples/llm-worker/deps.py",
-         "tests/system/workers/engine_tree/deps.py"]
+         "tests/system/workers/engine_tree/engine_site.py"]
 
 # Host paths the tests need: the file that makes them, and what in it does (its name for the path).
 MADE_BY = {
@@ -21,7 +21,7 @@ MADE_BY = {
     "/opt/rewarm/criu-src": ("packaging/setup.sh", "--keep-source /opt/rewarm/criu-src"),   # CRIU's tree, zdtm
     "/usr/local/sbin/criu": ("packaging/install-node.sh", "/usr/local/sbin/criu"),
     "/var/tmp/rewarm-bench/torch-site": ("examples/llm-worker/deps.py", "--target"),
-    "/var/tmp/rewarm-bench/engine-site": ("tests/system/workers/engine_tree/deps.py", "--target"),
+    "/var/tmp/rewarm-bench/engine-site": ("tests/system/workers/engine_tree/engine_site.py", "--target"),
     "/run/rewarm-lab": ("runtime/lab/containerd_lab.py", "os.makedirs"),   # the lab makes its own dirs
     "/var/lib/rewarm-lab": ("runtime/lab/containerd_lab.py", "os.makedirs"),
     "/run/netns/": ("runtime/lab/bundles.py", '"ip", "netns", "add"'),   # a test's own namespaces

@@ -11,8 +11,12 @@ import sys
 
 import pytest
 
+from runtime.adapters import settings_file
+from runtime.engine import create
 from runtime.front import runc_argv
 from runtime.lab.runc_lab import rewarm_runc
+from runtime.model.errors import SettingsError
+from runtime.node import doctor
 
 
 @pytest.mark.parametrize("argv, verb, cid, bundle", [
@@ -82,3 +86,19 @@ def test_the_front_door_sends_only_rewarms_containers_to_the_engine(door):
     assert call("--root", str(root), "start", "other") == "runtime"
     for verb in (["state", "restored"], ["kill", "restored", "KILL"], ["delete", "-f", "restored"], ["--version"]):
         assert call("--root", str(root), *verb) == "runtime", verb
+
+
+def test_a_config_that_names_the_runtime_twice_is_refused_and_never_splits_the_runtime(door, tmp_path, monkeypatch):
+    """JSON readers disagree on a repeated key: the sh door reads the first, json keeps the last.
+    The engine refuses the file (doctor says so) and its cold start runs what the door runs."""
+    call, annotated, plain, _ = door
+    config = tmp_path / "config.json"
+    first = json.loads(config.read_text())["runtime"]
+    config.write_text('{"runtime": "%s", "store": "/s", "runtime": "/usr/bin/false"}' % first)
+    assert call("create", "--bundle", str(plain), "c1") == "runtime"
+    monkeypatch.setenv("REWARM_CONFIG", str(config))
+    with pytest.raises(SettingsError, match="'runtime' is given more than once"):
+        settings_file.load()
+    settings, error = create._settings()
+    assert settings.runtime == first and error and "more than once" in error
+    assert doctor._config(settings)[0][0] == "FAIL"

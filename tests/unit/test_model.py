@@ -3,14 +3,16 @@ through its schema, fingerprint differences worded for an operator."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import re
 
 import pytest
 
 from runtime.model import annotations as ann
 from runtime.model.errors import InvalidInput, SettingsError
-from runtime.model.fingerprint import Fingerprint, differences, env_hashes
+from runtime.model.fingerprint import Fingerprint, differences, env_hashes, key_id
 from runtime.model.manifest import CaptureInfo, FileDigest, Manifest, RootfsInfo
 from runtime.model.names import validate_name, validate_namespace
 from runtime.model.hooks import HookCall
@@ -88,7 +90,7 @@ def test_a_vllm_that_cannot_answer_its_preset_is_refused_with_what_it_lacks(proc
         ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm"}, process)
 
 
-@pytest.mark.parametrize("value", ["../../evil", "/abs", "", "a/b", "UPPER", "-x", "x" * 64, "a\0b", "."])
+@pytest.mark.parametrize("value", ["../../evil", "/abs", "", "a/b", "UPPER", "-x", "x" * 64, "a\0b", ".", "sec\n"])
 def test_names_that_could_leave_the_store_are_refused(value):
     with pytest.raises(InvalidInput):
         validate_name(value)
@@ -100,6 +102,14 @@ def test_the_namespace_comes_from_containerd_or_cri_o_and_defaults():
     assert ann.namespace_of({"io.kubernetes.cri.sandbox-namespace": "team-a"}) == "team-a"
     assert ann.namespace_of({"io.kubernetes.pod.namespace": "team-b"}) == "team-b"
     assert ann.namespace_of({}) == "default"
+
+
+def test_a_namespace_given_twice_and_differing_is_refused_never_resolved():
+    """Under CRI-O or Podman the workload can set containerd's key too: which one wins must not matter."""
+    both = {"io.kubernetes.cri.sandbox-namespace": "victim", "io.kubernetes.pod.namespace": "team-a"}
+    with pytest.raises(InvalidInput, match="given twice and differs"):
+        ann.namespace_of(both)
+    assert ann.namespace_of({**both, "io.kubernetes.pod.namespace": "victim"}) == "victim"
     assert ann.is_sandbox({"io.kubernetes.cri.container-type": "sandbox"})
 
 
@@ -143,9 +153,41 @@ def test_fingerprint_differences_name_what_differs_and_hide_secret_values():
     reasons = differences(FP, here)
     assert reasons[0] == "args: snapshot has ['python', 'w.py'], this container/node has ['python', 'other.py']"
     assert reasons[1] == "environment differs in A, B"
-    assert env_hashes(["TOKEN=secret", "KUBERNETES_PORT=1", "HOSTNAME=x"], Settings().env_ignore).keys() == {"TOKEN"}
-    assert "secret" not in str(env_hashes(["TOKEN=secret"], []))
+    assert env_hashes(["TOKEN=secret", "KUBERNETES_PORT=1", "HOSTNAME=x"], Settings().env_ignore, KEY).keys() == {"TOKEN"}
+    assert "secret" not in str(env_hashes(["TOKEN=secret"], [], KEY))
     assert FP.ident() == Fingerprint.from_json(FP.to_json()).ident()
+
+
+KEY = b"k" * 32
+
+
+def test_env_values_cannot_be_tried_from_a_fingerprint_without_the_nodes_key():
+    """What a pushed snapshot's fingerprint shows of a short secret: nothing a guess can be checked
+    against without the key (a plain sha256 of every 4-digit PIN is a 10 000-step search)."""
+    shown = env_hashes(["PIN=4711"], [], KEY)["PIN"]
+    guesses = {hashlib.sha256(str(pin).encode()).hexdigest()[:len(shown)] for pin in range(10_000)}
+    assert shown not in guesses
+    assert shown != env_hashes(["PIN=4711"], [], b"another node's key".ljust(32))["PIN"]
+    assert env_hashes(["A=1"], [], KEY)["A"] != env_hashes(["B=1"], [], KEY)["B"]      # names are keyed too
+
+
+def test_a_snapshot_fingerprinted_under_another_key_names_the_key_file():
+    recorded = dataclasses.replace(FP, env_key=key_id(KEY))
+    here = dataclasses.replace(FP, env_key=key_id(b"x" * 32))
+    assert differences(recorded, recorded) == []
+    (reason,) = differences(recorded, here)
+    assert key_id(KEY) in reason and "fingerprint_key_file" in reason
+
+
+def test_the_fingerprint_key_is_made_once_owner_only_and_refused_when_others_can_read_it(tmp_path):
+    from runtime.adapters import fingerprint_key
+    path = str(tmp_path / "etc" / "fingerprint.key")
+    key = fingerprint_key.load(path)
+    assert len(key) == 32 and fingerprint_key.load(path) == key
+    assert os.stat(path).st_mode & 0o777 == 0o600 and os.listdir(tmp_path / "etc") == ["fingerprint.key"]
+    os.chmod(path, 0o644)
+    with pytest.raises(SettingsError, match="readable by its owner only"):
+        fingerprint_key.load(path)
 
 
 def test_every_setting_is_in_the_config_schema_and_nothing_else():

@@ -23,10 +23,18 @@ def test_references_are_parsed_with_the_registry_written_out(text, registry, rep
 
 
 @pytest.mark.parametrize("text", ["worker:v1", "rewarm/worker:v1", "127.0.0.1:5000/Worker:v1",
-                                  "127.0.0.1:5000/w", "127.0.0.1:5000/../w:v1", "a.b/w:v1 ; rm", ""])
+                                  "127.0.0.1:5000/w", "127.0.0.1:5000/../w:v1", "a.b/w:v1 ; rm", "",
+                                  "reg.example.com/w:v1\n"])
 def test_bad_references_are_refused_naming_the_form(text):
     with pytest.raises(InvalidInput, match="REGISTRY/REPO:TAG"):
         registry_ref.parse(text)
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("localhost:5000", True), ("127.0.0.1:5000", True), ("127.8.9.10", True), ("[::1]:5000", True),
+    ("127.attacker.example", False), ("127.0.0.1.nip.io", False), ("10.0.0.1:5000", False), ("[::2]", False)])
+def test_only_a_loopback_address_counts_as_loopback_for_plain_http(host, loopback):
+    assert registry_ref.parse(f"{host}/w:v1").is_loopback is loopback
 
 
 def test_allowed_registries_match_whole_hosts_and_path_prefixes_only():

@@ -123,8 +123,19 @@ def test_gc_keeps_the_store_under_its_budget(tmp_path):
     new = staged_entry(st, "new", b"y" * 1000)
     store.touch_used(new)
     removed = st.gc(max_bytes=1500)
-    assert removed == [old.path]
+    assert removed == [old.path, os.path.dirname(old.path)]      # and its name's dir, left empty
     assert [e.name for e in st.all_entries()] == ["new"]
+    assert os.listdir(os.path.join(st.root, "snapshots", "default")) == ["new"]
+
+
+def test_an_entrys_files_are_root_only_whatever_wrote_them(tmp_path):
+    """Page images hold process memory, secrets included: 0600 files in 0700 dirs."""
+    st = store.Store(str(tmp_path / "store")).ensure()
+    entry = staged_entry(st, "private")
+    modes = {os.path.relpath(os.path.join(d, n), entry.path): os.stat(os.path.join(d, n)).st_mode & 0o777
+             for d, dirs, files in os.walk(entry.path) for n in dirs + files}
+    assert modes and all(m == (0o700 if os.path.isdir(os.path.join(entry.path, p)) else 0o600)
+                         for p, m in modes.items()), modes
 
 
 def test_a_bound_dev_shm_travels_as_files_and_is_laid_with_an_undo(tmp_path):

@@ -14,9 +14,12 @@ with the rules a node needs around it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
+import threading
 import time
 from typing import Any, Iterator
 
@@ -27,7 +30,7 @@ import oras.utils
 import requests
 import requests.adapters
 
-from runtime.model.errors import RegistryError
+from runtime.model.errors import RegistryError, TransferInterrupted
 from runtime.model.registry_ref import Reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -87,6 +90,8 @@ class Client:
         if plain_http and not ref.is_loopback:
             raise RegistryError(f"plain HTTP is only spoken to a loopback registry, not {ref.registry}")
         self.ref = ref
+        self._streams: set[requests.Response] = set()
+        self._streams_lock = threading.Lock()
         verify: bool | str = ca_file or True
         if ca_file and not os.path.isfile(ca_file):
             raise RegistryError(f"registry CA file {ca_file} does not exist")
@@ -192,12 +197,27 @@ class Client:
     def blob_stream(self, digest: str, piece: int = 1 << 20) -> Iterator[bytes]:
         what = f"blob {digest[:19]}"
         r = self._check(self.oras.get_blob(self.container, digest, stream=True), what, (200,))
+        with self._streams_lock:
+            self._streams.add(r)
         try:
             yield from r.iter_content(piece)
-        except requests.RequestException as e:
-            raise RegistryError(f"{what}: transfer broke off: {_short(e)}") from e
+        except (requests.RequestException, OSError) as e:
+            raise TransferInterrupted(f"{what}: transfer broke off: {_short(e)}") from e
         finally:
+            with self._streams_lock:
+                self._streams.discard(r)
             r.close()
+
+    def abort(self) -> None:
+        """Break off every blob transfer in flight: their threads wait inside a read, which a shut
+        socket ends at once (closing the response from here would not wake them)."""
+        with self._streams_lock:
+            streams = list(self._streams)
+        for r in streams:
+            sock = getattr(getattr(r.raw, "_connection", None), "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)   # the socket's own, also under TLS
 
 
 def _errors_of(response: requests.Response) -> str:

@@ -18,7 +18,7 @@ from typing import Callable, TypeVar
 from runtime.adapters.registry.client import Client
 from runtime.adapters.registry.native import Piece
 from runtime.adapters.registry.progress import Progress
-from runtime.model.errors import RegistryError
+from runtime.model.errors import RegistryError, TransferInterrupted
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -118,13 +118,34 @@ def _matches(files: Files, p: Piece) -> bool:
     return "sha256:" + h.hexdigest() == p.digest
 
 
+STALL_BYTES = 1 << 20
+
+
+def _watch(client: Client, progress: Progress, stop: threading.Event, stall_s: float, why: list[str]) -> None:
+    """Break the transfer off when less than STALL_BYTES moved in `stall_s`: a registry that
+    trickles a byte now and then keeps every read inside its timeout, and the pull's lock held."""
+    last = progress.moved + progress.skipped
+    while not stop.wait(stall_s):
+        now = progress.moved + progress.skipped
+        if now - last < STALL_BYTES:
+            why.append(f"the registry sent {now - last} bytes in {stall_s:g}s (pull_stall_s): stalled, "
+                       "broken off (the part already here is kept for the next pull)")
+            stop.set()
+            client.abort()
+            return
+        last = now
+
+
 def download(client: Client, root: str, pieces: list[Piece], threads: int, progress: Progress,
-             resume: bool) -> None:
-    """Write every piece into its file under root, each checked against its digest."""
+             resume: bool, stall_s: float) -> None:
+    """Write every piece into its file under root, each checked against its digest, none longer
+    than its manifest says; a transfer that stalls for `stall_s` fails (TransferInterrupted)."""
     sizes: dict[str, int] = {}
     for p in pieces:
         sizes[p.path] = max(sizes.get(p.path, 0), p.offset + p.size)
     files, stop = Files(root, sizes), threading.Event()
+    stalled: list[str] = []
+    watchdog = threading.Thread(target=_watch, args=(client, progress, stop, stall_s, stalled), daemon=True)
     try:
         def one(p: Piece) -> None:
             if resume and _matches(files, p):
@@ -143,7 +164,14 @@ def download(client: Client, root: str, pieces: list[Piece], threads: int, progr
             if offset != p.offset + p.size or "sha256:" + h.hexdigest() != p.digest:
                 raise RegistryError(f"blob {p.digest[:19]} of {p.path} does not match its digest "
                                     f"({offset - p.offset} of {p.size} bytes): corrupt in the registry or in transit")
+        watchdog.start()
         # largest first: the long transfers start at once and the small ones fill the gaps
         run_all(threads, one, sorted(pieces, key=lambda p: -p.size), stop)
+    except Exception as e:
+        if stalled:
+            raise TransferInterrupted(stalled[0]) from e
+        raise
     finally:
+        stop.set()
+        watchdog.join()
         files.close()
