@@ -24,9 +24,10 @@ if [ ! -f $ZDTM/.zdtm-ready ]; then
 fi
 # For the tests only (a rewarm node needs none of them): Podman (hooks.d, checkpoint archives and
 # images), Docker's engine and Debian's OCI registry (run through testcontainers by
-# runtime/lab/registry_lab.py, which starts a private dockerd), htpasswd and openssl (its login and TLS).
+# runtime/lab/registry_lab.py, which starts a private dockerd), htpasswd and openssl (its login and TLS),
+# skopeo (it decrypts what rewarm encrypts).
 missing=""
-for tool in podman:podman dockerd:docker.io docker-registry:docker-registry htpasswd:apache2-utils openssl:openssl; do
+for tool in podman:podman dockerd:docker.io docker-registry:docker-registry htpasswd:apache2-utils openssl:openssl skopeo:skopeo; do
   command -v "${tool%%:*}" >/dev/null || missing="$missing ${tool#*:}"
 done
 if [ -n "$missing" ]; then

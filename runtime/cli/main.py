@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -127,6 +128,8 @@ def cmd_export(cfg: Settings, a: argparse.Namespace) -> int:
 
 def cmd_push(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.engine import push
+    cfg = dataclasses.replace(cfg, encrypt_recipients=(*cfg.encrypt_recipients, *a.encrypt_to),
+                              sign_key_file=a.sign_key or cfg.sign_key_file)
     done = push.push(cfg, a.name, a.ref, a.namespace, a.format, a.plain_http)
     print(f"pushed {done.entry.namespace}/{done.entry.name} ({done.entry.ident}) -> {done.ref}@{done.digest}: "
           f"{done.progress.summary()}")
@@ -135,6 +138,9 @@ def cmd_push(cfg: Settings, a: argparse.Namespace) -> int:
 
 def cmd_pull(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.engine import pull
+    cfg = dataclasses.replace(cfg, decryption_keys=(*cfg.decryption_keys, *a.decryption_key),
+                              signature_keys=(*cfg.signature_keys, *a.verify_key),
+                              require_signature=cfg.require_signature or bool(a.verify_key))
     done = pull.pull(cfg, a.ref, a.name, a.namespace, a.format, a.plain_http)
     entry = done.entry
     if done.progress is None:
@@ -218,6 +224,11 @@ def parser() -> argparse.ArgumentParser:
                    help="native: one blob per file, page images in chunks (default); crio: a CRI-O / Podman "
                         "checkpoint image (one layer)")
     c.add_argument("--plain-http", action="store_true", help="speak plain HTTP (a loopback registry only)")
+    c.add_argument("--encrypt-to", action="append", default=[], metavar="PUBLIC_KEY.pem",
+                   help="encrypt every blob to this RSA or EC public key (ocicrypt's JWE layout; repeat for more "
+                        "recipients; added to encrypt_recipients)")
+    c.add_argument("--sign-key", metavar="PRIVATE_KEY.pem", help="sign the pushed manifest (cosign's layout; "
+                   "default: sign_key_file)")
     c.set_defaults(func=cmd_push)
 
     c = sub.add_parser("pull", help="pull a snapshot from an OCI registry into the store")
@@ -226,6 +237,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--namespace", default="default")
     c.add_argument("--format", choices=["native", "crio"], help="expect this format (default: whatever REF is)")
     c.add_argument("--plain-http", action="store_true", help="speak plain HTTP (a loopback registry only)")
+    c.add_argument("--decryption-key", action="append", default=[], metavar="PRIVATE_KEY.pem",
+                   help="decrypt with this private key (added to decryption_keys)")
+    c.add_argument("--verify-key", action="append", default=[], metavar="PUBLIC_KEY.pem",
+                   help="refuse the pull unless it is signed by this key (added to signature_keys)")
     c.set_defaults(func=cmd_pull)
 
     c = sub.add_parser("bake", help="run an image until ready, capture it, remove it (for node images)")

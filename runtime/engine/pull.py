@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from runtime.adapters import logs, settings_file, store
-from runtime.adapters.registry import crio, native, transfer
+from runtime.adapters.registry import cosign, crio, native, ocicrypt, transfer
 from runtime.adapters.registry.client import Client
 from runtime.adapters.registry.progress import Progress
 from runtime.engine import fingerprinting, warm
@@ -83,6 +83,8 @@ def _pull(settings: Settings, ref: Reference, name: str, namespace: str, fmt: st
         raise RegistryError(f"{ref} is neither a rewarm snapshot nor a CRI-O / Podman checkpoint image")
     if fmt and fmt != found:
         raise RegistryError(f"{ref} is a {found} snapshot, not {fmt}")
+    if settings.require_signature:   # before any byte of it enters the store
+        cosign.verify(client, digest, cosign.load_public(settings.signature_keys))
     st = store.Store(settings.store).ensure()
     with st.pulling(namespace, name):
         there = [e for e in st.entries(namespace, name) if e.manifest.source.get(SOURCE_DIGEST) == digest]
@@ -112,7 +114,7 @@ def _pull(settings: Settings, ref: Reference, name: str, namespace: str, fmt: st
 def _native(settings: Settings, client: Client, st: store.Store, oci: dict[str, Any], staging: str, resume: bool,
             name: str, namespace: str, origin: dict[str, str], stream: TextIO | None,
             quiet: bool) -> tuple[store.Entry, Progress]:
-    config, pieces = native.pieces_of(oci)
+    config, pieces = native.pieces_of(oci, _decryption_keys(settings, oci))
     raw = transfer.fetch_bytes(client, config["digest"], config["size"])
     try:
         pushed = Manifest.from_json(json.loads(raw))
@@ -145,7 +147,9 @@ def _checkpoint_image(settings: Settings, client: Client, oci: dict[str, Any], s
     layer = crio.the_layer(oci)
     if layer is None:
         raise RegistryError(f"{client.ref}: a checkpoint image must have one tar layer")
-    piece = native.Piece("layer.tar", 0, layer["size"], layer["digest"])
+    digest, sealed = (ocicrypt.unseal(layer, _decryption_keys(settings, oci)) if ocicrypt.is_sealed(layer)
+                      else (layer["digest"], None))
+    piece = native.Piece("layer.tar", 0, layer["size"], digest, sealed=sealed)
     _check_room(settings, client.ref, staging, piece.size)
     progress = Progress("pull", piece.size, stream, quiet)
     try:
@@ -156,6 +160,10 @@ def _checkpoint_image(settings: Settings, client: Client, oci: dict[str, Any], s
     entry = archives.import_archive(settings, os.path.join(staging, piece.path), name, namespace, origin)
     shutil.rmtree(staging, ignore_errors=True)
     return entry, progress
+
+
+def _decryption_keys(settings: Settings, oci: dict[str, Any]) -> list[ocicrypt.Key]:
+    return ocicrypt.load_keys(settings.decryption_keys, "decryption key") if native.is_sealed(oci) else []
 
 
 PULL_SPARE = 1 << 30   # what a pull leaves free on the store's disk

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from runtime.adapters import archive, logs, store
 from runtime.adapters.files import read_json
-from runtime.adapters.registry import crio, native, transfer
+from runtime.adapters.registry import cosign, crio, native, ocicrypt, transfer
 from runtime.adapters.registry.client import Client
 from runtime.adapters.registry.progress import Progress
 from runtime.engine.pull import client_for
@@ -66,19 +66,23 @@ def _push(settings: Settings, name: str, namespace: str, ref: registry_ref.Refer
         if not os.path.isdir(entry.path):
             raise RegistryError(f"snapshot {namespace}/{name} was replaced while the push began; push again")
         store.verify(entry, deep=True)
+        recipients = ocicrypt.load_keys(settings.encrypt_recipients, "encryption recipient")
+        signer = cosign.load_private(settings.sign_key_file) if settings.sign_key_file else None
         if fmt == "crio":
-            digest, progress = _checkpoint_image(settings, client, st, entry, ref.tag, stream, quiet)
+            digest, progress = _checkpoint_image(settings, client, st, entry, ref.tag, recipients, stream, quiet)
         else:
-            digest, progress = _native(settings, client, entry, ref.tag, stream, quiet)
+            digest, progress = _native(settings, client, entry, ref.tag, recipients, stream, quiet)
+    if signer is not None:
+        cosign.sign(client, digest, signer)
     return Pushed(entry, str(ref), digest, progress)
 
 
-def _native(settings: Settings, client: Client, entry: store.Entry, tag: str, stream: TextIO | None,
-            quiet: bool) -> tuple[str, Progress]:
+def _native(settings: Settings, client: Client, entry: store.Entry, tag: str, recipients: list[ocicrypt.Key],
+            stream: TextIO | None, quiet: bool) -> tuple[str, Progress]:
     pieces = native.split(entry.manifest.files)
     progress = Progress("push", entry.size(), stream, quiet)
     try:
-        pieces = transfer.upload(client, entry.path, pieces, settings.transfer_threads, progress)
+        pieces = transfer.upload(client, entry.path, pieces, settings.transfer_threads, progress, recipients)
     except BaseException:
         progress.finish()
         raise
@@ -92,7 +96,7 @@ def _native(settings: Settings, client: Client, entry: store.Entry, tag: str, st
 
 
 def _checkpoint_image(settings: Settings, client: Client, st: store.Store, entry: store.Entry, tag: str,
-                      stream: TextIO | None, quiet: bool) -> tuple[str, Progress]:
+                      recipients: list[ocicrypt.Key], stream: TextIO | None, quiet: bool) -> tuple[str, Progress]:
     """One layer: the entry as a checkpoint archive (uncompressed: page images do not shrink much,
     and the layer's digest is then its diff id)."""
     work = os.path.join(st.root, "tmp", f"push-{uuid.uuid4().hex}")
@@ -104,17 +108,19 @@ def _checkpoint_image(settings: Settings, client: Client, st: store.Store, entry
         layer = native.Piece("layer.tar", 0, size, "sha256:" + store.sha256_file(layer_path))
         progress = Progress("push", size, stream, quiet)
         try:
-            transfer.upload(client, work, [layer], 1, progress)
+            (layer,) = transfer.upload(client, work, [layer], 1, progress, recipients)
         except BaseException:
             progress.finish()
             raise
-        config = _json_bytes(crio.image_config(layer.digest))
+        config = _json_bytes(crio.image_config(layer.digest))   # the diff id: the plaintext's digest
         config_digest = transfer.put_config(client, config)
         dump = _config_dump(entry)
         name = str(dump.get("name") or entry.name)
+        descriptor = {"mediaType": crio.LAYER_TAR, "digest": layer.blob, "size": size}
+        if layer.sealed:
+            descriptor.update(mediaType=crio.LAYER_TAR + ocicrypt.SUFFIX, annotations=dict(layer.sealed.annotations))
         m = crio.manifest({"mediaType": crio.OCI_CONFIG, "digest": config_digest, "size": len(config)},
-                          {"mediaType": crio.LAYER_TAR, "digest": layer.digest, "size": size},
-                          crio.checkpoint_annotations(name, dump, os.path.basename(settings.runtime)))
+                          descriptor, crio.checkpoint_annotations(name, dump, os.path.basename(settings.runtime)))
         return client.put_manifest(m, tag), progress
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -188,6 +188,11 @@ class Registry:
                 self.container.stop()
             self.container = None
 
+    @property
+    def credentials(self) -> str:
+        """USER:PASSWORD, as skopeo's --src-creds takes them."""
+        return f"{USER}:{PASSWORD}"
+
     def auth_file(self, path: str, password: str = PASSWORD, address: str = "") -> str:
         """A docker-format credentials file for this registry (reached at `address`: a proxy's)."""
         token = base64.b64encode(f"{USER}:{password}".encode()).decode()

@@ -64,6 +64,11 @@ class Settings:
     registry_ca_file: str = ""                  # CA bundle for registries' TLS ("" = the system's)
     plain_http_registries: tuple[str, ...] = () # loopback registries (HOST:PORT) spoken to without TLS
     transfer_threads: int = 8                   # parallel blob uploads / downloads
+    encrypt_recipients: tuple[str, ...] = ()    # public keys (PEM) every push encrypts to (ocicrypt's JWE layout)
+    decryption_keys: tuple[str, ...] = ()       # private keys (PEM) a pull decrypts with
+    sign_key_file: str = ""                     # private key (PEM) every push signs with (cosign's layout)
+    signature_keys: tuple[str, ...] = ()        # public keys (PEM) whose signatures a pull accepts
+    require_signature: bool = False             # a pull without a signature by signature_keys is refused
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -135,6 +135,7 @@ def test_kill_9_during_a_restore_ends_in_a_clean_cold_start(lab, big, node, vict
     assert survivors(c) == []
     if victim == "criu":    # CRIU's own log is kept and named, and the cause quoted is not a side note
         reason = [e for e in events(node, "cold-start") if e["container"] == c.cid][0]["reason"]
+        assert "CRIU's log: " in reason, reason
         kept = reason.split("CRIU's log: ")[1]
         assert os.path.exists(kept) and kept.startswith(os.path.join(node.store, "logs", "restore-"))
         assert "RLIMIT_NOFILE" not in reason.split("CRIU's log")[0]

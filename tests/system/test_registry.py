@@ -268,3 +268,116 @@ def test_push_refuses_a_corrupt_snapshot_and_leaves_the_tag(reg_node, registry, 
     assert pulled.returncode == 0
     assert "rotten" not in json.dumps(store.Store(reg_node.store).entries("default", "still-source")[0]
                                       .manifest.source)
+
+
+# --- sealed snapshots: encryption (ocicrypt's layout) and signatures (cosign's) ---------------------
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """An RSA and an EC (P-256) key pair, and a stranger's EC pair, made by openssl as an operator would."""
+    top = tmp_path_factory.mktemp("keys")
+    made = {}
+    for name, args in (("rsa", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+                       ("ec", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+                       ("stranger", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])):
+        key, pub = str(top / f"{name}.key"), str(top / f"{name}.pub")
+        subprocess.run(["openssl", "genpkey", *args, "-out", key], check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-out", pub], check=True, capture_output=True)
+        made[name] = (key, pub)
+    return made
+
+
+def registry_manifest(reg_node, text: str) -> dict:
+    from runtime.engine.pull import client_for
+    from runtime.model.registry_ref import parse
+    return client_for(reg_node, parse(text)).get_manifest()[1]
+
+
+def test_an_encrypted_push_keeps_the_memory_from_the_registry_and_pulls_back_with_either_key(
+        reg_node, registry, keys):
+    """Every blob sealed to two recipients (RSA, EC): the registry holds no byte of the page image in
+    the clear; each private key opens it; no key, the wrong key or a tampered blob is refused."""
+    pages = os.urandom(2 * native.CHUNK_BYTES + 999)
+    synthetic_entry(reg_node, "secret", pages)
+    out = cli("push", "secret", ref(registry, "rewarm/secret:v1"), "--encrypt-to", keys["rsa"][1],
+              "--encrypt-to", keys["ec"][1])
+    assert out.returncode == 0, out.stderr
+    layers = registry_manifest(reg_node, ref(registry, "rewarm/secret:v1"))["layers"]
+    assert layers and all(x["mediaType"].endswith("+encrypted") for x in layers)
+    assert all("org.opencontainers.image.enc.keys.jwe" in x["annotations"] for x in layers)
+    for layer in layers:
+        with open(registry.blob_path(layer["digest"]), "rb") as f:
+            stored = f.read()
+        assert pages[:4096] not in stored and pages[-4096:] not in stored
+    for which in ("rsa", "ec"):
+        name = f"opened-{which}"
+        out = cli("pull", ref(registry, "rewarm/secret:v1"), "--name", name, "--decryption-key", keys[which][0])
+        assert out.returncode == 0, out.stderr
+        entry = store.Store(reg_node.store).entries("default", name)[0]
+        store.verify(entry, deep=True)
+        with open(entry.file("checkpoint/pages-1.img"), "rb") as f:
+            assert f.read() == pages
+    out = cli("pull", ref(registry, "rewarm/secret:v1"), "--name", "no-key")
+    assert_clean_failure(out, reg_node, "no-key", "the snapshot is encrypted and no decryption key was given")
+    out = cli("pull", ref(registry, "rewarm/secret:v1"), "--name", "wrong-key", "--decryption-key", keys["stranger"][0])
+    assert_clean_failure(out, reg_node, "wrong-key", "none of the decryption keys opens it")
+    chunk = next(x for x in layers if x["mediaType"] == native.CHUNK_TYPE + "+encrypted")
+    with open(registry.blob_path(chunk["digest"]), "r+b") as f:
+        f.seek(4096)
+        f.write(b"tampered")
+    out = cli("pull", ref(registry, "rewarm/secret:v1"), "--name", "tampered", "--decryption-key", keys["ec"][0])
+    assert_clean_failure(out, reg_node, "tampered", "does not match its digest")
+    assert not [d for d in tmp_dirs(reg_node) if "-no-key-" in d or "-wrong-key-" in d]
+
+
+def test_skopeo_decrypts_an_encrypted_checkpoint_image_with_the_same_key(reg_node, registry, keys, tmp_path):
+    """The layout is ocicrypt's: skopeo (containers/image + ocicrypt) decrypts rewarm's push, and the
+    layer it writes is the checkpoint archive, page image byte for byte."""
+    import tarfile
+    pages = os.urandom(300_000)
+    synthetic_entry(reg_node, "for-skopeo", pages)
+    out = cli("push", "for-skopeo", ref(registry, "rewarm/for-skopeo:v1"), "--format", "crio",
+              "--encrypt-to", keys["rsa"][1])
+    assert out.returncode == 0, out.stderr
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_bytes(open(registry.ca, "rb").read())
+    copied = tmp_path / "copied"
+    run = subprocess.run(["skopeo", "copy", "--src-cert-dir", str(certs), "--src-creds", registry.credentials,
+                          "--decryption-key", keys["rsa"][0], f"docker://{ref(registry, 'rewarm/for-skopeo:v1')}",
+                          f"dir:{copied}"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads((copied / "manifest.json").read_text())
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar"          # decrypted
+    with tarfile.open(copied / layer["digest"].split(":")[1]) as tar:
+        member = tar.extractfile("checkpoint/pages-1.img")
+        assert member is not None and member.read() == pages
+    denied = subprocess.run(["skopeo", "copy", "--src-cert-dir", str(certs), "--src-creds", registry.credentials,
+                             "--decryption-key", keys["stranger"][0], f"docker://{ref(registry, 'rewarm/for-skopeo:v1')}",
+                             f"dir:{tmp_path / 'denied'}"], capture_output=True, text=True, timeout=120)
+    assert denied.returncode != 0                                                    # and only with the key
+
+
+def test_a_pull_that_requires_a_signature_refuses_unsigned_and_strangers_before_a_byte_is_stored(
+        reg_node, registry, pushed, keys, tmp_path):
+    out = cli("push", "source", ref(registry, "rewarm/signed:v1"), "--sign-key", keys["ec"][0])
+    assert out.returncode == 0, out.stderr
+    digest = out.stdout.split("@")[1].split(":", 2)
+    digest = f"{digest[0]}:{digest[1]}"
+    sig = registry_manifest(reg_node, ref(registry, f"rewarm/signed:{digest.replace(':', '-')}.sig"))
+    (layer,) = sig["layers"]
+    assert layer["mediaType"] == "application/vnd.dev.cosign.simplesigning.v1+json"
+    assert "dev.cosignproject.cosign/signature" in layer["annotations"]
+    out = cli("pull", ref(registry, "rewarm/signed:v1"), "--name", "signed", "--verify-key", keys["ec"][1])
+    assert out.returncode == 0, out.stderr
+    out = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "unsigned", "--verify-key", keys["ec"][1])
+    assert_clean_failure(out, reg_node, "unsigned", "is not signed")
+    out = cli("pull", ref(registry, "rewarm/signed:v1"), "--name", "stranger", "--verify-key", keys["stranger"][1])
+    assert_clean_failure(out, reg_node, "stranger", "no signature there verifies with signature_keys")
+    assert not [d for d in tmp_dirs(reg_node) if "-unsigned-" in d or "-stranger-" in d]
+    required = write_config(str(tmp_path), **{**reg_node.to_json(), "require_signature": True,
+                                              "signature_keys": [keys["rsa"][1], keys["ec"][1]]})
+    out = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "unsigned-by-config", config=required)
+    assert_clean_failure(out, settings_file.load(required), "unsigned-by-config", "is not signed")
+    assert cli("pull", ref(registry, "rewarm/signed:v1"), "--name", "signed-by-config",
+               config=required).returncode == 0

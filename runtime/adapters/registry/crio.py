@@ -54,6 +54,7 @@ def the_layer(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict):
         return None
     layer = layers[0]
-    ok = layer.get("mediaType") in LAYER_TYPES and isinstance(layer.get("digest"), str) \
+    media = str(layer.get("mediaType", "")).removesuffix("+encrypted")   # ocicrypt's layout (ocicrypt.py)
+    ok = media in LAYER_TYPES and isinstance(layer.get("digest"), str) \
         and isinstance(layer.get("size"), int)
     return layer if ok else None

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from runtime.adapters.registry import ocicrypt
 from runtime.model.errors import RegistryError
 from runtime.model.manifest import FileDigest
 
@@ -43,15 +44,24 @@ class Piece:
     path: str
     offset: int
     size: int
-    digest: str = ""        # sha256:HEX; "" for a chunk whose digest the push has not computed yet
+    digest: str = ""        # sha256:HEX of the content; "" for a chunk whose digest the push has not computed yet
     whole: bool = True
+    sealed: ocicrypt.Sealed | None = None   # an encrypted blob (ocicrypt's layout): its own digest and keys
+
+    @property
+    def blob(self) -> str:
+        """The registry's name of the blob: the content's digest, or the ciphertext's."""
+        return self.sealed.blob if self.sealed else self.digest
 
     def descriptor(self) -> dict[str, Any]:
         annotations = {PATH_KEY: self.path, OFFSET_KEY: str(self.offset)}
         if self.whole:
             annotations[TITLE_KEY] = self.path   # what `oras pull` names the file
-        return {"mediaType": FILE_TYPE if self.whole else CHUNK_TYPE, "digest": self.digest, "size": self.size,
-                "annotations": annotations}
+        media = FILE_TYPE if self.whole else CHUNK_TYPE
+        if self.sealed:
+            media += ocicrypt.SUFFIX
+            annotations.update(self.sealed.annotations)
+        return {"mediaType": media, "digest": self.blob, "size": self.size, "annotations": annotations}
 
 
 def split(files: Mapping[str, FileDigest]) -> list[Piece]:
@@ -76,8 +86,15 @@ def is_native(oci_manifest: Mapping[str, Any]) -> bool:
     return isinstance(config, dict) and config.get("mediaType") == CONFIG_TYPE
 
 
-def pieces_of(oci_manifest: Mapping[str, Any]) -> tuple[dict[str, Any], list[Piece]]:
-    """The config descriptor and the pieces named by a pulled manifest, each field checked."""
+def is_sealed(oci_manifest: Mapping[str, Any]) -> bool:
+    layers = oci_manifest.get("layers")
+    return isinstance(layers, list) and any(isinstance(x, dict) and ocicrypt.is_sealed(x) for x in layers)
+
+
+def pieces_of(oci_manifest: Mapping[str, Any],
+              keys: Sequence[ocicrypt.Key] = ()) -> tuple[dict[str, Any], list[Piece]]:
+    """The config descriptor and the pieces named by a pulled manifest, each field checked;
+    encrypted pieces are opened with one of `keys`."""
     config, layers = oci_manifest.get("config"), oci_manifest.get("layers")
     if not is_native(oci_manifest) or not isinstance(layers, list) or not isinstance(config, dict):
         raise RegistryError("not a rewarm snapshot (config media type is not " + CONFIG_TYPE + ")")
@@ -88,14 +105,20 @@ def pieces_of(oci_manifest: Mapping[str, Any]) -> tuple[dict[str, Any], list[Pie
     for layer in layers:
         _descriptor(layer, "layer")
         notes = layer.get("annotations") or {}
-        if layer.get("mediaType") not in (FILE_TYPE, CHUNK_TYPE) or not isinstance(notes, dict):
+        media = str(layer.get("mediaType"))
+        digest, sealed = layer["digest"], None
+        if ocicrypt.is_sealed(layer):
+            media = media[:-len(ocicrypt.SUFFIX)]
+            digest, sealed = ocicrypt.unseal(layer, keys)
+            _descriptor({"digest": digest, "size": 0}, "encrypted layer's content")
+        if media not in (FILE_TYPE, CHUNK_TYPE) or not isinstance(notes, dict):
             raise RegistryError(f"layer {layer.get('digest')}: unexpected media type {layer.get('mediaType')!r}")
         try:
             offset = int(notes.get(OFFSET_KEY, "0"))
         except ValueError as e:
             raise RegistryError(f"layer {layer['digest']}: offset {notes.get(OFFSET_KEY)!r} is not a number") from e
-        pieces.append(Piece(safe_path(str(notes.get(PATH_KEY, ""))), offset, layer["size"], layer["digest"],
-                            layer["mediaType"] == FILE_TYPE))
+        pieces.append(Piece(safe_path(str(notes.get(PATH_KEY, ""))), offset, layer["size"], digest,
+                            media == FILE_TYPE, sealed))
     return config, pieces
 
 

@@ -13,8 +13,9 @@ import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import replace
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
+from runtime.adapters.registry import ocicrypt
 from runtime.adapters.registry.client import Client
 from runtime.adapters.registry.native import Piece
 from runtime.adapters.registry.progress import Progress
@@ -51,13 +52,21 @@ def _read(root: str, p: Piece) -> bytes:
     return data
 
 
-def upload(client: Client, root: str, pieces: list[Piece], threads: int, progress: Progress) -> list[Piece]:
-    """Upload the pieces of the files under root that the registry lacks; returns them with digests."""
+def upload(client: Client, root: str, pieces: list[Piece], threads: int, progress: Progress,
+           recipients: Sequence[ocicrypt.Key] = ()) -> list[Piece]:
+    """Upload the pieces of the files under root that the registry lacks; returns them with digests.
+    With recipients, every piece is encrypted to them (ocicrypt.py) and always sent: its fresh key
+    makes it a blob no registry has."""
     def one(p: Piece) -> Piece:
         data = b""
         if not p.digest:
             data = _read(root, p)
             p = replace(p, digest="sha256:" + hashlib.sha256(data).hexdigest())
+        if recipients:
+            ciphertext, sealed = ocicrypt.seal(data or _read(root, p), p.digest, recipients)
+            client.put_blob(sealed.blob, ciphertext)
+            progress.add(p.size)
+            return replace(p, sealed=sealed)
         if client.has_blob(p.digest):
             progress.add(p.size, skipped=True)
             return p
@@ -152,15 +161,21 @@ def download(client: Client, root: str, pieces: list[Piece], threads: int, progr
                 progress.add(p.size, skipped=True)
                 return
             h, offset, fd = hashlib.sha256(), p.offset, files.fds[p.path]
-            for data in client.blob_stream(p.digest):
+            opener, blob_hash = (p.sealed.opener(), hashlib.sha256()) if p.sealed else (None, h)
+            for data in client.blob_stream(p.blob):
                 if stop.is_set():
                     raise RegistryError("stopped: another blob failed")
                 if offset + len(data) > p.offset + p.size:
-                    raise RegistryError(f"blob {p.digest[:19]} of {p.path} is longer than its {p.size} bytes")
+                    raise RegistryError(f"blob {p.blob[:19]} of {p.path} is longer than its {p.size} bytes")
+                if opener:
+                    blob_hash.update(data)
+                    data = opener.update(data)
                 h.update(data)
                 os.pwrite(fd, data, offset)
                 offset += len(data)
                 progress.add(len(data))
+            if opener and offset == p.offset + p.size and "sha256:" + blob_hash.hexdigest() == p.blob:
+                opener.check()   # the ciphertext is the registry's; its HMAC says it is what was sealed
             if offset != p.offset + p.size or "sha256:" + h.hexdigest() != p.digest:
                 raise RegistryError(f"blob {p.digest[:19]} of {p.path} does not match its digest "
                                     f"({offset - p.offset} of {p.size} bytes): corrupt in the registry or in transit")
