@@ -114,13 +114,15 @@ def cmd_install(cfg: Settings, a: argparse.Namespace) -> int:
 
 def cmd_import(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.engine import archives
-    entry = archives.import_archive(cfg, a.archive, a.name, a.namespace)
+    cfg = dataclasses.replace(cfg, decryption_keys=(*cfg.decryption_keys, *a.decryption_key))
+    entry = archives.import_any(cfg, a.archive, a.name, a.namespace)
     print(f"imported {a.archive} as {entry.namespace}/{entry.name} ({_size(entry.size())}) -> {entry.path}")
     return 0
 
 
 def cmd_export(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.engine import archives
+    cfg = dataclasses.replace(cfg, encrypt_recipients=(*cfg.encrypt_recipients, *a.encrypt_to))
     entry = archives.export_archive(cfg, a.name, a.namespace, a.archive)
     print(f"exported {entry.namespace}/{entry.name} ({entry.ident}) -> {a.archive}")
     return 0
@@ -208,12 +210,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("archive")
     c.add_argument("--name", required=True, help="snapshot name")
     c.add_argument("--namespace", default="default")
+    c.add_argument("--decryption-key", action="append", default=[], metavar="PRIVATE_KEY.pem",
+                   help="decrypt an encrypted export with this private key (added to decryption_keys)")
     c.set_defaults(func=cmd_import)
 
     c = sub.add_parser("export", help="write a snapshot as a checkpoint archive (CRI-O / Podman layout)")
     c.add_argument("name")
     c.add_argument("archive", help="file to write (.tar, or .tar.gz / .tgz for gzip)")
     c.add_argument("--namespace", default="default")
+    c.add_argument("--encrypt-to", action="append", default=[], metavar="PUBLIC_KEY.pem",
+                   help="write an OCI archive with the checkpoint encrypted to this key (ocicrypt's layout; "
+                        "skopeo reads it as oci-archive:FILE; added to encrypt_recipients)")
     c.set_defaults(func=cmd_export)
 
     c = sub.add_parser("push", help="push a snapshot to an OCI registry")

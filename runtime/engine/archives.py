@@ -1,5 +1,6 @@
 """`rewarm import` and `rewarm export`: checkpoint archives of CRI-O's and Podman's layout in and out
-of the store. An import is unpacked into the store's staging area, checked (complete CRIU images,
+of the store (with encrypt_recipients, an export is an OCI archive of it, encrypted; an import
+decrypts one with decryption_keys). An import is unpacked into the store's staging area, checked (complete CRIU images,
 a readable spec), fingerprinted for this node, and appears with the store's one rename, or not at all."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, Mapping
 
 from runtime.adapters import archive, rootfs_diff, store
 from runtime.adapters.files import read_json
+from runtime.adapters.registry import crio, oci_archive, ocicrypt
 from runtime.engine import fingerprinting, warm
 from runtime.model import layout
 from runtime.model.errors import ArchiveError, NotRestorable
@@ -75,13 +77,36 @@ def import_archive(settings: Settings, archive_path: str, name: str, namespace: 
 
 
 def export_archive(settings: Settings, name: str, namespace: str, archive_path: str) -> store.Entry:
-    """Write the newest entry of (namespace, name), checksums verified first, as a checkpoint archive."""
+    """Write the newest entry of (namespace, name), checksums verified first, as a checkpoint
+    archive; with encrypt_recipients, as an OCI archive of it encrypted to them (oci_archive.py)."""
     st = store.Store(settings.store)
     entries = st.entries(namespace, name)
     if not entries:
         raise ArchiveError(f"no snapshot {namespace}/{name}")
     entry = entries[0]
+    recipients = ocicrypt.load_keys(settings.encrypt_recipients, "encryption recipient")
     with st.reading(namespace, name):
         store.verify(entry, deep=True)
-        archive.pack(entry.path, archive_path, skip=(store.VERIFIED_FILE, store.LAST_USED))
+        if not recipients:
+            archive.pack(entry.path, archive_path, skip=(store.VERIFIED_FILE, store.LAST_USED))
+            return entry
+        with st.staging() as work:
+            plain = os.path.join(work, "checkpoint.tar")
+            archive.pack(entry.path, plain, skip=(store.VERIFIED_FILE, store.LAST_USED))
+            dump = read_json(entry.file(layout.CONFIG_DUMP))
+            notes = crio.checkpoint_annotations(str(dump.get("name") or entry.name) if isinstance(dump, dict)
+                                                else entry.name, dump if isinstance(dump, dict) else {},
+                                                os.path.basename(settings.runtime))
+            oci_archive.write(plain, "sha256:" + store.sha256_file(plain), archive_path, work, recipients, notes)
     return entry
+
+
+def import_any(settings: Settings, archive_path: str, name: str, namespace: str) -> store.Entry:
+    """`rewarm import`: a checkpoint archive, or an encrypted OCI archive of one (decryption_keys)."""
+    if not oci_archive.is_oci_archive(archive_path):
+        return import_archive(settings, archive_path, name, namespace)
+    keys = ocicrypt.load_keys(settings.decryption_keys, "decryption key")
+    with store.Store(settings.store).ensure().staging() as work:
+        plain = oci_archive.read(archive_path, keys, work)
+        return import_archive(settings, plain, name, namespace,
+                              {"imported_from": os.path.basename(archive_path), "encrypted": "ocicrypt"})

@@ -156,6 +156,50 @@ def test_export_then_import_round_trips_a_snapshot(node, tmp_path):
     assert first["checkpoint/pages-1.img"] == again["checkpoint/pages-1.img"]
 
 
+def test_an_encrypted_export_is_an_oci_archive_that_skopeo_and_import_open_with_the_key_only(node, tmp_path):
+    """`export --encrypt-to` seals the checkpoint (ocicrypt's layout) in an OCI archive: skopeo
+    decrypts it with the private key, `import --decryption-key` takes it in, and without the key,
+    with another key, or altered, the import is refused and the store is unchanged."""
+    from registry_fixtures import synthetic_entry
+    keys = {}
+    for who in ("owner", "stranger"):
+        key, pub = str(tmp_path / f"{who}.key"), str(tmp_path / f"{who}.pub")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-out", pub], check=True, capture_output=True)
+        keys[who] = (key, pub)
+    pages = os.urandom(200_000)
+    synthetic_entry(node, "sealed", pages)
+    sealed = str(tmp_path / "sealed.oci.tar")
+    assert rewarm_cli("export", "sealed", sealed, "--encrypt-to", keys["owner"][1]).returncode == 0
+    with open(sealed, "rb") as f:
+        assert pages[:4096] not in f.read()
+    copied = tmp_path / "copied"
+    run = subprocess.run(["skopeo", "copy", "--decryption-key", keys["owner"][0], f"oci-archive:{sealed}",
+                          f"dir:{copied}"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    (layer,) = json.loads((copied / "manifest.json").read_text())["layers"]
+    with tarfile.open(copied / layer["digest"].split(":")[1]) as tar:
+        member = tar.extractfile("checkpoint/pages-1.img")
+        assert member is not None and member.read() == pages
+    st = store.Store(node.store)
+    for args, why in (([], "no decryption key was given"),
+                      (["--decryption-key", keys["stranger"][0]], "none of the decryption keys opens it")):
+        out = rewarm_cli("import", sealed, "--name", "unsealed", *args)
+        assert out.returncode == 1 and why in out.stderr, out.stderr
+    altered = str(tmp_path / "altered.oci.tar")
+    data = bytearray(open(sealed, "rb").read())
+    data[len(data) // 2] ^= 1        # a byte of the encrypted layer, nearly all of the file
+    open(altered, "wb").write(bytes(data))
+    out = rewarm_cli("import", altered, "--name", "unsealed", "--decryption-key", keys["owner"][0])
+    assert out.returncode == 1, out.stderr
+    assert st.entries("default", "unsealed") == [] and os.listdir(os.path.join(node.store, "tmp")) == []
+    out = rewarm_cli("import", sealed, "--name", "unsealed", "--decryption-key", keys["owner"][0])
+    assert out.returncode == 0, out.stderr
+    with open(st.entries("default", "unsealed")[0].file("checkpoint/pages-1.img"), "rb") as f:
+        assert f.read() == pages
+
+
 def tar_with(path, members: dict[str, bytes], kind: bytes = tarfile.REGTYPE) -> str:
     with tarfile.open(path, "w") as tar:
         for name, data in members.items():

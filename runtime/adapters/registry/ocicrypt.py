@@ -79,16 +79,33 @@ def seal(plaintext: bytes, plain_digest: str, recipients: Sequence[Key]) -> tupl
     encryptor = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
     ciphertext = encryptor.update(plaintext) + encryptor.finalize()
     mac = hmac.new(key, ciphertext, hashlib.sha256).digest()
+    blob = "sha256:" + hashlib.sha256(ciphertext).hexdigest()
+    return ciphertext, Sealed(blob, key, nonce, mac, _annotations(key, nonce, mac, plain_digest, recipients))
+
+
+def seal_file(src: str, dst: str, plain_digest: str, recipients: Sequence[Key], chunk: int = 4 << 20) -> Sealed:
+    """seal() of a file of any size, streamed into `dst`."""
+    key, nonce = os.urandom(32), os.urandom(16)
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
+    mac, blob = hmac.new(key, digestmod=hashlib.sha256), hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while data := fin.read(chunk):
+            ciphertext = encryptor.update(data)
+            mac.update(ciphertext)
+            blob.update(ciphertext)
+            fout.write(ciphertext)
+    return Sealed("sha256:" + blob.hexdigest(), key, nonce, mac.digest(),
+                  _annotations(key, nonce, mac.digest(), plain_digest, recipients))
+
+
+def _annotations(key: bytes, nonce: bytes, mac: bytes, plain_digest: str, recipients: Sequence[Key]) -> dict[str, str]:
     private = {"symkey": _b64(key), "digest": plain_digest, "cipheroptions": {"nonce": _b64(nonce)}}
     public = {"cipher": CIPHER, "hmac": _b64(mac), "cipheroptions": {}}
     token = jwe.JWE(json.dumps(private).encode(), protected=json.dumps({"enc": "A256GCM"}))
     for recipient in recipients:
         alg = "RSA-OAEP" if recipient["kty"] == "RSA" else "ECDH-ES+A256KW"
         token.add_recipient(recipient, header=json.dumps({"alg": alg}))
-    annotations = {KEYS_JWE: _b64(token.serialize(compact=False).encode()),
-                   PUBOPTS: _b64(json.dumps(public).encode())}
-    blob = "sha256:" + hashlib.sha256(ciphertext).hexdigest()
-    return ciphertext, Sealed(blob, key, nonce, mac, annotations)
+    return {KEYS_JWE: _b64(token.serialize(compact=False).encode()), PUBOPTS: _b64(json.dumps(public).encode())}
 
 
 def is_sealed(descriptor: Mapping[str, Any]) -> bool:
