@@ -5,7 +5,9 @@ them through hooks.d (`rewarm install --runtime crio|podman`).
 prestart  validates the rewarm annotations. For a container being restored (rewarm-runc names the
           snapshot entry in config.json): checks that the GPUs it will see match the snapshot's, and
           in its network namespace brings loopback up and adds the addresses the snapshot's sockets
-          were bound to. Runs during `runc restore`, before CRIU restores the sockets.
+          were bound to. Runs during `runc restore`, before CRIU restores the sockets. rewarm-runc
+          adds it only where runc makes the namespace: a named one (a pod's) it prepares itself,
+          before the restore, saving the hook's process start on the restore's path.
 poststop  removes rewarm's per-container work files, records how the container had started
           (restored or cold) in the event log, and rewrites the Prometheus metrics file. Store locks
           are flocks held by the processes that took them: nothing is left to release.
@@ -81,8 +83,8 @@ def prestart(state: dict[str, Any], settings: Settings) -> None:
     # rewarm-runc checked this entry a moment ago: no schema pass here (jsonschema costs ~50 ms)
     manifest = read_json(os.path.join(entry_path, layout.MANIFEST))
     _check_gpus(manifest, spec)
-    from oci_hooks import netns
-    added = netns.prepare(_netns_path(state, spec), manifest.get("bound_addresses") or [])
+    from runtime.adapters import netns_setup
+    added = netns_setup.prepare(_netns_path(state, spec), manifest.get("bound_addresses") or [])
     logs.event(settings.event_log, EventKind.PRESTART, container=state["id"], namespace=manifest["namespace"],
                snapshot=request.snapshot, addresses_added=added)
 

@@ -29,5 +29,5 @@ python3 -m pip wheel -q --no-deps -w "$out/wheels" "$here"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
   -d "$out/wheels" jsonschema jsonschema-specifications referencing rpds-py pyroute2 tomlkit 'attrs>=22.2' \
-  prometheus_client jwcrypto cryptography cffi pycparser typing_extensions
+  prometheus_client jwcrypto cryptography cffi pycparser typing_extensions shtab tqdm
 du -sh "$out"

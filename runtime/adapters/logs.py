@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from runtime.front.runc_argv import RuncCall
 from runtime.model.events import EventKind
@@ -54,8 +54,49 @@ def pod_notice(msg: str) -> None:
 
 
 def read_events(event_log: str) -> list[dict[str, Any]]:
+    """Every record of the log; a line that is not a JSON object (a crash mid-write) is passed over."""
     try:
-        with open(event_log, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        with open(event_log, encoding="utf-8", errors="replace") as f:
+            return [r for r in map(_record, f) if r is not None]
     except FileNotFoundError:
         return []
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def follow_events(event_log: str, poll_s: float = 0.5) -> Iterator[dict[str, Any]]:
+    """Records appended to the log from now on, as they come (a rotated or truncated log is
+    reopened from its start)."""
+    f = None
+    try:
+        while True:
+            if f is None:
+                try:
+                    f = open(event_log, encoding="utf-8", errors="replace")
+                    f.seek(0, os.SEEK_END)
+                except FileNotFoundError:
+                    time.sleep(poll_s)
+                    continue
+            line = f.readline()
+            if line.endswith("\n"):
+                record = _record(line)
+                if record is not None:
+                    yield record
+                continue
+            f.seek(f.tell() - len(line.encode()))   # a line half written: read it again whole
+            time.sleep(poll_s)
+            try:
+                if os.stat(event_log).st_ino != os.fstat(f.fileno()).st_ino or os.stat(event_log).st_size < f.tell():
+                    f.close()
+                    f = open(event_log, encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                pass
+    finally:
+        if f is not None:
+            f.close()

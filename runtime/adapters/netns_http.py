@@ -7,26 +7,15 @@ costs what the worker takes to answer.
 """
 from __future__ import annotations
 
-import ctypes
 import http.client
 import os
 import socket
 import threading
 import urllib.parse
 
+from runtime.adapters.netns_setup import enter
+
 NETNS_DIR = "/var/run/netns"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-
-
-def enter(netns_path: str) -> None:
-    """Move the calling thread into the network namespace at netns_path."""
-    fd = os.open(netns_path, os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {netns_path}: {os.strerror(ctypes.get_errno())}")
-    finally:
-        os.close(fd)
 
 
 def connect(netns_path: str, host: str, port: int, timeout: float) -> socket.socket:

@@ -9,7 +9,6 @@ import mmap
 import os
 import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 CHUNK = 16 << 20            # one read of a reader; large enough that each is one sequential I/O
@@ -51,6 +50,7 @@ def _ranges(paths: Iterable[str], chunk: int) -> list[tuple[str, int]]:
 
 def warm(paths: Iterable[str], threads: int) -> int:
     """Read every byte of these files with `threads` parallel readers; returns the bytes read."""
+    from concurrent.futures import ThreadPoolExecutor   # only where readers run (not on every restore)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         return sum(pool.map(_read_range, _ranges(paths, CHUNK)))
 
@@ -71,6 +71,7 @@ def prefetch_in_background(paths: Iterable[str], threads: int) -> None:
     ranges = _ranges(paths, ADVISE_CHUNK)
 
     def run() -> None:
+        from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(_advise_range, ranges))
     if ranges:

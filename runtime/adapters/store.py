@@ -16,12 +16,12 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import stat
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -36,7 +36,8 @@ OWNER_FILE = "owner.pid"
 VERIFIED_FILE = verified.RECORD   # sealed record of the files that were checksummed already
 LAST_USED = ".last-used"      # mtime = last restore, for gc
 KEPT_LOGS = 20                # failed dump / restore logs kept per kind in STORE/logs
-NOT_CONTENT = frozenset({layout.MANIFEST, VERIFIED_FILE, LAST_USED, OWNER_FILE})
+BOOKKEEPING = (VERIFIED_FILE, verified.SCHEMA_RECORD, LAST_USED)   # this node's notes: never exported
+NOT_CONTENT = frozenset({layout.MANIFEST, *BOOKKEEPING, OWNER_FILE})
 
 
 @dataclass(frozen=True)
@@ -334,10 +335,18 @@ def _root_only(tree: str) -> None:
 
 
 def load_manifest(entry_path: str) -> Manifest:
+    """The entry's manifest, checked against the schema unless a sealed record says these very
+    bytes passed it this boot."""
     try:
-        return Manifest.from_json(read_json(os.path.join(entry_path, layout.MANIFEST)))
+        with open(os.path.join(entry_path, layout.MANIFEST), "rb") as f:
+            data = f.read()
+        if verified.schema_checked(entry_path, data):
+            return Manifest.from_json(json.loads(data), schema_checked=True)
+        manifest = Manifest.from_json(json.loads(data))
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise NotRestorable(f"snapshot at {entry_path} has no valid manifest: {e}") from e
+    verified.remember_schema_check(entry_path, data)
+    return manifest
 
 
 def verify(entry: Entry, deep: bool = True) -> None:
@@ -353,6 +362,7 @@ def verify(entry: Entry, deep: bool = True) -> None:
     if not deep or verified.matches(entry.path, current):
         return
     todo = list(files)
+    from concurrent.futures import ThreadPoolExecutor   # captures only, not on a restore's path
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
         sums = dict(zip(todo, pool.map(lambda r: sha256_file(os.path.join(entry.path, r)), todo)))
     bad = [rel for rel in todo if sums[rel] != files[rel].sha256]
@@ -384,6 +394,7 @@ def checksum_tree(root: str) -> dict[str, FileDigest]:
             rel = os.path.relpath(os.path.join(dirpath, fn), root)
             if rel not in NOT_CONTENT:
                 rels.append(rel)
+    from concurrent.futures import ThreadPoolExecutor   # captures only, not on a restore's path
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
         sums = list(pool.map(lambda r: sha256_file(os.path.join(root, r)), rels))
     return {rel: FileDigest(os.path.getsize(os.path.join(root, rel)), s) for rel, s in zip(rels, sums)}

@@ -6,11 +6,30 @@ import dataclasses
 import json
 import os
 import sys
+from typing import Iterator
+
+import shtab
 
 from runtime.adapters import settings_file
 from runtime.front.names import CONFIG_ENV, DEFAULT_CONFIG
 from runtime.model.errors import RewarmError
 from runtime.model.settings import Settings
+
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count: 1073741824, 1024M, 10G, 1.5T, 10GiB (binary units: 1G = 2**30 bytes)."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (value[:-1], value[-1]) if value[-1:] in "KMGT" and value[-1:] else (value, "")
+    try:
+        n = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (like 10G, 512M or 1073741824)") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size is not negative")
+    return int(n * SIZE_UNITS[unit])
 
 
 def _size(n: float) -> str:
@@ -67,8 +86,11 @@ def cmd_inspect(cfg: Settings, a: argparse.Namespace) -> int:
 def cmd_rm(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.adapters import store
     n = store.Store(cfg.store).remove(a.namespace, a.name)
+    if not n:
+        print(f"rewarm rm: no snapshot {a.namespace}/{a.name}", file=sys.stderr)
+        return 1
     print(f"removed {n} entr{'y' if n == 1 else 'ies'} of {a.namespace}/{a.name}")
-    return 0 if n else 1
+    return 0
 
 
 def cmd_warm(cfg: Settings, a: argparse.Namespace) -> int:
@@ -165,7 +187,36 @@ def cmd_bake(cfg: Settings, a: argparse.Namespace) -> int:
 
 def cmd_doctor(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.node import doctor
-    return doctor.run(cfg)
+    return doctor.run(cfg, as_json=a.json)
+
+
+def _event_line(e: dict[str, object]) -> str:
+    """One event as a person reads it: time, kind, where, then what it says."""
+    where = "/".join(str(e[k]) for k in ("namespace", "pod") if e.get(k)) or str(e.get("container", ""))[:12]
+    said = [f"{k}={e[k]}" for k in ("snapshot", "seconds", "entry", "ref", "reason", "outcome") if e.get(k) not in
+            (None, "")]
+    return f"{str(e.get('time', ''))[:23]}  {str(e.get('event', '')):<15} {where:<32} {' '.join(said)}"
+
+
+def cmd_events(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.adapters import logs
+
+    def wanted(e: dict[str, object]) -> bool:
+        return (not a.pod or e.get("pod") == a.pod or e.get("container") == a.pod) \
+            and (not a.namespace or e.get("namespace") == a.namespace) and (not a.kind or e.get("event") in a.kind)
+    shown = [e for e in logs.read_events(cfg.event_log) if wanted(e)][-a.last:] if a.last else []
+    events = iter(shown) if not a.follow else _chain(shown, filter(wanted, logs.follow_events(cfg.event_log)))
+    try:
+        for e in events:
+            print(json.dumps(e, sort_keys=True) if a.json else _event_line(e), flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _chain(first: list[dict[str, object]], then: Iterator[dict[str, object]]) -> Iterator[dict[str, object]]:
+    yield from first
+    yield from then
 
 
 def cmd_demo(cfg: Settings, a: argparse.Namespace) -> int:
@@ -175,7 +226,10 @@ def cmd_demo(cfg: Settings, a: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rewarm", description="Capture and restore warmed-up inference workers.")
-    p.add_argument("--config", help=f"rewarm config file (default ${CONFIG_ENV} or {DEFAULT_CONFIG})")
+    p.add_argument("--version", action="version", version=f"rewarm {_version()}")
+    p.add_argument("--config", help=f"rewarm config file (default ${CONFIG_ENV} or {DEFAULT_CONFIG}; "
+                                    "one named here must exist)")
+    shtab.add_argument_to(p, ["--print-completion"], help="print a bash, zsh or tcsh completion script")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("capture", help="checkpoint a running container into the store")
@@ -282,11 +336,22 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_warm)
 
     c = sub.add_parser("gc", help="remove abandoned captures and least recently used snapshots")
-    c.add_argument("--max-bytes", type=int, required=True, help="keep the store at or below this size")
+    c.add_argument("--max-bytes", type=parse_size, required=True,
+                   help="keep the store at or below this size (bytes, or 500M, 10G, 1.5T)")
     c.set_defaults(func=cmd_gc)
 
     c = sub.add_parser("doctor", help="check this node: CRIU, runtime, store, config")
+    c.add_argument("--json", action="store_true", help="the checks as a JSON list (status, check, detail)")
     c.set_defaults(func=cmd_doctor)
+
+    c = sub.add_parser("events", help="what rewarm did: restores, cold starts and why, captures, pulls (the event log)")
+    c.add_argument("--pod", help="only this pod (its name, or a container id)")
+    c.add_argument("--namespace", help="only this Kubernetes namespace")
+    c.add_argument("--kind", action="append", help="only these events (restored, cold-start, captured, ...)")
+    c.add_argument("--last", type=int, default=50, help="how many past events to show (default 50; 0: none)")
+    c.add_argument("--follow", "-f", action="store_true", help="then wait for new ones")
+    c.add_argument("--json", action="store_true", help="one JSON object per line, as logged")
+    c.set_defaults(func=cmd_events)
 
     c = sub.add_parser("demo", help="cold start a worker, capture it, restore a second one; print timings")
     c.add_argument("--warm-seconds", type=float, default=10.0, help="how long the demo worker warms up")
@@ -294,8 +359,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("rewarm")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> None:
     a = parser().parse_args(argv)
+    if a.config and not os.path.isfile(a.config):   # a default that is absent means defaults; a named one must be there
+        print(f"rewarm: --config {a.config}: no such file", file=sys.stderr)
+        sys.exit(2)
     try:
         cfg = settings_file.load(a.config)
         sys.exit(a.func(cfg, a))

@@ -134,10 +134,13 @@ class Pod:
         self.config = pod_config(name, namespace, annotations, self.log_dir)
         self.started = time.monotonic()
         self.pod_id = self.client.run_pod(self.config, handler)
+        self.seconds = {"RunPodSandbox": time.monotonic() - self.started}   # what each CRI call took
         self.container_id = self.client.create_container(self.pod_id, container_config(
             container_name, image, command, env=env, annotations=annotations, mounts=mounts,
             log_path="worker.log"), self.config)
+        self.seconds["CreateContainer"] = time.monotonic() - self.started - sum(self.seconds.values())
         self.client.start_container(self.container_id)
+        self.seconds["StartContainer"] = time.monotonic() - self.started - sum(self.seconds.values())
 
     @property
     def log_path(self) -> str:

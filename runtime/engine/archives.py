@@ -88,11 +88,11 @@ def export_archive(settings: Settings, name: str, namespace: str, archive_path: 
     with st.reading(namespace, name):
         store.verify(entry, deep=True)
         if not recipients:
-            archive.pack(entry.path, archive_path, skip=(store.VERIFIED_FILE, store.LAST_USED))
+            archive.pack(entry.path, archive_path, skip=store.BOOKKEEPING)
             return entry
         with st.staging() as work:
             plain = os.path.join(work, "checkpoint.tar")
-            archive.pack(entry.path, plain, skip=(store.VERIFIED_FILE, store.LAST_USED))
+            archive.pack(entry.path, plain, skip=store.BOOKKEEPING)
             dump = read_json(entry.file(layout.CONFIG_DUMP))
             notes = crio.checkpoint_annotations(str(dump.get("name") or entry.name) if isinstance(dump, dict)
                                                 else entry.name, dump if isinstance(dump, dict) else {},

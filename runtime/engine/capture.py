@@ -240,7 +240,8 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
     namespace = validate_namespace(namespace or ann.namespace_of(oci_spec.annotations_of(src.spec)))
     st = store.Store(settings.store).ensure()
     criu.ensure_config(settings)
-    where = {"container": container_id, "namespace": namespace, "snapshot": name}
+    where = {"container": container_id, "namespace": namespace, "snapshot": name,
+             **ann.pod_fields(oci_spec.annotations_of(src.spec))}
     try:
         hooks = _hooks_of(src)
         with st.capturing(namespace, name), st.staging() as staging:

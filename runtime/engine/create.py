@@ -11,6 +11,7 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from runtime.adapters import criu, logs, settings_file
@@ -41,7 +42,58 @@ def _image_digest(call: RuncCall) -> str | None:
         return client.image_digest(client.container(str(call.container_id)).image)
 
 
-def prepare_spec(call: RuncCall, settings: Settings, spec: Spec) -> Spec:
+class ImageDigest:
+    """_image_digest() in a forked child, begun first thing: importing grpc and asking containerd
+    (~150 ms on a 2-core node) then overlaps the engine's own imports and checks on another core."""
+
+    def __init__(self, call: RuncCall):
+        self.pid, self.fd = 0, -1
+        if not os.environ.get("TTRPC_ADDRESS"):
+            return   # not under containerd: no digest to ask for
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child: one line, "=DIGEST" or "!why"
+            os.close(read_end)
+            try:
+                line = "=" + (_image_digest(call) or "")
+            except BaseException as e:   # reported to the parent, which decides
+                line = f"!{type(e).__name__}: {e}"
+            os.write(write_end, line.encode(errors="replace"))
+            os._exit(0)
+        os.close(write_end)
+        self.pid, self.fd = pid, read_end
+
+    def result(self, timeout: float = 30.0) -> str | None:
+        if not self.pid:
+            return None
+        import select
+        ready: list[int] = []
+        try:
+            ready, _, _ = select.select([self.fd], [], [], timeout)
+            data = b""
+            while ready and (chunk := os.read(self.fd, 65536)):
+                data += chunk
+        finally:
+            os.close(self.fd)
+            if not ready:
+                os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+        text = data.decode(errors="replace")
+        if not text.startswith("="):
+            raise RewarmError(f"the image's digest from containerd: {text[1:] or 'no answer'}")
+        return text[1:] or None
+
+    def close(self) -> None:
+        """Not wanted any more (a cold start): end and reap the child."""
+        if self.pid:
+            os.kill(self.pid, 9)
+            os.close(self.fd)
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+
+
+def prepare_spec(call: RuncCall, settings: Settings, spec: Spec, digest: str | None) -> Spec:
     """Point the container (`spec`, its config.json as read) at rewarm's CRIU options, for its
     restore now and its capture later, name its image by digest (the fingerprint of both sides then
     holds the digest), and keep io_uring, which CRIU cannot capture, out of it (model/seccomp.py)."""
@@ -53,7 +105,6 @@ def prepare_spec(call: RuncCall, settings: Settings, spec: Spec) -> Spec:
         changed = False
     annotations = spec.setdefault("annotations", {})
     wanted = {criu.RUNC_CONFIG_ANNOTATION: criu.ensure_config(settings)}
-    digest = _image_digest(call)
     if digest:
         wanted[ann.IMAGE_DIGEST_KEY] = digest
     hooks_added = settings.inject_hooks and _add_hooks(spec, call)
@@ -70,8 +121,10 @@ def hook_binary() -> str | None:
 
 
 def _add_hooks(spec: Spec, call: RuncCall) -> bool:
-    """rewarm-hook prestart and poststop after the container's own hooks (once). runc gives hooks an
-    empty environment: name rewarm's config and the runtime root (where the work dir lives)."""
+    """rewarm-hook poststop after the container's own hooks (once), and prestart where runc makes
+    the network namespace: a named one (a pod's) the restore prepares itself (restore.prepare_network),
+    which saves the hook's process start on a restore's path. runc gives hooks an empty environment:
+    name rewarm's config and the runtime root (where the work dir lives)."""
     hook = hook_binary()
     if not hook:
         logs.runtime_log(call, "warning", "rewarm-hook not found: the container runs without rewarm's hooks")
@@ -81,7 +134,7 @@ def _add_hooks(spec: Spec, call: RuncCall) -> bool:
     env += [f"{k}={os.environ[k]}" for k in ("REWARM_CONFIG", "PYTHONPATH") if os.environ.get(k)]
     hooks: dict[str, list[dict[str, Any]]] = spec.setdefault("hooks", {})
     changed = False
-    for stage in ("prestart", "poststop"):
+    for stage in ("poststop",) if oci_spec.netns_path(spec) else ("prestart", "poststop"):
         entries = hooks.setdefault(stage, [])
         if not any(h.get("path") == hook and (h.get("args") or [])[1:2] == [stage] for h in entries):
             entries.append({"path": hook, "args": ["rewarm-hook", stage], "env": env, "timeout": HOOK_TIMEOUT_S})
@@ -98,56 +151,78 @@ def _settings() -> tuple[Settings, str | None]:
         return Settings(runtime=dispatch.real_runtime()), str(e)
 
 
+@dataclass
+class Attempt:
+    """One annotated create, as far as it got: what its outcome is reported with."""
+    call: RuncCall
+    settings: Settings
+    annotations: dict[str, str]
+    started: float = field(default_factory=time.monotonic)
+    namespace: str = "default"
+    request: ann.Request | None = None
+
+    @property
+    def name(self) -> str:
+        return self.annotations.get(ann.SNAPSHOT, "")
+
+    @property
+    def fail(self) -> bool:
+        return ann.wants_fail(self.annotations)
+
+    def event(self, kind: EventKind, **fields: Any) -> None:
+        logs.event(self.settings.event_log, kind, container=self.call.container_id, namespace=self.namespace,
+                   **ann.pod_fields(self.annotations), snapshot=self.name,
+                   seconds=round(time.monotonic() - self.started, 3), **fields)
+
+
 def create(call: RuncCall, annotations: dict[str, str]) -> NoReturn:
     settings, config_error = _settings()
     if ann.is_sandbox(annotations):  # pod annotations reach the pause container too: never restore it
         os.execvp(settings.runtime, [settings.runtime, *call.argv])
-    started = time.monotonic()
-    fail = ann.wants_fail(annotations)
-    namespace, name, request = "default", annotations.get(ann.SNAPSHOT, ""), None
+    a = Attempt(call, settings, annotations)
+    digest = ImageDigest(call)
     try:
         if config_error:
             raise SettingsError(config_error)
-        namespace = ann.namespace_of(annotations)
+        a.namespace = ann.namespace_of(annotations)
         spec: Spec = read_json(os.path.join(call.bundle, "config.json"))
-        request = ann.parse(annotations, oci_spec.process(spec))
-        spec = prepare_spec(call, settings, spec)
-        if request.snapshot_ref:   # rewarm.dev/snapshot-ref: pull on a miss, within pull_timeout_s
+        a.request = ann.parse(annotations, oci_spec.process(spec))
+        from runtime.engine import restore   # (its imports overlap the digest's child)
+        spec = prepare_spec(call, settings, spec, digest.result())
+        if a.request.snapshot_ref:   # rewarm.dev/snapshot-ref: pull on a miss, within pull_timeout_s
             from runtime.engine import pull
-            pull.on_miss(settings, spec, request, namespace, str(call.container_id))
-        from runtime.engine import restore
-        result = restore.restore(call, settings, spec, request, namespace)
+            pull.on_miss(settings, spec, a.request, a.namespace, str(call.container_id))
+        result = restore.restore(call, settings, spec, a.request, a.namespace)
     except (RewarmError, OSError, ValueError) as e:
-        _cold_start(call, settings, namespace, name, str(e), fail, started, request)
+        digest.close()
+        _cold_start(a, str(e))
     except Exception as e:  # a bug must not stop the pod: say where, then cold start
+        digest.close()
         logs.runtime_log(call, "error", "unexpected error, traceback follows:\n" + traceback.format_exc())
-        _cold_start(call, settings, namespace, name, f"unexpected error: {type(e).__name__}: {e}", fail, started,
-                    request)
-    seconds = round(time.monotonic() - started, 3)
-    logs.runtime_log(call, "info", f"restored {call.container_id} from snapshot {namespace}/{name} "
+        _cold_start(a, f"unexpected error: {type(e).__name__}: {e}")
+    seconds = round(time.monotonic() - a.started, 3)
+    logs.runtime_log(call, "info", f"restored {call.container_id} from snapshot {a.namespace}/{a.name} "
                                    f"({result.entry_ident}) in {seconds}s")
-    logs.event(settings.event_log, EventKind.RESTORED, container=call.container_id, namespace=namespace,
-               snapshot=name, entry=result.entry_ident, seconds=seconds, stages=result.stages)
+    a.event(EventKind.RESTORED, entry=result.entry_ident, stages=result.stages,
+            **({"addresses_added": list(result.addresses_added)} if result.addresses_added else {}))
     if settings.pod_log_notice:
-        logs.pod_notice(f"restored from snapshot {name} in {seconds}s")
+        logs.pod_notice(f"restored from snapshot {a.name} in {seconds}s")
     sys.exit(wait_forwarding(result.attached) if result.attached else 0)
 
 
-def _cold_start(call: RuncCall, settings: Settings, namespace: str, name: str, reason: str,
-                fail: bool, started: float, request: ann.Request | None) -> NoReturn:
-    level = "error" if fail else "warning"
-    verdict = f"not started ({ann.FALLBACK}: fail)" if fail else "cold start"
-    logs.runtime_log(call, level, f"{call.container_id}: snapshot {namespace}/{name} not restored, {verdict}: {reason}")
-    logs.event(settings.event_log, EventKind.RESTORE_REFUSED if fail else EventKind.COLD_START,
-               container=call.container_id, namespace=namespace, snapshot=name, reason=reason,
-               seconds=round(time.monotonic() - started, 3))
-    if settings.pod_log_notice:
+def _cold_start(a: Attempt, reason: str) -> NoReturn:
+    verdict = f"not started ({ann.FALLBACK}: fail)" if a.fail else "cold start"
+    logs.runtime_log(a.call, "error" if a.fail else "warning",
+                     f"{a.call.container_id}: snapshot {a.namespace}/{a.name} not restored, {verdict}: {reason}")
+    a.event(EventKind.RESTORE_REFUSED if a.fail else EventKind.COLD_START, reason=reason)
+    if a.settings.pod_log_notice:
         logs.pod_notice(f"{verdict}: {reason}")
-    if fail:
+    if a.fail:
         sys.exit(1)
+    request = a.request
     if request is not None and request.capture is ann.Capture.ON_READY:
         from runtime.engine import on_ready
-        on_ready.spawn(on_ready.Job(call.root, str(call.container_id), namespace, request.snapshot,
+        on_ready.spawn(on_ready.Job(a.call.root, str(a.call.container_id), a.namespace, request.snapshot,
                                     request.ready_file, request.ready_http,
                                     request.snapshot_ref if request.push is ann.Push.ON_CAPTURE else None))
-    os.execvp(settings.runtime, [settings.runtime, *call.argv])
+    os.execvp(a.settings.runtime, [a.settings.runtime, *a.call.argv])

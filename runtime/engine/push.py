@@ -103,7 +103,7 @@ def _checkpoint_image(settings: Settings, client: Client, st: store.Store, entry
     os.makedirs(work, mode=0o700)
     try:
         layer_path = os.path.join(work, "layer.tar")
-        archive.pack(entry.path, layer_path, skip=(store.VERIFIED_FILE, store.LAST_USED))
+        archive.pack(entry.path, layer_path, skip=store.BOOKKEEPING)
         size = os.path.getsize(layer_path)
         layer = native.Piece("layer.tar", 0, size, "sha256:" + store.sha256_file(layer_path))
         progress = Progress("push", size, stream, quiet)

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from runtime.adapters import (cgroups, criu, dev_shm, logs, mounts, netlock, page_cache, reload_files, rootfs_diff,
-                              store, worker_hooks)
+from runtime.adapters import (cgroups, criu, dev_shm, logs, mounts, netlock, netns_setup, page_cache, reload_files,
+                              rootfs_diff, store, worker_hooks)
 from runtime.adapters.store import Entry, Store
 from runtime.adapters.files import remove_tree, write_json
 from runtime.adapters.runc import Runc, restore_argv, run_bounded, start_attached
@@ -69,6 +69,7 @@ class Restore:
     entry: Entry | None = None
     work: str = ""
     attached: subprocess.Popen[bytes] | None = None   # `run` in the foreground: the runc that waits
+    addresses_added: list[str] = field(default_factory=list)
 
     @property
     def detach(self) -> bool:
@@ -93,6 +94,7 @@ class Result:
     entry_ident: str
     stages: dict[str, float]
     attached: subprocess.Popen[bytes] | None = None   # for a foreground `run`: wait for it
+    addresses_added: tuple[str, ...] = ()            # bound addresses the pod's netns lacked
 
 
 # --- the steps ---------------------------------------------------------------------------------
@@ -174,6 +176,15 @@ def lay_dev_shm(r: Restore) -> None:
             r.on_failure.callback(patch.undo)
 
 
+def prepare_network(r: Restore) -> None:
+    """Loopback up and the snapshot's bound addresses present in the pod's network namespace, before
+    CRIU binds its sockets again. A namespace that runc makes itself gets this from rewarm-hook
+    prestart during the restore instead (create.py adds the hook only then)."""
+    path = oci_spec.netns_path(r.spec)
+    if path:
+        r.addresses_added = netns_setup.prepare(path, list(r.chosen().manifest.bound_addresses))
+
+
 def restore_process(r: Restore) -> None:
     """`runc restore` in the caller's place: the restored process becomes the container's init and
     takes over this process's stdio, exactly as `create` hands its stdio to the container."""
@@ -233,6 +244,7 @@ STEPS: tuple[tuple[str | None, Step], ...] = (
     ("verify", verify_files),
     ("rootfs", lay_rootfs_diff),
     ("rootfs", lay_dev_shm),
+    ("network", prepare_network),
     (None, restore_process),        # times itself: runtime_restore, split into criu and cuda_restore
     ("resume", resume_worker),
 )
@@ -249,7 +261,7 @@ def restore(call: RuncCall, settings: Settings, spec: Spec, request: Request, na
         entry = r.chosen()
         _mark_restored(r, entry)
         store.touch_used(entry)      # under the read lock: a concurrent gc or commit sees it whole
-    return Result(entry.ident, r.stages.times, r.attached)
+    return Result(entry.ident, r.stages.times, r.attached, tuple(r.addresses_added))
 
 
 # --- helpers of the steps -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Callable, TypeVar
 
-from runtime.adapters import store
+from runtime.adapters import logs, store
 from runtime.lab.containerd_lab import Lab, Pod
 from runtime.lab.runc_lab import WORKER_DIR, rewarm_runc
 from runtime.model.settings import Settings
@@ -78,6 +78,13 @@ def run(cfg: Settings, warm_seconds: float = 10.0) -> int:
         print(f"    answered {restore_seconds:.2f}s after RunPodSandbox with pod 1's warm state: {same}")
         first_line = (pods[1].log().splitlines() or ["- - - (empty)"])[0].split(" ", 3)[-1]
         print(f"    pod 2's log begins: {first_line}")
+        print("    the CRI calls: " + ", ".join(f"{k} {v:.2f}s" for k, v in pods[1].seconds.items())
+              + " (containerd runs rewarm-runc create, the restore, in StartContainer)")
+        restored = [e for e in logs.read_events(cfg.event_log) if e.get("event") == "restored"]
+        if restored:
+            stages = restored[-1].get("stages") or {}
+            print("    the restore's stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in stages.items()
+                                                        if isinstance(v, (int, float)) and v >= 0.001))
         print()
         print("| pod | time to first answer (RunPodSandbox to HTTP 200) |")
         print("|---|---|")

@@ -39,6 +39,7 @@ IMAGE_DIGEST_KEY = INTERNAL_PREFIX + "image-digest"  # the image digest containe
 DEFAULT_READY_FILE = "/run/rewarm/ready"
 
 NAMESPACE_KEYS = ("io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace")
+POD_KEYS = ("io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name")   # containerd's, CRI-O's
 CONTAINER_TYPE_KEYS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
 
 
@@ -99,6 +100,13 @@ def namespace_of(annotations: Mapping[str, str]) -> str:
         raise InvalidInput("the pod's namespace is given twice and differs: "
                            + ", ".join(f"{k}={v[:64]!r}" for k, v in given.items()))
     return validate_namespace(next(iter(given.values()))) if given else "default"
+
+
+def pod_fields(annotations: Mapping[str, str]) -> dict[str, str]:
+    """{"pod": NAME} for the events of a container of a Kubernetes pod, else {} (the event log
+    names pods so that `rewarm events --pod` and the node agent find them)."""
+    pod = next((annotations[k] for k in POD_KEYS if annotations.get(k)), "")
+    return {"pod": pod[:253]} if pod else {}
 
 
 def wants_fail(annotations: Mapping[str, str]) -> bool:

@@ -1,5 +1,5 @@
 """rewarm-hook: injected by rewarm-runc into annotated containers, run by runc (also during a restore).
-prestart makes the addresses of a snapshot's sockets exist in the new network namespace; poststop
+prestart makes the addresses of a snapshot's sockets exist where runc makes the network namespace; poststop
 cleans up and records the outcome as an event and as Prometheus metrics. Bad input fails clearly."""
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_rewarm_runc_adds_its_hooks_after_the_containers_own_and_poststop_report
     c.wait_ready()
     spec = json.load(open(os.path.join(c.bundle.path, "config.json")))
     assert [h["args"] for h in spec["hooks"]["poststop"]] == [["true", "own-hook"], ["rewarm-hook", "poststop"]]
-    assert [h["args"] for h in spec["hooks"]["prestart"]] == [["rewarm-hook", "prestart"]]
+    assert "prestart" not in spec["hooks"]          # a named netns: the restore prepares it, no hook process
     plain = lab.create("plain", lab.worker())
     assert "hooks" not in json.load(open(os.path.join(plain.bundle.path, "config.json")))
     c.destroy()   # runc delete --force: the poststop hooks run
@@ -71,26 +71,41 @@ def worker_bound_to(lab, name: str, snapshot: str):  # type: ignore[no-untyped-d
     return c
 
 
-def test_prestart_makes_the_snapshots_bound_address_exist_so_the_restore_works(lab, node, tmp_path):
+def test_a_restore_makes_the_snapshots_bound_address_exist_in_the_pods_netns_first(lab, node):
+    """The source listened on an address the restoring pod's namespace lacks: rewarm-runc adds it
+    (and brings loopback up) before CRIU binds the socket again, without a hook process."""
     source = worker_bound_to(lab, "bound-src", "bound")
     answer, _ = source.wait_ready(host=BOUND)
     entry = capture.capture(node, lab.runc_root, source.cid, "bound", leave_running=True)
     assert entry.manifest.bound_addresses == (BOUND,)
-    # Without rewarm's hooks, the same restore fails: CRIU cannot bind the socket again.
-    no_hooks = tmp_path / "no-hooks.json"
-    no_hooks.write_text(json.dumps({**json.load(open(os.environ["REWARM_CONFIG"])), "inject_hooks": False}))
-    os.environ["REWARM_CONFIG"], config = str(no_hooks), os.environ["REWARM_CONFIG"]
+    c = lab.create("bound-restored", lab.worker({"rewarm.dev/snapshot": "bound"}, env={"HOST": BOUND}))
+    assert c.get(host=BOUND)["boot_id"] == answer["boot_id"], c.runtime_log()
+    restored = [e for e in events(node, "restored") if e["container"] == c.cid]
+    assert restored and restored[0]["addresses_added"] == [BOUND] and "network" in restored[0]["stages"]
+
+
+def test_prestart_adds_the_bound_addresses_where_runc_makes_the_namespace(lab, node, tmp_path):
+    """The hook's half (a spec without a named netns, and CRI-O's or Podman's hooks.d): given the
+    entry being restored, it brings loopback up and adds the snapshot's addresses in that netns."""
+    from runtime.adapters.files import write_json
+    from runtime.model import layout
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    write_json(str(entry / layout.MANIFEST), {"namespace": "default", "name": "b", "fingerprint": {},
+                                               "bound_addresses": [BOUND]})
+    netns = f"hook-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
-        bare = lab.create("bound-nohook", lab.worker({"rewarm.dev/snapshot": "bound"}, env={"HOST": BOUND}))
+        (tmp_path / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "linux": {"namespaces": [
+            {"type": "network", "path": f"/var/run/netns/{netns}"}]}}))
+        state = {"ociVersion": "1.0.2", "id": "h1", "bundle": str(tmp_path),
+                 "annotations": {"rewarm.dev/snapshot": "b", "internal.rewarm.dev/entry": str(entry)}}
+        out = run_hook("prestart", json.dumps(state))
+        assert out.returncode == 0, out.stderr
+        shown = subprocess.run(["ip", "-n", netns, "addr", "show", "lo"], capture_output=True, text=True).stdout
+        assert f"inet {BOUND}/32" in shown and "UP" in shown, shown
     finally:
-        os.environ["REWARM_CONFIG"] = config
-    refused = [e for e in events(node, "cold-start") if e["container"] == bare.cid]
-    assert refused and "restore failed" in refused[0]["reason"], refused
-    # With them, prestart adds the address in the new namespace before CRIU restores the socket.
-    c = lab.create("bound-hook", lab.worker({"rewarm.dev/snapshot": "bound"}, env={"HOST": BOUND}))
-    assert c.get(host=BOUND)["boot_id"] == answer["boot_id"]
-    prestart = [e for e in events(node, "prestart") if e["container"] == c.cid]
-    assert prestart and prestart[0]["addresses_added"] == [BOUND]
+        subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
 @pytest.mark.parametrize("gpu", [{"model": "NVIDIA H200", "count": 1, "driver": "580", "cuda_driver": "13000"}])

@@ -3,12 +3,13 @@ locks, gc."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 
 import pytest
 
-from runtime.adapters import rootfs_diff, store
+from runtime.adapters import rootfs_diff, store, verified
 from runtime.model import layout
 from runtime.model.errors import NotRestorable, StoreError
 from runtime.model.fingerprint import Fingerprint
@@ -159,3 +160,22 @@ def test_a_bound_dev_shm_travels_as_files_and_is_laid_with_an_undo(tmp_path):
     own = {"mounts": [{"destination": "/dev/shm", "type": "tmpfs", "source": "shm"}]}
     assert dev_shm.write(own, str(out / "none.tar")) == 0 and not (out / "none.tar").exists()
     assert dev_shm.lay(own, tar, str(tmp_path / "backup2")) is None
+
+
+def test_a_manifest_skips_the_schema_only_while_its_bytes_are_the_ones_that_passed(tmp_path):
+    """The sealed schema record names the bytes that passed; any other bytes are checked again."""
+    st = store.Store(str(tmp_path / "store")).ensure()
+    entry = staged_entry(st, "checked")
+    assert store.load_manifest(entry.path).name == "checked"
+    assert os.path.exists(os.path.join(entry.path, verified.SCHEMA_RECORD))
+    path = os.path.join(entry.path, layout.MANIFEST)
+    good = open(path, "rb").read()
+    bad = json.loads(good)
+    bad["fingerprint_id"] = "not-hex"
+    with open(path, "w") as f:
+        json.dump(bad, f)
+    with pytest.raises(NotRestorable, match="fingerprint_id"):
+        store.load_manifest(entry.path)
+    with open(path, "wb") as f:
+        f.write(good)
+    assert store.load_manifest(entry.path).fingerprint_id == json.loads(good)["fingerprint_id"]

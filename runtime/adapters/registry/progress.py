@@ -1,5 +1,5 @@
-"""Progress of a push or pull: a redrawn bar on a terminal, a plain line per tenth otherwise, and
-the throughput at the end. Called from many transfer threads at once."""
+"""Progress of a push or pull: tqdm's bar on a terminal, a plain line per tenth otherwise (a log
+keeps those readable), and the throughput at the end. Called from many transfer threads at once."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,8 @@ import threading
 import time
 from typing import TextIO
 
-BAR = 30
+from tqdm import tqdm
+
 
 
 def human(n: float) -> str:
@@ -25,9 +26,10 @@ class Progress:
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._tty = self.stream.isatty()
-        self._last_draw = 0.0
         self._last_tenth = 0
         self.ended: float | None = None
+        self._bar = tqdm(total=total, desc=verb, unit="B", unit_scale=True, unit_divisor=1000, file=self.stream,
+                         disable=quiet or not self._tty or not total, dynamic_ncols=True, leave=True)
 
     def add(self, n: int, skipped: bool = False) -> None:
         """n bytes done: moved over the network, or skipped (already there)."""
@@ -36,21 +38,14 @@ class Progress:
                 self.skipped += n
             else:
                 self.moved += n
-            self._show()
+            self._show(n)
 
-    def _show(self) -> None:
+    def _show(self, n: int) -> None:
         if self.quiet or not self.total:
             return
         done = self.moved + self.skipped
         if self._tty:
-            now = time.monotonic()
-            if now - self._last_draw < 0.1 and done < self.total:
-                return
-            self._last_draw = now
-            filled = BAR * done // self.total
-            self.stream.write(f"\r{self.verb} [{'#' * filled}{'.' * (BAR - filled)}] "
-                              f"{human(done)} / {human(self.total)} {human(self.rate())}/s ")
-            self.stream.flush()
+            self._bar.update(n)
         elif (tenth := 10 * done // self.total) > self._last_tenth:
             self._last_tenth = tenth
             print(f"{self.verb}: {tenth * 10}% ({human(done)} of {human(self.total)})", file=self.stream, flush=True)
@@ -70,6 +65,4 @@ class Progress:
         if self.ended is not None:
             return
         self.ended = time.monotonic()
-        if self._tty and not self.quiet and self.total:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._bar.close()
