@@ -134,6 +134,21 @@ def cmd_install(cfg: Settings, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_uninstall(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.node import install
+    results = install.uninstall(a.runtime, a.config_file, a.dry_run, a.hooks_dir)
+    for path, changed, diff in results:
+        if not changed:
+            print(f"{path}: nothing of rewarm's there")
+        else:
+            print(diff, end="")
+            print(f"(dry run: {path} not written)" if a.dry_run else f"wrote {path}" if os.path.exists(path)
+                  else f"removed {path}")
+    if any(changed for _, changed, _ in results) and not a.dry_run and a.runtime != "podman":
+        print(f"restart {a.runtime} to unload it")
+    return 0
+
+
 def cmd_import(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.engine import archives
     cfg = dataclasses.replace(cfg, decryption_keys=(*cfg.decryption_keys, *a.decryption_key))
@@ -259,6 +274,14 @@ def parser() -> argparse.ArgumentParser:
                    help="containerd config version for a new file: 2 (containerd 1.6/1.7) or 3 (2.x)")
     c.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     c.set_defaults(func=cmd_install)
+
+    c = sub.add_parser("uninstall", help="take the rewarm handler and hooks back out of containerd, CRI-O or Podman")
+    c.add_argument("--runtime", required=True, choices=["containerd", "crio", "podman"])
+    c.add_argument("--config", dest="config_file",
+                   help="file to edit (default /etc/containerd/config.toml or /etc/crio/crio.conf.d/50-rewarm.conf)")
+    c.add_argument("--hooks-dir", help="hooks.d for CRI-O and Podman (default /usr/share/containers/oci/hooks.d)")
+    c.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    c.set_defaults(func=cmd_uninstall)
 
     c = sub.add_parser("import", help="take a checkpoint archive (podman container checkpoint --export) into the store")
     c.add_argument("archive")

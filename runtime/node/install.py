@@ -104,22 +104,54 @@ def crio_dropin(binary: str) -> str:
     return tomlkit.dumps(doc)
 
 
-def apply(path: str, new: str, dry_run: bool) -> tuple[bool, str]:
-    """Write `new` to `path` unless equal; returns (changed, unified diff). The previous file is kept
-    as path + BACKUP_SUFFIX."""
+def _read(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as f:
-            old = f.read()
-        mode = os.stat(path).st_mode & 0o777
+            return f.read()
     except FileNotFoundError:
-        old, mode = "", 0o644
-    diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), path, path + " (rewarm)"))
+        return None
+
+
+def apply(path: str, new: str | None, dry_run: bool) -> tuple[bool, str]:
+    """Write `new` to `path` (None: remove it) unless it is so already; returns (changed, unified
+    diff). The node's own file, before rewarm first changed it, is kept as path + BACKUP_SUFFIX:
+    what `rewarm uninstall` puts back byte for byte (a later install, an upgrade, keeps that copy)."""
+    old = _read(path)
+    mode = os.stat(path).st_mode & 0o777 if old is not None else 0o644
+    diff = "".join(difflib.unified_diff((old or "").splitlines(True), (new or "").splitlines(True), path,
+                                        path + " (rewarm)"))
     if old == new or dry_run:
         return old != new, diff
-    if old:
-        shutil.copy2(path, path + BACKUP_SUFFIX)
-    atomic_write(path, new, mode)
+    if new is None:
+        os.unlink(path)
+    else:
+        if old and not os.path.exists(path + BACKUP_SUFFIX):
+            shutil.copy2(path, path + BACKUP_SUFFIX)
+        atomic_write(path, new, mode)
     return True, diff
+
+
+def containerd_without(text: str) -> str | None:
+    """The config as it was before `rewarm install` (None: install made the file), or, where it was
+    edited since, this one less the rewarm handler."""
+    doc, version, runtimes = _runtimes(text)
+    if HANDLER not in runtimes:
+        return text
+    if text == containerd_config("", str(runtimes[HANDLER].get("options", {}).get("BinaryName", "")), version):
+        return None
+    del runtimes[HANDLER]
+    return tomlkit.dumps(doc)
+
+
+def _runtimes(text: str) -> tuple[TOMLDocument, int, Any]:
+    """The parsed config, its version, and its CRI runtimes table (empty where it has none)."""
+    try:
+        doc = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as e:
+        raise InstallError(f"containerd config is not valid TOML: {e}") from e
+    version = int(doc.get("version") or 2)
+    plugin = doc.get("plugins", {}).get(CRI_PLUGIN.get(version, ""), {})
+    return doc, version, plugin.get("containerd", {}).get("runtimes", {})
 
 
 def default_binary(name: str = "rewarm-runc") -> str:
@@ -166,3 +198,34 @@ def install(engine: str, config: str | None, binary: str | None, version: int | 
         for name, text in hook_files(hook, rewarm_config).items():
             writes[os.path.join(hooks_dir or HOOKS_DIR, name)] = text
     return [(path, *apply(path, text, dry_run)) for path, text in writes.items()]
+
+
+def uninstall(engine: str, config: str | None, dry_run: bool,
+              hooks_dir: str | None = None) -> list[tuple[str, bool, str]]:
+    """Take rewarm back out: containerd's config as it was (the kept copy, where nobody edited the
+    file since install; else less the handler), CRI-O's drop-in and the hooks.d files removed."""
+    out = []
+    if engine == "containerd":
+        path = config or CONTAINERD_CONFIG
+        text, kept = _read(path), _read(path + BACKUP_SUFFIX)
+        if text is not None:
+            binary = _handler_binary(text)
+            pristine = kept is not None and binary is not None and containerd_config(kept, binary) == text
+            out.append((path, *apply(path, kept if pristine else containerd_without(text), dry_run)))
+            if pristine and not dry_run:
+                os.unlink(path + BACKUP_SUFFIX)
+    elif engine == "crio":
+        path = config or CRIO_DROPIN
+        out.append((path, *apply(path, None, dry_run)))
+    elif engine != "podman":
+        raise InstallError(f"unknown runtime {engine!r} (containerd, crio or podman)")
+    if engine in ("crio", "podman"):
+        for name in hook_files("rewarm-hook", None):
+            path = os.path.join(hooks_dir or HOOKS_DIR, name)
+            out.append((path, *apply(path, None, dry_run)))
+    return out
+
+
+def _handler_binary(text: str) -> str | None:
+    handler = _runtimes(text)[2].get(HANDLER)
+    return str(handler.get("options", {}).get("BinaryName", "")) if handler is not None else None

@@ -11,6 +11,7 @@ import pytest
 import tomlkit
 
 from helpers import rewarm_cli
+from runtime.lab import containerd_lab
 from runtime.node import install
 
 DEFAULT = subprocess.run(["containerd", "config", "default"], capture_output=True, text=True, check=True).stdout
@@ -95,3 +96,49 @@ def test_broken_toml_is_reported_not_overwritten(tmp_path):
     out = rewarm_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/rewarm-runc")
     assert out.returncode != 0 and "rewarm install" in out.stderr
     assert path.read_text() == "version = 2\n[plugins\n"
+
+
+def test_uninstall_puts_the_nodes_own_config_back_byte_for_byte_even_after_an_upgrade(tmp_path):
+    """Install, install again with a new binary (an upgrade), uninstall: containerd's default config
+    comes back as it was, and the kept copy goes. Each containerd's own default, 1.6's and 2.x's."""
+    sid = os.path.join(containerd_lab.CONTAINERD_2_BIN, "containerd")
+    for name, binary in (("1.6", "containerd"), ("2.x", sid)):
+        original = subprocess.run([binary, "config", "default"], capture_output=True, text=True, check=True).stdout
+        path = tmp_path / f"{name}.toml"
+        path.write_text(original)
+        for rewarm_runc in ("/x/1.0/rewarm-runc", "/x/1.1/rewarm-runc"):
+            assert rewarm_cli("install", "--runtime", "containerd", "--config", str(path),
+                              "--binary", rewarm_runc).returncode == 0
+        assert "rewarm" in path.read_text()
+        out = rewarm_cli("uninstall", "--runtime", "containerd", "--config", str(path))
+        assert out.returncode == 0 and "restart containerd" in out.stdout, out.stderr
+        assert path.read_bytes() == original.encode(), name
+        assert not os.path.exists(str(path) + install.BACKUP_SUFFIX)
+        again = rewarm_cli("uninstall", "--runtime", "containerd", "--config", str(path))
+        assert again.returncode == 0 and "nothing of rewarm's there" in again.stdout
+
+
+def test_uninstall_of_a_config_edited_since_removes_only_the_handler_and_of_one_install_made_removes_it(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(DEFAULT)
+    rewarm_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/rewarm-runc")
+    edited = path.read_text() + "\n# the operator's own note\n"
+    path.write_text(edited)
+    assert rewarm_cli("uninstall", "--runtime", "containerd", "--config", str(path)).returncode == 0
+    left = path.read_text()
+    assert "the operator's own note" in left and "rewarm" not in cri_runtimes(left) and "runc" in cri_runtimes(left)
+    made = tmp_path / "new" / "config.toml"
+    made.parent.mkdir()
+    rewarm_cli("install", "--runtime", "containerd", "--config", str(made), "--binary", "/x/rewarm-runc")
+    assert made.exists()
+    rewarm_cli("uninstall", "--runtime", "containerd", "--config", str(made))
+    assert not made.exists()
+
+
+def test_uninstall_for_crio_removes_the_dropin_and_the_hooks(tmp_path):
+    dropin, hooks = tmp_path / "crio.conf.d" / "50-rewarm.conf", tmp_path / "hooks.d"
+    rewarm_cli("install", "--runtime", "crio", "--config", str(dropin), "--binary", "/x/rewarm-runc",
+               "--hooks-dir", str(hooks))
+    assert dropin.exists() and len(os.listdir(hooks)) == 2
+    out = rewarm_cli("uninstall", "--runtime", "crio", "--config", str(dropin), "--hooks-dir", str(hooks))
+    assert out.returncode == 0 and not dropin.exists() and os.listdir(hooks) == [], out.stdout
