@@ -118,7 +118,7 @@ def poststop(state: dict[str, Any], settings: Settings) -> None:
                reason=start.get("reason", ""), start_seconds=start.get("seconds"),
                lifetime_seconds=_seconds_since(start.get("time")))
     if settings.metrics_file:
-        from oci_hooks import metrics
+        from runtime.adapters import metrics
         metrics.write(settings.metrics_file, logs.read_events(settings.event_log))
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, TextIO
 
 from runtime.front.runc_argv import RuncCall
 from runtime.model.events import EventKind
@@ -71,15 +71,24 @@ def _record(line: str) -> dict[str, Any] | None:
 
 
 def follow_events(event_log: str, poll_s: float = 0.5) -> Iterator[dict[str, Any]]:
-    """Records appended to the log from now on, as they come (a rotated or truncated log is
-    reopened from its start)."""
-    f = None
+    """Records appended to the log from now on (the log is opened before this returns), as they
+    come; a log made later is read from its start, a rotated or truncated one reopened."""
+    f: TextIO | None = None
+    try:
+        opened = open(event_log, encoding="utf-8", errors="replace")
+        opened.seek(0, os.SEEK_END)
+        f = opened
+    except FileNotFoundError:
+        pass
+    return _follow(event_log, f, poll_s)
+
+
+def _follow(event_log: str, f: TextIO | None, poll_s: float) -> Iterator[dict[str, Any]]:
     try:
         while True:
             if f is None:
                 try:
                     f = open(event_log, encoding="utf-8", errors="replace")
-                    f.seek(0, os.SEEK_END)
                 except FileNotFoundError:
                     time.sleep(poll_s)
                     continue

@@ -234,6 +234,14 @@ def _chain(first: list[dict[str, object]], then: Iterator[dict[str, object]]) ->
     yield from then
 
 
+def cmd_agent(cfg: Settings, a: argparse.Namespace) -> int:
+    import socket
+    from runtime.node import agent
+    node = a.node or os.environ.get("NODE_NAME") or socket.gethostname()
+    agent.run(cfg.event_log, agent.api_client(a.kubeconfig), node, a.metrics_port)
+    return 0
+
+
 def cmd_demo(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.lab import demo
     return demo.run(cfg, warm_seconds=a.warm_seconds)
@@ -375,6 +383,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--follow", "-f", action="store_true", help="then wait for new ones")
     c.add_argument("--json", action="store_true", help="one JSON object per line, as logged")
     c.set_defaults(func=cmd_events)
+
+    c = sub.add_parser("agent", help="post restores, cold starts and captures as Kubernetes Events on their pods; "
+                                     "serve /metrics (the node DaemonSet runs it)")
+    c.add_argument("--node", help="this node's name (default $NODE_NAME, else the host name)")
+    c.add_argument("--kubeconfig", help="a kubeconfig file (default: the pod's ServiceAccount, in-cluster)")
+    c.add_argument("--metrics-port", type=int, default=9808, help="port of /metrics (0: none; default 9808)")
+    c.set_defaults(func=cmd_agent)
 
     c = sub.add_parser("demo", help="cold start a worker, capture it, restore a second one; print timings")
     c.add_argument("--warm-seconds", type=float, default=10.0, help="how long the demo worker warms up")

@@ -19,9 +19,12 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 from tomlkit import TOMLDocument
+from tomlkit.container import OutOfOrderTableProxy
 from tomlkit.items import Table
 
+from runtime.adapters import settings_file
 from runtime.adapters.files import atomic_write
+from runtime.front.names import DEFAULT_CONFIG
 from runtime.model.annotations import KNOWN, PREFIX
 from runtime.model.errors import InstallError
 from runtime.model.resources import config_file
@@ -34,11 +37,13 @@ HOOKS_DIR = "/usr/share/containers/oci/hooks.d"      # where CRI-O and Podman lo
 BACKUP_SUFFIX = ".rewarm-backup"
 
 
-def _table(parent: Table | TOMLDocument, key: str) -> Table:
+def _table(parent: Any, key: str) -> Any:
+    """parent[key] as a table (made where missing); also one whose parts are spread over the file
+    (a table appended at the end by hand or by another tool)."""
     if key not in parent:
         parent[key] = tomlkit.table(is_super_table=True)
     found = parent[key]
-    if not isinstance(found, Table):
+    if not isinstance(found, (Table, OutOfOrderTableProxy)):
         raise InstallError(f"containerd config: {key} is not a table")
     return found
 
@@ -69,12 +74,13 @@ def containerd_config(text: str, binary: str, version: int | None = None) -> str
         raise InstallError(f"containerd config version {version} is not supported (2: containerd 1.x, 3: 2.x)")
     if have is None:
         doc["version"] = version
-    runtimes = _table(_table(_table(_table(doc, "plugins"), CRI_PLUGIN[version]), "containerd"), "runtimes")
+    cri = _table(_table(_table(doc, "plugins"), CRI_PLUGIN[version]), "containerd")
+    runtimes = _table(cri, "runtimes")
     if "runc" not in runtimes:  # CRI refuses a config whose default runtime (runc) is not defined
         runc = tomlkit.table()
         runc["runtime_type"] = "io.containerd.runc.v2"
         runtimes["runc"] = runc
-    base = runtimes["runc"].unwrap()
+    base = runtimes[_base_handler(cri, runtimes)].unwrap()
     options = {**(base.get("options") or {}), "BinaryName": binary}
     handler = tomlkit.table()
     for key, value in base.items():
@@ -90,6 +96,27 @@ def containerd_config(text: str, binary: str, version: int | None = None) -> str
         return text
     runtimes[HANDLER] = handler
     return tomlkit.dumps(doc)
+
+
+def _base_handler(cri: Any, runtimes: Any) -> str:
+    """The handler whose options rewarm's copies: the node's default one where it is a runc shim
+    (NVIDIA's GPU Operator makes `nvidia` the default, with nvidia-container-runtime as its binary),
+    else runc."""
+    default = str(cri.get("default_runtime_name") or "runc")
+    if default != HANDLER and default in runtimes and \
+            runtimes[default].get("runtime_type", "io.containerd.runc.v2") == "io.containerd.runc.v2":
+        return default
+    return "runc"
+
+
+def chained_runtime(text: str) -> str | None:
+    """The real runtime rewarm-runc must exec on this node: the binary of the default handler where
+    that is not plain runc (nvidia-container-runtime under the GPU Operator); None for runc."""
+    doc, version, runtimes = _runtimes(text)
+    cri = doc.get("plugins", {}).get(CRI_PLUGIN.get(version, ""), {}).get("containerd", {})
+    base = _base_handler(cri, runtimes) if runtimes else "runc"
+    binary = str(runtimes.get(base, {}).get("options", {}).get("BinaryName", "")) if base != "runc" else ""
+    return binary or None
 
 
 def crio_dropin(binary: str) -> str:
@@ -189,6 +216,9 @@ def install(engine: str, config: str | None, binary: str | None, version: int | 
         except FileNotFoundError:
             text = ""
         writes[path] = containerd_config(text, binary or default_binary(), version)
+        chained = chained_runtime(writes[path])
+        if chained:   # rewarm-runc runs what the node's default handler ran
+            writes[rewarm_config or DEFAULT_CONFIG] = _with_runtime(rewarm_config or DEFAULT_CONFIG, chained)
     elif engine == "crio":
         writes[config or CRIO_DROPIN] = crio_dropin(binary or default_binary())
     elif engine != "podman":
@@ -198,6 +228,21 @@ def install(engine: str, config: str | None, binary: str | None, version: int | 
         for name, text in hook_files(hook, rewarm_config).items():
             writes[os.path.join(hooks_dir or HOOKS_DIR, name)] = text
     return [(path, *apply(path, text, dry_run)) for path, text in writes.items()]
+
+
+def _with_runtime(path: str, runtime: str) -> str:
+    """rewarm's node config (kept as it is) with `runtime` naming the real runtime."""
+    try:
+        current = settings_file.read_raw(path)
+    except FileNotFoundError:
+        current = {}
+    except (OSError, ValueError) as e:
+        raise InstallError(f"rewarm config {path}: {e}") from e
+    if not isinstance(current, dict):
+        raise InstallError(f"rewarm config {path} is not a JSON object")
+    if current.get("runtime") == runtime:
+        return _read(path) or ""
+    return json.dumps({**current, "runtime": runtime}, indent=2) + "\n"
 
 
 def uninstall(engine: str, config: str | None, dry_run: bool,

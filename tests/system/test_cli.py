@@ -37,25 +37,25 @@ def test_doctor_json_lists_every_check_with_its_status():
 
 
 def test_events_shows_filters_and_follows_the_event_log(node):
-    logs.event(node.event_log, EventKind.COLD_START, container="c-1", namespace="team-a", pod="worker-0",
-               snapshot="llm", reason="no snapshot team-a/llm in the store yet", seconds=0.1)
-    logs.event(node.event_log, EventKind.RESTORED, container="c-2", namespace="team-b", pod="worker-1",
+    logs.event(node.event_log, EventKind.COLD_START, container="c-1", namespace="cli-a", pod="worker-0",
+               snapshot="llm", reason="no snapshot cli-a/llm in the store yet", seconds=0.1)
+    logs.event(node.event_log, EventKind.RESTORED, container="c-2", namespace="cli-b", pod="worker-1",
                snapshot="llm", seconds=0.4, stages={"criu": 0.2})
-    shown = rewarm_cli("events", "--namespace", "team-a").stdout.splitlines()
-    assert len(shown) == 1 and "cold-start" in shown[0] and "team-a/worker-0" in shown[0]
-    assert "reason=no snapshot team-a/llm" in shown[0]
+    shown = rewarm_cli("events", "--namespace", "cli-a").stdout.splitlines()
+    assert len(shown) == 1 and "cold-start" in shown[0] and "cli-a/worker-0" in shown[0]
+    assert "reason=no snapshot cli-a/llm" in shown[0]
     as_json = [json.loads(line) for line in rewarm_cli("events", "--pod", "worker-1", "--json").stdout.splitlines()]
     assert [e["event"] for e in as_json] == ["restored"] and as_json[0]["stages"] == {"criu": 0.2}
     follower = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "rewarm"), "events", "--follow",
                                  "--last", "0", "--kind", "captured"], stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)   # it has opened the log and waits at its end
-        logs.event(node.event_log, EventKind.RESTORED, container="c-3", namespace="team-a", snapshot="x")
-        logs.event(node.event_log, EventKind.CAPTURED, container="c-4", namespace="team-a", pod="worker-2",
+        logs.event(node.event_log, EventKind.RESTORED, container="c-3", namespace="cli-a", snapshot="x")
+        logs.event(node.event_log, EventKind.CAPTURED, container="c-4", namespace="cli-a", pod="worker-2",
                    snapshot="llm", seconds=3.2, entry="abc-1")
         assert follower.stdout is not None
         line = follower.stdout.readline()
-        assert "captured" in line and "team-a/worker-2" in line and "entry=abc-1" in line, line
+        assert "captured" in line and "cli-a/worker-2" in line and "entry=abc-1" in line, line
     finally:
         follower.kill()
         follower.wait()

@@ -142,3 +142,57 @@ def test_uninstall_for_crio_removes_the_dropin_and_the_hooks(tmp_path):
     assert dropin.exists() and len(os.listdir(hooks)) == 2
     out = rewarm_cli("uninstall", "--runtime", "crio", "--config", str(dropin), "--hooks-dir", str(hooks))
     assert out.returncode == 0 and not dropin.exists() and os.listdir(hooks) == [], out.stdout
+
+
+NVIDIA_V2 = DEFAULT.replace('default_runtime_name = "runc"', 'default_runtime_name = "nvidia"') + '''
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]
+    BinaryName = "/usr/local/nvidia/toolkit/nvidia-container-runtime"
+    SystemdCgroup = true
+'''
+NVIDIA_V3 = '''version = 3
+[plugins."io.containerd.cri.v1.runtime".containerd]
+  default_runtime_name = "nvidia"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.nvidia]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.nvidia.options]
+      BinaryName = "/usr/bin/nvidia-container-runtime"
+'''
+CDI = DEFAULT.replace("    enable_selinux = false", "    enable_cdi = true\n    enable_selinux = false")
+
+
+@pytest.mark.parametrize("layout, plugin, binary", [
+    (NVIDIA_V2, "io.containerd.grpc.v1.cri", "/usr/local/nvidia/toolkit/nvidia-container-runtime"),   # GPU Operator
+    (NVIDIA_V3, "io.containerd.cri.v1.runtime", "/usr/bin/nvidia-container-runtime"),   # toolkit, containerd 2.x
+])
+def test_under_nvidias_default_handler_rewarm_runc_chains_to_nvidia_container_runtime(tmp_path, layout, plugin, binary):
+    """The GPU Operator (or `nvidia-ctk runtime configure --set-as-default`) makes `nvidia` the
+    default handler: rewarm's copies its options, and rewarm-runc execs its binary, so GPUs reach
+    the pod as they would without rewarm."""
+    path, rewarm_config = tmp_path / "config.toml", tmp_path / "rewarm.json"
+    path.write_text(layout)
+    rewarm_config.write_text(json.dumps({"allowed_registries": ["reg.example.com"]}))
+    out = rewarm_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/rewarm-runc",
+                     "--rewarm-config", str(rewarm_config))
+    assert out.returncode == 0, out.stderr
+    handler = cri_runtimes(path.read_text(), plugin)["rewarm"]
+    assert handler["options"]["BinaryName"] == "/x/rewarm-runc"
+    assert handler["options"].get("SystemdCgroup") == (True if layout is NVIDIA_V2 else None)   # nvidia's options
+    assert json.loads(rewarm_config.read_text()) == {"allowed_registries": ["reg.example.com"], "runtime": binary}
+    again = rewarm_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/rewarm-runc",
+                       "--rewarm-config", str(rewarm_config))
+    assert again.stdout.count("already installed") == 2                  # idempotent, both files
+
+
+def test_with_cdi_on_runc_there_is_nothing_to_chain(tmp_path):
+    """CDI: containerd's CRI writes the GPU devices into the spec; rewarm-runc hands runc the spec
+    unchanged, so the handler copies runc's options and the real runtime stays runc."""
+    path, rewarm_config = tmp_path / "config.toml", tmp_path / "rewarm.json"
+    path.write_text(CDI)
+    out = rewarm_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/rewarm-runc",
+                     "--rewarm-config", str(rewarm_config))
+    assert out.returncode == 0 and not rewarm_config.exists()
+    assert "enable_cdi = true" in path.read_text() and install.chained_runtime(path.read_text()) is None

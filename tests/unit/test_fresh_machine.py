@@ -36,6 +36,7 @@ INSIDE = {
     "/run/rewarm/ready", "/var/cache/worker/state.json",                 # inside the workers
     "/etc/cron.d/evil", "/etc/hostname", "/etc/x", "/srv/a", "/srv/b", "/srv/c",   # hostile or made-up paths
     "/etc/rewarm/node.json", "/usr/local/bin/rewarm-runc",               # strings in configs under test
+    "/usr/local/nvidia/toolkit/nvidia-container-runtime",
     "/root/.cache/huggingface/hub", "/root/.cache/huggingface/hub/models--org--m/snapshots",
     "/root/.cache/huggingface/hub/models--org--m/snapshots/abc/",        # a container's hub cache
     "/data/ballast.bin", "/data/link",                                   # a worker's bind mount

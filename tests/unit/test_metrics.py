@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from oci_hooks import metrics
+from runtime.adapters import metrics
 
 EVENTS = [
     {"event": "restored", "namespace": "team-a", "snapshot": "w", "seconds": 1.5},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, Metric, SummaryMetricFamily
@@ -23,15 +23,16 @@ def reason_class(reason: str) -> str:
 
 
 class _Events:
-    """A collector over the event log: every metric is a count or a sum of events."""
+    """A collector over the event log: every metric is a count or a sum of events, read afresh at
+    each collection (a scrape of `rewarm agent`'s /metrics, or a textfile write)."""
 
-    def __init__(self, events: Iterable[dict[str, Any]]):
-        self.events = list(events)
+    def __init__(self, read: Callable[[], Iterable[dict[str, Any]]]):
+        self.read = read
 
     def collect(self) -> Iterator[Metric]:
         counts: dict[str, dict[tuple[str, ...], float]] = defaultdict(lambda: defaultdict(float))
         sums: dict[str, dict[tuple[str, ...], list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
-        for e in self.events:
+        for e in self.read():
             snap, kind = (str(e.get("namespace", "")), str(e.get("snapshot", ""))), e.get("event")
             if kind == EventKind.RESTORED.value:
                 counts["restores"][snap] += 1
@@ -82,10 +83,15 @@ SUMMARIES = {
 }
 
 
-def registry_of(events: Iterable[dict[str, Any]]) -> CollectorRegistry:
+def live_registry(read: Callable[[], Iterable[dict[str, Any]]]) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Events(events))
+    registry.register(_Events(read))
     return registry
+
+
+def registry_of(events: Iterable[dict[str, Any]]) -> CollectorRegistry:
+    fixed = list(events)
+    return live_registry(lambda: fixed)
 
 
 def write(path: str, events: list[dict[str, Any]]) -> None:
