@@ -1,28 +1,65 @@
 #!/bin/sh
-# Runs in the node-installer container (privileged, host PID namespace, the host's / at /host), as
-# NVIDIA's container-toolkit installer does: copy the payload onto the host, then, inside the host's
-# namespaces, set up the node packages and CRIU (install-node.sh), install rewarm into
-# /opt/rewarm/venv, add the rewarm handler to containerd (`rewarm install`, idempotent) and restart
-# containerd only when its config changed. Then it waits, so the DaemonSet shows the node as done.
+# Runs in the node-installer container (privileged, host PID namespace, the host's / at /host), from
+# the offline bundle the image carries (packaging/offline/make-bundle.sh). It changes only what is
+# rewarm's: it copies the bundle to the host and installs it under /opt/rewarm (no package manager,
+# nothing from the network; the node's containerd or CRI-O and its runc are left as they are), writes
+# /etc/rewarm/config.json from the ConfigMap (authoritative: edits on the node are replaced), adds the
+# `rewarm` handler to the node's own runtime config and restarts the runtime only when that changed,
+# and fails the pod when any step fails. Then it runs `rewarm agent` (Kubernetes Events, /metrics,
+# the node label the RuntimeClass selects) in the host's mount namespace with this pod's credentials.
+#   UNINSTALL=1: the handler out again, the label off, then it waits.
 set -eu
+if [ -x /payload/bin/busybox ] && [ ! -e /payload/bin/nsenter ]; then   # the image: busybox's applets as commands
+  /payload/bin/busybox --install -s /payload/bin
+fi
 HOST=${HOST_ROOT:-/host}
-mkdir -p "$HOST/opt/rewarm/payload" "$HOST/etc/rewarm"
-cp -r /payload/. "$HOST/opt/rewarm/payload/"
-if [ -f /config/config.json ] && [ ! -f "$HOST/etc/rewarm/config.json" ]; then
-  cp /config/config.json "$HOST/etc/rewarm/config.json"   # the operator's edits on the node win
+PAYLOAD=$(cd "$(dirname "$0")" && pwd)
+PREFIX=/opt/rewarm
+fail() { echo "rewarm node-install: $*" >&2; exit 1; }
+HOSTNS="nsenter --target 1 --mount --uts --ipc --"   # the host's files; the pod's network reaches the API server
+on_host() { $HOSTNS "$@"; }
+# The agent runs in the host's mount namespace; this pod's ServiceAccount token (renewed in place by
+# the kubelet) stays readable through a process that stays in the pod's: /proc/ANCHOR/root/...
+sleep 2147483647 &
+ANCHOR=/proc/$!/root
+
+# One clear line for a node rewarm does not support.
+[ -r "$HOST/etc/os-release" ] || fail "no /etc/os-release on the node: unsupported"
+on_host python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+  || fail "the node's python3 is missing or older than 3.11 (rewarm needs 3.11+): unsupported node"
+[ -e "$HOST/proc/sys/kernel/ns_last_pid" ] || fail "the kernel lacks checkpoint/restore (CONFIG_CHECKPOINT_RESTORE)"
+if [ -S "$HOST/run/containerd/containerd.sock" ]; then runtime=containerd
+elif [ -S "$HOST/var/run/crio/crio.sock" ]; then runtime=crio
+else fail "neither containerd nor CRI-O runs on the node"; fi
+
+if [ "${UNINSTALL:-}" = 1 ]; then
+  out=$(on_host $PREFIX/bin/rewarm uninstall --runtime $runtime) || fail "uninstall failed: $out"
+  echo "$out"
+  case $out in *"restart $runtime"*) on_host systemctl restart $runtime ;; esac
+  exec $HOSTNS $PREFIX/bin/rewarm agent --unlabel --credentials-root "$ANCHOR"
 fi
+
+rm -rf "$HOST$PREFIX/payload.new"
+mkdir -p "$HOST$PREFIX" "$HOST/etc/rewarm"
+cp -a "$PAYLOAD" "$HOST$PREFIX/payload.new"
+rm -rf "$HOST$PREFIX/payload" && mv "$HOST$PREFIX/payload.new" "$HOST$PREFIX/payload"
 if [ -f /fingerprint-key/fingerprint.key ]; then   # the cluster's key: snapshots move between nodes
-  install -m 0600 /fingerprint-key/fingerprint.key "$HOST/etc/rewarm/fingerprint.key"
+  cp /fingerprint-key/fingerprint.key "$HOST/etc/rewarm/fingerprint.key.new"
+  chmod 0600 "$HOST/etc/rewarm/fingerprint.key.new"
+  mv "$HOST/etc/rewarm/fingerprint.key.new" "$HOST/etc/rewarm/fingerprint.key"
 fi
-nsenter --target 1 --mount --uts --ipc --net --pid -- /bin/sh -eu -c '
-  bash /opt/rewarm/payload/install-node.sh
-  [ -x /opt/rewarm/venv/bin/python ] || python3 -m venv /opt/rewarm/venv
-  /opt/rewarm/venv/bin/pip install -q --upgrade /opt/rewarm/payload/wheels/rewarm-*.whl
-  if /opt/rewarm/venv/bin/rewarm install --runtime containerd | grep -q "^restart containerd"; then
-    systemctl restart containerd
-  fi
-  /opt/rewarm/venv/bin/rewarm doctor || true
-'
-touch /tmp/rewarm-node-ready
+extra=
+if [ -f /config/config.json ]; then
+  cp /config/config.json "$HOST/etc/rewarm/cluster.json"
+  extra=/etc/rewarm/cluster.json
+fi
+on_host env REWARM_NODE_CONFIG=$extra bash $PREFIX/payload/install.sh $PREFIX/payload $PREFIX \
+  || fail "installing the bundle under $PREFIX failed"
+out=$(on_host $PREFIX/bin/rewarm install --runtime $runtime --binary $PREFIX/bin/rewarm-runc \
+      --rewarm-config /etc/rewarm/config.json) || fail "rewarm install --runtime $runtime failed: $out"
+echo "$out"
+case $out in *"restart $runtime"*)   # running pods keep running: their shims outlive the daemon
+  on_host systemctl restart $runtime || fail "restarting $runtime failed" ;; esac
+on_host $PREFIX/bin/rewarm doctor || fail "rewarm doctor found a failing check (above)"
 echo "rewarm: node set up"
-exec sleep infinity
+exec $HOSTNS $PREFIX/bin/rewarm agent --label --credentials-root "$ANCHOR"

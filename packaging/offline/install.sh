@@ -17,12 +17,29 @@ for tool in criu runc; do
   chmod 0755 "$prefix/bin/$tool"
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$prefix/site" "$bundle/wheels/"*.whl
+# rewarm's commands in PREFIX/bin: each runs its entry point with the bundle's packages, so that the
+# commands a runtime or runc starts (rewarm-runc's engine, rewarm-hook) find them without an
+# environment. rewarm-runc (sh) runs the rewarm-runc-engine beside it: this one.
+install -m 0755 "$prefix/site/bin/rewarm-runc" "$prefix/bin/rewarm-runc"
+for cmd in rewarm rewarm-runc-engine rewarm-hook; do
+  printf '#!/bin/sh\nPYTHONPATH=%s/site${PYTHONPATH:+:$PYTHONPATH} exec python3 %s/site/bin/%s "$@"\n' \
+    "$prefix" "$prefix" "$cmd" > "$prefix/bin/$cmd"
+  chmod 0755 "$prefix/bin/$cmd"
+done
 lock="[]"
 command -v iptables-restore >/dev/null || lock='["network-lock skip"]'   # no iptables: CRIU cannot lock the network
 mkdir -p /etc/rewarm
-cat > /etc/rewarm/config.json <<JSON
-{"runtime": "$prefix/bin/runc", "criu": "$prefix/bin/criu", "criu_plugin_dir": "$prefix/criu-plugins",
- "criu_options": $lock}
-JSON
+# The bundle's own paths; settings of the operator's (REWARM_NODE_CONFIG, JSON) are laid over them.
+python3 - "$prefix" "$lock" "${REWARM_NODE_CONFIG:-}" > /etc/rewarm/config.json.new <<'PY'
+import json, sys
+prefix, lock, extra = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+config = {"runtime": f"{prefix}/bin/runc", "criu": f"{prefix}/bin/criu", "criu_plugin_dir": f"{prefix}/criu-plugins",
+          "criu_options": lock}
+if extra:
+    with open(extra) as f:
+        config.update(json.load(f))
+print(json.dumps(config, indent=2))
+PY
+mv /etc/rewarm/config.json.new /etc/rewarm/config.json
 "$prefix/bin/criu" --version | head -2
-echo "export PYTHONPATH=$prefix/site PATH=$prefix/site/bin:\$PATH REWARM_CONFIG=/etc/rewarm/config.json"
+echo "export PYTHONPATH=$prefix/site PATH=$prefix/bin:$prefix/site/bin:\$PATH REWARM_CONFIG=/etc/rewarm/config.json"

@@ -20,6 +20,10 @@ criu=$(readlink -f /usr/local/sbin/criu)
 "$criu" --version | grep -q '^Parallel-fill:' || { echo "$criu is not rewarm's CRIU (run install-node.sh)"; exit 1; }
 copy_with_libs "$criu"
 copy_with_libs "$(command -v runc)"
+# The node installer image (packaging/kubernetes/Containerfile) runs from the bundle alone: a static
+# busybox for its shell and nsenter, and its script.
+if [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; then install -m 0755 /bin/busybox "$out/bin/"; fi
+install -m 0755 "$here/packaging/kubernetes/node-install.sh" "$here/packaging/offline/install.sh" "$out/"
 cp "$(dirname "$criu")/cuda_plugin.so" "$out/plugins/"
 install -m 0755 /opt/rewarm/bin/rewarm-cuda-checkpoint "$out/bin/"
 

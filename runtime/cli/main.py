@@ -238,7 +238,11 @@ def cmd_agent(cfg: Settings, a: argparse.Namespace) -> int:
     import socket
     from runtime.node import agent
     node = a.node or os.environ.get("NODE_NAME") or socket.gethostname()
-    agent.run(cfg.event_log, agent.api_client(a.kubeconfig), node, a.metrics_port)
+    api = agent.api_client(a.kubeconfig, a.credentials_root)
+    if a.label or a.unlabel:
+        agent.label(api, node, ready=a.label)
+        print(f"rewarm agent: node {node} labelled {agent.NODE_LABEL}={'ready' if a.label else '(none)'}")
+    agent.run(cfg.event_log, api, node, a.metrics_port)
     return 0
 
 
@@ -389,6 +393,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--node", help="this node's name (default $NODE_NAME, else the host name)")
     c.add_argument("--kubeconfig", help="a kubeconfig file (default: the pod's ServiceAccount, in-cluster)")
     c.add_argument("--metrics-port", type=int, default=9808, help="port of /metrics (0: none; default 9808)")
+    c.add_argument("--credentials-root", default="/", help="where the pod's ServiceAccount files are (the "
+                   "installer's /proc/PID/root when it runs the agent in the host's mount namespace)")
+    which = c.add_mutually_exclusive_group()
+    which.add_argument("--label", action="store_true", help="first label this node rewarm.dev/runtime=ready")
+    which.add_argument("--unlabel", action="store_true", help="first take that label off (uninstalled)")
     c.set_defaults(func=cmd_agent)
 
     c = sub.add_parser("demo", help="cold start a worker, capture it, restore a second one; print timings")

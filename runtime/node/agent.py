@@ -90,13 +90,29 @@ def post(api: Any, records: Iterable[Mapping[str, Any]], node: str) -> int:
     return posted
 
 
-def api_client(kubeconfig: str | None) -> Any:
+SERVICE_ACCOUNT = "var/run/secrets/kubernetes.io/serviceaccount"
+NODE_LABEL = "rewarm.dev/runtime"   # "ready" where the handler is installed: the RuntimeClass selects it
+
+
+def api_client(kubeconfig: str | None, credentials_root: str = "/") -> Any:
+    """A kubeconfig's, or the pod's ServiceAccount's (under `credentials_root`: the installer runs
+    the agent in the host's mount namespace and reads its pod's token through /proc/PID/root)."""
+    import os
+
     from kubernetes import client, config
+    from kubernetes.config.incluster_config import InClusterConfigLoader
     if kubeconfig:
         config.load_kube_config(kubeconfig)  # type: ignore[no-untyped-call]
     else:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        account = os.path.join(credentials_root, SERVICE_ACCOUNT)
+        InClusterConfigLoader(token_filename=os.path.join(account, "token"),  # type: ignore[no-untyped-call]
+                              cert_filename=os.path.join(account, "ca.crt")).load_and_set()
     return client.CoreV1Api()
+
+
+def label(api: Any, node: str, ready: bool) -> None:
+    """Set (or take off) the label the RuntimeClass's nodeSelector asks for."""
+    api.patch_node(node, {"metadata": {"labels": {NODE_LABEL: "ready" if ready else None}}})
 
 
 def serve_metrics(event_log: str, port: int) -> None:

@@ -20,10 +20,12 @@ from runtime.model.events import EventKind
 
 
 class StandInApiServer:
-    """Named as what it is: it answers POST /api/v1/namespaces/NS/events with 201 and the object."""
+    """Named as what it is: it answers POST /api/v1/namespaces/NS/events with 201 and the object,
+    and PATCH /api/v1/nodes/NAME with the node's new labels."""
 
     def __init__(self) -> None:
         self.posted: list[tuple[str, dict]] = []
+        self.patched: list[tuple[str, dict]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,6 +35,17 @@ class StandInApiServer:
                 data.setdefault("metadata", {})["name"] = data["metadata"].get("generateName", "e.") + "x1"
                 reply = json.dumps(data).encode()
                 self.send_response(201)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def do_PATCH(self) -> None:   # a node's labels (strategic merge patch)
+                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.patched.append((self.path, data))
+                reply = json.dumps({"kind": "Node", "apiVersion": "v1", "metadata": {"name": self.path.split("/")[-1],
+                                    **data["metadata"]}}).encode()
+                self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
@@ -71,9 +84,11 @@ def test_the_agent_posts_restores_cold_starts_and_captures_as_events_on_their_po
     port = free_port()
     agent = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "rewarm"), "agent", "--node", "gpu-1",
                               "--kubeconfig", api.kubeconfig(str(tmp_path / "kubeconfig")),
-                              "--metrics-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              "--metrics-port", str(port), "--label"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert agent.stdout is not None and "rewarm agent:" in agent.stdout.readline()   # following the log now
+        assert agent.stdout is not None and "labelled rewarm.dev/runtime=ready" in agent.stdout.readline()
+        assert api.patched == [("/api/v1/nodes/gpu-1", {"metadata": {"labels": {"rewarm.dev/runtime": "ready"}}})]
+        assert "rewarm agent:" in agent.stdout.readline()   # following the log now
         logs.event(node.event_log, EventKind.RESTORED, container="c1", namespace="agent-a", pod="vllm-0",
                    snapshot="llama", seconds=2.61, stages={"criu": 1.2, "cuda_restore": 0.9, "resume": 0.4})
         logs.event(node.event_log, EventKind.COLD_START, container="c2", namespace="agent-a", pod="vllm-1",
