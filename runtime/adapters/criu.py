@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 
-import runtime
 from runtime.adapters import node_facts
 from runtime.adapters.files import write_if_changed
 from runtime.model import cuda_env
@@ -65,39 +64,11 @@ def ensure_config(settings: Settings) -> str:
     return path
 
 
-CUDA_CLIENT = "/opt/rewarm/bin/rewarm-cuda-checkpoint"   # built by packaging/install-node.sh
-
-
-def _link(target: str, to: str) -> None:
-    if not os.path.islink(target) or os.readlink(target) != to:
-        tmp = f"{target}.{os.getpid()}"
-        os.symlink(to, tmp)
-        os.replace(tmp, target)
-
-
-def libexec_dir(settings: Settings) -> str:
-    """A directory put first on CRIU's PATH: its CUDA plugin runs `cuda-checkpoint` from there.
-    rewarm's own is the client of its resident CUDA helper (packaging/cuda-client) where it is
-    installed, beside `cuda-checkpoint-direct`, the Python command that the client falls back to
-    (and that stands in for it where it is not installed); or NVIDIA's, as configured."""
-    directory = os.path.join(settings.store, "libexec")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    target, direct = os.path.join(directory, "cuda-checkpoint"), os.path.join(directory, "cuda-checkpoint-direct")
-    if settings.cuda_checkpoint:
-        _link(target, settings.cuda_checkpoint)
-        return directory
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(runtime.__file__)))
-    write_if_changed(direct, f"#!{sys.executable}\n# rewarm's cuda-checkpoint (runtime/gpu/cuda_cli.py)\n"
-                             f"import sys\nsys.path.insert(0, {package_parent!r})\n"
-                             "from runtime.gpu.cuda_cli import main\nmain()\n", mode=0o700)
-    _link(target, CUDA_CLIENT if os.access(CUDA_CLIENT, os.X_OK) else direct)
-    return directory
-
-
-def runtime_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """Environment for the runtime's checkpoint/restore, which CRIU and its plugins inherit."""
+def runtime_env(settings: Settings, path_first: str, **extra: str) -> dict[str, str]:
+    """Environment for the runtime's checkpoint/restore, which CRIU and its plugins inherit;
+    `path_first` leads PATH (gpu/plugin_env.py: where the CUDA plugin finds cuda-checkpoint)."""
     env = dict(os.environ)
-    env["PATH"] = libexec_dir(settings) + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    env["PATH"] = path_first + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     env[cuda_env.LOCK_TIMEOUT_MS] = str(settings.cuda_lock_timeout_ms)
     env.update(extra)
     return env

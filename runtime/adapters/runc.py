@@ -221,3 +221,26 @@ def wait_forwarding(proc: subprocess.Popen[bytes]) -> int:
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
     return proc.wait()
+
+
+def errors_since(log_path: str | None, offset: int) -> str:
+    """The runtime's own error messages written to its --log (JSON or text lines) after `offset`:
+    the last few."""
+    if not log_path:
+        return ""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            f.seek(offset)
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    messages = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("level") == "error":
+                messages.append(str(record.get("msg", "")))
+        except ValueError:
+            if "level=error" in line:
+                messages.append(line.split("msg=", 1)[-1])
+    return " | ".join(m[:300] for m in messages[-3:])

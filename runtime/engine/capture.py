@@ -1,9 +1,9 @@
 """The capture pipeline: checkpoint a running container into a new store entry, as named steps over
 one context:
 
-    fingerprint_source -> refuse_what_criu_cannot_dump -> note_gpus_and_sockets -> checkpoint (quiesce
-    hook, space check, dump, resume hook) -> keep_dump_log -> write_rootfs_diff -> write_dev_shm
-    -> describe -> commit -> (stop_source, unless it is to keep running)
+    fingerprint_source -> return_a_fitting_entry -> refuse_what_criu_cannot_dump -> note_gpus_and_sockets
+    -> checkpoint (quiesce hook, space check, dump, resume hook) -> keep_dump_log -> write_rootfs_diff
+    -> write_dev_shm -> describe -> commit, then stop_source unless it is to keep running
 
 The entry is built in a private staging directory and published with one rename at the very end,
 so a capture that dies at any point leaves nothing that a restore would use. The checkpoint always
@@ -24,6 +24,7 @@ from runtime.adapters import criu, dev_shm, logs, netlock, open_files, reload_fi
 from runtime.adapters.files import read_json, write_json
 from runtime.adapters.runc import Runc, run_bounded
 from runtime.engine import fingerprinting, warm
+from runtime.gpu import plugin_env
 from runtime.model import annotations as ann
 from runtime.model import layout, oci_spec
 from runtime.model.errors import CaptureFailed, CudaError, InvalidInput, RewarmError, StoreError, WorkerHookFailed
@@ -62,6 +63,9 @@ class Capture:
     staging: str
     containerd: "Containerd | None" = None
     hooks: ann.WorkerHooks = ann.WorkerHooks()
+    into: store.Store | None = None          # the store the entry goes into
+    skip_if_present: bool = False
+    entry: store.Entry | None = None          # the committed entry (or one that fitted already)
     started: float = field(default_factory=time.monotonic)
     fingerprint: Fingerprint | None = None
     gpu_facts: dict[str, Any] = field(default_factory=dict)
@@ -222,8 +226,30 @@ def stop_source(c: Capture) -> None:
 
 
 Step = Callable[[Capture], None]
-STEPS: tuple[Step, ...] = (refuse_what_criu_cannot_dump, note_gpus_and_sockets, checkpoint, keep_dump_log,
-                           write_rootfs_diff, write_dev_shm, describe)
+class _FitsAlready(Exception):
+    """return_a_fitting_entry found one: the pipeline ends there (not a failure)."""
+
+
+def return_a_fitting_entry(c: Capture) -> None:
+    """With skip_if_present (an on-ready capture, bake): an entry of this fingerprint ends it."""
+    if c.skip_if_present and c.into is not None:
+        present = [e for e in c.into.entries(c.namespace, c.name) if e.manifest.fingerprint_id == c.fp().ident()]
+        if present:
+            c.entry = present[0]
+            raise _FitsAlready
+
+
+def commit(c: Capture) -> None:
+    """Checksum, write the manifest and publish the entry with the store's one rename."""
+    assert c.into is not None
+    c.entry = c.into.commit(c.staging, _manifest(c))
+
+
+# The pipeline, in order (the module's docstring names the same steps); stop_source runs after it,
+# outside the store's capture lock, unless the worker is to keep running.
+STEPS: tuple[Step, ...] = (fingerprint_source, return_a_fitting_entry, refuse_what_criu_cannot_dump,
+                           note_gpus_and_sockets, checkpoint, keep_dump_log, write_rootfs_diff, write_dev_shm,
+                           describe, commit)
 
 
 # --- the pipeline -------------------------------------------------------------------------------
@@ -245,15 +271,13 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
     try:
         hooks = _hooks_of(src)
         with st.capturing(namespace, name), st.staging() as staging:
-            c = Capture(settings, src, namespace, name, leave_running, staging, containerd, hooks)
-            fingerprint_source(c)
-            if skip_if_present:
-                present = [e for e in st.entries(namespace, name) if e.manifest.fingerprint_id == c.fp().ident()]
-                if present:
-                    return present[0]
+            c = Capture(settings, src, namespace, name, leave_running, staging, containerd, hooks, st,
+                        skip_if_present)
             for step in STEPS:
                 step(c)
-            entry = st.commit(staging, _manifest(c))
+    except _FitsAlready:
+        assert c.entry is not None
+        return c.entry
     except StoreError as e:   # another capture of this name runs: not a failure of this worker
         logs.event(settings.event_log, EventKind.CAPTURE_SKIPPED, **where, reason=str(e))
         raise
@@ -264,6 +288,8 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
             failure = CaptureFailed(f"{failure}" + (f"; {revived}" if revived else ""))
         logs.event(settings.event_log, EventKind.CAPTURE_FAILED, **where, reason=str(failure))
         raise failure from e
+    entry = c.entry
+    assert entry is not None
     left_out = {"reload_files_left_out": c.reload_left_out[:20]} if c.reload_left_out else {}
     logs.event(settings.event_log, EventKind.CAPTURED, **where, entry=entry.ident,
                seconds=round(time.monotonic() - c.started, 3), bytes=entry.size(),
@@ -310,7 +336,7 @@ def _runc_checkpoint(c: Capture) -> None:
     argv = c.runc.checkpoint_argv(c.source.container_id, criu=c.settings.criu, images=c.images, work=c.work,
                                   leave_running=True,   # stopped after the commit, if at all
                                   tcp_established=tcp_established)  # no tcp-close from rewarm's CRIU config
-    returncode, err = run_bounded(argv, criu.runtime_env(c.settings), c.settings.capture_timeout_s, capture=True)
+    returncode, err = run_bounded(argv, plugin_env.checkpoint_env(c.settings), c.settings.capture_timeout_s, capture=True)
     if returncode != 0:
         why = (f"checkpoint took longer than {c.settings.capture_timeout_s}s" if returncode is None else
                f"{c.settings.runtime} checkpoint failed: {err.strip()[-500:]}")

@@ -1,7 +1,8 @@
 """The restore pipeline, as named steps over one context:
 
     refuse_terminal -> refuse_existing_container -> find_candidates -> pick_fitting_entry
-    -> verify_files -> lay_rootfs_diff -> lay_dev_shm -> restore_process -> resume_worker
+    -> verify_files -> lay_rootfs_diff -> lay_dev_shm -> prepare_network -> restore_process
+    -> resume_worker
 
 The cheap checks come first (no subprocess runs before the store has a candidate). A step raises
 NotRestorable (nothing was changed) or RestoreFailed (the runtime ran and failed); the cleanups
@@ -22,17 +23,17 @@ from runtime.adapters import (cgroups, criu, dev_shm, logs, mounts, netlock, net
                               rootfs_diff, store, worker_hooks)
 from runtime.adapters.store import Entry, Store
 from runtime.adapters.files import remove_tree, write_json
-from runtime.adapters.runc import Runc, restore_argv, run_bounded, start_attached
+from runtime.adapters.runc import Runc, errors_since, restore_argv, run_bounded, start_attached
 from runtime.engine import fingerprinting
+from runtime.gpu import plugin_env
 from runtime.front.names import RESTORED_MARKER
 from runtime.front.runc_argv import RuncCall
-from runtime.model import cuda_env, fingerprint, layout, oci_spec
+from runtime.model import fingerprint, layout, oci_spec
 from runtime.model.annotations import ENTRY_KEY, Request
 from runtime.model.errors import NotRestorable, RestoreFailed, WorkerHookFailed
 from runtime.model.oci_spec import Spec
 from runtime.model.settings import Settings, Verify
 
-CUDA_TIMING = "cuda-timing.log"
 RESTORE_LOG_COPY = "rewarm-restore.log"   # CRIU's restore log, kept beside runc's state of the container
 
 
@@ -194,12 +195,12 @@ def restore_process(r: Restore) -> None:
     r.on_failure.callback(netlock.release, oci_spec.netns_path(r.spec))   # CRIU killed midway leaves its lock
     r.on_failure.callback(cgroups.kill_container, r.spec)   # and processes runc does not know of
     r.on_failure.callback(r.runc.delete_force, r.container_id)
-    pid_file = _str_option(r.call, "--pid-file") or (None if r.detach else os.path.join(r.work, "restored.pid"))
+    pid_file = r.call.pid_file or (None if r.detach else os.path.join(r.work, "restored.pid"))
     argv = restore_argv(r.settings.runtime, r.call.globals, r.container_id, criu=r.settings.criu,
                         bundle=os.path.abspath(r.call.bundle), images=image_view(entry, r.work), work=r.work,
-                        detach=r.detach, pid_file=pid_file, no_pivot=bool(r.call.options.get("--no-pivot")))
-    env = criu.runtime_env(r.settings, **gpu_env(entry, r.spec, r.work))
-    log = _str_global(r.call, "--log")
+                        detach=r.detach, pid_file=pid_file, no_pivot=r.call.no_pivot)
+    env = plugin_env.restore_env(r.settings, entry.manifest.gpu_uuids, r.spec, r.work)
+    log = r.call.log
     offset = os.path.getsize(log) if log and os.path.exists(log) else 0
     with r.stages("runtime_restore"):
         if r.detach:
@@ -213,12 +214,12 @@ def restore_process(r: Restore) -> None:
         kept = r.store.keep_log("restore", r.container_id, os.path.join(r.work, layout.RESTORE_LOG))
         why = (f"took longer than {r.settings.restore_timeout_s}s" if returncode is None
                else f"failed (exit {returncode})")
-        runtime_errors = _new_log_errors(log, offset)
+        runtime_errors = errors_since(log, offset)
         raise RestoreFailed(f"{r.settings.runtime} restore {why}"
                             + (f": {runtime_errors}" if runtime_errors else "")
                             + (f"; CRIU: {criu.first_error(kept)}" if kept and criu.first_error(kept) else "")
                             + (f"; CRIU's log: {kept}" if kept else ""))
-    r.stages.times.update(cuda_split(r.work, r.stages.times["runtime_restore"]))
+    r.stages.times.update(plugin_env.timing_stages(r.work, r.stages.times["runtime_restore"]))
 
 
 def resume_worker(r: Restore) -> None:
@@ -265,16 +266,6 @@ def restore(call: RuncCall, settings: Settings, spec: Spec, request: Request, na
 
 
 # --- helpers of the steps -----------------------------------------------------------------------
-def _str_option(call: RuncCall, flag: str) -> str | None:
-    value = call.options.get(flag)
-    return value if isinstance(value, str) and value else None
-
-
-def _str_global(call: RuncCall, flag: str) -> str | None:
-    value = call.globals.get(flag)
-    return value if isinstance(value, str) and value else None
-
-
 def prefetch_pages(entry: Entry, spec: Spec, threads: int) -> None:
     """Have the kernel read CRIU's page images ahead of CRIU, several ranges at once, in the
     background, and then the files the worker will read back in its resume hook (as this
@@ -299,62 +290,6 @@ def image_view(entry: Entry, work: str) -> str:
         if rel.startswith(prefix) and "/" not in rel[len(prefix):]:
             os.symlink(os.path.relpath(entry.file(rel), view), os.path.join(view, rel[len(prefix):]))
     return view
-
-
-def _new_log_errors(log_path: str | None, offset: int) -> str:
-    """The runtime's own error messages of this restore (its --log, JSON or text lines), the last few."""
-    if not log_path:
-        return ""
-    try:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            f.seek(offset)
-            lines = f.read().splitlines()
-    except OSError:
-        return ""
-    messages = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-            if isinstance(record, dict) and record.get("level") == "error":
-                messages.append(str(record.get("msg", "")))
-        except ValueError:
-            if "level=error" in line:
-                messages.append(line.split("msg=", 1)[-1])
-    return " | ".join(m[:300] for m in messages[-3:])
-
-
-def gpu_env(entry: Entry, spec: Spec, work: str) -> dict[str, str]:
-    """For a GPU snapshot: the old->new GPU UUID pairs for CUDA restore, and where to log its time."""
-    recorded = list(entry.manifest.gpu_uuids)
-    if not recorded:
-        return {}
-    from runtime.gpu import nvml
-    from runtime.gpu.cuda_cli import format_device_map
-    pairs = nvml.device_map(recorded, nvml.uuids_of_spec(spec))
-    return {cuda_env.DEVICE_MAP: format_device_map(pairs), cuda_env.TIMING_LOG: os.path.join(work, CUDA_TIMING)}
-
-
-# The cuda-checkpoint steps (runtime/gpu/cuda_cli.py writes one line per step) and their stage names.
-CUDA_STAGES = {"restore": "cuda_restore", "unlock": "cuda_unlock", "get-restore-tid": "cuda_query",
-               "get-state": "cuda_query", "driver-init": "cuda_driver_init", "driver-init-wait": "cuda_driver_init"}
-
-
-def cuda_split(work: str, total: float) -> dict[str, float]:
-    """Split the runtime's restore into CRIU (memory, files, ...) and the CUDA steps: driver init
-    (or the wait for the resident helper's), queries, restore (the copy back to the GPU), unlock."""
-    stages: dict[str, float] = {}
-    try:
-        with open(os.path.join(work, CUDA_TIMING)) as f:
-            for line in f:
-                step, _, seconds = line.split()
-                if step in CUDA_STAGES:
-                    stages[CUDA_STAGES[step]] = stages.get(CUDA_STAGES[step], 0.0) + float(seconds)
-    except (OSError, ValueError):
-        return {}
-    if not stages:
-        return {}
-    cuda = sum(stages.values())
-    return {**{k: round(v, 3) for k, v in stages.items()}, "cuda": round(cuda, 3), "criu": round(total - cuda, 3)}
 
 
 def name_entry(r: Restore, entry_path: str | None) -> None:

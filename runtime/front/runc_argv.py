@@ -37,6 +37,21 @@ class RuncCall:
     def bundle(self) -> str:
         return str(self.options.get("--bundle") or self.options.get("-b") or ".")
 
+    @property
+    def pid_file(self) -> str | None:
+        value = self.options.get("--pid-file")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def log(self) -> str | None:
+        """The runtime log the caller named (--log), where runc and rewarm write."""
+        value = self.globals.get("--log")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def no_pivot(self) -> bool:
+        return bool(self.options.get("--no-pivot"))
+
 
 def _split_flag(arg: str) -> tuple[str, str | None]:
     """'--root=/x' -> ('--root', '/x'); '-root' is runc's single-dash spelling of '--root'."""

@@ -11,17 +11,17 @@ import time
 
 import pytest
 
-from runtime.adapters import criu
+from runtime.gpu import plugin_env
 from runtime.gpu import helper
 
-CLIENT = criu.CUDA_CLIENT
+CLIENT = plugin_env.CUDA_CLIENT
 
 
 @pytest.fixture
 def libexec(node):
     """CRIU's view: the libexec dir with `cuda-checkpoint` (the client) and `-direct` (Python)."""
     assert os.access(CLIENT, os.X_OK), "packaging/install-node.sh builds the client"
-    return criu.libexec_dir(node)
+    return plugin_env.libexec_dir(node)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from runtime.adapters import criu
+from runtime.gpu import plugin_env
 from runtime.gpu import helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,9 +45,9 @@ def stand_in(tmp_path):
 
 @pytest.fixture
 def libexec(node):
-    assert os.access(criu.CUDA_CLIENT, os.X_OK), "packaging/install-node.sh builds the client"
+    assert os.access(plugin_env.CUDA_CLIENT, os.X_OK), "packaging/install-node.sh builds the client"
     helper.stop()   # the client then runs the Python command itself, in this test's environment
-    yield criu.libexec_dir(node)
+    yield plugin_env.libexec_dir(node)
     helper.stop()
 
 

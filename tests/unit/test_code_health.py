@@ -50,3 +50,15 @@ def test_the_old_name_is_gone_from_the_tree():
                 text = f.read().decode("utf-8", "replace")
             found += [f"{rel}:{text.count(chr(10), 0, m.start()) + 1}" for m in old.finditer(text)]
     assert found == []
+
+
+def test_the_pipelines_docstrings_list_exactly_the_steps_they_run():
+    """restore.py and capture.py read as a step table plus the steps: the docstring's arrows name
+    the table's steps, in order."""
+    import re
+
+    from runtime.engine import capture, restore
+    for module, steps in ((restore, [step for _, step in restore.STEPS]), (capture, list(capture.STEPS))):
+        chain = (module.__doc__ or "").split("\n\n")[1].split(", then")[0]   # what follows runs after the table
+        named = [re.match(r"\s*([a-z_]+)", part).group(1) for part in chain.split("->")]  # type: ignore[union-attr]
+        assert named == [s.__name__ for s in steps], (module.__name__, named)
