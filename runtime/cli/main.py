@@ -247,7 +247,11 @@ def cmd_agent(cfg: Settings, a: argparse.Namespace) -> int:
 
 
 def cmd_demo(cfg: Settings, a: argparse.Namespace) -> int:
-    from runtime.lab import demo
+    from runtime.lab import demo, runc_lab
+    if not os.path.isdir(runc_lab.WORKER_DIR):
+        print(f"rewarm demo: runs from a checkout of rewarm (it builds its worker from examples/warm-worker); "
+              f"{runc_lab.WORKER_DIR} is not here", file=sys.stderr)
+        return 2
     return demo.run(cfg, warm_seconds=a.warm_seconds)
 
 

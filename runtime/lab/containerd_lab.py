@@ -196,7 +196,7 @@ class Lab:
                 for cid in os.listdir(root):
                     subprocess.run(["runc", "--root", root, "delete", "--force", cid], capture_output=True)
         self.stop_daemon()
-        for proc in _processes_mentioning(self.state) + _processes_mentioning(self.config):  # shims, a lost daemon
+        for proc in processes_mentioning(self.state) + processes_mentioning(self.config):  # shims, a lost daemon
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc, signal.SIGKILL)
         for path in (self.state, self.root):
@@ -205,7 +205,7 @@ class Lab:
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
 
 
-def _processes_mentioning(text: str) -> list[int]:
+def processes_mentioning(text: str) -> list[int]:
     """containerd shims started for this lab (their command line names its state dir)."""
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):

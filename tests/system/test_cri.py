@@ -87,7 +87,7 @@ def leftovers(container_id: str, pid: int) -> list[str]:
             found += [f"cgroup {dirpath}/{d}" for d in dirnames if d == container_id]
             if dirpath.count("/") > 6:
                 dirnames.clear()
-    found += [f"watcher {p}" for p in containerd_lab._processes_mentioning(container_id)]
+    found += [f"watcher {p}" for p in containerd_lab.processes_mentioning(container_id)]
     return found
 
 

@@ -85,7 +85,9 @@ def test_gpu_worker_is_captured_and_restored_bit_identical(source, node, tmp_pat
         while r.state().get("status") != "stopped" and time.monotonic() < deadline:
             time.sleep(0.1)
         r.runtime_cmd("delete", r.cid, check=True)
-        time.sleep(2)
+        deadline = time.monotonic() + 30   # the driver frees a dead process's memory shortly after
+        while gpu_used_bytes() >= before + (1 << 30) and time.monotonic() < deadline:
+            time.sleep(0.2)
         RESULTS["gpu_used_before_restore"], RESULTS["gpu_used_after_kill"] = before, gpu_used_bytes()
         assert gpu_used_bytes() < before + (1 << 30)  # the restored copy's GPU memory is free again
     finally:
