@@ -1,7 +1,9 @@
-"""Reading a runc command line without a flag library.
+"""Reading a runc command line without a flag library, as runc's own flag library reads it.
 
-rewarm-runc sees every runc call on the node, so this runs on the hot path: it only splits argv into
-global flags, the verb and the verb's own flags, and never interprets what it does not need.
+rewarm-runc's sh front door decides which calls reach Python; this splits what reaches it into
+global flags, the verb and the verb's own flags, and never interprets what it does not need. Its
+tables of the flags that take a value are the one list: the sh door's case lists are held to them,
+and both sides' routing of every runc verb and flag spelling to each other (tests/unit/test_front.py).
 """
 from __future__ import annotations
 

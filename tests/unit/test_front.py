@@ -102,3 +102,60 @@ def test_a_config_that_names_the_runtime_twice_is_refused_and_never_splits_the_r
     settings, error = create._settings()
     assert settings.runtime == first and error and "more than once" in error
     assert doctor._config(settings)[0][0] == "FAIL"
+
+
+def _python_routes_to_engine(argv: list[str], cwd: str) -> bool:
+    """What the Python side decides for argv (dispatch.route's decision, without its exec)."""
+    from runtime.front import dispatch
+    call = runc_argv.parse(argv)
+    if call.verb not in ("create", "run") or not call.container_id:
+        return False
+    bundle = call.bundle if os.path.isabs(call.bundle) else os.path.join(cwd, call.bundle)
+    return any(k.startswith("rewarm.dev/") for k in dispatch.annotations_of(bundle))
+
+
+GLOBALS = [[], ["--debug"], ["--root", "/r"], ["--root=/r"], ["-root", "/r"], ["--log", "/l", "--log-format", "json"],
+           ["--systemd-cgroup", "--criu", "/c"], ["--rootless", "auto"], ["-log", "/l"]]
+
+
+def _corpus(annotated: str, plain: str) -> list[list[str]]:
+    out = []
+    for g in GLOBALS:
+        for verb in ("create", "run"):
+            for bundle in (annotated, plain):
+                for spelled in (["--bundle", bundle], [f"--bundle={bundle}"], ["-b", bundle], [f"-b={bundle}"],
+                                ["-bundle", bundle]):
+                    for extra in ([], ["--pid-file", "/p"], ["--console-socket", "/s", "--no-pivot"],
+                                  ["--preserve-fds", "1", "--no-new-keyring"], ["-pid-file", "/p"]):
+                        out.append([*g, verb, *spelled, *extra, "c1"])
+                        out.append([*g, verb, "c1", *spelled, *extra])          # flags after the id
+        for verb in ("start", "state", "kill", "delete", "exec", "checkpoint", "restore", "ps", "events",
+                     "pause", "resume", "update", "list", "spec", "features", "--version", "--help"):
+            out.append([*g, verb, "c1"])
+    return out
+
+
+def test_the_sh_door_and_the_python_engine_route_every_runc_call_alike(door, tmp_path):
+    """Every verb of runc's CLI with global and verb flags in each spelling runc accepts (--f v,
+    --f=v, -f v, -f=v), flags before and after the id: the sh front door and the Python side send
+    the same calls to the engine, so no call can be routed one way by one and another by the other."""
+    call, annotated, plain, _ = door
+    disagree = []
+    for argv in _corpus(str(annotated), str(plain)):
+        by_sh = call(*argv, cwd=str(tmp_path)) == "rewarm-runc-engine"
+        if by_sh != _python_routes_to_engine(argv, str(tmp_path)):
+            disagree.append((" ".join(argv), "sh: engine" if by_sh else "sh: runtime"))
+    assert disagree == []
+
+
+def test_the_sh_door_names_exactly_the_value_flags_of_the_python_tables():
+    """One table: runc_argv's. The sh door's case lists are held to it."""
+    import re
+    script = open(rewarm_runc()).read()
+
+    def listed(marker: str) -> set[str]:
+        (line,) = [x for x in script.splitlines() if x.rstrip().endswith("# " + marker)]
+        return set(re.findall(r"-{1,2}[a-z-]+", line.split(")")[0]))
+    assert listed("GLOBAL_VALUE_FLAGS") | {"--root"} == runc_argv.GLOBAL_VALUE_FLAGS
+    assert listed("VERB_VALUE_FLAGS") | {"--bundle", "-b"} == runc_argv.VERB_VALUE_FLAGS["create"] \
+        == runc_argv.VERB_VALUE_FLAGS["run"]
