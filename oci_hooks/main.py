@@ -22,7 +22,7 @@ import time
 from typing import IO, Any
 
 from runtime.adapters import logs, settings_file
-from runtime.adapters.files import read_json, remove_tree
+from runtime.adapters.files import owner_alive, read_json, remove_tree
 from runtime.model import annotations as ann
 from runtime.model import layout, oci_spec
 from runtime.model.errors import HookError, RewarmError
@@ -92,12 +92,7 @@ def prestart(state: dict[str, Any], settings: Settings) -> None:
 def _restoring(work: str) -> bool:
     """Is an engine restoring into this container right now? (runc runs poststop when it cleans up
     after a failed restore; the engine then cleans up, records the outcome and cold starts.)"""
-    try:
-        with open(os.path.join(work, layout.WORK_OWNER)) as f:
-            os.kill(int(f.read().strip()), 0)
-        return True
-    except (OSError, ValueError):
-        return False
+    return owner_alive(work)
 
 
 def poststop(state: dict[str, Any], settings: Settings) -> None:

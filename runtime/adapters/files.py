@@ -81,3 +81,24 @@ def fsync_tree(root: str) -> None:
             finally:
                 os.close(fd)
         fsync_dir(dirpath)
+
+
+OWNER_FILE = "owner.pid"   # in a directory a process works in: which one (gc and hooks leave it alone while it lives)
+
+
+def owned_dir(path: str, exist_ok: bool = False) -> str:
+    """Make `path` (0700) as this process's working directory, its pid in OWNER_FILE."""
+    os.makedirs(path, mode=0o700, exist_ok=exist_ok)
+    with open(os.path.join(path, OWNER_FILE), "w") as f:
+        f.write(str(os.getpid()))
+    return path
+
+
+def owner_alive(path: str) -> bool:
+    """Whether the process that owns the directory `path` still runs."""
+    try:
+        with open(os.path.join(path, OWNER_FILE)) as f:
+            os.kill(int(f.read().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False

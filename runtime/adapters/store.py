@@ -23,16 +23,17 @@ import stat
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from runtime.adapters import verified
+from runtime.adapters import files, verified
 from runtime.adapters.files import fsync_dir, fsync_tree, read_json, write_json
 from runtime.model import layout
 from runtime.model.errors import InvalidInput, NotRestorable, StoreError
+from runtime.model.fingerprint import Fingerprint, differences
 from runtime.model.manifest import FileDigest, Manifest
 from runtime.model.names import validate_name, validate_namespace
 
-OWNER_FILE = "owner.pid"
+OWNER_FILE = files.OWNER_FILE
 VERIFIED_FILE = verified.RECORD   # sealed record of the files that were checksummed already
 LAST_USED = ".last-used"      # mtime = last restore, for gc
 KEPT_LOGS = 20                # failed dump / restore logs kept per kind in STORE/logs
@@ -157,10 +158,7 @@ class Store:
     def staging(self) -> Iterator[str]:
         """A private directory for a capture in progress; removed unless committed."""
         self.ensure()
-        path = os.path.join(self.root, "tmp", uuid.uuid4().hex)
-        os.mkdir(path, 0o700)
-        with open(os.path.join(path, OWNER_FILE), "w") as f:
-            f.write(str(os.getpid()))
+        path = files.owned_dir(os.path.join(self.root, "tmp", uuid.uuid4().hex))
         try:
             yield path
         finally:
@@ -234,6 +232,16 @@ class Store:
     def entries(self, namespace: str, name: str) -> list[Entry]:
         return self.scan(namespace, name)[0]
 
+    def candidates(self, namespaces: Iterable[str], name: str) -> tuple[list[Entry], list[Broken]]:
+        """scan() over the namespaces a pod may restore from (its own first, then shared ones)."""
+        found: list[Entry] = []
+        broken: list[Broken] = []
+        for ns in dict.fromkeys(namespaces):
+            entries, bad = self.scan(ns, name)
+            found += entries
+            broken += bad
+        return found, broken
+
     def wait_for(self, namespace: str, name: str, timeout: float) -> Entry:
         """The newest entry of (namespace, name) once there is one (an on-ready capture elsewhere)."""
         deadline = time.monotonic() + timeout
@@ -292,7 +300,7 @@ class Store:
         removed = []
         for d in _listdir(os.path.join(self.root, "tmp")):
             path = os.path.join(self.root, "tmp", d)
-            if not _owner_alive(path):
+            if not files.owner_alive(path):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         entries, broken = self.everything()
@@ -332,6 +340,11 @@ def _root_only(tree: str) -> None:
             path = os.path.join(d, f)
             if not os.path.islink(path):
                 os.chmod(path, 0o600)
+
+
+def fitting(candidates: Iterable[Entry], here: Fingerprint) -> list[Entry]:
+    """The candidates whose fingerprint equals this container's on this node, in their order."""
+    return [e for e in candidates if not differences(e.manifest.fingerprint, here)]
 
 
 def load_manifest(entry_path: str) -> Manifest:
@@ -413,15 +426,6 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except FileNotFoundError:
         return []
-
-
-def _owner_alive(path: str) -> bool:
-    try:
-        with open(os.path.join(path, OWNER_FILE)) as f:
-            os.kill(int(f.read().strip()), 0)
-        return True
-    except (OSError, ValueError):
-        return False
 
 
 def _last_used(e: Entry) -> float:

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from runtime.adapters import logs, settings_file, store
+from runtime.adapters.files import owned_dir
 from runtime.adapters.registry import cosign, crio, native, ocicrypt, transfer
 from runtime.adapters.registry.client import Client
 from runtime.adapters.registry.progress import Progress
 from runtime.engine import fingerprinting, warm
 from runtime.model import annotations as ann
-from runtime.model import fingerprint, registry_ref
+from runtime.model import registry_ref
 from runtime.model.errors import InvalidInput, NotRestorable, RegistryError, RewarmError, TransferInterrupted
 from runtime.model.events import EventKind
 from runtime.model.manifest import Manifest
@@ -92,9 +93,7 @@ def _pull(settings: Settings, ref: Reference, name: str, namespace: str, fmt: st
             return Pulled(there[0], digest, None)
         staging = os.path.join(st.root, "tmp", f"pull-{namespace}-{name}-{digest[7:23]}")
         resume = os.path.isdir(staging)
-        os.makedirs(staging, mode=0o700, exist_ok=True)
-        with open(os.path.join(staging, store.OWNER_FILE), "w") as f:
-            f.write(str(os.getpid()))
+        owned_dir(staging, exist_ok=True)
         origin = {SOURCE_REF: str(ref), SOURCE_DIGEST: digest}
         try:
             if found == "native":
@@ -188,13 +187,8 @@ def _check_room(settings: Settings, ref: Reference, staging: str, declared: int)
 # --- pull on miss (rewarm-runc's create) -------------------------------------------------------
 def fits_locally(settings: Settings, spec: Spec, request: ann.Request, namespace: str) -> bool:
     """Whether the store has an entry this container could restore (the restore's own lookup)."""
-    st = store.Store(settings.store)
-    namespaces = [namespace, *(ns for ns in settings.shared_namespaces if ns != namespace)]
-    candidates = [e for ns in namespaces for e in st.entries(ns, request.snapshot)]
-    if not candidates:
-        return False
-    here = fingerprinting.of_container(spec, settings)
-    return any(not fingerprint.differences(e.manifest.fingerprint, here) for e in candidates)
+    candidates, _ = store.Store(settings.store).candidates([namespace, *settings.shared_namespaces], request.snapshot)
+    return bool(candidates) and bool(store.fitting(candidates, fingerprinting.of_container(spec, settings)))
 
 
 def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str, container_id: str) -> None:

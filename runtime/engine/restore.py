@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from runtime.adapters import (cgroups, criu, dev_shm, logs, mounts, netlock, netns_setup, page_cache, reload_files,
                               rootfs_diff, store, worker_hooks)
 from runtime.adapters.store import Entry, Store
-from runtime.adapters.files import remove_tree, write_json
+from runtime.adapters.files import owned_dir, remove_tree, write_json
 from runtime.adapters.runc import Runc, errors_since, restore_argv, run_bounded, start_attached
 from runtime.engine import fingerprinting
 from runtime.gpu import plugin_env
@@ -114,12 +114,7 @@ def find_candidates(r: Restore) -> None:
     repaired = r.store.repair_mode()
     if repaired:
         logs.runtime_log(r.call, "warning", repaired)
-    namespaces = [r.namespace, *(ns for ns in r.settings.shared_namespaces if ns != r.namespace)]
-    broken = []
-    for ns in namespaces:
-        found, bad = r.store.scan(ns, r.request.snapshot)
-        r.candidates += found
-        broken += bad
+    r.candidates, broken = r.store.candidates([r.namespace, *r.settings.shared_namespaces], r.request.snapshot)
     if not r.candidates and broken:
         raise NotRestorable(f"snapshot {r.what}: entry {broken[0].ident} is broken: {broken[0].reason}")
     if not r.candidates:
@@ -130,7 +125,7 @@ def pick_fitting_entry(r: Restore) -> None:
     """The newest entry whose fingerprint equals this container's on this node; its read lock is
     held from here to the end, and it must still be there once the lock is held."""
     here = fingerprinting.of_container(r.spec, r.settings)
-    fitting = [e for e in r.candidates if not fingerprint.differences(e.manifest.fingerprint, here)]
+    fitting = store.fitting(r.candidates, here)
     if not fitting:
         newest = r.candidates[0].manifest.fingerprint
         raise NotRestorable(f"snapshot {r.what} does not fit this container: "
@@ -159,9 +154,7 @@ def lay_rootfs_diff(r: Restore) -> None:
     r.work = layout.work_dir(r.call.root, r.container_id)
     mounts.unmount_under(r.work)
     remove_tree(r.work, layout.WORK_ROOT)
-    os.makedirs(r.work, mode=0o700)
-    with open(os.path.join(r.work, layout.WORK_OWNER), "w") as f:
-        f.write(str(os.getpid()))
+    owned_dir(r.work)   # rewarm-hook poststop leaves a live engine's work dir alone
     r.on_failure.callback(remove_tree, r.work, layout.WORK_ROOT)
     r.on_failure.callback(mounts.unmount_under, r.work)     # a CRIU killed midway leaves its cgroup yard here
     patch = rootfs_diff.apply(oci_spec.rootfs(r.spec, r.call.bundle), entry.file(layout.ROOTFS_DIFF),

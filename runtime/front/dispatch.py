@@ -1,7 +1,7 @@
 """rewarm-runc-engine: the Python half of the runc-compatible runtime.
 
-rewarm-runc (packaging/bin, POSIX sh) sees every verb first and sends here only the `create` of a
-bundle with rewarm.dev/ annotations and the `start` of a container rewarm restored.
+rewarm-runc (packaging/bin, POSIX sh) sees every verb first, answers the first `start` of a container
+rewarm restored itself, and sends here only the `create` (or `run`) of a bundle with rewarm.dev/ annotations.
 Called directly, this behaves the same: argv only, then exec the real runtime with the same argv
 (the exec keeps pid, stdio, signals and exit code), except
   create  with rewarm.dev/ annotations: the engine decides restore or cold start

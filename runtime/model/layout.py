@@ -17,7 +17,6 @@ DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 
 RUN_DIR = "/run/rewarm"                # per-container work files (tmpfs: gone after a reboot)
-WORK_OWNER = "owner.pid"               # in a restore's work dir: the engine that restores (hooks leave it alone)
 
 
 WORK_ROOT = os.path.join(RUN_DIR, "work")
