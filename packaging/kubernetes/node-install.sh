@@ -16,12 +16,13 @@ HOST=${HOST_ROOT:-/host}
 PAYLOAD=$(cd "$(dirname "$0")" && pwd)
 PREFIX=/opt/rewarm
 fail() { echo "rewarm node-install: $*" >&2; exit 1; }
-HOSTNS="nsenter --target 1 --mount --uts --ipc --"   # the host's files; the pod's network reaches the API server
+# The host's files, with the host's PATH; the pod's network reaches the API server. HOST_PID: a
+# process in the host's namespaces (its init; a test names one of its own).
+HOSTNS="nsenter --target ${HOST_PID:-1} --mount --uts --ipc -- /usr/bin/env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 on_host() { $HOSTNS "$@"; }
 # The agent runs in the host's mount namespace; this pod's ServiceAccount token (renewed in place by
 # the kubelet) stays readable through a process that stays in the pod's: /proc/ANCHOR/root/...
-sleep 2147483647 &
-ANCHOR=/proc/$!/root
+anchor() { sleep 2147483647 & ANCHOR=/proc/$!/root; }
 
 # One clear line for a node rewarm does not support.
 [ -r "$HOST/etc/os-release" ] || fail "no /etc/os-release on the node: unsupported"
@@ -36,6 +37,7 @@ if [ "${UNINSTALL:-}" = 1 ]; then
   out=$(on_host $PREFIX/bin/rewarm uninstall --runtime $runtime) || fail "uninstall failed: $out"
   echo "$out"
   case $out in *"restart $runtime"*) on_host systemctl restart $runtime ;; esac
+  anchor
   exec $HOSTNS $PREFIX/bin/rewarm agent --unlabel --credentials-root "$ANCHOR"
 fi
 
@@ -62,4 +64,5 @@ case $out in *"restart $runtime"*)   # running pods keep running: their shims ou
   on_host systemctl restart $runtime || fail "restarting $runtime failed" ;; esac
 on_host $PREFIX/bin/rewarm doctor || fail "rewarm doctor found a failing check (above)"
 echo "rewarm: node set up"
+anchor
 exec $HOSTNS $PREFIX/bin/rewarm agent --label --credentials-root "$ANCHOR"
