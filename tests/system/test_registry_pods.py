@@ -247,7 +247,11 @@ def test_rewarm_restores_what_podman_pushes_and_podman_restores_what_rewarm_push
     assert out.returncode == 0, out.stderr
     run("rm", "-f", "podman-source")
     run("rmi", "-f", from_podman, check=False)
-    run("pull", *login, to_podman)
-    run("container", "restore", to_podman)
-    restored = podman_answer(run, "podman-source")
-    assert restored["boot_id"] == warm["boot_id"] and restored["served"] == warm["served"] + 1
+    try:
+        run("pull", *login, to_podman)
+        run("container", "restore", to_podman)
+        restored = podman_answer(run, "podman-source")
+        assert restored["boot_id"] == warm["boot_id"] and restored["served"] == warm["served"] + 1
+    finally:   # nothing of the test is left in Podman's store
+        run("rm", "-f", "podman-source", check=False)
+        run("rmi", "-f", to_podman, check=False)

@@ -34,6 +34,7 @@ INSIDE = {
     "/etc/group", "/etc/passwd",                                         # image files
     "/opt/engine-site", "/opt/torch",                                    # bind destinations in containers
     "/run/rewarm/ready", "/var/cache/worker/state.json",                 # inside the workers
+    "/etc/hosts", "/etc/resolv.conf", "/run/",                           # inside the installer's container
     "/etc/cron.d/evil", "/etc/hostname", "/etc/x", "/srv/a", "/srv/b", "/srv/c",   # hostile or made-up paths
     "/etc/rewarm/node.json", "/usr/local/bin/rewarm-runc",               # strings in configs under test
     "/usr/local/nvidia/toolkit/nvidia-container-runtime",
