@@ -101,7 +101,8 @@ def _follow(event_log: str, f: TextIO | None, poll_s: float) -> Iterator[dict[st
             f.seek(f.tell() - len(line.encode()))   # a line half written: read it again whole
             time.sleep(poll_s)
             try:
-                if os.stat(event_log).st_ino != os.fstat(f.fileno()).st_ino or os.stat(event_log).st_size < f.tell():
+                now = os.stat(event_log)
+                if now.st_ino != os.fstat(f.fileno()).st_ino or now.st_size < f.tell():
                     f.close()
                     f = open(event_log, encoding="utf-8", errors="replace")
             except FileNotFoundError:

@@ -10,33 +10,16 @@ from __future__ import annotations
 import http.client
 import os
 import socket
-import threading
 import urllib.parse
 
-from runtime.adapters.netns_setup import enter
+from runtime.adapters.netns_setup import in_netns
 
 NETNS_DIR = "/var/run/netns"
 
 
 def connect(netns_path: str, host: str, port: int, timeout: float) -> socket.socket:
     """A TCP connection made inside the namespace (raises OSError when nothing answers)."""
-    result: dict[str, socket.socket | OSError] = {}
-
-    def run() -> None:
-        try:
-            enter(netns_path)
-            result["socket"] = socket.create_connection((host, port), timeout=timeout)
-        except OSError as e:
-            result["error"] = e
-    thread = threading.Thread(target=run, name="rewarm-netns-connect")
-    thread.start()
-    thread.join()
-    if "socket" in result:
-        s = result["socket"]
-        assert isinstance(s, socket.socket)
-        return s
-    error = result.get("error")
-    raise error if isinstance(error, OSError) else OSError("no connection")
+    return in_netns(netns_path, lambda: socket.create_connection((host, port), timeout=timeout))
 
 
 MAX_BODY = 1 << 20

@@ -18,7 +18,9 @@ import os
 import socket
 import struct
 import threading
+from typing import Callable, TypeVar
 
+T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
@@ -54,25 +56,32 @@ def bindable(address: str) -> bool:
             raise
 
 
-def prepare(netns_path: str, addresses: list[str]) -> list[str]:
-    """Returns the addresses that had to be added."""
-    result: dict[str, list[str] | BaseException] = {}
+def in_netns(netns_path: str, work: Callable[[], T]) -> T:
+    """work() in a thread of its own that entered the namespace first; its result, or its error
+    raised here. The calling thread stays in its own namespace."""
+    result: list[T] = []
+    error: list[BaseException] = []
 
     def run() -> None:
         try:
-            result["added"] = _prepare_here(netns_path, addresses)
+            enter(netns_path)
+            result.append(work())
         except BaseException as e:   # raised in the caller's thread below
-            result["error"] = e
-    thread = threading.Thread(target=run, name="rewarm-netns-setup")
+            error.append(e)
+    thread = threading.Thread(target=run, name="rewarm-netns")
     thread.start()
     thread.join()
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result["added"]  # type: ignore[return-value]
+    if error:
+        raise error[0]
+    return result[0]
 
 
-def _prepare_here(netns_path: str, addresses: list[str]) -> list[str]:
-    enter(netns_path)
+def prepare(netns_path: str, addresses: list[str]) -> list[str]:
+    """Returns the addresses that had to be added."""
+    return in_netns(netns_path, lambda: _prepare_here(addresses))
+
+
+def _prepare_here(addresses: list[str]) -> list[str]:
     was_up = loopback_up()
     if was_up and all(bindable(a) for a in addresses):
         return []

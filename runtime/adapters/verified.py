@@ -22,7 +22,7 @@ import hmac
 import json
 import os
 import stat
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from runtime.adapters.files import atomic_write, read_json
 from runtime.model import layout
@@ -92,30 +92,42 @@ def _seal(key: bytes, boot: str, current: Facts) -> str:
     return hmac.new(key, json.dumps([boot, current], sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
-def matches(entry_path: str, current: Facts) -> bool:
-    """True only if a sealed record of this boot says exactly these files were checksummed."""
+def _sealed(path: str) -> tuple[dict[str, Any], str, bytes] | None:
+    """A record of this boot at `path` with the key it must be sealed under, or None (no key, no
+    record, another boot): then nothing is vouched for."""
     key = _key(create=False)
     if key is None:
-        return False
+        return None
     try:
-        record = read_json(os.path.join(entry_path, RECORD))
+        record = read_json(path)
         boot = _boot_id()
     except (OSError, ValueError):
-        return False
-    if not isinstance(record, dict) or record.get("boot") != boot or record.get("files") != current:
-        return False
-    return hmac.compare_digest(str(record.get("mac", "")), _seal(key, boot, current))
+        return None
+    return (record, boot, key) if isinstance(record, dict) and record.get("boot") == boot else None
 
 
-def remember(entry_path: str, current: Facts) -> None:
-    """Record that these files were just checksummed (best effort: no record means a full pass)."""
+def _write_sealed(path: str, fields: dict[str, Any], seal: Callable[[bytes, str], str]) -> None:
+    """Best effort: no record means the full pass runs again."""
     key = _key(create=True)
     if key is None:
         return
     with contextlib.suppress(OSError):
         boot = _boot_id()
-        atomic_write(os.path.join(entry_path, RECORD),
-                     json.dumps({"boot": boot, "files": current, "mac": _seal(key, boot, current)}), sync=False)
+        atomic_write(path, json.dumps({"boot": boot, **fields, "mac": seal(key, boot)}), sync=False)
+
+
+def matches(entry_path: str, current: Facts) -> bool:
+    """True only if a sealed record of this boot says exactly these files were checksummed."""
+    found = _sealed(os.path.join(entry_path, RECORD))
+    if found is None or found[0].get("files") != current:
+        return False
+    record, boot, key = found
+    return hmac.compare_digest(str(record.get("mac", "")), _seal(key, boot, current))
+
+
+def remember(entry_path: str, current: Facts) -> None:
+    """Record that these files were just checksummed."""
+    _write_sealed(os.path.join(entry_path, RECORD), {"files": current}, lambda key, boot: _seal(key, boot, current))
 
 
 def _schema_seal(key: bytes, boot: str, manifest_bytes: bytes) -> str:
@@ -126,24 +138,14 @@ def _schema_seal(key: bytes, boot: str, manifest_bytes: bytes) -> str:
 def schema_checked(entry_path: str, manifest_bytes: bytes) -> bool:
     """Whether a sealed record of this boot says exactly these manifest bytes passed the schema (a
     restore then skips jsonschema: its import and pass cost ~80 ms on a 2-core node)."""
-    key = _key(create=False)
-    if key is None:
+    found = _sealed(os.path.join(entry_path, SCHEMA_RECORD))
+    if found is None:
         return False
-    try:
-        record = read_json(os.path.join(entry_path, SCHEMA_RECORD))
-        boot = _boot_id()
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("boot") == boot and \
-        hmac.compare_digest(str(record.get("mac", "")), _schema_seal(key, boot, manifest_bytes))
+    record, boot, key = found
+    return hmac.compare_digest(str(record.get("mac", "")), _schema_seal(key, boot, manifest_bytes))
 
 
 def remember_schema_check(entry_path: str, manifest_bytes: bytes) -> None:
-    """Best effort, as remember(): no record means the schema pass runs again."""
-    key = _key(create=True)
-    if key is None:
-        return
-    with contextlib.suppress(OSError):
-        boot = _boot_id()
-        atomic_write(os.path.join(entry_path, SCHEMA_RECORD),
-                     json.dumps({"boot": boot, "mac": _schema_seal(key, boot, manifest_bytes)}), sync=False)
+    """Record that these manifest bytes just passed the schema."""
+    _write_sealed(os.path.join(entry_path, SCHEMA_RECORD), {},
+                  lambda key, boot: _schema_seal(key, boot, manifest_bytes))

@@ -9,6 +9,7 @@ on the API server.
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -97,8 +98,6 @@ NODE_LABEL = "rewarm.dev/runtime"   # "ready" where the handler is installed: th
 def api_client(kubeconfig: str | None, credentials_root: str = "/") -> Any:
     """A kubeconfig's, or the pod's ServiceAccount's (under `credentials_root`: the installer runs
     the agent in the host's mount namespace and reads its pod's token through /proc/PID/root)."""
-    import os
-
     from kubernetes import client, config
     from kubernetes.config.incluster_config import InClusterConfigLoader
     if kubeconfig:

@@ -21,7 +21,7 @@ MADE_BY = {
     "/opt/rewarm/criu-src": ("packaging/setup.sh", "--keep-source /opt/rewarm/criu-src"),   # CRIU's tree, zdtm
     "/usr/local/sbin/criu": ("packaging/install-node.sh", "/usr/local/sbin/criu"),
     "/var/tmp/rewarm-bench/torch-site": ("examples/llm-worker/deps.py", "--target"),
-    "/var/tmp/rewarm-bench/engine-site": ("tests/system/workers/engine_tree/engine_site.py", "--target"),
+    "/var/tmp/rewarm-bench/engine-site": ("tests/system/workers/engine_tree/engine_site.py", "_deps.install(site"),
     "/run/rewarm-lab": ("runtime/lab/containerd_lab.py", "os.makedirs"),   # the lab makes its own dirs
     "/var/lib/rewarm-lab": ("runtime/lab/containerd_lab.py", "os.makedirs"),
     "/run/netns/": ("runtime/lab/bundles.py", '"ip", "netns", "add"'),   # a test's own namespaces

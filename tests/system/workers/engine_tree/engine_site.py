@@ -1,32 +1,31 @@
 """The engine stand-in's packages (uvicorn, uvloop, pyzmq) for this machine's /usr/bin/python3, in a
-directory the tests bind into its containers at /opt/engine-site.
+directory the tests bind into its containers at /opt/engine-site. Installed as the LLM worker's are
+(examples/llm-worker/deps.py, loaded by path: both files would be `deps` on sys.path).
 
-Usage: python deps.py [SITE]   (idempotent; packaging/setup.sh runs it)
+Usage: python engine_site.py [SITE]   (idempotent; packaging/setup.sh runs it)
 """
+import importlib.util
 import os
-import subprocess
 import sys
 
 SITE = "/var/tmp/rewarm-bench/engine-site"
 PACKAGES = ["uvicorn==0.38.0", "h11", "click", "uvloop==0.23.0", "pyzmq==27.3.0"]
-WORKER_PYTHON = "/usr/bin/python3"
+MODULES = "uvicorn, uvloop, zmq"
+_DEPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "examples", "llm-worker",
+                     "deps.py")
+_spec = importlib.util.spec_from_file_location("llm_worker_deps", _DEPS)
+assert _spec is not None and _spec.loader is not None
+_deps = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_deps)
+WORKER_PYTHON = _deps.WORKER_PYTHON
 
 
 def ready(site: str = SITE) -> bool:
-    return subprocess.run([WORKER_PYTHON, "-c", "import uvicorn, uvloop, zmq"], env={**os.environ, "PYTHONPATH": site},
-                          capture_output=True).returncode == 0
+    return bool(_deps.importable(site, MODULES))
 
 
 def ensure(site: str = SITE) -> str:
-    if not ready(site):
-        version = subprocess.run([WORKER_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--target", site,
-                        "--python-version", version, "--implementation", "cp", "--only-binary=:all:", *PACKAGES],
-                       check=True)
-        if not ready(site):
-            raise RuntimeError(f"{site}: uvicorn, uvloop and pyzmq still do not import for {WORKER_PYTHON}")
-    return site
+    return str(_deps.install(site, PACKAGES, MODULES))
 
 
 if __name__ == "__main__":
