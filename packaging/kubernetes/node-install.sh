@@ -8,6 +8,8 @@
 # and fails the pod when any step fails. Then it runs `rewarm agent` (Kubernetes Events, /metrics,
 # the node label the RuntimeClass selects) in the host's mount namespace with this pod's credentials.
 #   UNINSTALL=1: the handler out again, the label off, then it waits.
+#   RUNTIME_RESTART: how this node restarts its runtime (default `systemctl restart containerd`
+#   or `crio`; a node whose runtime is no systemd unit of that name names its own), run on the host.
 set -eu
 if [ -x /payload/bin/busybox ] && [ ! -e /payload/bin/nsenter ]; then   # the image: busybox's applets as commands
   /payload/bin/busybox --install -s /payload/bin
@@ -32,11 +34,12 @@ on_host python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/nul
 if [ -S "$HOST/run/containerd/containerd.sock" ]; then runtime=containerd
 elif [ -S "$HOST/var/run/crio/crio.sock" ]; then runtime=crio
 else fail "neither containerd nor CRI-O runs on the node"; fi
+restart_runtime() { on_host sh -c "${RUNTIME_RESTART:-systemctl restart $runtime}" || fail "restarting $runtime failed"; }
 
 if [ "${UNINSTALL:-}" = 1 ]; then
   out=$(on_host $PREFIX/bin/rewarm uninstall --runtime $runtime) || fail "uninstall failed: $out"
   echo "$out"
-  case $out in *"restart $runtime"*) on_host systemctl restart $runtime ;; esac
+  case $out in *"restart $runtime"*) restart_runtime ;; esac
   anchor
   exec $HOSTNS $PREFIX/bin/rewarm agent --unlabel --credentials-root "$ANCHOR"
 fi
@@ -60,8 +63,7 @@ on_host env REWARM_NODE_CONFIG=$extra bash $PREFIX/payload/install.sh $PREFIX/pa
 out=$(on_host $PREFIX/bin/rewarm install --runtime $runtime --binary $PREFIX/bin/rewarm-runc \
       --rewarm-config /etc/rewarm/config.json) || fail "rewarm install --runtime $runtime failed: $out"
 echo "$out"
-case $out in *"restart $runtime"*)   # running pods keep running: their shims outlive the daemon
-  on_host systemctl restart $runtime || fail "restarting $runtime failed" ;; esac
+case $out in *"restart $runtime"*) restart_runtime ;; esac   # running pods keep running: shims outlive the daemon
 on_host $PREFIX/bin/rewarm doctor || fail "rewarm doctor found a failing check (above)"
 echo "rewarm: node set up"
 anchor

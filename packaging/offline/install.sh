@@ -16,7 +16,10 @@ for tool in criu runc; do
     "$prefix" "$prefix" "$tool" > "$prefix/bin/$tool"
   chmod 0755 "$prefix/bin/$tool"
 done
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$prefix/site" "$bundle/wheels/"*.whl
+# pip runs from its own wheel in the bundle: a node's python3 often has no pip (Debian's and
+# Ubuntu's split it into a package of its own).
+python3 "$(ls "$bundle"/wheels/pip-*.whl)/pip" install -q --no-index --no-deps --no-compile --upgrade \
+  --disable-pip-version-check --root-user-action=ignore --target "$prefix/site" "$bundle/wheels/"*.whl
 # rewarm's commands in PREFIX/bin: each runs its entry point with the bundle's packages, so that the
 # commands a runtime or runc starts (rewarm-runc's engine, rewarm-hook) find them without an
 # environment. rewarm-runc (sh) runs the rewarm-runc-engine beside it: this one.

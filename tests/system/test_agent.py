@@ -10,60 +10,13 @@ import sys
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from api_server_stand_in import StandInApiServer
 from registry_fixtures import free_port
 from runtime.adapters import logs
 from runtime.model.events import EventKind
-
-
-class StandInApiServer:
-    """Named as what it is: it answers POST /api/v1/namespaces/NS/events with 201 and the object,
-    and PATCH /api/v1/nodes/NAME with the node's new labels."""
-
-    def __init__(self) -> None:
-        self.posted: list[tuple[str, dict]] = []
-        self.patched: list[tuple[str, dict]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.posted.append((self.path, data))
-                data.setdefault("metadata", {})["name"] = data["metadata"].get("generateName", "e.") + "x1"
-                reply = json.dumps(data).encode()
-                self.send_response(201)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def do_PATCH(self) -> None:   # a node's labels (strategic merge patch)
-                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.patched.append((self.path, data))
-                reply = json.dumps({"kind": "Node", "apiVersion": "v1", "metadata": {"name": self.path.split("/")[-1],
-                                    **data["metadata"]}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args: object) -> None:
-                pass
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def kubeconfig(self, path: str) -> str:
-        with open(path, "w") as f:
-            json.dump({"apiVersion": "v1", "kind": "Config", "current-context": "lab",
-                       "clusters": [{"name": "lab", "cluster": {"server": self.url}}],
-                       "users": [{"name": "agent", "user": {"token": "stand-in"}}],
-                       "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "agent"}}]}, f)
-        return path
 
 
 @pytest.fixture

@@ -371,7 +371,8 @@ def test_an_engine_tree_with_the_vllm_preset_is_captured_on_ready_and_restored_w
             assert after["boot_id"] == before["boot_id"] and after["engine"]["engine_pid"] == before["engine"]["engine_pid"]
             prompt = {"prompt": "same warm state?"}
             assert restored.post("/v1/completions", prompt) == source.post("/v1/completions", prompt)
-            assert after["calls"] == ["POST /sleep?level=1", "POST /wake_up"] and after["io_uring"] == 0
+            assert after["calls"] == ["POST /sleep?level=2", "POST /wake_up?tags=weights", "POST /collective_rpc",
+                                      "POST /wake_up?tags=kv_cache"] and after["io_uring"] == 0   # the default level
             entry = wait_for_snapshot(node, "default", "engine")
             assert any(m.name.startswith("psm_") for m in tarfile.open(entry.file("dev-shm.tar")).getmembers())
         finally:

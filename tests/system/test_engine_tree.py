@@ -28,7 +28,8 @@ import engine_site  # noqa: E402  (the stand-in's packages: packaging/setup.sh i
 
 PORT = 8000
 PROMPT = {"prompt": "The fastest way to start an inference worker is"}
-VLLM = {"rewarm.dev/engine": "vllm"}
+VLLM = {"rewarm.dev/engine": "vllm"}                     # sleep level 2, the default
+VLLM_LEVEL1 = {**VLLM, "rewarm.dev/sleep-level": "1"}
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def facts(c) -> dict:
 
 
 def test_an_engine_tree_comes_back_whole_twice_from_one_snapshot(engine_lab, node, model):
-    source = engine_lab.create("engine-src", engine(engine_lab, model, "engine", VLLM))
+    source = engine_lab.create("engine-src", engine(engine_lab, model, "engine", VLLM_LEVEL1))
     source.wait_ready(path="/health")
     seccomp = spec_of(source)["linux"]["seccomp"]
     assert {"names": ["io_uring_setup", "io_uring_enter", "io_uring_register"], "action": "SCMP_ACT_ERRNO",
@@ -92,7 +93,7 @@ def test_an_engine_tree_comes_back_whole_twice_from_one_snapshot(engine_lab, nod
     source.runtime_cmd("delete", "--force", source.cid)
 
     for i in (1, 2):
-        c = engine_lab.create(f"engine-{i}", engine(engine_lab, model, "engine", VLLM))
+        c = engine_lab.create(f"engine-{i}", engine(engine_lab, model, "engine", VLLM_LEVEL1))
         assert c.create_rc == 0, c.runtime_log()
         assert events(node, "restored")[-1]["container"] == c.cid
         restored = facts(c)
@@ -107,7 +108,7 @@ def test_an_engine_tree_comes_back_whole_twice_from_one_snapshot(engine_lab, nod
 
 
 def test_sleep_level_2_reads_the_weights_back_from_the_model_the_command_line_names(engine_lab, node, model):
-    level2 = {**VLLM, "rewarm.dev/sleep-level": "2"}
+    level2 = VLLM   # the default level
     source = engine_lab.create("engine2-src", engine(engine_lab, model, "engine2", level2))
     source.wait_ready(path="/health")
     before = facts(source)
@@ -130,7 +131,7 @@ def test_an_engine_that_fails_its_wake_after_a_restore_cold_starts_and_leaves_no
     c = engine_lab.create("engine3", engine(engine_lab, model, "engine3", VLLM))
     assert c.create_rc == 0
     reason = events(node, "cold-start")[-1]["reason"]
-    assert "resume hook POST http://127.0.0.1:8000/wake_up failed (HTTP 500" in reason, reason
+    assert "resume hook POST http://127.0.0.1:8000/wake_up?tags=weights (call 1 of 3) failed (HTTP 500" in reason, reason
     assert "--enable-sleep-mode and VLLM_SERVER_DEV_MODE=1" in reason     # what vLLM needs to answer it
     os.unlink(model / "fail-wake")
     fresh, _ = c.wait_ready(path="/")

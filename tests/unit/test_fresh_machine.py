@@ -26,6 +26,8 @@ MADE_BY = {
     "/var/lib/rewarm-lab": ("runtime/lab/containerd_lab.py", "os.makedirs"),
     "/run/netns/": ("runtime/lab/bundles.py", '"ip", "netns", "add"'),   # a test's own namespaces
     "/var/run/netns/": ("runtime/lab/bundles.py", '"ip", "netns", "add"'),
+    "/run/containerd": ("tests/system/throwaway_node.py", 'os.makedirs("/run/containerd")'),   # made, then removed
+    "/var/lib/dpkg/status": ("packaging/setup.sh", "apt-get"),   # dpkg's own: checked unchanged, never written
 }
 # Paths inside containers, images or hostile test data: never read on the host.
 INSIDE = {
@@ -37,6 +39,7 @@ INSIDE = {
     "/etc/hosts", "/etc/resolv.conf", "/run/",                           # inside the installer's container
     "/etc/cron.d/evil", "/etc/hostname", "/etc/x", "/srv/a", "/srv/b", "/srv/c",   # hostile or made-up paths
     "/etc/rewarm/node.json", "/usr/local/bin/rewarm-runc",               # strings in configs under test
+    "/opt/rewarm/bin/rewarm-runc",                                       # on the throwaway node, in its config
     "/usr/local/nvidia/toolkit/nvidia-container-runtime",
     "/root/.cache/huggingface/hub", "/root/.cache/huggingface/hub/models--org--m/snapshots",
     "/root/.cache/huggingface/hub/models--org--m/snapshots/abc/",        # a container's hub cache

@@ -89,4 +89,4 @@ def test_the_vllm_example_is_a_valid_deployment_whose_annotations_fit_its_comman
     request = ann.parse(pod["metadata"]["annotations"], process)
     assert pod["spec"]["runtimeClassName"] == "rewarm" and request.capture is ann.Capture.ON_READY
     assert request.hooks.ready_http == "http://127.0.0.1:8000/health"
-    assert [str(c) for c in request.hooks.quiesce] == ["POST http://127.0.0.1:8000/sleep?level=1"]
+    assert [str(c) for c in request.hooks.quiesce] == ["POST http://127.0.0.1:8000/sleep?level=2"]

@@ -61,7 +61,8 @@ VLLM_PROCESS = {"args": VLLM_ARGS, "env": ["VLLM_SERVER_DEV_MODE=1"]}
 
 
 def test_the_vllm_preset_reads_its_port_and_model_off_the_command_line():
-    level1 = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm"}, VLLM_PROCESS).hooks
+    level1 = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm", "rewarm.dev/sleep-level": "1"},
+                       VLLM_PROCESS).hooks
     assert [str(c) for c in level1.quiesce] == ["POST http://127.0.0.1:8001/sleep?level=1"]
     assert [str(c) for c in level1.resume] == ["POST http://127.0.0.1:8001/wake_up"]
     assert level1.ready_http == "http://127.0.0.1:8001/health" and level1.reads_back == ()   # weights travel along
@@ -73,11 +74,14 @@ def test_the_vllm_preset_reads_its_port_and_model_off_the_command_line():
                                                "POST http://127.0.0.1:8000/wake_up?tags=kv_cache"]
     assert json.loads(level2.resume[1].body) == {"method": "reload_weights"}
     assert level2.reads_back == ("/hf/hub/models--org--model/snapshots",)
+    default = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm"}, VLLM_PROCESS).hooks
+    assert [str(c) for c in default.quiesce] == ["POST http://127.0.0.1:8001/sleep?level=2"]          # measured faster
+    assert default.reads_back == ("/models/llama",)
     mine = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm",
                       "rewarm.dev/resume-http": "[\"http://127.0.0.1:9/a\", {\"url\": \"http://127.0.0.1:9/b\", "
                                                  "\"method\": \"GET\"}]"}, VLLM_PROCESS).hooks
     assert [str(c) for c in mine.resume] == ["POST http://127.0.0.1:9/a", "GET http://127.0.0.1:9/b"]   # the annotation wins
-    assert [str(c) for c in mine.quiesce] == ["POST http://127.0.0.1:8001/sleep?level=1"]              # the rest is the preset's
+    assert [str(c) for c in mine.quiesce] == ["POST http://127.0.0.1:8001/sleep?level=2"]              # the rest is the preset's
 
 
 @pytest.mark.parametrize("process, lacks", [

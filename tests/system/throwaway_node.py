@@ -1,0 +1,172 @@
+"""A node of its own on this machine, for the node installer to install: a mount namespace in which
+/etc, /opt and /usr are overlays of this machine's, so that whatever is written there lands in upper
+directories this test reads and removes (this machine's files are never written), and a containerd
+of its own (the lab's root, state, socket and CNI network) that reads the node's
+/etc/containerd/config.toml, serves on the node's /run/containerd/containerd.sock and is restarted by
+a script, as systemd would restart it. Its python3 has no pip, as on many nodes."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from runtime.adapters import mounts
+from runtime.lab.containerd_lab import Lab
+
+OVERLAID = ("etc", "opt", "usr")
+PIP = "lib/python3/dist-packages/pip"   # under /usr
+
+
+def digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+class ThrowawayNode:
+    def __init__(self, top: str, bin_dir: str | None):
+        self.top = top
+        self.lab = Lab("node-installer", bin_dir=bin_dir)
+        self.merged = {d: os.path.join(top, "merged", d) for d in OVERLAID}
+        self.upper = {d: os.path.join(top, "upper", d) for d in OVERLAID}
+        self.pid_file = os.path.join(top, "containerd.pid")
+        self.restart_script = os.path.join(top, "restart-containerd")
+        self.manager_script = os.path.join(top, "service-manager")
+        self.manager: subprocess.Popen[bytes] | None = None
+        self.holder: subprocess.Popen[bytes] | None = None
+        self.made_run_dir = False
+
+    # set-up
+    def start(self) -> "ThrowawayNode":
+        self.lab.destroy()
+        self.lab.write_config("", with_rewarm=False)      # the node's own config: no rewarm in it
+        with open(self.lab.config) as f:
+            self.original_config = f.read()
+        for d in OVERLAID:
+            work = os.path.join(self.top, "work", d)
+            for path in (self.merged[d], self.upper[d], work):
+                os.makedirs(path, exist_ok=True)
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                            f"lowerdir=/{d},upperdir={self.upper[d]},workdir={work}", self.merged[d]], check=True)
+        os.makedirs(os.path.join(self.merged["etc"], "containerd"), exist_ok=True)
+        with open(os.path.join(self.merged["etc"], "containerd", "config.toml"), "w") as f:
+            f.write(self.original_config)
+        if os.path.isdir(os.path.join(self.merged["usr"], PIP)):   # the node's python3 without pip
+            shutil.rmtree(os.path.join(self.merged["usr"], PIP))      # (a whiteout in the upper dir)
+        self.baseline = {d: self.upper_files(d) for d in OVERLAID}
+        os.makedirs(self.lab.state, exist_ok=True)
+        if not os.path.isdir("/run/containerd"):
+            os.makedirs("/run/containerd")
+            self.made_run_dir = True
+        binds = " && ".join(f"mount --bind {self.merged[d]} /{d}" for d in OVERLAID)
+        self.holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+             f"{binds} && mount --bind {self.lab.state} /run/containerd && echo up && exec sleep 2147483647"],
+            stdout=subprocess.PIPE, start_new_session=True)
+        assert self.holder.stdout and self.holder.stdout.readline() == b"up\n", "the node's mount namespace"
+        self.write_scripts()
+        self.manager = subprocess.Popen(["nsenter", "--target", str(self.holder.pid), "--mount", "--", "sh",
+                                         self.manager_script], start_new_session=True)
+        self.restart()   # its first start
+        self.lab.build_pause_image()
+        return self
+
+    def write_scripts(self) -> None:
+        """The node's service manager for containerd (what systemd is on a node: it runs the daemon
+        outside any pod and restarts it when asked), and the `systemctl restart containerd` that asks."""
+        path = "/usr/sbin:/usr/bin:/sbin:/bin"
+        if self.lab.bin_dir:
+            path = f"{self.lab.bin_dir}:{path}"
+        ctr, ask, told = self.lab.tool("ctr"), os.path.join(self.top, "restart.fifo"), os.path.join(self.top, "done.fifo")
+        for fifo in (ask, told):
+            os.mkfifo(fifo)
+        with open(self.manager_script, "w") as f:
+            f.write(f"""#!/bin/sh
+restart() {{
+  if [ -s {self.pid_file} ]; then
+    pid=$(cat {self.pid_file}); kill "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  fi
+  env -i PATH={path} containerd --config /etc/containerd/config.toml >>{self.lab.root}/containerd.log 2>&1 </dev/null &
+  echo $! > {self.pid_file}
+  for i in $(seq 300); do
+    env -i PATH={path} {ctr} --address /run/containerd/containerd.sock version >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}}
+while :; do
+  read request < {ask}
+  if restart; then echo ok > {told}; else echo failed > {told}; fi
+done
+""")
+        with open(self.restart_script, "w") as f:
+            f.write(f"""#!/bin/sh
+echo restart > {ask}
+read answer < {told}
+[ "$answer" = ok ] || {{ echo "containerd did not come back" >&2; exit 1; }}
+""")
+        os.chmod(self.restart_script, 0o755)
+
+    def restart(self) -> None:
+        subprocess.run(["sh", self.restart_script], check=True, timeout=90)
+
+    # what the node shows
+    def upper_files(self, d: str) -> dict[str, str]:
+        """What was written on the node under /D: each path (relative to it) and its content's
+        digest ("whiteout" for a removal, the target for a link)."""
+        found = {}
+        for dirpath, dirnames, filenames in os.walk(self.upper[d]):
+            for name in filenames + [n for n in dirnames if os.path.islink(os.path.join(dirpath, n))]:
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, self.upper[d])
+                if os.path.islink(path):
+                    found[rel] = "-> " + os.readlink(path)
+                elif os.path.isfile(path):
+                    found[rel] = digest(path)
+                else:
+                    found[rel] = "whiteout"
+        return found
+
+    def written(self, d: str) -> set[str]:
+        """The paths under /D written (or removed) since the node was set up."""
+        now = self.upper_files(d)
+        return {p for p in now.keys() | self.baseline[d].keys() if now.get(p) != self.baseline[d].get(p)}
+
+    def config_text(self) -> str:
+        with open(os.path.join(self.merged["etc"], "containerd", "config.toml")) as f:
+            return f.read()
+
+    def containerd_pid(self) -> int:
+        with open(self.pid_file) as f:
+            return int(f.read())
+
+    @property
+    def pid(self) -> int:
+        assert self.holder is not None
+        return self.holder.pid
+
+    # tear-down
+    def destroy(self) -> None:
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(self.containerd_pid(), signal.SIGKILL)
+        if self.manager:
+            os.killpg(self.manager.pid, signal.SIGKILL)
+            self.manager.wait()
+        self.lab.destroy()
+        if self.holder:
+            self.holder.kill()
+            self.holder.wait()
+        deadline = time.monotonic() + 10
+        for d in OVERLAID:
+            while subprocess.run(["umount", self.merged[d]], capture_output=True).returncode != 0 \
+                    and os.path.ismount(self.merged[d]) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        mounts.unmount_under(self.top)
+        if self.made_run_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir("/run/containerd")
+        shutil.rmtree(self.top, ignore_errors=True)
