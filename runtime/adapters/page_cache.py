@@ -9,7 +9,7 @@ import mmap
 import os
 import stat
 import threading
-from typing import Iterable
+from typing import Callable, Iterable
 
 CHUNK = 16 << 20            # one read of a reader; large enough that each is one sequential I/O
 ADVISE_CHUNK = 64 << 20     # one read-ahead request of the prefetch
@@ -48,11 +48,18 @@ def _ranges(paths: Iterable[str], chunk: int) -> list[tuple[str, int]]:
     return [(p, off) for p in paths for off in range(0, os.path.getsize(p), chunk)]
 
 
-def warm(paths: Iterable[str], threads: int) -> int:
-    """Read every byte of these files with `threads` parallel readers; returns the bytes read."""
+def warm(paths: Iterable[str], threads: int, on_read: Callable[[int], None] | None = None) -> int:
+    """Read every byte of these files with `threads` parallel readers; returns the bytes read.
+    `on_read` hears of each range read (its bytes), from the readers' threads."""
     from concurrent.futures import ThreadPoolExecutor   # only where readers run (not on every restore)
+
+    def read(item: tuple[str, int]) -> int:
+        n = _read_range(item)
+        if on_read:
+            on_read(n)
+        return n
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        return sum(pool.map(_read_range, _ranges(paths, CHUNK)))
+        return sum(pool.map(read, _ranges(paths, CHUNK)))
 
 
 def _advise_range(item: tuple[str, int]) -> None:

@@ -100,7 +100,8 @@ def cmd_warm(cfg: Settings, a: argparse.Namespace) -> int:
     if not entries:
         print(f"no snapshot {a.namespace}/{a.name}", file=sys.stderr)
         return 1
-    done = warm.warm(entries[0], a.threads or cfg.restore_threads)
+    from runtime.adapters.progress import Progress
+    done = warm.warm(entries[0], a.threads or cfg.restore_threads, Progress("warm", warm.size(entries[0])))
     size = entries[0].size()
     print(f"warmed {a.namespace}/{a.name}: {_size(done.bytes_read)} read in {done.seconds:.2f}s "
           f"({done.bytes_read / max(done.seconds, 1e-9) / 1e9:.2f} GB/s); resident "
@@ -191,11 +192,12 @@ def cmd_pull(cfg: Settings, a: argparse.Namespace) -> int:
 
 
 def cmd_bake(cfg: Settings, a: argparse.Namespace) -> int:
+    from runtime.adapters.progress import Phases
     from runtime.engine import bake
-    env = dict(item.split("=", 1) for item in a.env)
     command = a.command[1:] if a.command[:1] == ["--"] else a.command
-    entry = bake.bake(cfg, a.address, a.image, a.name, a.namespace, command, env, a.ready_file, a.ready_http,
-                      a.timeout, a.handler)
+    env = tuple((k, v) for k, v in (item.split("=", 1) for item in a.env))
+    job = bake.Bake(a.image, a.name, a.namespace, tuple(command), env, a.ready_file, a.ready_http, a.timeout, a.handler)
+    entry = bake.bake(cfg, a.address, job, Phases("bake"))
     print(f"baked {entry.namespace}/{entry.name} ({_size(entry.size())}) -> {entry.path}")
     return 0
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from runtime.adapters import logs, store
+from runtime.adapters.progress import Phases
 from runtime.clients import cri
 from runtime.model import annotations as ann
 from runtime.model.errors import CaptureFailed, RewarmError
@@ -26,35 +28,62 @@ def _events_for(event_log: str, container_id: str) -> list[dict[str, Any]]:
     return [e for e in logs.read_events(event_log) if e.get("container") == container_id]
 
 
-def bake(settings: Settings, address: str, image: str, name: str, namespace: str, command: list[str],
-         env: dict[str, str], ready_file: str | None, ready_http: str | None, timeout: float,
-         handler: str = "rewarm") -> store.Entry:
-    annotations = {ann.SNAPSHOT: name, ann.CAPTURE: ann.Capture.ON_READY.value}
-    if ready_file:
-        annotations[ann.READY_FILE] = ready_file
-    if ready_http:
-        annotations[ann.READY_HTTP] = ready_http
-    ann.parse(annotations, {"args": command, "env": [f"{k}={v}" for k, v in env.items()]})
+@dataclass(frozen=True)
+class Bake:
+    """What to bake: the image and command a pod would run, and when it counts as ready."""
+    image: str
+    name: str                        # the snapshot's
+    namespace: str = "default"
+    command: tuple[str, ...] = ()    # () = the image's
+    env: tuple[tuple[str, str], ...] = ()
+    ready_file: str | None = None
+    ready_http: str | None = None
+    timeout: float = 1800
+    handler: str = "rewarm"
+
+    def annotations(self) -> dict[str, str]:
+        found = {ann.SNAPSHOT: self.name, ann.CAPTURE: ann.Capture.ON_READY.value}
+        if self.ready_file:
+            found[ann.READY_FILE] = self.ready_file
+        if self.ready_http:
+            found[ann.READY_HTTP] = self.ready_http
+        ann.parse(found, {"args": list(self.command), "env": [f"{k}={v}" for k, v in self.env]})   # refused early
+        return found
+
+
+def bake(settings: Settings, address: str, job: Bake, phases: Phases | None = None) -> store.Entry:
+    annotations = job.annotations()
     with cri.Client(address) as client:
-        if client.image_status(image) is None:
-            raise RewarmError(f"image {image} is not on this node (pull or import it first)")
+        if client.image_status(job.image) is None:
+            raise RewarmError(f"image {job.image} is not on this node (pull or import it first)")
+    phases = phases or Phases("bake", quiet=True)
+    phases.set(f"starting {job.image}")
     log_root = tempfile.mkdtemp(prefix="rewarm-bake-")
-    pod = cri.Pod(address, log_root, f"rewarm-bake-{name}", image, command, namespace=namespace,
-                  annotations=annotations, env=env, handler=handler, container_name=f"bake-{name}")
+    pod = cri.Pod(address, log_root, f"rewarm-bake-{job.name}", job.image, list(job.command), namespace=job.namespace,
+                  annotations=annotations, env=dict(job.env), handler=job.handler, container_name=f"bake-{job.name}")
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in _events_for(settings.event_log, pod.container_id):
-                if event["event"] in FINISHED:
-                    return next(e for e in store.Store(settings.store).entries(namespace, name)
-                                if e.ident == event["entry"])
-                if event["event"] in GAVE_UP:
-                    raise CaptureFailed(f"bake of {image}: {event['reason']}")
-            if pod.status().state == cri.pb.CONTAINER_EXITED:
-                raise CaptureFailed(f"bake of {image}: the container exited ({pod.status().exit_code}) before "
-                                    f"it was ready; its log:\n{pod.log()[-2000:]}")
-            time.sleep(0.5)
-        raise CaptureFailed(f"bake of {image}: not ready and captured within {timeout}s; log:\n{pod.log()[-2000:]}")
+        return _wait_for_capture(settings, job, pod, phases)
     finally:
+        phases.finish()
         pod.delete()
         shutil.rmtree(log_root, ignore_errors=True)
+
+
+def _wait_for_capture(settings: Settings, job: Bake, pod: cri.Pod, phases: Phases) -> store.Entry:
+    deadline = time.monotonic() + job.timeout
+    while time.monotonic() < deadline:
+        for event in _events_for(settings.event_log, pod.container_id):
+            if event["event"] in FINISHED:
+                phases.set(f"captured as {job.namespace}/{job.name}")
+                return next(e for e in store.Store(settings.store).entries(job.namespace, job.name)
+                            if e.ident == event["entry"])
+            if event["event"] in GAVE_UP:
+                raise CaptureFailed(f"bake of {job.image}: {event['reason']}")
+            if event["event"] == EventKind.COLD_START.value:
+                phases.set("started, warming up until ready; then captured")
+        if pod.status().state == cri.pb.CONTAINER_EXITED:
+            raise CaptureFailed(f"bake of {job.image}: the container exited ({pod.status().exit_code}) before "
+                                f"it was ready; its log:\n{pod.log()[-2000:]}")
+        phases.set(phases.phase)   # the time so far
+        time.sleep(0.5)
+    raise CaptureFailed(f"bake of {job.image}: not ready and captured within {job.timeout}s; log:\n{pod.log()[-2000:]}")

@@ -24,7 +24,7 @@ from runtime.adapters import logs, settings_file, store
 from runtime.adapters.files import owned_dir
 from runtime.adapters.registry import cosign, crio, native, ocicrypt, transfer
 from runtime.adapters.registry.client import Client
-from runtime.adapters.registry.progress import Progress
+from runtime.adapters.progress import Progress
 from runtime.engine import fingerprinting, warm
 from runtime.model import annotations as ann
 from runtime.model import registry_ref

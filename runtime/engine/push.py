@@ -19,7 +19,7 @@ from runtime.adapters import archive, logs, store
 from runtime.adapters.files import read_json
 from runtime.adapters.registry import cosign, crio, native, ocicrypt, transfer
 from runtime.adapters.registry.client import Client
-from runtime.adapters.registry.progress import Progress
+from runtime.adapters.progress import Progress
 from runtime.engine.pull import client_for
 from runtime.model import layout, registry_ref
 from runtime.model.errors import RegistryError, RewarmError

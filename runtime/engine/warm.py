@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from runtime.adapters import logs, page_cache, reload_files
+from runtime.adapters.progress import Progress
 from runtime.adapters.store import Entry
 from runtime.model.events import EventKind
 from runtime.model.settings import Settings
@@ -35,10 +36,12 @@ def resident(entry: Entry) -> int:
     return sum(page_cache.resident_bytes(path) for path in files_of(entry))
 
 
-def warm(entry: Entry, threads: int) -> Warmed:
+def warm(entry: Entry, threads: int, progress: Progress | None = None) -> Warmed:
     before = resident(entry)
     t = time.monotonic()
-    read = page_cache.warm(files_of(entry), threads)
+    read = page_cache.warm(files_of(entry), threads, progress.add if progress else None)
+    if progress:
+        progress.finish()
     return Warmed(read, time.monotonic() - t, before, resident(entry))
 
 

@@ -304,6 +304,9 @@ def test_bake_captures_a_snapshot_that_pods_restore(cri_lab, node):
     assert out.returncode == 0, out.stderr + out.stdout
     entry = store.Store(node.store).entries("default", "baked")[0]
     assert entry.path in out.stdout
+    phases = [line for line in out.stderr.splitlines() if line.startswith("bake: ")]   # its progress, off a terminal
+    assert phases == [f"bake: starting {IMAGE}", "bake: started, warming up until ready; then captured",
+                      "bake: captured as default/baked"], out.stderr
     with cri.Client(cri_lab.address) as client:
         assert not [c for c in client.list_containers() if c.metadata.name == "bake-baked"]  # bake removed its pod
     pod = cri_lab.pod("from-bake", IMAGE, COMMAND, annotations={"rewarm.dev/snapshot": "baked"}, env=ENV)

@@ -173,6 +173,7 @@ def test_the_operator_commands_list_inspect_and_remove_snapshots(lab, node, warm
     warmed = rewarm_cli("warm", "cli-snap", "--namespace", "team-a", "--threads", "4")
     assert warmed.returncode == 0 and "warmed team-a/cli-snap" in warmed.stdout, warmed.stderr
     assert "100% now" in warmed.stdout and "100% before" not in warmed.stdout, warmed.stdout
+    assert "warm: 100% (" in warmed.stderr, warmed.stderr   # its progress, off a terminal a line a tenth
     doctor = rewarm_cli("doctor").stdout
     assert "snapshot team-a/cli-snap" in doctor and "100% in the page cache" in doctor, doctor
     inspected = json.loads(rewarm_cli("inspect", "cli-snap", "--namespace", "team-a").stdout)

@@ -18,7 +18,7 @@ from typing import Callable, Sequence, TypeVar
 from runtime.adapters.registry import ocicrypt
 from runtime.adapters.registry.client import Client
 from runtime.adapters.registry.native import Piece
-from runtime.adapters.registry.progress import Progress
+from runtime.adapters.progress import Progress
 from runtime.model.errors import RegistryError, TransferInterrupted
 
 T = TypeVar("T")

@@ -1,5 +1,6 @@
-"""Progress of a push or pull: tqdm's bar on a terminal, a plain line per tenth otherwise (a log
-keeps those readable), and the throughput at the end. Called from many transfer threads at once."""
+"""Progress of a long command: bytes (push, pull, warm: tqdm's bar on a terminal, a plain line per
+tenth otherwise, so that a log stays readable, and the throughput at the end; called from many
+threads at once) or phases (bake: tqdm's status line with the time so far, or a line per phase)."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +9,6 @@ import time
 from typing import TextIO
 
 from tqdm import tqdm
-
 
 
 def human(n: float) -> str:
@@ -65,4 +65,28 @@ class Progress:
         if self.ended is not None:
             return
         self.ended = time.monotonic()
+        self._bar.close()
+
+
+class Phases:
+    """The phase a step without a byte count is in, and how long it has been going."""
+
+    def __init__(self, verb: str, stream: TextIO | None = None, quiet: bool = False):
+        self.verb, self.stream, self.quiet = verb, stream or sys.stderr, quiet
+        self.phase = ""
+        self._tty = self.stream.isatty()
+        self._bar = tqdm(desc=verb, bar_format="{desc}: {postfix} ({elapsed})", file=self.stream,
+                         disable=quiet or not self._tty, dynamic_ncols=True, leave=True)
+
+    def set(self, phase: str) -> None:
+        if phase == self.phase:
+            self._bar.refresh()   # the time so far
+            return
+        self.phase = phase
+        if self._tty:
+            self._bar.set_postfix_str(phase)
+        elif not self.quiet:
+            print(f"{self.verb}: {phase}", file=self.stream, flush=True)
+
+    def finish(self) -> None:
         self._bar.close()
