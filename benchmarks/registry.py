@@ -25,6 +25,7 @@ from runtime.adapters.files import write_json
 from runtime.adapters.registry import native
 from runtime.engine import pull, push
 from runtime.engine.fingerprinting import of_container
+from runtime.engine.formats import Caller
 from runtime.lab.registry_lab import Registry
 from runtime.model import layout
 from runtime.model.manifest import Manifest
@@ -100,8 +101,8 @@ def throughput(settings, registry: Registry, gib: float, rounds: int, top: str) 
     entry = make_entry(settings, gib)
     ref = f"{registry.address}/bench/snapshot:v1"
     os.sync()
-    pushed = push.push(settings, "bench", ref, quiet=True)
-    again = push.push(settings, "bench", ref, quiet=True)
+    pushed = push.push(settings, "bench", ref, caller=Caller(quiet=True))
+    again = push.push(settings, "bench", ref, caller=Caller(quiet=True))
     client = pull.client_for(settings, pull.registry_ref.parse(ref))
     _, manifest = client.get_manifest()
     layers = manifest["layers"]
@@ -114,7 +115,7 @@ def throughput(settings, registry: Registry, gib: float, rounds: int, top: str) 
             os.sync()
             if what == "rewarm pull":
                 st.remove("default", "copy")
-                done = pull.pull(settings, ref, "copy", quiet=True)
+                done = pull.pull(settings, ref, "copy", caller=Caller(quiet=True))
                 samples[what].append(done.progress.seconds())
             else:
                 samples[what].append(yardstick(registry.address, "bench/snapshot", layers, os.path.join(top, "yard"),
@@ -163,7 +164,7 @@ def pods(settings_path: str, registry: Registry, n: int) -> dict:
             st.remove("default", "probe")
             os.sync()
             t = time.monotonic()   # the whole pull, as the pulled pod pays it: manifest and config too
-            pull.pull(settings, ref, "probe", quiet=True)
+            pull.pull(settings, ref, "probe", caller=Caller(quiet=True))
             out["rewarm pull"].append(time.monotonic() - t)
             st.remove("default", "worker")
             os.sync()

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import IO, Any
 
-from runtime.adapters import logs, settings_file
+from runtime.adapters import logs, mounts, settings_file
 from runtime.adapters.files import owner_alive, read_json, remove_tree
 from runtime.model import annotations as ann
 from runtime.model import layout, oci_spec
@@ -99,7 +99,8 @@ def poststop(state: dict[str, Any], settings: Settings) -> None:
     work = layout.work_dir(os.environ.get(RUNTIME_ROOT_ENV, "/run/runc"), state["id"])
     if _restoring(work):
         return
-    remove_tree(work, layout.WORK_ROOT)   # left by an engine that was killed midway
+    mounts.unmount_under(work)            # left by an engine that was killed midway: a CRIU's cgroup yard
+    remove_tree(work, layout.WORK_ROOT)
     annotations = state.get("annotations") or {}
     kinds = {k.value for k in START_KINDS}
     started = [e for e in logs.read_events(settings.event_log)

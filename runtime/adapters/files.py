@@ -2,9 +2,9 @@
 part), and the one way it reads JSON."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import tempfile
 from typing import Any
 
@@ -53,8 +53,10 @@ def write_if_changed(path: str, text: str, mode: int = 0o600) -> bool:
 
 
 def remove_tree(path: str, prune_up_to: str | None = None) -> None:
-    """Remove a directory tree, then its parents as long as they are empty, up to `prune_up_to`."""
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a directory tree, then its parents as long as they are empty, up to `prune_up_to`.
+    It never crosses into a mount below `path`: under a killed CRIU's cgroup yard lie the node's
+    cgroup hierarchies (mounts.unmount_under takes such mounts away first)."""
+    _remove_on_own_mounts(path)
     parent = os.path.dirname(path.rstrip("/"))
     while prune_up_to and parent.startswith(prune_up_to.rstrip("/") + "/"):
         try:
@@ -62,6 +64,26 @@ def remove_tree(path: str, prune_up_to: str | None = None) -> None:
         except OSError:
             return
         parent = os.path.dirname(parent)
+
+
+def _remove_on_own_mounts(path: str) -> None:
+    try:
+        if not os.path.isdir(path) or os.path.islink(path):
+            os.unlink(path)
+            return
+    except FileNotFoundError:
+        return
+    walked: list[tuple[str, list[str]]] = []
+    for top, dirs, names in os.walk(path):
+        links = [d for d in dirs if os.path.islink(os.path.join(top, d))]
+        dirs[:] = [d for d in dirs if d not in links and not os.path.ismount(os.path.join(top, d))]
+        walked.append((top, names + links))
+    for top, names in reversed(walked):
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(top, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(top)
 
 
 def fsync_dir(path: str) -> None:

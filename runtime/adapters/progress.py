@@ -3,10 +3,11 @@ tenth otherwise, so that a log stays readable, and the throughput at the end; ca
 threads at once) or phases (bake: tqdm's status line with the time so far, or a line per phase)."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Iterator, TextIO
 
 from tqdm import tqdm
 
@@ -59,6 +60,15 @@ class Progress:
     def summary(self) -> str:
         skipped = f", {human(self.skipped)} already there" if self.skipped else ""
         return (f"{human(self.moved)} in {self.seconds():.2f}s ({human(self.rate())}/s){skipped}")
+
+    @contextlib.contextmanager
+    def stopped_on_failure(self) -> Iterator["Progress"]:
+        """The transfer in the block: a failure stops the clock and ends the bar's line."""
+        try:
+            yield self
+        except BaseException:
+            self.finish()
+            raise
 
     def finish(self) -> None:
         """The transfer is over (done or failed): the clock stops, a bar ends its line."""

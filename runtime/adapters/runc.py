@@ -74,8 +74,19 @@ class Runc:
         return argv + [container_id]
 
 
-def restore_argv(binary: str, caller_globals: dict[str, str | bool], container_id: str, *, criu: str, bundle: str,
-                 images: str, work: str, detach: bool, pid_file: str | None, no_pivot: bool) -> list[str]:
+@dataclass(frozen=True)
+class RestoreFrom:
+    """What a `runc restore` reads (the bundle, CRIU's images and work dir) and how it runs."""
+    criu: str
+    bundle: str
+    images: str
+    work: str
+    detach: bool = False
+    pid_file: str | None = None
+    no_pivot: bool = False
+
+
+def restore_argv(binary: str, caller_globals: dict[str, str | bool], container_id: str, how: RestoreFrom) -> list[str]:
     """`runc restore` for a container the caller asked to `create` (or `run`): the caller's global
     flags (root, log, log format, cgroup driver) come along, so the result is where it looks."""
     argv = [binary]
@@ -85,13 +96,13 @@ def restore_argv(binary: str, caller_globals: dict[str, str | bool], container_i
             argv.append(flag)
         elif value:
             argv += [flag, str(value)]
-    argv += ["--criu", criu, "restore", "--bundle", bundle, "--image-path", images, "--work-path", work,
+    argv += ["--criu", how.criu, "restore", "--bundle", how.bundle, "--image-path", how.images, "--work-path", how.work,
              "--file-locks", "--ext-unix-sk"]
-    if detach:
+    if how.detach:
         argv.append("--detach")
-    if pid_file:
-        argv += ["--pid-file", pid_file]
-    if no_pivot:
+    if how.pid_file:
+        argv += ["--pid-file", how.pid_file]
+    if how.no_pivot:
         argv.append("--no-pivot")
     return argv + [container_id]
 
@@ -131,6 +142,9 @@ def run_bounded(argv: list[str], env: dict[str, str], timeout: float, capture: b
             _kill([pid for pid, alive in _criu_children_of(proc.pid) if alive])
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        gone_by = time.monotonic() + KILLED_WAIT_S   # none of it may mount anything after the caller cleans up
+        while _group_alive(proc.pid) and time.monotonic() < gone_by:
+            time.sleep(0.02)
         if code is None:
             _, err = proc.communicate()
     return code, err or ""
@@ -179,6 +193,7 @@ def _kill(pids: list[int]) -> None:
 
 
 GROUP_DRAIN_S = 15.0
+KILLED_WAIT_S = 5.0
 
 
 def _group_alive(pgid: int) -> bool:

@@ -46,8 +46,8 @@ def cmd_capture(cfg: Settings, a: argparse.Namespace) -> int:
         from runtime.clients.containerd import Containerd
         with Containerd(a.address, a.namespace or "k8s.io") as containerd:
             root = containerd.container(a.container_id).runc_root
-            entry = capture.capture(cfg, root, a.container_id, a.name, a.snapshot_namespace,
-                                    leave_running=not a.exit, containerd=containerd)
+            entry = capture.run(cfg, capture.Request(root, a.container_id, a.name, a.snapshot_namespace,
+                                                     leave_running=not a.exit, containerd=containerd))
     else:
         entry = capture.capture(cfg, a.root, a.container_id, a.name, a.snapshot_namespace or a.namespace,
                                 a.leave_running)
@@ -118,8 +118,8 @@ def cmd_gc(cfg: Settings, a: argparse.Namespace) -> int:
 
 def cmd_install(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.node import install
-    results = install.install(a.runtime, a.config_file, a.binary, a.config_version, a.dry_run, a.hooks_dir,
-                              a.rewarm_config)
+    node = install.Node(a.config_file, a.binary, a.hooks_dir, a.rewarm_config)
+    results = install.install(a.runtime, node, a.config_version, a.dry_run)
     for path, changed, diff in results:
         if not changed:
             print(f"{path}: already installed; nothing to change")
@@ -137,7 +137,7 @@ def cmd_install(cfg: Settings, a: argparse.Namespace) -> int:
 
 def cmd_uninstall(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.node import install
-    results = install.uninstall(a.runtime, a.config_file, a.dry_run, a.hooks_dir)
+    results = install.uninstall(a.runtime, install.Node(a.config_file, hooks_dir=a.hooks_dir), a.dry_run)
     for path, changed, diff in results:
         if not changed:
             print(f"{path}: nothing of rewarm's there")
@@ -166,11 +166,20 @@ def cmd_export(cfg: Settings, a: argparse.Namespace) -> int:
     return 0
 
 
+def _plain_http(cfg: Settings, a: argparse.Namespace) -> Settings:
+    """--plain-http: this one registry is spoken to without TLS (the client refuses it off loopback)."""
+    if not a.plain_http:
+        return cfg
+    from runtime.model import registry_ref
+    registry = registry_ref.parse(a.ref).registry
+    return dataclasses.replace(cfg, plain_http_registries=(*cfg.plain_http_registries, registry))
+
+
 def cmd_push(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.engine import push
-    cfg = dataclasses.replace(cfg, encrypt_recipients=(*cfg.encrypt_recipients, *a.encrypt_to),
+    cfg = dataclasses.replace(_plain_http(cfg, a), encrypt_recipients=(*cfg.encrypt_recipients, *a.encrypt_to),
                               sign_key_file=a.sign_key or cfg.sign_key_file)
-    done = push.push(cfg, a.name, a.ref, a.namespace, a.format, a.plain_http)
+    done = push.push(cfg, a.name, a.ref, a.namespace, a.format)
     print(f"pushed {done.entry.namespace}/{done.entry.name} ({done.entry.ident}) -> {done.ref}@{done.digest}: "
           f"{done.progress.summary()}")
     return 0
@@ -178,10 +187,10 @@ def cmd_push(cfg: Settings, a: argparse.Namespace) -> int:
 
 def cmd_pull(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.engine import pull
-    cfg = dataclasses.replace(cfg, decryption_keys=(*cfg.decryption_keys, *a.decryption_key),
+    cfg = dataclasses.replace(_plain_http(cfg, a), decryption_keys=(*cfg.decryption_keys, *a.decryption_key),
                               signature_keys=(*cfg.signature_keys, *a.verify_key),
                               require_signature=cfg.require_signature or bool(a.verify_key))
-    done = pull.pull(cfg, a.ref, a.name, a.namespace, a.format, a.plain_http)
+    done = pull.pull(cfg, a.ref, a.name, a.namespace, a.format)
     entry = done.entry
     if done.progress is None:
         print(f"{a.ref} ({done.digest}) is already {entry.namespace}/{entry.name} -> {entry.path}")

@@ -10,7 +10,8 @@ import json
 import os
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import grpc
 
@@ -39,14 +40,25 @@ def pod_config(name: str, namespace: str = "default", annotations: dict[str, str
             namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD))))
 
 
-def container_config(name: str, image: str, command: list[str], args: list[str] | None = None,
-                     env: dict[str, str] | None = None, annotations: dict[str, str] | None = None,
-                     log_path: str = "", mounts: list[tuple[str, str, bool]] | None = None) -> Any:
+@dataclass(frozen=True)
+class Workload:
+    """A pod of one container, as its spec would say it."""
+    name: str                                  # the pod's
+    image: str
+    command: Sequence[str] = ()                # () = the image's
+    namespace: str = "default"
+    annotations: Mapping[str, str] = field(default_factory=dict)   # the pod's and the container's
+    env: Mapping[str, str] = field(default_factory=dict)
+    mounts: Sequence[tuple[str, str, bool]] = ()   # (host path, container path, read-only)
+    container_name: str = "worker"
+
+
+def container_config(w: Workload, log_path: str = "") -> Any:
     return pb.ContainerConfig(
-        metadata=pb.ContainerMetadata(name=name, attempt=0), image=pb.ImageSpec(image=image),
-        command=command, args=args or [], envs=[pb.KeyValue(key=k, value=v) for k, v in (env or {}).items()],
-        annotations=annotations or {}, log_path=log_path,
-        mounts=[pb.Mount(host_path=h, container_path=c, readonly=ro) for h, c, ro in (mounts or [])],
+        metadata=pb.ContainerMetadata(name=w.container_name, attempt=0), image=pb.ImageSpec(image=w.image),
+        command=list(w.command), envs=[pb.KeyValue(key=k, value=v) for k, v in w.env.items()],
+        annotations=dict(w.annotations), log_path=log_path,
+        mounts=[pb.Mount(host_path=h, container_path=c, readonly=ro) for h, c, ro in w.mounts],
         linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
             namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD))))
 
@@ -123,21 +135,17 @@ class Pod:
     """One pod with one container, created through CRI the way kubelet does it, and deleted the
     same way (stop and remove the container, then the sandbox)."""
 
-    def __init__(self, address: str, log_root: str, name: str, image: str, command: list[str], *,
-                 namespace: str = "default", annotations: dict[str, str] | None = None,
-                 env: dict[str, str] | None = None, handler: str = "rewarm", container_name: str = "worker",
-                 mounts: list[tuple[str, str, bool]] | None = None):
-        self.name = name
-        self.log_dir = os.path.join(log_root, f"{namespace}_{name}_{os.urandom(4).hex()}")
+    def __init__(self, address: str, log_root: str, workload: Workload, handler: str = "rewarm"):
+        self.name = workload.name
+        self.log_dir = os.path.join(log_root, f"{workload.namespace}_{workload.name}_{os.urandom(4).hex()}")
         os.makedirs(self.log_dir, exist_ok=True)
         self.client = Client(address)
-        self.config = pod_config(name, namespace, annotations, self.log_dir)
+        self.config = pod_config(workload.name, workload.namespace, dict(workload.annotations), self.log_dir)
         self.started = time.monotonic()
         self.pod_id = self.client.run_pod(self.config, handler)
         self.seconds = {"RunPodSandbox": time.monotonic() - self.started}   # what each CRI call took
-        self.container_id = self.client.create_container(self.pod_id, container_config(
-            container_name, image, command, env=env, annotations=annotations, mounts=mounts,
-            log_path="worker.log"), self.config)
+        self.container_id = self.client.create_container(self.pod_id, container_config(workload, "worker.log"),
+                                                         self.config)
         self.seconds["CreateContainer"] = time.monotonic() - self.started - sum(self.seconds.values())
         self.client.start_container(self.container_id)
         self.seconds["StartContainer"] = time.monotonic() - self.started - sum(self.seconds.values())

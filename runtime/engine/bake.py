@@ -59,8 +59,9 @@ def bake(settings: Settings, address: str, job: Bake, phases: Phases | None = No
     phases = phases or Phases("bake", quiet=True)
     phases.set(f"starting {job.image}")
     log_root = tempfile.mkdtemp(prefix="rewarm-bake-")
-    pod = cri.Pod(address, log_root, f"rewarm-bake-{job.name}", job.image, list(job.command), namespace=job.namespace,
-                  annotations=annotations, env=dict(job.env), handler=job.handler, container_name=f"bake-{job.name}")
+    pod = cri.Pod(address, log_root, cri.Workload(f"rewarm-bake-{job.name}", job.image, job.command, job.namespace,
+                                                  annotations, dict(job.env), container_name=f"bake-{job.name}"),
+                  job.handler)
     try:
         return _wait_for_capture(settings, job, pod, phases)
     finally:

@@ -253,14 +253,32 @@ STEPS: tuple[Step, ...] = (fingerprint_source, return_a_fitting_entry, refuse_wh
 
 
 # --- the pipeline -------------------------------------------------------------------------------
-def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
-            namespace: str | None = None, leave_running: bool = False, skip_if_present: bool = False,
-            containerd: "Containerd | None" = None) -> store.Entry:
-    """Capture a container into (namespace, name). With `containerd`, the checkpoint goes through
-    containerd's task API and the image is named by the digest containerd has for it; with
-    `skip_if_present`, an entry that already fits this container is returned instead."""
+@dataclass(frozen=True)
+class Request:
+    """What to capture, and how. With `containerd`, the checkpoint goes through containerd's task
+    API and the image is named by the digest containerd has for it; with `skip_if_present`, an
+    entry that already fits the container is returned instead."""
+    runtime_root: str
+    container_id: str
+    name: str
+    namespace: str | None = None       # None: the pod's, from its annotations
+    leave_running: bool = False
+    skip_if_present: bool = False
+    containerd: "Containerd | None" = None
+
+
+def capture(settings: Settings, runtime_root: str, container_id: str, name: str, namespace: str | None = None,
+            leave_running: bool = False) -> store.Entry:
+    """Capture a container into (namespace, name)."""
+    return run(settings, Request(runtime_root, container_id, name, namespace, leave_running))
+
+
+def run(settings: Settings, request: Request) -> store.Entry:
+    r = request
+    container_id, name, namespace, leave_running, containerd = (r.container_id, r.name, r.namespace,
+                                                                 r.leave_running, r.containerd)
     validate_name(name)
-    src = find_source(settings, runtime_root, container_id)
+    src = find_source(settings, r.runtime_root, container_id)
     if containerd is not None:
         src = _with_image_digest(src, containerd.image_digest(containerd.container(container_id).image))
     namespace = validate_namespace(namespace or ann.namespace_of(oci_spec.annotations_of(src.spec)))
@@ -272,7 +290,7 @@ def capture(settings: Settings, runtime_root: str, container_id: str, name: str,
         hooks = _hooks_of(src)
         with st.capturing(namespace, name), st.staging() as staging:
             c = Capture(settings, src, namespace, name, leave_running, staging, containerd, hooks, st,
-                        skip_if_present)
+                        r.skip_if_present)
             for step in STEPS:
                 step(c)
     except _FitsAlready:

@@ -75,8 +75,8 @@ def run(settings: Settings, job: Job) -> int:
                    namespace=job.namespace, snapshot=job.name, reason=why)
         return 0
     try:
-        entry = capture.capture(settings, job.runtime_root, job.container_id, job.name, job.namespace,
-                                leave_running=True, skip_if_present=True)
+        entry = capture.run(settings, capture.Request(job.runtime_root, job.container_id, job.name, job.namespace,
+                                                      leave_running=True, skip_if_present=True))
     except (RewarmError, OSError) as e:
         logs.event(settings.event_log, EventKind.CAPTURE_FAILED, container=job.container_id,
                    namespace=job.namespace, snapshot=job.name, reason=f"on-ready capture: {e}")
@@ -84,8 +84,9 @@ def run(settings: Settings, job: Job) -> int:
     store.touch_used(entry)
     if job.push_to:
         from runtime.engine import push
+        from runtime.engine.formats import Caller
         try:
-            push.push(settings, job.name, job.push_to, job.namespace, quiet=True)   # its events say how it went
+            push.push(settings, job.name, job.push_to, job.namespace, caller=Caller(quiet=True))   # its events say how
         except (RewarmError, OSError):
             return 1
     return 0

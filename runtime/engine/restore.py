@@ -23,7 +23,7 @@ from runtime.adapters import (cgroups, criu, dev_shm, logs, mounts, netlock, net
                               rootfs_diff, store, worker_hooks)
 from runtime.adapters.store import Entry, Store
 from runtime.adapters.files import owned_dir, remove_tree, write_json
-from runtime.adapters.runc import Runc, errors_since, restore_argv, run_bounded, start_attached
+from runtime.adapters.runc import RestoreFrom, Runc, errors_since, restore_argv, run_bounded, start_attached
 from runtime.engine import fingerprinting
 from runtime.gpu import plugin_env
 from runtime.front.names import RESTORED_MARKER
@@ -189,9 +189,9 @@ def restore_process(r: Restore) -> None:
     r.on_failure.callback(cgroups.kill_container, r.spec)   # and processes runc does not know of
     r.on_failure.callback(r.runc.delete_force, r.container_id)
     pid_file = r.call.pid_file or (None if r.detach else os.path.join(r.work, "restored.pid"))
-    argv = restore_argv(r.settings.runtime, r.call.globals, r.container_id, criu=r.settings.criu,
-                        bundle=os.path.abspath(r.call.bundle), images=image_view(entry, r.work), work=r.work,
-                        detach=r.detach, pid_file=pid_file, no_pivot=r.call.no_pivot)
+    argv = restore_argv(r.settings.runtime, r.call.globals, r.container_id, RestoreFrom(
+        r.settings.criu, os.path.abspath(r.call.bundle), image_view(entry, r.work), r.work, r.detach, pid_file,
+        r.call.no_pivot))
     env = plugin_env.restore_env(r.settings, entry.manifest.gpu_uuids, r.spec, r.work)
     log = r.call.log
     offset = os.path.getsize(log) if log and os.path.exists(log) else 0

@@ -220,8 +220,10 @@ class Pod(cri.Pod):
     """A CRI pod of the lab, with the HTTP calls a probe or a client inside the pod would make."""
 
     def __init__(self, address: str, log_root: str, name: str, image: str, command: list[str], *,
-                 port: int = 8080, **kwargs: Any):
-        super().__init__(address, log_root, name, image, command, **kwargs)
+                 port: int = 8080, **spec: Any):
+        """`spec`: the rest of the pod's cri.Workload (annotations, env, mounts, ...) and its handler."""
+        handler = spec.pop("handler", "rewarm")
+        super().__init__(address, log_root, cri.Workload(name, image, command, **spec), handler)
         self.port = port
 
     def get(self, path: str = "/", timeout: float = 5) -> Any:

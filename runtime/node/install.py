@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import tomlkit
@@ -204,9 +205,19 @@ def hook_files(hook: str, rewarm_config: str | None) -> dict[str, str]:
     return out
 
 
-def install(engine: str, config: str | None, binary: str | None, version: int | None, dry_run: bool,
-            hooks_dir: str | None = None, rewarm_config: str | None = None) -> list[tuple[str, bool, str]]:
+@dataclass(frozen=True)
+class Node:
+    """Where install writes and what it names; None: the defaults (the runtime's own config file,
+    rewarm-runc beside this rewarm, hooks.d, /etc/rewarm/config.json)."""
+    config: str | None = None
+    binary: str | None = None
+    hooks_dir: str | None = None
+    rewarm_config: str | None = None
+
+
+def install(engine: str, node: Node, version: int | None = None, dry_run: bool = False) -> list[tuple[str, bool, str]]:
     """Returns (path, changed, diff) for every file it (would) write."""
+    config, binary, hooks_dir, rewarm_config = node.config, node.binary, node.hooks_dir, node.rewarm_config
     writes: dict[str, str] = {}
     if engine == "containerd":
         path = config or CONTAINERD_CONFIG
@@ -245,10 +256,10 @@ def _with_runtime(path: str, runtime: str) -> str:
     return json.dumps({**current, "runtime": runtime}, indent=2) + "\n"
 
 
-def uninstall(engine: str, config: str | None, dry_run: bool,
-              hooks_dir: str | None = None) -> list[tuple[str, bool, str]]:
+def uninstall(engine: str, node: Node, dry_run: bool = False) -> list[tuple[str, bool, str]]:
     """Take rewarm back out: containerd's config as it was (the kept copy, where nobody edited the
     file since install; else less the handler), CRI-O's drop-in and the hooks.d files removed."""
+    config, hooks_dir = node.config, node.hooks_dir
     out = []
     if engine == "containerd":
         path = config or CONTAINERD_CONFIG

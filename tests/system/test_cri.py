@@ -219,9 +219,9 @@ def test_a_containerd_restart_in_the_middle_of_a_restoring_create_leaves_a_pod_t
 
     def create() -> None:
         try:
-            outcome["id"] = client.create_container(pod_id, cri.container_config(
-                "worker", IMAGE, COMMAND, env=env, annotations={"rewarm.dev/snapshot": "restart-big"},
-                log_path="worker.log"), config)
+            outcome["id"] = client.create_container(pod_id, cri.container_config(cri.Workload(
+                "restart-mid", IMAGE, COMMAND, env=env, annotations={"rewarm.dev/snapshot": "restart-big"}),
+                "worker.log"), config)
             client.start_container(str(outcome["id"]))
             outcome["started"] = True
         except cri.CriError as e:

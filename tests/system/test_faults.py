@@ -47,9 +47,19 @@ def leftovers(c: Container) -> list[str]:
 
 
 def restored_tasks_exist(cid: str) -> bool:
-    """CRIU has created the restored process tree (now filling its memory)."""
+    """CRIU has created the restored process tree (now filling its memory). runc puts CRIU itself
+    into the container's cgroup before it sends the request: a task of our PID namespace there is
+    CRIU, not the tree (killed then, CRIU would have written no log yet)."""
     procs = f"/sys/fs/cgroup/pids/rewarm-lab/{cid}/cgroup.procs"
-    return os.path.exists(procs) and bool(open(procs).read().split())
+    if not os.path.exists(procs):
+        return False
+    ours = os.readlink("/proc/self/ns/pid")
+    tree = []
+    for pid in open(procs).read().split():
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/ns/pid") != ours:
+                tree.append(pid)
+    return bool(tree)
 
 
 def memory_half_filled(cid: str) -> bool:

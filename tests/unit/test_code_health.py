@@ -62,3 +62,31 @@ def test_the_pipelines_docstrings_list_exactly_the_steps_they_run():
         chain = (module.__doc__ or "").split("\n\n")[1].split(", then")[0]   # what follows runs after the table
         named = [re.match(r"\s*([a-z_]+)", part).group(1) for part in chain.split("->")]  # type: ignore[union-attr]
         assert named == [s.__name__ for s in steps], (module.__name__, named)
+
+
+def test_no_product_function_takes_more_than_six_parameters():
+    """Wide calls grow a value instead (formats.Transfer, bake.Bake, ...)."""
+    import ast
+    wide = []
+    for top in ("runtime", "oci_hooks"):
+        for dirpath, _, filenames in os.walk(os.path.join(CHECKOUT, top)):
+            for name in (f for f in filenames if f.endswith(".py")):
+                path = os.path.join(dirpath, name)
+                with open(path) as f:
+                    tree = ast.parse(f.read())
+                for node in ast.walk(tree):
+                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        a = node.args
+                        params = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")]
+                        if len(params) + bool(a.vararg) > 6:
+                            wide.append(f"{os.path.relpath(path, CHECKOUT)}:{node.lineno} {node.name}")
+    assert wide == []
+
+
+def test_the_cli_offers_the_registry_formats_there_are():
+    from runtime.cli.main import parser
+    from runtime.engine.formats import FORMATS
+    sub = next(a for a in parser()._actions if a.choices and "push" in a.choices)   # the subcommands
+    for verb in ("push", "pull"):
+        (fmt,) = [a for a in sub.choices[verb]._actions if a.dest == "format"]
+        assert list(fmt.choices) == list(FORMATS)

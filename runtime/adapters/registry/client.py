@@ -90,6 +90,7 @@ class Client:
         if plain_http and not ref.is_loopback:
             raise RegistryError(f"plain HTTP is only spoken to a loopback registry, not {ref.registry}")
         self.ref = ref
+        self.threads = threads   # blobs moved at once
         self._streams: set[requests.Response] = set()
         self._streams_lock = threading.Lock()
         verify: bool | str = ca_file or True

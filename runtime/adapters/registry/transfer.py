@@ -52,7 +52,7 @@ def _read(root: str, p: Piece) -> bytes:
     return data
 
 
-def upload(client: Client, root: str, pieces: list[Piece], threads: int, progress: Progress,
+def upload(client: Client, root: str, pieces: list[Piece], progress: Progress,
            recipients: Sequence[ocicrypt.Key] = ()) -> list[Piece]:
     """Upload the pieces of the files under root that the registry lacks; returns them with digests.
     With recipients, every piece is encrypted to them (ocicrypt.py) and always sent: its fresh key
@@ -73,7 +73,7 @@ def upload(client: Client, root: str, pieces: list[Piece], threads: int, progres
         client.put_blob(p.digest, data or _read(root, p))
         progress.add(p.size)
         return p
-    return run_all(threads, one, pieces)
+    return run_all(client.threads, one, pieces)
 
 
 def put_config(client: Client, data: bytes) -> str:
@@ -145,8 +145,8 @@ def _watch(client: Client, progress: Progress, stop: threading.Event, stall_s: f
         last = now
 
 
-def download(client: Client, root: str, pieces: list[Piece], threads: int, progress: Progress,
-             resume: bool, stall_s: float) -> None:
+def download(client: Client, root: str, pieces: list[Piece], progress: Progress, resume: bool,
+             stall_s: float) -> None:
     """Write every piece into its file under root, each checked against its digest, none longer
     than its manifest says; a transfer that stalls for `stall_s` fails (TransferInterrupted)."""
     sizes: dict[str, int] = {}
@@ -181,7 +181,7 @@ def download(client: Client, root: str, pieces: list[Piece], threads: int, progr
                                     f"({offset - p.offset} of {p.size} bytes): corrupt in the registry or in transit")
         watchdog.start()
         # largest first: the long transfers start at once and the small ones fill the gaps
-        run_all(threads, one, sorted(pieces, key=lambda p: -p.size), stop)
+        run_all(client.threads, one, sorted(pieces, key=lambda p: -p.size), stop)
     except Exception as e:
         if stalled:
             raise TransferInterrupted(stalled[0]) from e

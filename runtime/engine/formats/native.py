@@ -1,0 +1,62 @@
+"""rewarm's native artifact (the wire format is adapters/registry/native.py): the entry's
+manifest.json as the config, its files as blobs of up to 32 MiB. A push sends only the pieces the
+registry lacks; a pull checks the pieces against the pushed manifest and resumes a kept part."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+from runtime.adapters import store
+from runtime.adapters.progress import Progress
+from runtime.adapters.registry import native, transfer
+from runtime.engine.formats.base import Staging, Transfer, check_room, decryption_keys, recipients
+from runtime.model import layout
+from runtime.model.errors import InvalidInput, NotRestorable, RegistryError
+from runtime.model.manifest import Manifest
+
+
+class Native:
+    name = "native"
+
+    def recognises(self, oci_manifest: Mapping[str, Any]) -> bool:
+        return native.is_native(oci_manifest)
+
+    def push(self, t: Transfer, entry: store.Entry, tag: str) -> tuple[str, Progress]:
+        progress = t.progress("push", entry.size())
+        with progress.stopped_on_failure():
+            pieces = transfer.upload(t.client, entry.path, native.split(entry.manifest.files), progress, recipients(t))
+        with open(entry.file(layout.MANIFEST), "rb") as f:
+            config = f.read()
+        config_digest = transfer.put_config(t.client, config)
+        m = native.manifest({"mediaType": native.CONFIG_TYPE, "digest": config_digest, "size": len(config)}, pieces,
+                            {"dev.rewarm.snapshot.name": entry.name, "dev.rewarm.snapshot.namespace": entry.namespace,
+                             "org.opencontainers.image.created": entry.manifest.created})
+        return t.client.put_manifest(m, tag), progress
+
+    def pull(self, t: Transfer, oci_manifest: Mapping[str, Any], into: Staging) -> tuple[store.Entry, Progress]:
+        ref = t.client.ref
+        config, pieces = native.pieces_of(oci_manifest, decryption_keys(t, oci_manifest))
+        raw = transfer.fetch_bytes(t.client, config["digest"], config["size"])
+        try:
+            pushed = Manifest.from_json(json.loads(raw))
+        except (InvalidInput, ValueError, TypeError, KeyError) as e:
+            raise RegistryError(f"{ref}: its manifest.json is not valid: {e}") from e
+        reserved = sorted(set(pushed.files) & store.NOT_CONTENT)
+        if reserved:
+            raise RegistryError(f"{ref}: manifest.json lists rewarm's own file {reserved[0]}")
+        native.check_against(pieces, pushed.files)
+        total = sum(p.size for p in pieces)
+        check_room(t, into.path, total)
+        progress = t.progress("pull", total)
+        with progress.stopped_on_failure():
+            transfer.download(t.client, into.path, pieces, progress, into.resume, t.settings.pull_stall_s)
+        manifest = dataclasses.replace(pushed, namespace=into.namespace, name=into.name,
+                                       source={**pushed.source, **into.origin})
+        try:
+            return into.store.commit_pulled(into.path, manifest), progress
+        except (NotRestorable, InvalidInput) as e:
+            raise RegistryError(f"{ref}: {e}") from e
+
+
+NATIVE = Native()
