@@ -17,7 +17,8 @@ from typing import Any, NoReturn
 from runtime.adapters import criu, logs, settings_file
 from runtime.adapters.files import read_json, write_json
 from runtime.adapters.runc import wait_forwarding
-from runtime.front import dispatch
+from runtime.front.names import ANNOTATION_PREFIX
+from runtime.front.real_runtime import real_runtime
 from runtime.front.runc_argv import RuncCall
 from runtime.model import annotations as ann
 from runtime.model import oci_spec, seccomp
@@ -148,7 +149,7 @@ def _settings() -> tuple[Settings, str | None]:
     try:
         return settings_file.load(), None
     except SettingsError as e:
-        return Settings(runtime=dispatch.real_runtime()), str(e)
+        return Settings(runtime=real_runtime()), str(e)
 
 
 @dataclass
@@ -175,17 +176,32 @@ class Attempt:
                    seconds=round(time.monotonic() - self.started, 3), **fields)
 
 
-def create(call: RuncCall, annotations: dict[str, str]) -> NoReturn:
+def _spec(call: RuncCall) -> Spec | None:
+    """The bundle's config.json if it has rewarm.dev/ annotations; None if not, or if it is broken
+    (the real runtime reports a broken bundle in its own words)."""
+    try:
+        spec = read_json(os.path.join(call.bundle, "config.json"))
+    except (OSError, ValueError):
+        return None
+    found = spec.get("annotations") if isinstance(spec, dict) else None
+    ours = isinstance(found, dict) and any(isinstance(k, str) and k.startswith(ANNOTATION_PREFIX) for k in found)
+    return spec if ours else None
+
+
+def create(call: RuncCall) -> NoReturn:
     settings, config_error = _settings()
-    if ann.is_sandbox(annotations):  # pod annotations reach the pause container too: never restore it
+    spec = _spec(call)
+    # Not rewarm's after all (the door saw rewarm.dev/ elsewhere in config.json, an env value, say),
+    # or a pod's sandbox, which pod annotations reach too: never restored.
+    if spec is None or ann.is_sandbox(oci_spec.annotations_of(spec)):
         os.execvp(settings.runtime, [settings.runtime, *call.argv])
+    annotations = oci_spec.annotations_of(spec)
     a = Attempt(call, settings, annotations)
     digest = ImageDigest(call)
     try:
         if config_error:
             raise SettingsError(config_error)
         a.namespace = ann.namespace_of(annotations)
-        spec: Spec = read_json(os.path.join(call.bundle, "config.json"))
         a.request = ann.parse(annotations, oci_spec.process(spec))
         from runtime.engine import restore   # (its imports overlap the digest's child)
         spec = prepare_spec(call, settings, spec, digest.result())

@@ -78,7 +78,7 @@ def test_both_halves_of_rewarm_runc_read_the_runtime_from_config_as_json_does(la
     text = layout.replace("RT", str(probe))
     value = json.loads(text).get("runtime")
     expected = value if isinstance(value, str) else None
-    from runtime.front.dispatch import top_level_string
+    from runtime.front.real_runtime import top_level_string
     assert top_level_string(text, "runtime") == expected
     config = tmp_path / "config.json"
     config.write_text(text)

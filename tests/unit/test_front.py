@@ -1,6 +1,6 @@
-"""The hot path of rewarm-runc: argv read as runc reads it, pass-through that imports nothing heavy,
-and the sh front door routing only rewarm's containers to the engine (probes stand in for the
-engine and the runtime: only the routing is under test here; the system tests use the real parts)."""
+"""The hot path of rewarm-runc: argv read as runc reads it, and the sh front door, the one router,
+sending only rewarm's containers to the engine, which takes nothing else (probes stand in for the
+engine and the runtime where only the routing is under test; the system tests use the real parts)."""
 from __future__ import annotations
 
 import json
@@ -34,13 +34,31 @@ def test_argv_is_read_like_runc_reads_it(argv, verb, cid, bundle):
     assert (call.verb, call.container_id, call.bundle) == (verb, cid, bundle)
 
 
-def test_the_pass_through_path_imports_nothing_heavy():
-    code = ("import sys; sys.argv=['rewarm-runc-engine','--version']; import runtime.engine.runc_entry as e; "
-            "import os; os.execvp=lambda *a: (print(sorted(m for m in sys.modules if m.startswith(('runtime','json',"
-            "'jsonschema','pynvml','psutil','pyroute2','grpc','dataclasses')))), sys.exit(0)); e.main()")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split("'")[1::2] == ["runtime", "runtime.engine", "runtime.engine.runc_entry", "runtime.front",
-                                    "runtime.front.dispatch", "runtime.front.names", "runtime.front.runc_argv"]
+@pytest.mark.parametrize("argv", [["--version"], ["start", "c1"], ["--root", "/r", "delete", "-f", "c1"], ["create"]])
+def test_the_engine_takes_only_the_calls_the_door_sends_it(argv):
+    """No second router: a call rewarm-runc would not send is refused, before anything heavy loads."""
+    code = ("import sys; sys.argv=['rewarm-runc-engine', *sys.argv[1:]]; import runtime.engine.runc_entry as e\n"
+            "try:\n    e.main()\nexcept SystemExit as x:\n"
+            "    print(x.code, sorted(m for m in sys.modules if m.startswith(('runtime', 'json', 'jsonschema', "
+            "'pynvml', 'psutil', 'grpc'))))")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "2" and "call rewarm-runc" in out.stderr
+    assert out.stdout.split("'")[1::2] == ["runtime", "runtime.engine", "runtime.engine.runc_entry", "runtime.front",
+                                           "runtime.front.runc_argv"]
+
+
+def test_a_create_that_mentions_rewarm_only_in_a_value_reaches_the_engine_and_runs_as_runc(door, tmp_path):
+    """The door matches a line, the engine reads the annotations: not rewarm's, so it is the real
+    runtime's own create, with the same argv."""
+    call, *_ = door
+    bundle = tmp_path / "mentions"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "process": {"args": ["rewarm.dev/x"]}}))
+    assert call("create", "--bundle", str(bundle), "c1") == "rewarm-runc-engine"      # the probe: routed
+    engine = os.path.join(os.path.dirname(sys.executable), "rewarm-runc-engine")
+    out = subprocess.run([engine, "create", "--bundle", str(bundle), "c1"], capture_output=True, text=True,
+                         env={**os.environ, "REWARM_CONFIG": str(tmp_path / "config.json")})
+    assert out.stdout.split() == ["runtime", "create", "--bundle", str(bundle), "c1"], out.stderr
 
 
 @pytest.fixture
@@ -104,14 +122,15 @@ def test_a_config_that_names_the_runtime_twice_is_refused_and_never_splits_the_r
     assert doctor._config(settings)[0][0] == "FAIL"
 
 
-def _python_routes_to_engine(argv: list[str], cwd: str) -> bool:
-    """What the Python side decides for argv (dispatch.route's decision, without its exec)."""
-    from runtime.front import dispatch
+def _rewarms_call(argv: list[str], cwd: str) -> bool:
+    """Whether argv, read as runc reads it (runc_argv, the one flag table), creates a container whose
+    config.json has rewarm.dev/ annotations."""
     call = runc_argv.parse(argv)
     if call.verb not in ("create", "run") or not call.container_id:
         return False
     bundle = call.bundle if os.path.isabs(call.bundle) else os.path.join(cwd, call.bundle)
-    return any(k.startswith("rewarm.dev/") for k in dispatch.annotations_of(bundle))
+    with open(os.path.join(bundle, "config.json")) as f:
+        return any(k.startswith("rewarm.dev/") for k in json.load(f).get("annotations", {}))
 
 
 GLOBALS = [[], ["--debug"], ["--root", "/r"], ["--root=/r"], ["-root", "/r"], ["--log", "/l", "--log-format", "json"],
@@ -135,15 +154,15 @@ def _corpus(annotated: str, plain: str) -> list[list[str]]:
     return out
 
 
-def test_the_sh_door_and_the_python_engine_route_every_runc_call_alike(door, tmp_path):
+def test_the_sh_door_routes_every_runc_call_as_runc_reads_it(door, tmp_path):
     """Every verb of runc's CLI with global and verb flags in each spelling runc accepts (--f v,
-    --f=v, -f v, -f=v), flags before and after the id: the sh front door and the Python side send
-    the same calls to the engine, so no call can be routed one way by one and another by the other."""
+    --f=v, -f v, -f=v), flags before and after the id: the sh front door, the only router, sends to
+    the engine exactly the creates of rewarm's containers, as runc_argv's table reads the argv."""
     call, annotated, plain, _ = door
     disagree = []
     for argv in _corpus(str(annotated), str(plain)):
         by_sh = call(*argv, cwd=str(tmp_path)) == "rewarm-runc-engine"
-        if by_sh != _python_routes_to_engine(argv, str(tmp_path)):
+        if by_sh != _rewarms_call(argv, str(tmp_path)):
             disagree.append((" ".join(argv), "sh: engine" if by_sh else "sh: runtime"))
     assert disagree == []
 
