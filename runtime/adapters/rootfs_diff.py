@@ -16,7 +16,7 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 
-from runtime.model.errors import NotRestorable
+from runtime.model.errors import UnsafeRootfsDiff
 
 MAX_SYMLINKS = 40
 
@@ -91,12 +91,12 @@ def write(upper: str | None, tar_path: str, deleted_path: str) -> tuple[int, int
 def _check_rel(name: str, what: str) -> str:
     norm = name.rstrip("/")
     if norm.startswith("/") or not norm or "\0" in norm:
-        raise NotRestorable(f"rootfs diff: {what} {name!r} is not a relative path")
+        raise UnsafeRootfsDiff(f"rootfs diff: {what} {name!r} is not a relative path")
     parts = norm.split("/")
     if ".." in parts:
-        raise NotRestorable(f"rootfs diff: {what} {name!r} climbs out with '..'")
+        raise UnsafeRootfsDiff(f"rootfs diff: {what} {name!r} climbs out with '..'")
     if all(p in ("", ".") for p in parts):
-        raise NotRestorable(f"rootfs diff: {what} {name!r} names the root filesystem itself")
+        raise UnsafeRootfsDiff(f"rootfs diff: {what} {name!r} names the root filesystem itself")
     return "/".join(p for p in parts if p not in ("", "."))
 
 
@@ -110,15 +110,15 @@ def check_members(members: list[tarfile.TarInfo]) -> None:
         parts = name.split("/")
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in symlinks:
-                raise NotRestorable(f"rootfs diff: member {m.name!r} is written through symlink "
+                raise UnsafeRootfsDiff(f"rootfs diff: member {m.name!r} is written through symlink "
                                     f"{'/'.join(parts[:i])!r} of the same archive")
         if m.issym():
             symlinks.add(name)
         elif m.islnk():
             if _check_rel(m.linkname, "hard link target") not in names:
-                raise NotRestorable(f"rootfs diff: hard link {m.name!r} points outside the archive")
+                raise UnsafeRootfsDiff(f"rootfs diff: hard link {m.name!r} points outside the archive")
         elif not (m.isreg() or m.isdir()):
-            raise NotRestorable(f"rootfs diff: member {m.name!r} has an unsupported type")
+            raise UnsafeRootfsDiff(f"rootfs diff: member {m.name!r} has an unsupported type")
         names.add(name)
 
 
@@ -138,7 +138,7 @@ def secure_join(root: str, rel: str) -> str:
         if os.path.islink(host):
             hops += 1
             if hops > MAX_SYMLINKS:
-                raise NotRestorable(f"rootfs diff: too many symlinks resolving {rel!r}")
+                raise UnsafeRootfsDiff(f"rootfs diff: too many symlinks resolving {rel!r}")
             target = os.readlink(host)
             if target.startswith("/"):
                 resolved = []
@@ -189,9 +189,9 @@ def read_deleted(path: str) -> list[str]:
     except FileNotFoundError:
         return []
     except ValueError as e:
-        raise NotRestorable(f"deleted.files is not a JSON list: {e}") from e
+        raise UnsafeRootfsDiff(f"deleted.files is not a JSON list: {e}") from e
     if not isinstance(deleted, list) or not all(isinstance(p, str) for p in deleted):
-        raise NotRestorable("deleted.files is not a JSON list of paths")
+        raise UnsafeRootfsDiff("deleted.files is not a JSON list of paths")
     return [_check_rel(p, "deleted path") for p in deleted]
 
 
@@ -201,10 +201,10 @@ def _open_checked(tar_path: str, deleted_path: str) -> tuple[list[str], tarfile.
         tar = tarfile.open(tar_path, "r:")
         members = tar.getmembers()
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise NotRestorable(f"rootfs diff {os.path.basename(tar_path)} is unreadable: {e}") from e
+        raise UnsafeRootfsDiff(f"rootfs diff {os.path.basename(tar_path)} is unreadable: {e}") from e
     try:
         check_members(members)
-    except NotRestorable:
+    except UnsafeRootfsDiff:
         tar.close()
         raise
     return deleted, tar, members
@@ -231,7 +231,7 @@ def apply(rootfs: str, tar_path: str, deleted_path: str, backup_dir: str) -> Pat
     except BaseException as e:
         patch.undo()
         if isinstance(e, (OSError, tarfile.TarError, EOFError)):
-            raise NotRestorable(f"rootfs diff could not be laid: {e}") from e
+            raise UnsafeRootfsDiff(f"rootfs diff could not be laid: {e}") from e
         raise
     return patch
 

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 from runtime.adapters import files, verified
 from runtime.adapters.files import fsync_dir, fsync_tree, read_json, write_json
 from runtime.model import layout
-from runtime.model.errors import InvalidInput, NotRestorable, StoreError
+from runtime.model.errors import InvalidInput, SnapshotDamaged, StoreError
 from runtime.model.fingerprint import Fingerprint, differences
 from runtime.model.manifest import FileDigest, Manifest
 from runtime.model.names import validate_name, validate_namespace
@@ -184,7 +184,7 @@ class Store:
             os.rename(staging, final)
             fsync_dir(parent)
             if checksummed:   # the first restore here skips the checksum pass
-                with contextlib.suppress(NotRestorable):
+                with contextlib.suppress(SnapshotDamaged):
                     verified.remember(final, verified.facts(final, manifest.files, manifest.name))
             for old in self.entries(ns, name):
                 if old.path != final and old.manifest.fingerprint_id == manifest.fingerprint_id:
@@ -199,10 +199,10 @@ class Store:
         have = {os.path.relpath(os.path.join(d, f), staging) for d, _, fs in os.walk(staging) for f in fs} - NOT_CONTENT
         if have != set(manifest.files):
             odd = sorted(have ^ set(manifest.files))
-            raise NotRestorable(f"pulled snapshot does not hold the files its manifest lists ({odd[0]})")
+            raise SnapshotDamaged(f"pulled snapshot does not hold the files its manifest lists ({odd[0]})")
         for rel, want in manifest.files.items():
             if os.path.getsize(os.path.join(staging, rel)) != want.size:
-                raise NotRestorable(f"pulled snapshot: {rel} is not {want.size} bytes")
+                raise SnapshotDamaged(f"pulled snapshot: {rel} is not {want.size} bytes")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(staging, OWNER_FILE))
         write_json(os.path.join(staging, layout.MANIFEST), manifest.to_json())   # validated against the schema
@@ -219,7 +219,7 @@ class Store:
             path = os.path.join(parent, n)
             try:
                 manifest = load_manifest(path)
-            except NotRestorable as e:
+            except SnapshotDamaged as e:
                 broken.append(Broken(path, str(e)))
                 continue
             if (manifest.namespace, manifest.name) != (namespace, name):
@@ -357,7 +357,7 @@ def load_manifest(entry_path: str) -> Manifest:
             return Manifest.from_json(json.loads(data), schema_checked=True)
         manifest = Manifest.from_json(json.loads(data))
     except (OSError, ValueError, TypeError, KeyError) as e:
-        raise NotRestorable(f"snapshot at {entry_path} has no valid manifest: {e}") from e
+        raise SnapshotDamaged(f"snapshot at {entry_path} has no valid manifest: {e}") from e
     verified.remember_schema_check(entry_path, data)
     return manifest
 
@@ -366,12 +366,12 @@ def verify(entry: Entry, deep: bool = True) -> None:
     """Every listed file there, a plain root-only file of the listed size and (deep) checksum."""
     files = entry.manifest.files
     if layout.INVENTORY not in files:
-        raise NotRestorable(f"snapshot {entry.ident} has no CRIU inventory: capture was incomplete")
+        raise SnapshotDamaged(f"snapshot {entry.ident} has no CRIU inventory: capture was incomplete")
     check_owner(entry.path, entry.ident)
     current = verified.facts(entry.path, files, entry.ident)
     for rel, want in files.items():
         if current[rel][2] != want.size:
-            raise NotRestorable(f"snapshot {entry.ident}: {rel} has {current[rel][2]} bytes, manifest says {want.size}")
+            raise SnapshotDamaged(f"snapshot {entry.ident}: {rel} has {current[rel][2]} bytes, manifest says {want.size}")
     if not deep or verified.matches(entry.path, current):
         return
     todo = list(files)
@@ -380,7 +380,7 @@ def verify(entry: Entry, deep: bool = True) -> None:
         sums = dict(zip(todo, pool.map(lambda r: sha256_file(os.path.join(entry.path, r)), todo)))
     bad = [rel for rel in todo if sums[rel] != files[rel].sha256]
     if bad:
-        raise NotRestorable(f"snapshot {entry.ident} is corrupt: checksum mismatch in {', '.join(bad)}")
+        raise SnapshotDamaged(f"snapshot {entry.ident} is corrupt: checksum mismatch in {', '.join(bad)}")
     verified.remember(entry.path, current)
 
 
@@ -389,7 +389,7 @@ def check_owner(path: str, ident: str) -> None:
     for d in (path, os.path.join(path, layout.CHECKPOINT_DIR)):
         st = os.lstat(d)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-            raise NotRestorable(f"snapshot {ident}: {os.path.relpath(d, os.path.dirname(path))} must be a "
+            raise SnapshotDamaged(f"snapshot {ident}: {os.path.relpath(d, os.path.dirname(path))} must be a "
                                 f"directory of root writable by root only (uid {st.st_uid}, mode {oct(st.st_mode & 0o7777)})")
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from runtime.adapters.files import atomic_write, read_json
 from runtime.model import layout
-from runtime.model.errors import NotRestorable
+from runtime.model.errors import SnapshotDamaged
 from runtime.model.manifest import FileDigest
 
 RECORD = ".verified"
@@ -78,13 +78,13 @@ def facts(entry_path: str, files: Mapping[str, FileDigest], ident: str) -> Facts
         try:
             st = os.lstat(path)
             if not stat.S_ISREG(st.st_mode):
-                raise NotRestorable(f"snapshot {ident}: {rel} is not a plain file (a symlink or special file)")
+                raise SnapshotDamaged(f"snapshot {ident}: {rel} is not a plain file (a symlink or special file)")
             if st.st_uid != 0 or st.st_mode & 0o022:
-                raise NotRestorable(f"snapshot {ident}: {rel} is owned by uid {st.st_uid} with mode "
+                raise SnapshotDamaged(f"snapshot {ident}: {rel} is owned by uid {st.st_uid} with mode "
                                     f"{oct(st.st_mode & 0o7777)}: only root may write snapshot files")
             out[rel] = [mount_id(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, want.sha256]
         except FileNotFoundError as e:
-            raise NotRestorable(f"snapshot {ident} is missing {rel}") from e
+            raise SnapshotDamaged(f"snapshot {ident} is missing {rel}") from e
     return out
 
 

@@ -13,7 +13,7 @@ from runtime.adapters.files import read_json
 from runtime.adapters.registry import crio, oci_archive, ocicrypt
 from runtime.engine import fingerprinting, warm
 from runtime.model import layout
-from runtime.model.errors import ArchiveError, NotRestorable
+from runtime.model.errors import ArchiveError, UnsafeRootfsDiff
 from runtime.model.manifest import CaptureInfo, Manifest, RootfsInfo
 from runtime.model.names import validate_name, validate_namespace
 from runtime.model.settings import Settings
@@ -57,7 +57,7 @@ def import_archive(settings: Settings, archive_path: str, name: str, namespace: 
         archive.write_empty_diff(tar_path, deleted_path)
         try:
             rootfs_diff.check(tar_path, deleted_path)
-        except NotRestorable as e:
+        except UnsafeRootfsDiff as e:
             raise ArchiveError(f"{archive_path}: {e}") from e
         fp = fingerprinting.of_container(spec, settings)
         images = os.path.join(staging, layout.CHECKPOINT_DIR)

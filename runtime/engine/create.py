@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from runtime.adapters import criu, logs, settings_file
-from runtime.adapters.files import read_json, write_json
+from runtime.adapters.spec_file import SpecFile
 from runtime.adapters.runc import wait_forwarding
 from runtime.front.names import ANNOTATION_PREFIX
 from runtime.front.real_runtime import real_runtime
@@ -94,25 +94,18 @@ class ImageDigest:
             self.pid = 0
 
 
-def prepare_spec(call: RuncCall, settings: Settings, spec: Spec, digest: str | None) -> Spec:
-    """Point the container (`spec`, its config.json as read) at rewarm's CRIU options, for its
-    restore now and its capture later, name its image by digest (the fingerprint of both sides then
-    holds the digest), and keep io_uring, which CRIU cannot capture, out of it (model/seccomp.py)."""
-    path = os.path.join(call.bundle, "config.json")
-    if settings.block_io_uring and not seccomp.blocks_io_uring(spec):
-        spec = seccomp.with_io_uring_blocked(spec)
-        changed = True
-    else:
-        changed = False
-    annotations = spec.setdefault("annotations", {})
-    wanted = {criu.RUNC_CONFIG_ANNOTATION: criu.ensure_config(settings)}
+def prepare_spec(call: RuncCall, settings: Settings, f: SpecFile, digest: str | None) -> None:
+    """Point the container (its config.json, `f`) at rewarm's CRIU options, for its restore now
+    and its capture later, name its image by digest (the fingerprint of both sides then holds the
+    digest), and keep io_uring, which CRIU cannot capture, out of it (model/seccomp.py). In memory:
+    the file is written once, before the runtime runs."""
+    if settings.block_io_uring and not seccomp.blocks_io_uring(f.spec):
+        f.spec = seccomp.with_io_uring_blocked(f.spec)
+    f.spec.setdefault("annotations", {})[criu.RUNC_CONFIG_ANNOTATION] = criu.ensure_config(settings)
     if digest:
-        wanted[ann.IMAGE_DIGEST_KEY] = digest
-    hooks_added = settings.inject_hooks and _add_hooks(spec, call)
-    if any(annotations.get(k) != v for k, v in wanted.items()) or hooks_added or changed:
-        annotations.update(wanted)
-        write_json(path, spec, mode=os.stat(path).st_mode & 0o777)
-    return spec
+        f.spec["annotations"][ann.IMAGE_DIGEST_KEY] = digest
+    if settings.inject_hooks:
+        _add_hooks(f.spec, call)
 
 
 def hook_binary() -> str | None:
@@ -161,6 +154,7 @@ class Attempt:
     started: float = field(default_factory=time.monotonic)
     namespace: str = "default"
     request: ann.Request | None = None
+    prepared: SpecFile | None = None    # config.json with rewarm's changes made, in memory
 
     @property
     def name(self) -> str:
@@ -176,39 +170,40 @@ class Attempt:
                    seconds=round(time.monotonic() - self.started, 3), **fields)
 
 
-def _spec(call: RuncCall) -> Spec | None:
+def _spec_file(call: RuncCall) -> SpecFile | None:
     """The bundle's config.json if it has rewarm.dev/ annotations; None if not, or if it is broken
     (the real runtime reports a broken bundle in its own words)."""
     try:
-        spec = read_json(os.path.join(call.bundle, "config.json"))
+        f = SpecFile(call.bundle)
     except (OSError, ValueError):
         return None
-    found = spec.get("annotations") if isinstance(spec, dict) else None
+    found = f.spec.get("annotations")
     ours = isinstance(found, dict) and any(isinstance(k, str) and k.startswith(ANNOTATION_PREFIX) for k in found)
-    return spec if ours else None
+    return f if ours else None
 
 
 def create(call: RuncCall) -> NoReturn:
     settings, config_error = _settings()
-    spec = _spec(call)
+    f = _spec_file(call)
     # Not rewarm's after all (the door saw rewarm.dev/ elsewhere in config.json, an env value, say),
     # or a pod's sandbox, which pod annotations reach too: never restored.
-    if spec is None or ann.is_sandbox(oci_spec.annotations_of(spec)):
+    if f is None or ann.is_sandbox(oci_spec.annotations_of(f.spec)):
         os.execvp(settings.runtime, [settings.runtime, *call.argv])
-    annotations = oci_spec.annotations_of(spec)
+    annotations = oci_spec.annotations_of(f.spec)
     a = Attempt(call, settings, annotations)
     digest = ImageDigest(call)
     try:
         if config_error:
             raise SettingsError(config_error)
         a.namespace = ann.namespace_of(annotations)
-        a.request = ann.parse(annotations, oci_spec.process(spec))
+        a.request = ann.parse(annotations, oci_spec.process(f.spec))
         from runtime.engine import restore   # (its imports overlap the digest's child)
-        spec = prepare_spec(call, settings, spec, digest.result())
+        prepare_spec(call, settings, f, digest.result())
+        a.prepared = f
         if a.request.snapshot_ref:   # rewarm.dev/snapshot-ref: pull on a miss, within pull_timeout_s
             from runtime.engine import pull
-            pull.on_miss(settings, spec, a.request, a.namespace, str(call.container_id))
-        result = restore.restore(call, settings, spec, a.request, a.namespace)
+            pull.on_miss(settings, f.spec, a.request, a.namespace, str(call.container_id))
+        result = restore.restore(call, settings, f, a.request, a.namespace)
     except (RewarmError, OSError, ValueError) as e:
         digest.close()
         _cold_start(a, str(e))
@@ -241,4 +236,9 @@ def _cold_start(a: Attempt, reason: str) -> NoReturn:
         on_ready.spawn(on_ready.Job(a.call.root, str(a.call.container_id), a.namespace, request.snapshot,
                                     request.ready_file, request.ready_http,
                                     request.snapshot_ref if request.push is ann.Push.ON_CAPTURE else None))
+    if a.prepared is not None:   # the cold start runs with rewarm's changes too (its capture needs them)
+        try:
+            a.prepared.flush()
+        except OSError as e:
+            logs.runtime_log(a.call, "warning", f"{a.call.container_id}: config.json not prepared for a capture: {e}")
     os.execvp(a.settings.runtime, [a.settings.runtime, *a.call.argv])

@@ -23,6 +23,7 @@ from runtime.adapters import (cgroups, criu, dev_shm, logs, mounts, netlock, net
                               rootfs_diff, store, worker_hooks)
 from runtime.adapters.store import Entry, Store
 from runtime.adapters.files import owned_dir, remove_tree, write_json
+from runtime.adapters.spec_file import SpecFile
 from runtime.adapters.runc import RestoreFrom, Runc, errors_since, restore_argv, run_bounded, start_attached
 from runtime.engine import fingerprinting
 from runtime.gpu import plugin_env
@@ -30,7 +31,8 @@ from runtime.front.names import RESTORED_MARKER
 from runtime.front.runc_argv import RuncCall
 from runtime.model import fingerprint, layout, oci_spec
 from runtime.model.annotations import ENTRY_KEY, Request
-from runtime.model.errors import NotRestorable, RestoreFailed, WorkerHookFailed
+from runtime.model.errors import (GpuMismatch, NotRestorable, RestoreFailed, SnapshotDamaged, UnsafeRootfsDiff,
+                                  WorkerHookFailed)
 from runtime.model.oci_spec import Spec
 from runtime.model.settings import Settings, Verify
 
@@ -58,7 +60,7 @@ class Restore:
     `on_failure` holds the undo of what was changed so far."""
     call: RuncCall
     settings: Settings
-    spec: Spec
+    spec_file: SpecFile        # the container's config.json, written once before runc restores it
     request: Request
     namespace: str
     store: Store
@@ -71,6 +73,10 @@ class Restore:
     work: str = ""
     attached: subprocess.Popen[bytes] | None = None   # `run` in the foreground: the runc that waits
     addresses_added: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self) -> Spec:
+        return self.spec_file.spec
 
     @property
     def detach(self) -> bool:
@@ -189,6 +195,7 @@ def restore_process(r: Restore) -> None:
     r.on_failure.callback(cgroups.kill_container, r.spec)   # and processes runc does not know of
     r.on_failure.callback(r.runc.delete_force, r.container_id)
     pid_file = r.call.pid_file or (None if r.detach else os.path.join(r.work, "restored.pid"))
+    r.spec_file.flush()   # what runc restores: rewarm's changes and the entry's name, in one write
     argv = restore_argv(r.settings.runtime, r.call.globals, r.container_id, RestoreFrom(
         r.settings.criu, os.path.abspath(r.call.bundle), image_view(entry, r.work), r.work, r.detach, pid_file,
         r.call.no_pivot))
@@ -244,18 +251,31 @@ STEPS: tuple[tuple[str | None, Step], ...] = (
 )
 
 
-def restore(call: RuncCall, settings: Settings, spec: Spec, request: Request, namespace: str) -> Result:
+def restore(call: RuncCall, settings: Settings, spec_file: SpecFile, request: Request, namespace: str) -> Result:
     with contextlib.ExitStack() as held, contextlib.ExitStack() as on_failure:
-        r = Restore(call, settings, spec, request, namespace, Store(settings.store),
+        r = Restore(call, settings, spec_file, request, namespace, Store(settings.store),
                     Runc(settings.runtime, call.root), held, on_failure)
         for stage, step in STEPS:
-            with r.stages(stage) if stage else contextlib.nullcontext():
+            with r.stages(stage) if stage else contextlib.nullcontext(), _not_here():
                 step(r)
         on_failure.pop_all()
         entry = r.chosen()
         _mark_restored(r, entry)
         store.touch_used(entry)      # under the read lock: a concurrent gc or commit sees it whole
     return Result(entry.ident, r.stages.times, r.attached, tuple(r.addresses_added))
+
+
+# What the adapters find that means this snapshot cannot be restored into this container: the
+# engine's decision, a cold start that says why.
+NOT_HERE = (SnapshotDamaged, UnsafeRootfsDiff, GpuMismatch)
+
+
+@contextlib.contextmanager
+def _not_here() -> Iterator[None]:
+    try:
+        yield
+    except NOT_HERE as e:
+        raise NotRestorable(str(e)) from e
 
 
 # --- helpers of the steps -----------------------------------------------------------------------
@@ -294,8 +314,7 @@ def name_entry(r: Restore, entry_path: str | None) -> None:
         del annotations[ENTRY_KEY]
     else:
         annotations[ENTRY_KEY] = entry_path
-    path = os.path.join(r.call.bundle, "config.json")
-    write_json(path, r.spec, mode=os.stat(path).st_mode & 0o777)
+    r.spec_file.flush()
 
 
 def _mark_restored(r: Restore, entry: Entry) -> None:

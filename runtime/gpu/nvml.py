@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.model import oci_spec
-from runtime.model.errors import NotRestorable
+from runtime.model.errors import GpuMismatch
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Inventory:
         for g in self.gpus:
             if key in (str(g.index), g.uuid):
                 return g
-        raise NotRestorable(f"the container asks for GPU {key!r}, which this node does not have")
+        raise GpuMismatch(f"the container asks for GPU {key!r}, which this node does not have")
 
 
 def inventory() -> Inventory:
@@ -80,7 +80,7 @@ def fingerprint_of_spec(spec: dict[str, Any]) -> dict[str, Any] | None:
     inv = inventory()
     gpus = container_gpus(spec, inv)
     if not gpus:
-        raise NotRestorable("the container uses NVIDIA devices but no GPU could be identified")
+        raise GpuMismatch("the container uses NVIDIA devices but no GPU could be identified")
     models = sorted({g.model for g in gpus})
     return {"model": " + ".join(models), "count": len(gpus), "driver": inv.driver, "cuda_driver": inv.cuda_driver}
 
@@ -92,7 +92,7 @@ def uuids_of_spec(spec: dict[str, Any]) -> list[str]:
 def device_map(recorded: list[str], current: list[str]) -> dict[str, str]:
     """Pair the GPUs of the snapshot with the container's new ones, in device order."""
     if len(recorded) != len(current):
-        raise NotRestorable(f"snapshot used {len(recorded)} GPU(s), this container has {len(current)}")
+        raise GpuMismatch(f"snapshot used {len(recorded)} GPU(s), this container has {len(current)}")
     return {old: new for old, new in zip(recorded, current) if old != new}
 
 

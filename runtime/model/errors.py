@@ -19,6 +19,19 @@ class NotRestorable(RewarmError):
     """No usable snapshot for this container (missing, incompatible, corrupt): cold start instead."""
 
 
+class SnapshotDamaged(RewarmError):
+    """A snapshot's files are not what its manifest says (missing, resized, not plain, foreign-owned,
+    a checksum that differs) or it has no valid manifest: the store's finding."""
+
+
+class UnsafeRootfsDiff(RewarmError):
+    """A rootfs diff that would reach outside the rootfs it is laid into, or cannot be read or laid."""
+
+
+class GpuMismatch(RewarmError):
+    """The container's GPUs are not the ones a snapshot was taken with."""
+
+
 class RestoreFailed(RewarmError):
     """The runtime's restore ran and failed; what it left has been cleaned up."""
 

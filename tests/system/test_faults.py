@@ -30,7 +30,7 @@ from runtime.engine import capture
 from runtime.engine.archives import import_archive
 from runtime.lab.runc_lab import Container, Lab
 from runtime.model import layout
-from runtime.model.errors import ArchiveError, CaptureFailed, NotRestorable
+from runtime.model.errors import ArchiveError, CaptureFailed, SnapshotDamaged
 
 BIG = {"BALLAST_MB": "1500"}          # a restore of ~1.5 GB takes seconds here: time to kill something
 
@@ -299,7 +299,7 @@ def test_an_edited_digest_in_the_manifest_is_not_covered_by_the_verified_record(
     meta["files"]["checkpoint/pages-1.img"]["sha256"] = store.sha256_file(entry.file("checkpoint/pages-1.img"))
     meta["files"]["checkpoint/inventory.img"]["sha256"] = "0" * 64    # an editor who got one wrong
     write_json(os.path.join(path, layout.MANIFEST), meta)
-    with pytest.raises(NotRestorable, match="checksum mismatch in checkpoint/inventory.img"):
+    with pytest.raises(SnapshotDamaged, match="checksum mismatch in checkpoint/inventory.img"):
         store.verify(st.entries("default", "edited-digest")[0])
 
 
@@ -337,7 +337,7 @@ def test_a_byte_changed_while_the_store_was_unmounted_is_found(big, node, tmp_pa
     try:
         entry = store.Store(settings.store).entries("default", "big")[0]
         assert os.stat(entry.file("checkpoint/pages-1.img")).st_ino == ino
-        with pytest.raises(NotRestorable, match="checksum mismatch in checkpoint/pages-1.img"):
+        with pytest.raises(SnapshotDamaged, match="checksum mismatch in checkpoint/pages-1.img"):
             store.verify(entry)
     finally:
         subprocess.run(["umount", str(mnt)], check=True)

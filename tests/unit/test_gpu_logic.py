@@ -13,7 +13,7 @@ import pytest
 from runtime.gpu import driver, nvml
 from runtime.gpu.cuda_cli import format_device_map, parse_device_map
 from runtime.model import fingerprint
-from runtime.model.errors import CudaUnavailable, NotRestorable
+from runtime.model.errors import CudaUnavailable, GpuMismatch
 
 H100 = "NVIDIA H100 80GB HBM3"
 U0, U1 = "GPU-8c6a1b2e-0000-4000-8000-000000000000", "GPU-1f2e3d4c-1111-4111-8111-111111111111"
@@ -75,7 +75,7 @@ def test_the_gpus_a_container_gets(container, expected):
 
 
 def test_a_gpu_the_node_lacks_is_a_reason_to_cold_start():
-    with pytest.raises(NotRestorable, match="does not have"):
+    with pytest.raises(GpuMismatch, match="does not have"):
         nvml.container_gpus(spec(env=["NVIDIA_VISIBLE_DEVICES=3"]), TWO_H100)
 
 
@@ -83,7 +83,7 @@ def test_restore_onto_other_gpus_pairs_them_in_device_order():
     assert nvml.device_map([U0], [U0]) == {}
     assert nvml.device_map([U0], [U1]) == {U0: U1}
     assert nvml.device_map([U0, U1], [U1, U0]) == {U0: U1, U1: U0}
-    with pytest.raises(NotRestorable, match="snapshot used 2 GPU"):
+    with pytest.raises(GpuMismatch, match="snapshot used 2 GPU"):
         nvml.device_map([U0, U1], [U1])
 
 

@@ -21,6 +21,7 @@ from runtime.front import runc_argv
 from runtime.front.names import RESTORED_MARKER
 from runtime.model import annotations as ann
 from runtime.model import layout
+from runtime.adapters.spec_file import SpecFile
 from runtime.model.errors import NotRestorable, RestoreFailed
 from runtime.model.manifest import Manifest
 from runtime.model.settings import from_mapping
@@ -83,7 +84,8 @@ class World:
                                                fingerprint=fp, fingerprint_id=fp.ident(), source={"container_id": "s"}))
 
     def restore(self) -> restore.Result:
-        return restore.restore(self.call, self.settings, read_json(str(self.bundle / "config.json")),
+        self.spec_file = SpecFile(str(self.bundle))
+        return restore.restore(self.call, self.settings, self.spec_file,
                                ann.parse(self.spec["annotations"], self.spec["process"]), "default")
 
 
@@ -105,6 +107,7 @@ def test_a_fitting_entry_is_restored_in_the_callers_place(world):
     marker = read_json(str(world.root / "c1" / RESTORED_MARKER))                         # `start` will be a no-op
     assert marker["entry"] == entry.ident
     assert read_json(str(world.bundle / "config.json"))["annotations"][ann.ENTRY_KEY] == entry.path   # for the hook
+    assert world.spec_file.writes == 1                 # config.json written once, before runc restores it
     assert not os.path.exists(layout.work_dir(str(world.root), "c1"))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from runtime.adapters import rootfs_diff, store, verified
 from runtime.model import layout
-from runtime.model.errors import NotRestorable, StoreError
+from runtime.model.errors import SnapshotDamaged, StoreError, UnsafeRootfsDiff
 from runtime.model.fingerprint import Fingerprint
 from runtime.model.manifest import Manifest
 
@@ -43,7 +43,7 @@ def test_apply_lays_files_and_deletions_then_undo_restores_the_rootfs(tmp_path):
     deleted.write_text('["etc/gone"]')
     (root / "etc" / "gone2").write_text("a file where the diff wants a directory")
     make_tar(str(tar_path), {"etc/keep": b"changed", "var/cache/x": b"x", "etc/gone2/y": b"x"})
-    with pytest.raises(NotRestorable):  # etc/gone2 is a file: laying fails midway and is undone
+    with pytest.raises(UnsafeRootfsDiff):  # etc/gone2 is a file: laying fails midway and is undone
         rootfs_diff.apply(str(root), str(tar_path), str(deleted), str(tmp_path / "backup0"))
     assert (root / "etc" / "keep").read_text() == "original" and (root / "etc" / "gone").exists()
     assert not (root / "var").exists()                       # the parents it had made are gone too
@@ -61,7 +61,7 @@ def test_apply_lays_files_and_deletions_then_undo_restores_the_rootfs(tmp_path):
 
 def test_deleted_files_may_not_climb_out(tmp_path):
     (tmp_path / "deleted.files").write_text('["../../etc/passwd"]')
-    with pytest.raises(NotRestorable, match="climbs out"):
+    with pytest.raises(UnsafeRootfsDiff, match="climbs out"):
         rootfs_diff.read_deleted(str(tmp_path / "deleted.files"))
 
 
@@ -114,7 +114,7 @@ def test_verification_notices_a_changed_file_even_after_a_cached_pass(tmp_path):
     store.verify(entry)  # writes the cache
     with open(os.path.join(entry.path, layout.INVENTORY), "r+b") as f:
         f.write(b"X")
-    with pytest.raises(NotRestorable, match="checksum mismatch"):
+    with pytest.raises(SnapshotDamaged, match="checksum mismatch"):
         store.verify(entry)
 
 
@@ -174,7 +174,7 @@ def test_a_manifest_skips_the_schema_only_while_its_bytes_are_the_ones_that_pass
     bad["fingerprint_id"] = "not-hex"
     with open(path, "w") as f:
         json.dump(bad, f)
-    with pytest.raises(NotRestorable, match="fingerprint_id"):
+    with pytest.raises(SnapshotDamaged, match="fingerprint_id"):
         store.load_manifest(entry.path)
     with open(path, "wb") as f:
         f.write(good)

@@ -12,7 +12,7 @@ from runtime.adapters.progress import Progress
 from runtime.adapters.registry import native, transfer
 from runtime.engine.formats.base import Staging, Transfer, check_room, decryption_keys, recipients
 from runtime.model import layout
-from runtime.model.errors import InvalidInput, NotRestorable, RegistryError
+from runtime.model.errors import InvalidInput, RegistryError, SnapshotDamaged
 from runtime.model.manifest import Manifest
 
 
@@ -55,7 +55,7 @@ class Native:
                                        source={**pushed.source, **into.origin})
         try:
             return into.store.commit_pulled(into.path, manifest), progress
-        except (NotRestorable, InvalidInput) as e:
+        except (SnapshotDamaged, InvalidInput) as e:
             raise RegistryError(f"{ref}: {e}") from e
 
 
