@@ -28,6 +28,7 @@ from runtime.model import layout, oci_spec
 from runtime.model.errors import HookError, RewarmError
 from runtime.model.events import START_KINDS, EventKind, Outcome
 from runtime.model.settings import Settings
+from runtime.model.oci_spec import Spec
 
 STAGES = ("prestart", "poststop")
 RUNTIME_ROOT_ENV = "REWARM_RUNTIME_ROOT"   # set by rewarm-runc in the hook's environment
@@ -43,15 +44,14 @@ def read_state(stream: IO[str]) -> dict[str, Any]:
     return state
 
 
-def _spec(state: dict[str, Any]) -> dict[str, Any]:
+def _spec(state: dict[str, Any]) -> Spec:
     try:
-        spec = read_json(os.path.join(state.get("bundle") or ".", "config.json"))
+        return oci_spec.parsed(read_json(os.path.join(state.get("bundle") or ".", "config.json")))
     except (OSError, ValueError):
-        return {}
-    return spec if isinstance(spec, dict) else {}
+        return Spec()
 
 
-def _netns_path(state: dict[str, Any], spec: dict[str, Any]) -> str:
+def _netns_path(state: dict[str, Any], spec: Spec) -> str:
     path = oci_spec.netns_path(spec)
     if path:
         return path
@@ -60,7 +60,7 @@ def _netns_path(state: dict[str, Any], spec: dict[str, Any]) -> str:
     return f"/proc/{state['pid']}/ns/net"
 
 
-def _check_gpus(manifest: dict[str, Any], spec: dict[str, Any]) -> None:
+def _check_gpus(manifest: dict[str, Any], spec: Spec) -> None:
     recorded = manifest["fingerprint"].get("gpu")
     if not recorded:
         return

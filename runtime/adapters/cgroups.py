@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import time
+from runtime.model.oci_spec import Spec
 from typing import Any, Mapping
 
 FREEZE_WAIT_S = 5.0
@@ -33,7 +34,7 @@ def _systemd_path(cgroups_path: str) -> str:
     return "/" + "/".join([*parts, f"{prefix}-{name}.scope" if prefix else f"{name}.scope"])
 
 
-def container_dirs(spec: Mapping[str, Any]) -> list[str]:
+def container_dirs(spec: Spec) -> list[str]:
     """The container's cgroup directories that exist now, in every mounted hierarchy."""
     path = str((spec.get("linux") or {}).get("cgroupsPath") or "")
     if not path:
@@ -69,7 +70,7 @@ def _write(path: str, value: str) -> bool:
         return False
 
 
-def kill_container(spec: Mapping[str, Any]) -> list[int]:
+def kill_container(spec: Spec) -> list[int]:
     """kill_all of the container's cgroups as they exist at the time of the call."""
     return kill_all(container_dirs(spec))
 

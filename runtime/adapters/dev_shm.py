@@ -12,12 +12,12 @@ import os
 from typing import Any, Mapping
 
 from runtime.adapters import rootfs_diff
-from runtime.model.oci_spec import bind_mount_of
+from runtime.model.oci_spec import Spec, bind_mount_of
 
 DESTINATION = "/dev/shm"
 
 
-def host_dir(spec: Mapping[str, Any]) -> str | None:
+def host_dir(spec: Spec) -> str | None:
     """The host directory bound at the container's /dev/shm, if the runtime binds one."""
     found = bind_mount_of(spec, DESTINATION)
     if found is None or found[1] != ".":
@@ -25,7 +25,7 @@ def host_dir(spec: Mapping[str, Any]) -> str | None:
     return found[0] if os.path.isdir(found[0]) else None
 
 
-def write(spec: Mapping[str, Any], tar_path: str) -> int:
+def write(spec: Spec, tar_path: str) -> int:
     """Tar the files of the container's bound /dev/shm into tar_path (bytes written; 0 and no file
     when it has no bound /dev/shm or nothing in it)."""
     source = host_dir(spec)
@@ -37,7 +37,7 @@ def write(spec: Mapping[str, Any], tar_path: str) -> int:
     return size
 
 
-def lay(spec: Mapping[str, Any], tar_path: str, backup_dir: str) -> rootfs_diff.Patch | None:
+def lay(spec: Spec, tar_path: str, backup_dir: str) -> rootfs_diff.Patch | None:
     """Lay the files into the restoring container's bound /dev/shm; None where it has none (the
     restore then fails in CRIU, with CRIU's reason, as it would without them)."""
     target = host_dir(spec)

@@ -21,7 +21,7 @@ import stat
 from typing import Any, Mapping
 
 from runtime.model.manifest import ReloadFile
-from runtime.model.oci_spec import bind_mount_of
+from runtime.model.oci_spec import Spec, bind_mount_of
 
 MAX_FILES = 4096
 MAX_PATH = 4096
@@ -49,7 +49,7 @@ def named_in(answer: str) -> tuple[list[str], list[str]]:
     return paths, problems
 
 
-def host_file(spec: Mapping[str, Any], container_path: str) -> tuple[str, int] | None:
+def host_file(spec: Spec, container_path: str) -> tuple[str, int] | None:
     """The container path's regular file on the host and its size, if a bind mount holds it and it
     resolves to a file below that mount's source."""
     found = bind_mount_of(spec, container_path)
@@ -71,7 +71,7 @@ def _regular(path: str) -> tuple[str, int] | None:
     return (path, st.st_size) if stat.S_ISREG(st.st_mode) else None
 
 
-def files_below(spec: Mapping[str, Any], container_dir: str) -> list[str]:
+def files_below(spec: Spec, container_dir: str) -> list[str]:
     """Container paths of the files below a directory of the container (through its bind mount)."""
     found = bind_mount_of(spec, container_dir)
     if found is None:
@@ -90,7 +90,7 @@ def files_below(spec: Mapping[str, Any], container_dir: str) -> list[str]:
     return out
 
 
-def resolve(spec: Mapping[str, Any], answers: list[str],
+def resolve(spec: Spec, answers: list[str],
             reads_back: tuple[str, ...] = ()) -> tuple[tuple[ReloadFile, ...], list[str]]:
     """The files a capture records for the worker's hook answers and the paths its engine preset
     names (files, or directories: each file below), and why others were left out."""
@@ -111,7 +111,7 @@ def resolve(spec: Mapping[str, Any], answers: list[str],
     return tuple(found.values()), problems
 
 
-def on_this_node(files: tuple[ReloadFile, ...], spec: Mapping[str, Any] | None = None) -> list[str]:
+def on_this_node(files: tuple[ReloadFile, ...], spec: Spec | None = None) -> list[str]:
     """Host paths of the files as they are here and now: through a restoring container's mounts
     when there is one, else where the capture found them (and no link leads there now); only
     regular files of the recorded size (a manifest may come from another node)."""
@@ -126,6 +126,6 @@ def on_this_node(files: tuple[ReloadFile, ...], spec: Mapping[str, Any] | None =
     return out
 
 
-def missing(files: tuple[ReloadFile, ...], spec: Mapping[str, Any]) -> list[str]:
+def missing(files: tuple[ReloadFile, ...], spec: Spec) -> list[str]:
     """The container paths of the files that a restoring container does not have as captured."""
     return [f.path for f in files if not on_this_node((f,), spec)]

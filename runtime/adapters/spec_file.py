@@ -7,6 +7,7 @@ import json
 import os
 
 from runtime.adapters.files import read_json, write_json
+from runtime.model import oci_spec
 from runtime.model.oci_spec import Spec
 
 
@@ -14,10 +15,7 @@ class SpecFile:
     def __init__(self, bundle: str):
         """Raises OSError or ValueError for a config.json that is missing or not JSON."""
         self.path = os.path.join(bundle, "config.json")
-        loaded = read_json(self.path)
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{self.path} is not a JSON object")
-        self.spec: Spec = loaded
+        self.spec: Spec = oci_spec.parsed(read_json(self.path))
         self._on_disk = self._text()
         self.writes = 0
 

@@ -15,6 +15,8 @@ import grpc
 from runtime.clients import api
 from runtime.clients.grpc_unix import UnixClient
 from runtime.model.errors import ClientError
+from runtime.model import oci_spec
+from runtime.model.oci_spec import Spec
 
 pb: Any = api.load("containerd")
 
@@ -40,7 +42,7 @@ class ContainerInfo:
     image: str
     runtime: str
     runc_root: str                # runc's --root for this container (the shim's Root option + namespace)
-    spec: dict[str, Any]
+    spec: Spec
 
 
 class Containerd(UnixClient):
@@ -61,7 +63,7 @@ class Containerd(UnixClient):
         root = DEFAULT_RUNC_ROOT
         if c.runtime.options.type_url.endswith(RUNC_OPTIONS_URL):
             root = pb.RuncOptions.FromString(c.runtime.options.value).root or root
-        spec = json.loads(c.spec.value) if c.spec.value else {}
+        spec = oci_spec.parsed(json.loads(c.spec.value)) if c.spec.value else Spec()
         return ContainerInfo(c.id, c.image, c.runtime.name, os.path.join(root, self.namespace), spec)
 
     def image_digest(self, name: str) -> str:

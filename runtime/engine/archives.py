@@ -12,14 +12,14 @@ from runtime.adapters import archive, rootfs_diff, store
 from runtime.adapters.files import read_json
 from runtime.adapters.registry import crio, oci_archive, ocicrypt
 from runtime.engine import fingerprinting, warm
-from runtime.model import layout
+from runtime.model import layout, oci_spec
 from runtime.model.errors import ArchiveError, UnsafeRootfsDiff
 from runtime.model.manifest import CaptureInfo, Manifest, RootfsInfo
 from runtime.model.names import validate_name, validate_namespace
 from runtime.model.settings import Settings
 
 
-def _read_dumps(archive_path: str, staging: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _read_dumps(archive_path: str, staging: str) -> tuple[oci_spec.Spec, dict[str, Any]]:
     for required in (layout.INVENTORY, layout.SPEC_DUMP):
         if not os.path.isfile(os.path.join(staging, required)):
             raise ArchiveError(f"{archive_path}: no {required}: not a complete checkpoint archive")
@@ -31,7 +31,7 @@ def _read_dumps(archive_path: str, staging: str) -> tuple[dict[str, Any], dict[s
         raise ArchiveError(f"{archive_path}: spec.dump or config.dump is not JSON ({e})") from e
     if not isinstance(spec, dict) or not isinstance(spec.get("process"), dict) or not isinstance(config, dict):
         raise ArchiveError(f"{archive_path}: spec.dump is not an OCI runtime spec")
-    return spec, config
+    return oci_spec.parsed(spec), config
 
 
 IMPORT_SPARE = 64 << 20

@@ -126,7 +126,7 @@ def _add_hooks(spec: Spec, call: RuncCall) -> bool:
     env = [f"PATH={os.environ.get('PATH', '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin')}",
            f"REWARM_RUNTIME_ROOT={call.root}"]
     env += [f"{k}={os.environ[k]}" for k in ("REWARM_CONFIG", "PYTHONPATH") if os.environ.get(k)]
-    hooks: dict[str, list[dict[str, Any]]] = spec.setdefault("hooks", {})
+    hooks: dict[str, list[oci_spec.Hook]] = spec.setdefault("hooks", {})
     changed = False
     for stage in ("poststop",) if oci_spec.netns_path(spec) else ("prestart", "poststop"):
         entries = hooks.setdefault(stage, [])

@@ -8,9 +8,10 @@ from runtime.gpu import nvml
 from runtime.model import oci_spec
 from runtime.model.fingerprint import Fingerprint, env_hashes, image_of, key_id
 from runtime.model.settings import Settings
+from runtime.model.oci_spec import Spec
 
 
-def of_container(spec: Mapping[str, Any], settings: Settings) -> Fingerprint:
+def of_container(spec: Spec, settings: Settings) -> Fingerprint:
     process = oci_spec.process(spec)
     key = fingerprint_key.load(settings.fingerprint_key_file)
     return Fingerprint(
@@ -24,5 +25,5 @@ def of_container(spec: Mapping[str, Any], settings: Settings) -> Fingerprint:
         kernel=node_facts.kernel(),
         criu=node_facts.tool_version([settings.criu, "--version"]),
         runtime=node_facts.tool_version([settings.runtime, "--version"]),
-        gpu=nvml.fingerprint_of_spec(dict(spec)),
+        gpu=nvml.fingerprint_of_spec(spec),
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 from runtime.model import oci_spec
 from runtime.model.errors import GpuMismatch
+from runtime.model.oci_spec import Spec
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def container_gpus(spec: dict[str, Any], inv: Inventory) -> list[Gpu]:
+def container_gpus(spec: Spec, inv: Inventory) -> list[Gpu]:
     keys = oci_spec.gpu_keys(spec)
     if keys == ["all"]:
         return list(inv.gpus)
@@ -73,7 +74,7 @@ def container_gpus(spec: dict[str, Any], inv: Inventory) -> list[Gpu]:
     return out
 
 
-def fingerprint_of_spec(spec: dict[str, Any]) -> dict[str, Any] | None:
+def fingerprint_of_spec(spec: Spec) -> dict[str, Any] | None:
     """The GPU part of a container's fingerprint: None for a CPU-only container (no NVML then)."""
     if not oci_spec.uses_gpu(spec):
         return None
@@ -85,7 +86,7 @@ def fingerprint_of_spec(spec: dict[str, Any]) -> dict[str, Any] | None:
     return {"model": " + ".join(models), "count": len(gpus), "driver": inv.driver, "cuda_driver": inv.cuda_driver}
 
 
-def uuids_of_spec(spec: dict[str, Any]) -> list[str]:
+def uuids_of_spec(spec: Spec) -> list[str]:
     return [g.uuid for g in container_gpus(spec, inventory())]
 
 

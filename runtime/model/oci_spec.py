@@ -3,35 +3,98 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import Any, Mapping
+from typing import Any, Mapping, TypedDict, cast
 
-Spec = dict[str, Any]
+# The parts of the OCI runtime spec (config-spec 1.x) that rewarm reads or changes, typed. A config.json
+# is the runtime caller's input: every reader below still checks what it finds.
+class Process(TypedDict, total=False):
+    terminal: bool
+    args: list[str]
+    env: list[str]
+    cwd: str
 
 
-def annotations_of(spec: Mapping[str, Any]) -> dict[str, str]:
+class Root(TypedDict, total=False):
+    path: str
+    readonly: bool
+
+
+class Mount(TypedDict, total=False):
+    destination: str
+    source: str
+    type: str
+    options: list[str]
+
+
+class Namespace(TypedDict, total=False):
+    type: str
+    path: str
+
+
+class Device(TypedDict, total=False):
+    path: str
+    type: str
+    major: int
+    minor: int
+
+
+class Linux(TypedDict, total=False):
+    namespaces: list[Namespace]
+    devices: list[Device]
+    cgroupsPath: str
+    seccomp: dict[str, Any]
+
+
+class Hook(TypedDict, total=False):
+    path: str
+    args: list[str]
+    env: list[str]
+    timeout: int
+
+
+class Spec(TypedDict, total=False):
+    ociVersion: str
+    process: Process
+    root: Root
+    hostname: str
+    mounts: list[Mount]
+    hooks: dict[str, list[Hook]]
+    annotations: dict[str, str]
+    linux: Linux
+
+
+def annotations_of(spec: Spec) -> dict[str, str]:
     found = spec.get("annotations") or {}
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, Mapping) else {}
 
 
-def process(spec: Mapping[str, Any]) -> dict[str, Any]:
+def process(spec: Spec) -> Process:
     found = spec.get("process") or {}
     return found if isinstance(found, dict) else {}
 
 
-def rootfs(spec: Mapping[str, Any], bundle: str) -> str:
+def parsed(value: Any) -> Spec:
+    """A config.json as parsed (json's Any) taken as a Spec: the one place that does. Not a JSON
+    object: ValueError."""
+    if not isinstance(value, dict):
+        raise ValueError("an OCI runtime spec is a JSON object")
+    return cast(Spec, value)
+
+
+def rootfs(spec: Spec, bundle: str) -> str:
     """The container's root filesystem on the host (relative paths are relative to the bundle)."""
     path = str((spec.get("root") or {}).get("path") or "rootfs")
     return path if os.path.isabs(path) else os.path.join(os.path.abspath(bundle), path)
 
 
-def netns_path(spec: Mapping[str, Any]) -> str | None:
+def netns_path(spec: Spec) -> str | None:
     for ns in (spec.get("linux") or {}).get("namespaces") or []:
         if ns.get("type") == "network" and ns.get("path"):
             return str(ns["path"])
     return None
 
 
-def uses_gpu(spec: Mapping[str, Any]) -> bool:
+def uses_gpu(spec: Spec) -> bool:
     devices = (spec.get("linux") or {}).get("devices") or []
     if any(str(d.get("path", "")).startswith("/dev/nvidia") for d in devices):
         return True
@@ -39,7 +102,7 @@ def uses_gpu(spec: Mapping[str, Any]) -> bool:
                for e in process(spec).get("env") or [])
 
 
-def gpu_keys(spec: Mapping[str, Any]) -> list[str]:
+def gpu_keys(spec: Spec) -> list[str]:
     """The GPUs a container is given, in its order: `minor:N` for device nodes, else indices or
     UUIDs from NVIDIA_VISIBLE_DEVICES (or 'all'), else CDI names."""
     devices = (spec.get("linux") or {}).get("devices") or []
@@ -54,7 +117,7 @@ def gpu_keys(spec: Mapping[str, Any]) -> list[str]:
             if k.startswith("cdi.k8s.io/") and "nvidia.com/gpu=" in v]
 
 
-def bind_mount_of(spec: Mapping[str, Any], container_path: str) -> tuple[str, str] | None:
+def bind_mount_of(spec: Spec, container_path: str) -> tuple[str, str] | None:
     """The bind mount that holds a container path: (its source on the host, the path below its
     destination); None where the mount that holds it (the deepest destination, of equal ones the
     later) is not a bind mount, or none does."""

@@ -12,12 +12,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from runtime.model.oci_spec import Spec
+
 IO_URING_SYSCALLS = ("io_uring_setup", "io_uring_enter", "io_uring_register")
 ENOSYS = 38
 RULE: dict[str, Any] = {"names": list(IO_URING_SYSCALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}
 
 
-def blocks_io_uring(spec: dict[str, Any]) -> bool:
+def blocks_io_uring(spec: Spec) -> bool:
     """Whether the spec already refuses io_uring with rewarm's rule (and no other rule allows it)."""
     rules = ((spec.get("linux") or {}).get("seccomp") or {}).get("syscalls") or []
     ours = [r for r in rules if r == RULE]
@@ -25,7 +27,7 @@ def blocks_io_uring(spec: dict[str, Any]) -> bool:
     return bool(ours) and not others
 
 
-def with_io_uring_blocked(spec: dict[str, Any]) -> dict[str, Any]:
+def with_io_uring_blocked(spec: Spec) -> Spec:
     """A copy of the spec whose seccomp profile refuses io_uring: the container's own profile with
     every other rule about io_uring taken out (libseccomp refuses two rules for one syscall), or,
     where it has none, a profile that allows everything else."""
