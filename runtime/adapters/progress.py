@@ -90,13 +90,16 @@ class Phases:
 
     def set(self, phase: str) -> None:
         if phase == self.phase:
-            self._bar.refresh()   # the time so far
             return
         self.phase = phase
         if self._tty:
             self._bar.set_postfix_str(phase)
         elif not self.quiet:
             print(f"{self.verb}: {phase}", file=self.stream, flush=True)
+
+    def tick(self) -> None:
+        """The time so far, on a terminal."""
+        self._bar.refresh()
 
     def finish(self) -> None:
         self._bar.close()

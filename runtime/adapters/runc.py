@@ -135,16 +135,13 @@ def run_bounded(argv: list[str], env: dict[str, str], timeout: float, capture: b
         # A runc that failed or was killed may leave its CRIU working. CRIU notices the lost runc and
         # undoes what it did (parasite code out of the dumped tasks, cgroups unfrozen, the network lock
         # lifted), so it gets a moment to do that; only what still runs then is killed.
-        drain_until = time.monotonic() + (0 if code is None else GROUP_DRAIN_S)
-        while _group_alive(proc.pid) and time.monotonic() < drain_until:
-            time.sleep(0.05)
         if code is None:   # timed out: half-made tasks are children of runc, outside its group
             _kill([pid for pid, alive in _criu_children_of(proc.pid) if alive])
+        else:
+            _wait_group_gone(proc.pid, GROUP_DRAIN_S)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        gone_by = time.monotonic() + KILLED_WAIT_S   # none of it may mount anything after the caller cleans up
-        while _group_alive(proc.pid) and time.monotonic() < gone_by:
-            time.sleep(0.02)
+        _wait_group_gone(proc.pid, KILLED_WAIT_S)   # none of it may mount anything after the caller cleans up
         if code is None:
             _, err = proc.communicate()
     return code, err or ""
@@ -194,6 +191,12 @@ def _kill(pids: list[int]) -> None:
 
 GROUP_DRAIN_S = 15.0
 KILLED_WAIT_S = 5.0
+
+
+def _wait_group_gone(pgid: int, seconds: float) -> None:
+    until = time.monotonic() + seconds
+    while _group_alive(pgid) and time.monotonic() < until:
+        time.sleep(0.05)
 
 
 def _group_alive(pgid: int) -> bool:

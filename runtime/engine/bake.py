@@ -85,6 +85,6 @@ def _wait_for_capture(settings: Settings, job: Bake, pod: cri.Pod, phases: Phase
         if pod.status().state == cri.pb.CONTAINER_EXITED:
             raise CaptureFailed(f"bake of {job.image}: the container exited ({pod.status().exit_code}) before "
                                 f"it was ready; its log:\n{pod.log()[-2000:]}")
-        phases.set(phases.phase)   # the time so far
+        phases.tick()
         time.sleep(0.5)
     raise CaptureFailed(f"bake of {job.image}: not ready and captured within {job.timeout}s; log:\n{pod.log()[-2000:]}")

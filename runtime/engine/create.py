@@ -114,7 +114,7 @@ def hook_binary() -> str | None:
     return beside if os.access(beside, os.X_OK) else shutil.which("rewarm-hook")
 
 
-def _add_hooks(spec: Spec, call: RuncCall) -> bool:
+def _add_hooks(spec: Spec, call: RuncCall) -> None:
     """rewarm-hook poststop after the container's own hooks (once), and prestart where runc makes
     the network namespace: a named one (a pod's) the restore prepares itself (restore.prepare_network),
     which saves the hook's process start on a restore's path. runc gives hooks an empty environment:
@@ -122,18 +122,15 @@ def _add_hooks(spec: Spec, call: RuncCall) -> bool:
     hook = hook_binary()
     if not hook:
         logs.runtime_log(call, "warning", "rewarm-hook not found: the container runs without rewarm's hooks")
-        return False
+        return
     env = [f"PATH={os.environ.get('PATH', '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin')}",
            f"REWARM_RUNTIME_ROOT={call.root}"]
     env += [f"{k}={os.environ[k]}" for k in ("REWARM_CONFIG", "PYTHONPATH") if os.environ.get(k)]
     hooks: dict[str, list[oci_spec.Hook]] = spec.setdefault("hooks", {})
-    changed = False
     for stage in ("poststop",) if oci_spec.netns_path(spec) else ("prestart", "poststop"):
         entries = hooks.setdefault(stage, [])
         if not any(h.get("path") == hook and (h.get("args") or [])[1:2] == [stage] for h in entries):
             entries.append({"path": hook, "args": ["rewarm-hook", stage], "env": env, "timeout": HOOK_TIMEOUT_S})
-            changed = True
-    return changed
 
 
 def _settings() -> tuple[Settings, str | None]:
@@ -171,25 +168,21 @@ class Attempt:
 
 
 def _spec_file(call: RuncCall) -> SpecFile | None:
-    """The bundle's config.json if it has rewarm.dev/ annotations; None if not, or if it is broken
-    (the real runtime reports a broken bundle in its own words)."""
+    """The bundle's config.json; None where it is broken (the real runtime says so in its own words)."""
     try:
-        f = SpecFile(call.bundle)
+        return SpecFile(call.bundle)
     except (OSError, ValueError):
         return None
-    found = f.spec.get("annotations")
-    ours = isinstance(found, dict) and any(isinstance(k, str) and k.startswith(ANNOTATION_PREFIX) for k in found)
-    return f if ours else None
 
 
 def create(call: RuncCall) -> NoReturn:
     settings, config_error = _settings()
     f = _spec_file(call)
+    annotations = oci_spec.annotations_of(f.spec) if f else {}
     # Not rewarm's after all (the door saw rewarm.dev/ elsewhere in config.json, an env value, say),
     # or a pod's sandbox, which pod annotations reach too: never restored.
-    if f is None or ann.is_sandbox(oci_spec.annotations_of(f.spec)):
+    if f is None or not any(k.startswith(ANNOTATION_PREFIX) for k in annotations) or ann.is_sandbox(annotations):
         os.execvp(settings.runtime, [settings.runtime, *call.argv])
-    annotations = oci_spec.annotations_of(f.spec)
     a = Attempt(call, settings, annotations)
     digest = ImageDigest(call)
     try:

@@ -189,13 +189,12 @@ def restore_process(r: Restore) -> None:
     """`runc restore` in the caller's place: the restored process becomes the container's init and
     takes over this process's stdio, exactly as `create` hands its stdio to the container."""
     entry = r.chosen()
-    name_entry(r, entry.path)               # for rewarm-hook prestart, which runc runs during the restore
+    name_entry(r, entry.path)   # for rewarm-hook prestart during the restore; with rewarm's changes, one write
     r.on_failure.callback(name_entry, r, None)
     r.on_failure.callback(netlock.release, oci_spec.netns_path(r.spec))   # CRIU killed midway leaves its lock
     r.on_failure.callback(cgroups.kill_container, r.spec)   # and processes runc does not know of
     r.on_failure.callback(r.runc.delete_force, r.container_id)
     pid_file = r.call.pid_file or (None if r.detach else os.path.join(r.work, "restored.pid"))
-    r.spec_file.flush()   # what runc restores: rewarm's changes and the entry's name, in one write
     argv = restore_argv(r.settings.runtime, r.call.globals, r.container_id, RestoreFrom(
         r.settings.criu, os.path.abspath(r.call.bundle), image_view(entry, r.work), r.work, r.detach, pid_file,
         r.call.no_pivot))

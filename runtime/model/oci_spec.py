@@ -5,6 +5,7 @@ import os
 import posixpath
 from typing import Any, Mapping, TypedDict, cast
 
+
 # The parts of the OCI runtime spec (config-spec 1.x) that rewarm reads or changes, typed. A config.json
 # is the runtime caller's input: every reader below still checks what it finds.
 class Process(TypedDict, total=False):
