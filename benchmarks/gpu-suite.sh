@@ -2,8 +2,10 @@
 # The GPU measurements of BENCHMARKS.md and the GPU tests, on a GPU node where rewarm is installed
 # (packaging/install-node.sh, or packaging/offline/install.sh where no package archive is reachable)
 # and REWARM_CONFIG names its config. Results go to benchmarks/results/ (suffix LABEL).
-#   benchmarks/gpu-suite.sh LABEL [tests] [memory] [llm] [vllm-cold] [vllm-restores]   (default: the first three)
-# The vLLM steps need vLLM's packages in $VLLM_SITE (default /opt/vsite) and a model in $VLLM_MODEL.
+#   benchmarks/gpu-suite.sh LABEL [tests] [memory] [llm] [loaders] [vllm-cold] [vllm-restores]   (default: the first three)
+# The vLLM steps need vLLM's packages in $VLLM_SITE (default /opt/vsite) and a model in $VLLM_MODEL;
+# $VLLM_BENCH_ARGS adds vllm.py's options (--levels, --vllm-arg=FLAG, --env K=V, --flags, --gpu-mem;
+# each option one word: --vllm-arg=--load-format=instanttensor).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 label=${1:?usage: gpu-suite.sh LABEL [tests] [memory] [llm]}
@@ -25,9 +27,12 @@ for step in $steps; do
       python3 benchmarks/restore.py --device cuda --size 8b --kv-gb 40 --work "$work" --label "$label" 2>&1 \
         | tee "$results/restore_cuda_8b_$label.log"
       rm -rf "$work" ;;
+    loaders) # vLLM's weight loaders from the page cache (warm, dropped) onto the GPU, no server
+      PYTHONPATH="${VLLM_SITE:-/opt/vsite}${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/weight_loaders.py \
+        --model "${VLLM_MODEL:?}" --label "$label" 2>&1 | tee "$results/weight_loaders_$label.log" ;;
     vllm-cold|vllm-restores)   # stock vLLM: cold start vs restore to first token, both sleep levels
       python3 benchmarks/vllm.py --phase "${step#vllm-}" --model "${VLLM_MODEL:?}" --site "${VLLM_SITE:-/opt/vsite}" \
-        --label "$label" 2>&1 | tee -a "$results/vllm_$label.log" ;;
+        --label "$label" ${VLLM_BENCH_ARGS:-} 2>&1 | tee -a "$results/vllm_$label.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

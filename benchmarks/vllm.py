@@ -1,28 +1,32 @@
 """Stock vLLM through rewarm-runc on a GPU node: cold start against restore to the first token, with
-the page cache warm and dropped, for both sleep levels of vLLM's sleep mode.
+the page cache warm and dropped, for the levels of the vLLM preset (`rewarm.dev/sleep-level`: vLLM's
+sleep levels 1 and 2, and weights-resident) and the vLLM flags given (a weight loader, say).
 
 The server is vLLM's own OpenAI server as pip installs it (`python -m vllm.entrypoints.openai.
 api_server`, vLLM's defaults: multiprocess engine, torch.compile, CUDA graphs), with
-`--enable-sleep-mode`, VLLM_SERVER_DEV_MODE=1 and one annotation, `rewarm.dev/engine: vllm`; no
-worker code of ours. One cold start (page cache dropped) is captured twice while it keeps serving:
-with sleep level 1 (weights to host memory: they travel in the snapshot) and level 2 (weights
-dropped, read back from the model files by `reload_weights`; each snapshot is taken with its level's
-annotation written into the running container's spec, as a pod asking for that level would have it;
-level 2 first, for level 1 leaves its 15 GB weight backup in torch's pinned-memory cache). Cold
-starts name a snapshot that never exists.
+`--enable-sleep-mode`, VLLM_SERVER_DEV_MODE=1, the flags of --vllm-arg and one annotation,
+`rewarm.dev/engine: vllm`; no worker code of ours. One cold start (page cache dropped) is captured
+once per level of --levels while it keeps serving: level 1 (weights to host memory: they travel in the
+snapshot), level 2 (weights dropped, read back from the model files by `reload_weights`, through the
+loader the flags choose), weights-resident (weights reloaded onto the GPU before the capture: they
+travel as GPU memory). Each snapshot is taken with its level's annotation written into the running
+container's spec, as a pod asking for that level would have it; level 1 goes last, for it leaves its
+15 GB weight backup in torch's pinned-memory cache. Cold starts name a snapshot that never exists.
 A second cold start has the model files in the page cache. Then, per level, --repeats restores
 after `rewarm warm` and one after a page-cache drop; each must answer the cold start's greedy text.
 
 Every stage: vLLM's own start (weights, torch.compile, CUDA graphs, engine init) from its log; the
 restore's (store checks, rootfs, CRIU, CUDA driver wait / queries / restore / unlock, the resume
-hook, which is vLLM's wake_up) from rewarm's event; create, first answer and first token from here.
+hook, which is vLLM's wake_up, and each of its calls) from rewarm's event; create, first answer and
+first token from here.
 Bytes read from the disk during each run come from /proc/diskstats; the disk's read bandwidth is
 measured in the same run (the largest page image, page cache dropped).
 
 Phases, so that a run fits into the GPU node's time slices: `cold` (model, cold start, captures) and
 `restores` (the warm cold start, yardsticks, restores, results). State lives in --work.
-Usage: python3 benchmarks/vllm.py --model /opt/vmodel-8b --site /opt/vsite --label h200
-Writes benchmarks/results/vllm_<size>[_LABEL].{json,md}; benchmarks/chart.py vllm ... draws it.
+Usage: python3 benchmarks/vllm.py --model /opt/vmodel-8b --site /opt/vsite --label h200 \
+          [--levels 2,weights-resident] [--vllm-arg=--load-format=instanttensor ...] [--env K=V ...] [--flags NAME]
+Writes benchmarks/results/vllm_<size>[_FLAGS][_LABEL].{json,md}; benchmarks/chart.py vllm ... draws it.
 """
 from __future__ import annotations
 
@@ -44,8 +48,6 @@ from runtime.lab.runc_lab import Container, Lab
 
 PORT = 8000
 PROMPT = {"model": "/models/llm", "prompt": "The fastest way to start an inference worker is", "temperature": 0}
-LEVELS = (1, 2)
-CAPTURE_ORDER = (2, 1)   # level 1 leaves its weight backup in torch's pinned-memory cache: it goes last
 VLLM_STAGES = {   # vLLM's own log lines of its start, and the stage each names
     "weights": re.compile(r"Loading weights took ([\d.]+) ?s"),
     "model_load": re.compile(r"Model loading took [\d.]+ ?GiB (?:memory )?and ([\d.]+) ?s"),
@@ -82,29 +84,32 @@ class Bench:
         self.cfg = settings_file.load(self.config)
         self.lab = Lab(os.path.join(a.work, "lab"), port=PORT)
         self.size = a.size
-        self.state_file = os.path.join(a.work, f"state-{a.size}.json")
+        self.name = a.size + (f"-{a.flags}" if a.flags else "")
+        self.levels = a.levels.split(",")   # level 1 leaves its weight backup in torch's pinned-memory cache:
+        self.capture_order = sorted(self.levels, key=lambda lv: lv == "1")   # it is captured last
+        self.state_file = os.path.join(a.work, f"state-{self.name}.json")
         self.disk = disk_of(a.work)
 
-    def snapshot(self, level: int) -> str:
-        return f"vllm-{self.size}-sleep{level}"
+    def snapshot(self, level: str) -> str:
+        return f"vllm-{self.name}-sleep-{level}"
 
-    def annotations(self, level: int, cold: bool = False) -> dict[str, str]:
+    def annotations(self, level: str, cold: bool = False) -> dict[str, str]:
         """A restore's pod names the snapshot of its level; a cold start's names one that never exists."""
-        return {"rewarm.dev/snapshot": f"vllm-{self.size}-cold" if cold else self.snapshot(level),
-                "rewarm.dev/engine": "vllm", "rewarm.dev/sleep-level": str(level)}
+        return {"rewarm.dev/snapshot": f"vllm-{self.name}-cold" if cold else self.snapshot(level),
+                "rewarm.dev/engine": "vllm", "rewarm.dev/sleep-level": level}
 
-    def worker(self, level: int, cold: bool = False):  # type: ignore[no-untyped-def]
+    def worker(self, level: str, cold: bool = False):  # type: ignore[no-untyped-def]
         env = {"PYTHONPATH": self.a.site, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "VLLM_SERVER_DEV_MODE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_NO_USAGE_STATS": "1",
-               "NCCL_NVLS_ENABLE": "0", "HOME": "/root"}
+               "NCCL_NVLS_ENABLE": "0", "HOME": "/root", **dict(e.split("=", 1) for e in self.a.env)}
         w = self.lab.gpu_worker(self.annotations(level, cold), env, os.path.dirname(os.path.abspath(__file__)))
         w.args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/llm",
                   "--dtype", "bfloat16", "--max-model-len", "2048", "--gpu-memory-utilization", str(self.a.gpu_mem),
-                  "--port", str(PORT), "--enable-sleep-mode"]
+                  "--port", str(PORT), "--enable-sleep-mode", *self.a.vllm_arg]
         w.binds["/models/llm"] = self.a.model
         return w
 
-    def run_to_first_token(self, name: str, level: int, cold: bool = False,
+    def run_to_first_token(self, name: str, level: str, cold: bool = False,
                            timeout: float = 900) -> tuple[Container, dict]:
         """create + start as containerd's shim does, then time: the first /health answer, the first
         token (a one-token completion), and the greedy text of a 16-token one."""
@@ -150,38 +155,39 @@ class Bench:
     # phases
     def cold(self) -> None:
         common.drop_page_cache()   # a node's first start reads vLLM and the weights from disk
-        c, run = self.run_to_first_token("cold-dropped", 1, cold=True)
+        c, run = self.run_to_first_token("cold-dropped", self.levels[0], cold=True)
         print(f"cold start, page cache dropped: first token {run['first_token_s']:.1f}s, vLLM {run['vllm_stages']}",
               flush=True)
-        state = {"machine": common.machine(), "size": self.size, "gpu_mem": self.a.gpu_mem,
+        state = {"machine": common.machine(), "size": self.size, "gpu_mem": self.a.gpu_mem, "flags": self.a.flags,
+                 "vllm_args": self.a.vllm_arg, "env": self.a.env, "levels": self.levels,
                  "model_bytes": sum(os.path.getsize(os.path.join(self.a.model, f)) for f in os.listdir(self.a.model)),
                  "cold": {"dropped": run}, "captures": {}}
         from runtime.gpu import nvml
         state["gpu"] = [g.model for g in nvml.inventory().gpus][:1]
         spec_path = os.path.join(c.bundle.path, "config.json")
-        for level in CAPTURE_ORDER:
+        for level in self.capture_order:
             spec = files.read_json(spec_path)   # the level this capture asks for, as a pod's spec would
             spec["annotations"].update(self.annotations(level))
             files.write_json(spec_path, spec)
             t = time.monotonic()
             entry = capture.capture(self.cfg, self.lab.runc_root, c.cid, self.snapshot(level),
-                                    leave_running=level != CAPTURE_ORDER[-1])
-            state["captures"][str(level)] = {"seconds": time.monotonic() - t, "bytes": entry.size(),
+                                    leave_running=level != self.capture_order[-1])
+            state["captures"][level] = {"seconds": time.monotonic() - t, "bytes": entry.size(),
                                              "checkpoint_bytes": entry.manifest.capture.checkpoint_bytes,
                                              "reload_bytes": sum(f.size for f in entry.manifest.reload_files),
                                              "largest_file": max((entry.file(f) for f in entry.manifest.files
                                                                   if "pages-" in f), key=os.path.getsize)}
             print(f"captured sleep level {level}: {entry.size() / 1e9:.2f} GB in {time.monotonic() - t:.1f}s", flush=True)
             self.keep_output(c)
-            if level != CAPTURE_ORDER[-1]:
+            if level != self.capture_order[-1]:
                 after = c.post("/v1/completions", {**PROMPT, "max_tokens": 16})["choices"][0]["text"]
-                state["captures"][str(level)]["source_text_after"] = after
+                state["captures"][level]["source_text_after"] = after
         self.lab.containers.remove(c)
         c.bundle.remove()
         self.save(state)
 
     def yardsticks(self, state: dict) -> dict:
-        path = state["captures"]["1"]["largest_file"]
+        path = max((c["largest_file"] for c in state["captures"].values()), key=os.path.getsize)
         common.drop_page_cache()
         return {"file": os.path.basename(path), "file_bytes": os.path.getsize(path),
                 "disk_read_gbps": common.read_gbps(path), "page_cache_read_gbps": common.read_gbps(path)}
@@ -190,7 +196,7 @@ class Bench:
         state = self.load()
         for name in os.listdir(self.a.model):   # the second cold start: vLLM and the weights in the page cache
             common.read_gbps(os.path.join(self.a.model, name))
-        c, run = self.run_to_first_token("cold-warm", 1, cold=True)
+        c, run = self.run_to_first_token("cold-warm", self.levels[0], cold=True)
         state["cold"]["warm"] = run
         c.destroy()
         self.lab.containers.remove(c)
@@ -206,7 +212,7 @@ class Bench:
 
     def _restores(self, state: dict) -> None:
         expected = state["cold"]["dropped"]["text"]
-        for level in LEVELS:
+        for level in self.levels:
             entry = store.Store(self.cfg.store).entries("default", self.snapshot(level))[0]
             for i, cache in enumerate(["warm"] * self.a.repeats + ["dropped"]):
                 if cache == "dropped":
@@ -237,11 +243,12 @@ STAGE_COLUMNS = [("store checks", ("find", "fingerprint", "verify")), ("rootfs",
 def report(state: dict, label: str) -> None:
     y = state["yardsticks"]
     headers = ["sleep level", "page cache", "first token (s)", "vs cold, same cache", *(c for c, _ in STAGE_COLUMNS),
-               "engine, other", "start to /health", "one-token completion", "read from disk (GB)", "vs disk bound"]
+               "its calls (s)", "engine, other", "start to /health", "one-token completion", "read from disk (GB)",
+               "vs disk bound"]
     rows, medians = [], {}
-    for level in LEVELS:
+    for level in state.get("levels", ["1", "2"]):
         for cache in ("warm", "dropped"):
-            runs = [r for r in state["restores"] if r["level"] == level and r["page_cache"] == cache]
+            runs = [r for r in state["restores"] if str(r["level"]) == level and r["page_cache"] == cache]
             if runs:
                 medians[(level, cache)] = statistics.median(r["first_token_s"] for r in runs)
             for r in runs:
@@ -250,7 +257,9 @@ def report(state: dict, label: str) -> None:
                 bound = r["disk_bytes"] / 1e9 / y["disk_read_gbps"]
                 cold = state["cold"].get(cache, {}).get("first_token_s")
                 rows.append([level, cache, f"{r['first_token_s']:.2f}", f"{cold / r['first_token_s']:.1f}x" if cold else "-",
-                             *(f"{c:.2f}" for c in cols), f"{t['create'] - sum(cols):.2f}", f"{t['first_answer']:.3f}",
+                             *(f"{c:.2f}" for c in cols),
+                             ", ".join(f"{k.split(' ', 1)[1]} {v:.2f}" for k, v in s.items() if k.startswith("resume "))
+                             or "-", f"{t['create'] - sum(cols):.2f}", f"{t['first_answer']:.3f}",
                              f"{t['first_token']:.3f}", f"{r['disk_bytes'] / 1e9:.2f}",
                              f"{r['first_token_s'] / bound:.2f}x" if cache == "dropped" and bound else "-"])
     cold_rows = [[cache, f"{run['first_token_s']:.1f}", f"{run['disk_bytes'] / 1e9:.2f}",
@@ -259,7 +268,8 @@ def report(state: dict, label: str) -> None:
     caps = state["captures"]
     lines = [
         f"Stock vLLM 0.24.0 (OpenAI server, its defaults: multiprocess engine, torch.compile, CUDA graphs; "
-        f"--gpu-memory-utilization {state['gpu_mem']}), {state['size']} random-weight Llama "
+        f"--gpu-memory-utilization {state['gpu_mem']}{''.join(' ' + f for f in state.get('vllm_args', []))}"
+        f"{', env ' + ' '.join(state['env']) if state.get('env') else ''}), {state['size']} random-weight Llama "
         f"({state['model_bytes'] / 1e9:.1f} GB), on {state['gpu'][0]}, {state['machine']['cores']} cores, "
         f"{state['machine']['date']}; annotations rewarm.dev/engine: vllm and rewarm.dev/sleep-level.",
         "Snapshots: " + "; ".join(f"sleep level {lv}: {c['bytes'] / 1e9:.2f} GB (+{c['reload_bytes'] / 1e9:.2f} GB of "
@@ -274,7 +284,8 @@ def report(state: dict, label: str) -> None:
         common.table(["page cache", "first token (s)", "read from disk (GB)", "vLLM's stages"], cold_rows),
         "", "Restores (every text identical to the cold start's greedy 16 tokens):", "",
         common.table(headers, rows)]
-    common.write(f"vllm_{state['size']}" + (f"_{label}" if label else ""), {**state, "label": label}, "\n".join(lines))
+    name = state["size"] + (f"_{state['flags']}" if state.get("flags") else "")
+    common.write(f"vllm_{name}" + (f"_{label}" if label else ""), {**state, "label": label}, "\n".join(lines))
 
 
 def main() -> None:
@@ -286,6 +297,10 @@ def main() -> None:
     p.add_argument("--phase", default="all", choices=["all", "cold", "restores"])
     p.add_argument("--gpu-mem", type=float, default=0.3, help="vLLM's --gpu-memory-utilization")
     p.add_argument("--repeats", type=int, default=3, help="restores with the page cache warm, per sleep level")
+    p.add_argument("--levels", default="2,weights-resident", help="the preset's levels to capture and restore")
+    p.add_argument("--vllm-arg", action="append", default=[], help="a flag for vLLM (a weight loader, say; repeatable)")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for vLLM's environment (repeatable)")
+    p.add_argument("--flags", default="", help="a name for these flags in the snapshot and result names")
     p.add_argument("--label", default="")
     a = p.parse_args()
     bench = Bench(a)

@@ -7,16 +7,27 @@ order inside the container's network namespace, and each must answer 2xx.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 from runtime.model.errors import WorkerHookFailed
 from runtime.model.hooks import HookCall
 
 
-def call(pid: int, calls: tuple[HookCall, ...], what: str, timeout: float) -> list[str]:
+@dataclass(frozen=True)
+class Answer:
+    call: HookCall
+    body: str
+    seconds: float   # each call timed alone: an engine's wake-up is several calls of very different cost
+
+
+def call(pid: int, calls: tuple[HookCall, ...], what: str, timeout: float) -> list[Answer]:
     """The answers, in order (a quiesce hook may name files the worker reads back: reload_files.py);
     the first call that fails stops the sequence."""
     from runtime.adapters import netns_http   # http.client and ssl: ~35 ms a restore without hooks saves
-    answers: list[str] = []
+    answers: list[Answer] = []
     for step in calls:
+        t = time.monotonic()
         status, body = netns_http.request(f"/proc/{pid}/ns/net", step.url,
                                           data=None if step.method == "GET" else step.body, timeout=timeout)
         if not 200 <= status < 300:
@@ -24,5 +35,5 @@ def call(pid: int, calls: tuple[HookCall, ...], what: str, timeout: float) -> li
             where = f" (call {len(answers) + 1} of {len(calls)})" if len(calls) > 1 else ""
             raise WorkerHookFailed(f"{what} hook {step}{where} failed ({answer})"
                                    + (f"; {step.hint}" if step.hint else ""))
-        answers.append(body)
+        answers.append(Answer(step, body, time.monotonic() - t))
     return answers

@@ -169,7 +169,8 @@ def checkpoint(c: Capture) -> None:
     t = time.monotonic()
     try:
         answers = worker_hooks.call(c.source.pid, worker.quiesce, "quiesce", c.settings.hook_timeout_s)
-        c.reload, c.reload_left_out = reload_files.resolve(c.source.spec, answers, worker.reads_back)
+        c.reload, c.reload_left_out = reload_files.resolve(c.source.spec, [a.body for a in answers],
+                                                           worker.reads_back)
         check_space(c)   # after the quiesce: a worker gives back its KV reserve there
         if c.containerd is not None:
             _containerd_checkpoint(c, c.containerd)

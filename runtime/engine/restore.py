@@ -229,9 +229,12 @@ def resume_worker(r: Restore) -> None:
     if not state or not state.get("pid"):
         raise RestoreFailed(f"restored container {r.container_id} has no state to resume")
     try:
-        worker_hooks.call(int(state["pid"]), r.request.hooks.resume, "resume", r.settings.hook_timeout_s)
+        answers = worker_hooks.call(int(state["pid"]), r.request.hooks.resume, "resume", r.settings.hook_timeout_s)
     except WorkerHookFailed as e:
         raise RestoreFailed(str(e)) from e
+    for a in answers if len(answers) > 1 else ():   # each call of a sequence timed: `resume /wake_up?tags=...`
+        key = f"resume {a.call.path}"
+        r.stages.times[key] = round(r.stages.times.get(key, 0.0) + a.seconds, 3)
 
 
 Step = Callable[[Restore], None]

@@ -131,13 +131,12 @@ def worker_hooks(annotations: Mapping[str, str], process: Mapping[str, Any]) -> 
     """The hooks of a container: its engine's preset (read off its command line, `process` of its
     spec), with each hook its annotations name instead."""
     preset = None
-    level = annotations.get(SLEEP_LEVEL)
-    if level is not None and (ENGINE not in annotations or level not in ("1", "2")):
-        raise InvalidInput(f"invalid {SLEEP_LEVEL}: {level[:20]!r} (1 or 2, with {ENGINE})")
+    if SLEEP_LEVEL in annotations and ENGINE not in annotations:
+        raise InvalidInput(f"{SLEEP_LEVEL} is {ENGINE}'s: it needs {ENGINE}: vllm")
+    level = _enum(engines.SleepLevel, SLEEP_LEVEL, annotations.get(SLEEP_LEVEL), engines.DEFAULT_SLEEP_LEVEL)
     if ENGINE in annotations:
         preset = engines.preset(annotations[ENGINE], [str(a) for a in process.get("args") or []],
-                                [str(e) for e in process.get("env") or []],
-                                int(level) if level else engines.DEFAULT_SLEEP_LEVEL)
+                                [str(e) for e in process.get("env") or []], level)
     quiesce = hooks.parse(QUIESCE_HTTP, annotations[QUIESCE_HTTP]) if QUIESCE_HTTP in annotations else None
     resume = hooks.parse(RESUME_HTTP, annotations[RESUME_HTTP]) if RESUME_HTTP in annotations else None
     ready_http = hooks.valid_url(READY_HTTP, annotations[READY_HTTP]) if READY_HTTP in annotations else None

@@ -5,8 +5,12 @@ vLLM (`--enable-sleep-mode`, VLLM_SERVER_DEV_MODE=1 for its dev endpoints):
   sleep level 1  quiesce POST /sleep?level=1 (weights to host memory, KV cache freed: the weights
                  travel in the snapshot); resume POST /wake_up
   sleep level 2  quiesce POST /sleep?level=2 (weights and KV cache freed); resume /wake_up?tags=weights,
-                 /collective_rpc {"method": "reload_weights"} (read from the model files again),
-                 /wake_up?tags=kv_cache; the model's files are what the worker reads back
+                 /collective_rpc {"method": "reload_weights"} (read from the model files again, by
+                 the loader of the server's --load-format), /wake_up?tags=kv_cache; the model's files
+                 are what the worker reads back
+  weights-resident  quiesce /sleep?level=2, /wake_up?tags=weights, /collective_rpc reload_weights:
+                 the weights are back on the GPU and only the KV cache is freed, so they travel in the
+                 snapshot as GPU memory; resume /wake_up?tags=kv_cache. Nothing is read back.
   ready          GET /health
 SGLang (`--enable-memory-saver`): quiesce /release_memory_occupation, resume
 /resume_memory_occupation, ready /health (its model files are read back).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+from enum import Enum
 from typing import Sequence
 
 from runtime.model.errors import InvalidInput
@@ -26,11 +31,19 @@ from runtime.model.hooks import HookCall
 
 VLLM, SGLANG = "vllm", "sglang"
 ENGINES = (VLLM, SGLANG)
-SLEEP_LEVELS = (1, 2)
+
+
+class SleepLevel(Enum):
+    """What vLLM gives back before a capture (`rewarm.dev/sleep-level`)."""
+    WEIGHTS_TO_HOST = "1"           # vLLM's level 1: the weights to pinned host memory
+    WEIGHTS_DROPPED = "2"           # vLLM's level 2: the weights read again from the model files
+    WEIGHTS_RESIDENT = "weights-resident"   # level 2, then the weights woken and reloaded before the capture
+
+
 # Level 2 by measurement (stock vLLM 0.24.0, 8B, H200): a 4.4 GB snapshot instead of 21.3 GB, first token
 # 5.9 s instead of 12.2 s from a warm page cache and 18.9 s instead of 24.9 s from a cold one
 # (benchmarks/results/vllm_8b_h200.md). Level 1 suits a node without the model files.
-DEFAULT_SLEEP_LEVEL = 2
+DEFAULT_SLEEP_LEVEL = SleepLevel.WEIGHTS_DROPPED
 VLLM_NEEDS = "vLLM answers it when started with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1"
 SGLANG_NEEDS = "SGLang answers it when started with --enable-memory-saver"
 
@@ -92,22 +105,24 @@ def needs(engine: str, args: Sequence[str], env: Sequence[str], flag_name: str, 
                            "(the engine's /sleep and /wake_up endpoints)")
 
 
-def _vllm(args: Sequence[str], env: Sequence[str], level: int) -> Preset:
+def _vllm(args: Sequence[str], env: Sequence[str], level: SleepLevel) -> Preset:
     needs(VLLM, args, env, "--enable-sleep-mode", "VLLM_SERVER_DEV_MODE")
     base = _base(args, 8000)
+
+    def call(path: str, body: bytes = b"{}") -> HookCall:
+        return HookCall(base + path, body=body, hint=VLLM_NEEDS)
+    if level is SleepLevel.WEIGHTS_TO_HOST:
+        return Preset((call("/sleep?level=1"),), (call("/wake_up"),), f"{base}/health")
+    weights_back = (call("/wake_up?tags=weights"), call("/collective_rpc", b'{"method": "reload_weights"}'))
+    kv_back = call("/wake_up?tags=kv_cache")
+    if level is SleepLevel.WEIGHTS_RESIDENT:
+        return Preset((call("/sleep?level=2"), *weights_back), (kv_back,), f"{base}/health")
     model = flag(args, "--model")
     if model is None and "serve" in args[:3]:   # `vllm serve MODEL ...`
         rest = list(args[args.index("serve") + 1:])
         model = rest[0] if rest and not rest[0].startswith("-") else None
-    if level == 1:
-        return Preset((HookCall(f"{base}/sleep?level=1", hint=VLLM_NEEDS),),
-                      (HookCall(f"{base}/wake_up", hint=VLLM_NEEDS),), f"{base}/health")
     found = model_dir(model, env)
-    quiesce = (HookCall(f"{base}/sleep?level=2", hint=VLLM_NEEDS),)
-    resume = (HookCall(f"{base}/wake_up?tags=weights", hint=VLLM_NEEDS),
-              HookCall(f"{base}/collective_rpc", body=b'{"method": "reload_weights"}', hint=VLLM_NEEDS),
-              HookCall(f"{base}/wake_up?tags=kv_cache", hint=VLLM_NEEDS))
-    return Preset(quiesce, resume, f"{base}/health", (found,) if found else ())
+    return Preset((call("/sleep?level=2"),), (*weights_back, kv_back), f"{base}/health", (found,) if found else ())
 
 
 def _sglang(args: Sequence[str], env: Sequence[str]) -> Preset:
@@ -119,7 +134,8 @@ def _sglang(args: Sequence[str], env: Sequence[str]) -> Preset:
                   f"{base}/health", (found,) if found else ())
 
 
-def preset(engine: str, args: Sequence[str], env: Sequence[str], sleep_level: int = DEFAULT_SLEEP_LEVEL) -> Preset:
+def preset(engine: str, args: Sequence[str], env: Sequence[str],
+           sleep_level: SleepLevel = DEFAULT_SLEEP_LEVEL) -> Preset:
     if engine == VLLM:
         return _vllm(args, env, sleep_level)
     if engine == SGLANG:

@@ -34,6 +34,11 @@ class HookCall:
     def __str__(self) -> str:
         return f"{self.method} {self.url}"
 
+    @property
+    def path(self) -> str:
+        """The URL from its path on (`/wake_up?tags=kv_cache`): what names the call in timings."""
+        return "/" + self.url.split("/", 3)[3] if self.url.count("/") >= 3 else "/"
+
 
 def valid_url(key: str, url: object) -> str:
     if not isinstance(url, str) or not URL_RE.fullmatch(url):

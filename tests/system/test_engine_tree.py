@@ -120,6 +120,28 @@ def test_sleep_level_2_reads_the_weights_back_from_the_model_the_command_line_na
     assert restored["boot_id"] == before["boot_id"] and restored["tokens"] == before["tokens"]
     assert restored["calls"] == ["POST /sleep?level=2", "POST /wake_up?tags=weights", "POST /collective_rpc",
                                  "POST /wake_up?tags=kv_cache"]
+    stages = events(node, "restored")[-1]["stages"]   # each call of the wake-up timed alone
+    assert {"resume /wake_up?tags=weights", "resume /collective_rpc", "resume /wake_up?tags=kv_cache"} <= set(stages)
+    assert sum(v for k, v in stages.items() if k.startswith("resume /")) <= stages["resume"]
+
+
+def test_weights_resident_keeps_the_weights_in_the_snapshot_and_wakes_only_the_kv_cache(engine_lab, node, model):
+    resident = {**VLLM, "rewarm.dev/sleep-level": "weights-resident"}
+    source = engine_lab.create("engine6-src", engine(engine_lab, model, "engine6", resident))
+    source.wait_ready(path="/health")
+    before = facts(source)
+    entry = capture.capture(node, engine_lab.runc_root, source.cid, "engine6", leave_running=True)
+    assert entry.manifest.reload_files == ()   # nothing is read back
+    after = facts(source)   # captured with the weights reloaded and the KV cache freed, then woken
+    assert after["calls"] == ["POST /sleep?level=2", "POST /wake_up?tags=weights", "POST /collective_rpc",
+                              "POST /wake_up?tags=kv_cache"] and after["tokens"] == before["tokens"]
+    source.runtime_cmd("delete", "--force", source.cid)
+    (model / "model-00001.bin").write_bytes(b"")   # the weights are in the snapshot, not in these files
+    c = engine_lab.create("engine6", engine(engine_lab, model, "engine6", resident))
+    assert events(node, "restored")[-1]["container"] == c.cid
+    restored = facts(c)
+    assert restored["boot_id"] == before["boot_id"] and restored["tokens"] == before["tokens"]
+    assert restored["calls"][-1] == "POST /wake_up?tags=kv_cache" and restored["sleeping"] is False
 
 
 def test_an_engine_that_fails_its_wake_after_a_restore_cold_starts_and_leaves_nothing(engine_lab, node, model):

@@ -47,8 +47,9 @@ def test_a_full_set_of_annotations_becomes_one_request():
      "method 'DELETE'"),
     ({"rewarm.dev/snapshot": "x", "rewarm.dev/quiesce-http": "[\"http://h:1/\""}, "not a URL and not a JSON list"),
     ({"rewarm.dev/snapshot": "x", "rewarm.dev/engine": "tgi"}, "unknown engine 'tgi' (known: vllm, sglang)"),
-    ({"rewarm.dev/snapshot": "x", "rewarm.dev/sleep-level": "2"}, "1 or 2, with rewarm.dev/engine"),
-    ({"rewarm.dev/snapshot": "x", "rewarm.dev/engine": "vllm", "rewarm.dev/sleep-level": "3"}, "1 or 2"),
+    ({"rewarm.dev/snapshot": "x", "rewarm.dev/sleep-level": "2"}, "it needs rewarm.dev/engine: vllm"),
+    ({"rewarm.dev/snapshot": "x", "rewarm.dev/engine": "vllm", "rewarm.dev/sleep-level": "3"},
+     "'3' (expected '1' or '2' or 'weights-resident')"),
 ])
 def test_a_bad_annotation_is_refused_by_name(annotations, message):
     with pytest.raises(InvalidInput, match=re.escape(message)):
@@ -77,6 +78,14 @@ def test_the_vllm_preset_reads_its_port_and_model_off_the_command_line():
     default = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm"}, VLLM_PROCESS).hooks
     assert [str(c) for c in default.quiesce] == ["POST http://127.0.0.1:8001/sleep?level=2"]          # measured faster
     assert default.reads_back == ("/models/llama",)
+    resident = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm",
+                          "rewarm.dev/sleep-level": "weights-resident"}, VLLM_PROCESS).hooks
+    assert [str(c) for c in resident.quiesce] == ["POST http://127.0.0.1:8001/sleep?level=2",        # weights back on
+                                                  "POST http://127.0.0.1:8001/wake_up?tags=weights",  # the GPU before
+                                                  "POST http://127.0.0.1:8001/collective_rpc"]        # the capture
+    assert json.loads(resident.quiesce[2].body) == {"method": "reload_weights"}
+    assert [str(c) for c in resident.resume] == ["POST http://127.0.0.1:8001/wake_up?tags=kv_cache"]
+    assert resident.reads_back == ()   # they travel in the snapshot
     mine = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm",
                       "rewarm.dev/resume-http": "[\"http://127.0.0.1:9/a\", {\"url\": \"http://127.0.0.1:9/b\", "
                                                  "\"method\": \"GET\"}]"}, VLLM_PROCESS).hooks
