@@ -9,8 +9,10 @@ prestart  validates the rewarm annotations. For a container being restored (rewa
           adds it only where runc makes the namespace: a named one (a pod's) it prepares itself,
           before the restore, saving the hook's process start on the restore's path.
 poststop  removes rewarm's per-container work files, records how the container had started
-          (restored or cold) in the event log, and rewrites the Prometheus metrics file. Store locks
-          are flocks held by the processes that took them: nothing is left to release.
+          (restored or cold) in the event log, and rewrites the Prometheus metrics file. Both read
+          only a bounded part of the log: its start backwards from the end, the metrics' running
+          totals the lines since their last fold. Store locks are flocks held by the processes that
+          took them: nothing is left to release.
 """
 from __future__ import annotations
 
@@ -102,10 +104,7 @@ def poststop(state: dict[str, Any], settings: Settings) -> None:
     mounts.unmount_under(work)            # left by an engine that was killed midway: a CRIU's cgroup yard
     remove_tree(work, layout.WORK_ROOT)
     annotations = state.get("annotations") or {}
-    kinds = {k.value for k in START_KINDS}
-    started = [e for e in logs.read_events(settings.event_log)
-               if e.get("container") == state["id"] and e.get("event") in kinds]
-    start = started[-1] if started else {}
+    start = logs.last_event(settings.event_log, state["id"], START_KINDS) or {}
     try:
         namespace = ann.namespace_of(annotations)
     except RewarmError:
@@ -115,7 +114,7 @@ def poststop(state: dict[str, Any], settings: Settings) -> None:
                lifetime_seconds=_seconds_since(start.get("time")))
     if settings.metrics_file:
         from runtime.adapters import metrics
-        metrics.write(settings.metrics_file, logs.read_events(settings.event_log))
+        metrics.write(settings.metrics_file, metrics.fold(settings.event_log))   # the lines since the last fold
 
 
 def _seconds_since(stamp: str | None) -> float | None:

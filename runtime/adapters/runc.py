@@ -12,9 +12,22 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from runtime.adapters import mounts
+from runtime.adapters.files import start_time
 
 # Global flags of the caller that a restore must repeat so that it lands where the caller looks.
 FORWARDED_GLOBALS = ("--root", "--log", "--log-format", "--systemd-cgroup", "--debug", "--rootless")
+
+
+STATE_FILE = "state.json"   # runc's record of a container, in ROOT/ID/
+EXEC_FIFO = "exec.fifo"     # in ROOT/ID/ from `create` until `start`
+
+
+@dataclass(frozen=True)
+class Status:
+    """What `runc state` says of a container: created, running, stopped (or paused, where the
+    runtime was asked), and the pid of its init."""
+    status: str
+    pid: int
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,30 @@ class Runc:
         except ValueError:
             return None
         return state if isinstance(state, dict) else None
+
+    def status(self, container_id: str) -> Status | None:
+        """The container's status and init pid, read from runc's state file as `runc state` derives
+        them, without starting a process (a watcher asks this every fraction of a second for as
+        long as a pod takes to be ready). Only where that file is not there (another runtime, or
+        runc between making the container's directory and writing it) is the runtime asked. A
+        paused container reads as running here (runc tells it by its cgroup's freezer).
+        None: the runtime does not know the container."""
+        directory = os.path.join(self.root, container_id)
+        try:
+            with open(os.path.join(directory, STATE_FILE), "rb") as f:
+                raw = json.load(f)
+            pid, start = int(raw["init_process_pid"]), int(raw["init_process_start"])
+        except FileNotFoundError:
+            return self._status_by_asking(container_id) if os.path.isdir(directory) else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return self._status_by_asking(container_id)
+        if start_time(pid) != start:   # runc's own test: that pid is no longer its init
+            return Status("stopped", pid)
+        return Status("created" if os.path.exists(os.path.join(directory, EXEC_FIFO)) else "running", pid)
+
+    def _status_by_asking(self, container_id: str) -> Status | None:
+        state = self.state(container_id)
+        return Status(str(state.get("status")), int(state.get("pid") or 0)) if state else None
 
     def pids(self, container_id: str) -> list[int]:
         proc = self.run("ps", "--format", "json", container_id, timeout=30)

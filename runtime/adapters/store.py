@@ -7,7 +7,8 @@
       locks/NS/NAME.capture      held for the whole of a capture: one capture per (NS, NAME)
 
 A capture killed at any point leaves at most a directory under tmp/, which nothing reads and
-`rewarm gc` removes.
+`rewarm gc` removes once its owner (files.owned_dir) has provably ended: never while the capture,
+import or pull that made it runs, up to the rename that commits it.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Iterable, Iterator
 from runtime.adapters import files, verified
 from runtime.adapters.files import fsync_dir, fsync_tree, read_json, write_json
 from runtime.model import layout
-from runtime.model.errors import InvalidInput, SnapshotDamaged, StoreError
+from runtime.model.errors import InvalidInput, SnapshotDamaged, StoreBusy, StoreError
 from runtime.model.fingerprint import Fingerprint, differences
 from runtime.model.manifest import FileDigest, Manifest
 from runtime.model.names import validate_name, validate_namespace
@@ -37,8 +38,9 @@ OWNER_FILE = files.OWNER_FILE
 VERIFIED_FILE = verified.RECORD   # sealed record of the files that were checksummed already
 LAST_USED = ".last-used"      # mtime = last restore, for gc
 KEPT_LOGS = 20                # failed dump / restore logs kept per kind in STORE/logs
-BOOKKEEPING = (VERIFIED_FILE, verified.SCHEMA_RECORD, LAST_USED)   # this node's notes: never exported
-NOT_CONTENT = frozenset({layout.MANIFEST, *BOOKKEEPING, OWNER_FILE})
+# this node's notes, never exported (an owner file is one only where a commit ended right after its rename)
+BOOKKEEPING = (VERIFIED_FILE, verified.SCHEMA_RECORD, LAST_USED, OWNER_FILE)
+NOT_CONTENT = frozenset({layout.MANIFEST, *BOOKKEEPING})
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class Entry:
 
     def file(self, rel: str) -> str:
         return os.path.join(self.path, rel)
+
+
+REMOVE_WAIT_S = 10.0   # `rewarm rm` waits this long for a name in use, then says so
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,9 @@ class Store:
         return os.path.join(self.root, "snapshots", validate_namespace(namespace), validate_name(name))
 
     @contextlib.contextmanager
-    def _flock(self, namespace: str, name: str, suffix: str, mode: int) -> Iterator[None]:
+    def _flock(self, namespace: str, name: str, suffix: str, mode: int, wait: float | None = None) -> Iterator[None]:
+        """flock the (namespace, name) lock file of `suffix`: blocking, or with LOCK_NB once; with
+        `wait`, tried until that many seconds have passed (then StoreBusy)."""
         directory = os.path.join(self.root, "locks", validate_namespace(namespace))
         path = os.path.join(directory, f"{validate_name(name)}.{suffix}")
         try:
@@ -121,10 +128,7 @@ class Store:
                 yield
                 return
         try:
-            try:
-                fcntl.flock(fd, mode)
-            except BlockingIOError as e:
-                raise StoreError(f"a capture of {namespace}/{name} is already running") from e
+            _flock_within(fd, mode, wait, f"{namespace}/{name}", suffix)
             yield
         finally:
             os.close(fd)
@@ -132,19 +136,22 @@ class Store:
     def reading(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
         return self._flock(namespace, name, "lock", fcntl.LOCK_SH)
 
-    def writing(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
-        return self._flock(namespace, name, "lock", fcntl.LOCK_EX)
+    def writing(self, namespace: str, name: str, wait: float | None = None) -> contextlib.AbstractContextManager[None]:
+        """The name's write lock; with `wait`, StoreBusy once that many seconds pass (a restore holds
+        the read lock through its worker's resume hook: gc and rm must never hang on it)."""
+        return self._flock(namespace, name, "lock", fcntl.LOCK_EX if wait is None else fcntl.LOCK_EX | fcntl.LOCK_NB,
+                           wait)
 
     def _lock_of(self, path: str) -> contextlib.AbstractContextManager[None]:
-        """The write lock of the entry at path, or none where its names are invalid (no restore
-        or capture can take a lock on them)."""
+        """The write lock of the entry at path, taken now or never (StoreBusy), or none where its
+        names are invalid (no restore or capture can take a lock on them)."""
         ns, name = (os.path.relpath(path, os.path.join(self.root, "snapshots")).split(os.sep) + [""])[:2]
         try:
             validate_namespace(ns)
             validate_name(name)
         except InvalidInput:
             return contextlib.nullcontext()
-        return self.writing(ns, name)
+        return self.writing(ns, name, wait=0)
 
     def capturing(self, namespace: str, name: str) -> contextlib.AbstractContextManager[None]:
         return self._flock(namespace, name, "capture", fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -165,8 +172,8 @@ class Store:
             shutil.rmtree(path, ignore_errors=True)
 
     def commit(self, staging: str, manifest: Manifest) -> Entry:
-        """Checksum the staged files, write the manifest, and publish the entry with one rename."""
-        os.unlink(os.path.join(staging, OWNER_FILE))
+        """Checksum the staged files, write the manifest, and publish the entry with one rename
+        (the staging dir stays this process's until then: gc leaves it alone)."""
         manifest = dataclasses.replace(manifest, files=checksum_tree(staging))
         write_json(os.path.join(staging, layout.MANIFEST), manifest.to_json())
         fsync_tree(staging)
@@ -182,6 +189,8 @@ class Store:
         with self.writing(ns, name):   # gc removes an empty name dir under this lock too
             os.makedirs(parent, mode=0o700, exist_ok=True)
             os.rename(staging, final)
+            with contextlib.suppress(FileNotFoundError):   # ownership ends with the rename
+                os.unlink(os.path.join(final, OWNER_FILE))
             fsync_dir(parent)
             if checksummed:   # the first restore here skips the checksum pass
                 with contextlib.suppress(SnapshotDamaged):
@@ -203,8 +212,6 @@ class Store:
         for rel, want in manifest.files.items():
             if os.path.getsize(os.path.join(staging, rel)) != want.size:
                 raise SnapshotDamaged(f"pulled snapshot: {rel} is not {want.size} bytes")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(staging, OWNER_FILE))
         write_json(os.path.join(staging, layout.MANIFEST), manifest.to_json())   # validated against the schema
         return self._publish(staging, manifest, checksummed=False)
 
@@ -233,13 +240,21 @@ class Store:
         return self.scan(namespace, name)[0]
 
     def candidates(self, namespaces: Iterable[str], name: str) -> tuple[list[Entry], list[Broken]]:
-        """scan() over the namespaces a pod may restore from (its own first, then shared ones)."""
+        """scan() over the namespaces a pod may restore from (its own first, then shared ones), less
+        the entries captured in any other namespace: a pulled snapshot keeps the namespace it was
+        captured in wherever it travels (those come back as Broken, with the reason)."""
         found: list[Entry] = []
         broken: list[Broken] = []
-        for ns in dict.fromkeys(namespaces):
+        readable = tuple(dict.fromkeys(namespaces))
+        for ns in readable:
             entries, bad = self.scan(ns, name)
-            found += entries
             broken += bad
+            for e in entries:
+                why = e.manifest.unreadable_from(readable)
+                if why:
+                    broken.append(Broken(e.path, why))
+                else:
+                    found.append(e)
         return found, broken
 
     def wait_for(self, namespace: str, name: str, timeout: float) -> Entry:
@@ -288,8 +303,8 @@ class Store:
             return None
         return kept
 
-    def remove(self, namespace: str, name: str) -> int:
-        with self.writing(namespace, name):
+    def remove(self, namespace: str, name: str, wait: float = REMOVE_WAIT_S) -> int:
+        with self.writing(namespace, name, wait):
             found = self.entries(namespace, name)
             shutil.rmtree(self.name_dir(namespace, name), ignore_errors=True)
         return len(found)
@@ -297,26 +312,21 @@ class Store:
     def gc(self, max_bytes: int) -> list[str]:
         """Drop abandoned captures and broken entries, then least recently used entries until the
         store fits."""
-        removed = []
-        for d in _listdir(os.path.join(self.root, "tmp")):
-            path = os.path.join(self.root, "tmp", d)
-            if not files.owner_alive(path):
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
+        removed = files.reclaim_abandoned(os.path.join(self.root, "tmp"))   # never a live capture, import or pull
         entries, broken = self.everything()
-        for b in broken:
-            with self._lock_of(b.path):
+        for b in broken:   # one in use (a name's lock held) is left for the next gc
+            with contextlib.suppress(StoreBusy), self._lock_of(b.path):
                 shutil.rmtree(b.path, ignore_errors=True)
-            removed.append(b.path)
+                removed.append(b.path)
         entries.sort(key=_last_used)
         total = sum(e.size() for e in entries)
         for e in entries:
             if total <= max_bytes:
                 break
-            with self.writing(e.namespace, e.name):
+            with contextlib.suppress(StoreBusy), self.writing(e.namespace, e.name, wait=0):   # in use: not the LRU
                 shutil.rmtree(e.path, ignore_errors=True)
-            total -= e.size()
-            removed.append(e.path)
+                total -= e.size()
+                removed.append(e.path)
         return removed + self._drop_empty_names()
 
     def _drop_empty_names(self) -> list[str]:
@@ -326,10 +336,25 @@ class Store:
         for ns in _listdir(base):
             for name in _listdir(os.path.join(base, ns)):
                 path = os.path.join(base, ns, name)
-                with contextlib.suppress(OSError), self._lock_of(path):
+                with contextlib.suppress(OSError, StoreBusy), self._lock_of(path):
                     os.rmdir(path)   # only if empty
                     dropped.append(path)
         return dropped
+
+
+def _flock_within(fd: int, mode: int, wait: float | None, what: str, suffix: str) -> None:
+    deadline = time.monotonic() + (wait or 0)
+    while True:
+        try:
+            fcntl.flock(fd, mode)
+            return
+        except BlockingIOError as e:
+            if suffix == "capture":
+                raise StoreError(f"a capture of {what} is already running") from e
+            if time.monotonic() >= deadline:
+                raise StoreBusy(f"snapshot {what} is in use (a restore, capture or pull holds it)"
+                                + (f" after {wait:g}s of waiting" if wait else "")) from e
+            time.sleep(0.05)
 
 
 def _root_only(tree: str) -> None:

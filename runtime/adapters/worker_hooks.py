@@ -23,16 +23,20 @@ class Answer:
 
 def call(pid: int, calls: tuple[HookCall, ...], what: str, timeout: float) -> list[Answer]:
     """The answers, in order (a quiesce hook may name files the worker reads back: reload_files.py);
-    the first call that fails stops the sequence."""
+    the first call that fails stops the sequence. `timeout` bounds the whole sequence by the wall
+    clock: each call has what is left of it."""
     from runtime.adapters import netns_http   # http.client and ssl: ~35 ms a restore without hooks saves
     answers: list[Answer] = []
+    deadline = time.monotonic() + timeout
     for step in calls:
         t = time.monotonic()
+        where = f" (call {len(answers) + 1} of {len(calls)})" if len(calls) > 1 else ""
+        if t >= deadline:
+            raise WorkerHookFailed(f"{what} hook {step}{where} was not called: the hook's {timeout:g}s had passed")
         status, body = netns_http.request(f"/proc/{pid}/ns/net", step.url,
-                                          data=None if step.method == "GET" else step.body, timeout=timeout)
+                                          data=None if step.method == "GET" else step.body, timeout=deadline - t)
         if not 200 <= status < 300:
-            answer = f"HTTP {status}: {body.strip()[:200]}" if status else "no answer"
-            where = f" (call {len(answers) + 1} of {len(calls)})" if len(calls) > 1 else ""
+            answer = f"HTTP {status}: {body.strip()[:200]}" if status else body or "no answer"
             raise WorkerHookFailed(f"{what} hook {step}{where} failed ({answer})"
                                    + (f"; {step.hint}" if step.hint else ""))
         answers.append(Answer(step, body, time.monotonic() - t))

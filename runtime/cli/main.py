@@ -106,6 +106,8 @@ def cmd_warm(cfg: Settings, a: argparse.Namespace) -> int:
     print(f"warmed {a.namespace}/{a.name}: {_size(done.bytes_read)} read in {done.seconds:.2f}s "
           f"({done.bytes_read / max(done.seconds, 1e-9) / 1e9:.2f} GB/s); resident "
           f"{100 * done.resident_before / max(size, 1):.0f}% before, {100 * done.resident_after / max(size, 1):.0f}% now")
+    for why in done.left_out:
+        print(f"  left out {why}")
     return 0
 
 
@@ -225,12 +227,14 @@ def _event_line(e: dict[str, object]) -> str:
 
 
 def cmd_events(cfg: Settings, a: argparse.Namespace) -> int:
+    from collections import deque
+
     from runtime.adapters import logs
 
     def wanted(e: dict[str, object]) -> bool:
         return (not a.pod or e.get("pod") == a.pod or e.get("container") == a.pod) \
             and (not a.namespace or e.get("namespace") == a.namespace) and (not a.kind or e.get("event") in a.kind)
-    shown = [e for e in logs.read_events(cfg.event_log) if wanted(e)][-a.last:] if a.last else []
+    shown = list(deque(filter(wanted, logs.iter_events(cfg.event_log)), maxlen=a.last)) if a.last > 0 else []
     events = iter(shown) if not a.follow else _chain(shown, filter(wanted, logs.follow_events(cfg.event_log)))
     try:
         for e in events:
@@ -245,15 +249,23 @@ def _chain(first: list[dict[str, object]], then: Iterator[dict[str, object]]) ->
     yield from then
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 (and below 3600)")
+    return seconds
+
+
 def cmd_agent(cfg: Settings, a: argparse.Namespace) -> int:
     import socket
     from runtime.node import agent
     node = a.node or os.environ.get("NODE_NAME") or socket.gethostname()
-    api = agent.api_client(a.kubeconfig, a.credentials_root)
-    if a.label or a.unlabel:
-        agent.label(api, node, ready=a.label)
-        print(f"rewarm agent: node {node} labelled {agent.NODE_LABEL}={'ready' if a.label else '(none)'}")
-    agent.run(cfg.event_log, api, node, a.metrics_port)
+    api = agent.connect(a.kubeconfig, a.credentials_root, a.api_timeout)
+    label = agent.Label.SET if a.label else agent.Label.REMOVE if a.unlabel else None
+    agent.run(cfg.event_log, api, agent.Options(node, a.metrics_port, label))
     return 0
 
 
@@ -407,7 +419,11 @@ def parser() -> argparse.ArgumentParser:
                                      "serve /metrics (the node DaemonSet runs it)")
     c.add_argument("--node", help="this node's name (default $NODE_NAME, else the host name)")
     c.add_argument("--kubeconfig", help="a kubeconfig file (default: the pod's ServiceAccount, in-cluster)")
-    c.add_argument("--metrics-port", type=int, default=9808, help="port of /metrics (0: none; default 9808)")
+    c.add_argument("--metrics-port", type=int, default=9808,
+                   help="port of /metrics and of /readyz, the readiness (0: neither; default 9808)")
+    c.add_argument("--api-timeout", type=_positive_seconds, default=10.0, metavar="S",
+                   help="longest a call to the API server may take, and the pause before a failed one is "
+                        "tried again (default 10)")
     c.add_argument("--credentials-root", default="/", help="where the pod's ServiceAccount files are (the "
                    "installer's /proc/PID/root when it runs the agent in the host's mount namespace)")
     which = c.add_mutually_exclusive_group()

@@ -13,7 +13,8 @@ from runtime.adapters.files import read_json
 from runtime.adapters.registry import crio, oci_archive, ocicrypt
 from runtime.engine import fingerprinting, warm
 from runtime.model import layout, oci_spec
-from runtime.model.errors import ArchiveError, UnsafeRootfsDiff
+from runtime.model import annotations as ann
+from runtime.model.errors import ArchiveError, InvalidInput, UnsafeRootfsDiff
 from runtime.model.manifest import CaptureInfo, Manifest, RootfsInfo
 from runtime.model.names import validate_name, validate_namespace
 from runtime.model.settings import Settings
@@ -32,6 +33,19 @@ def _read_dumps(archive_path: str, staging: str) -> tuple[oci_spec.Spec, dict[st
     if not isinstance(spec, dict) or not isinstance(spec.get("process"), dict) or not isinstance(config, dict):
         raise ArchiveError(f"{archive_path}: spec.dump is not an OCI runtime spec")
     return oci_spec.parsed(spec), config
+
+
+def _captured_in(archive_path: str, spec: oci_spec.Spec, namespace: str) -> str:
+    """The Kubernetes namespace the archive's container ran in, where its spec names one (a pod's,
+    checkpointed by CRI-O or kubelet); a container of no namespace (Podman's) belongs to the one
+    it is imported into."""
+    annotations = oci_spec.annotations_of(spec)
+    if not ann.names_namespace(annotations):
+        return namespace
+    try:
+        return ann.namespace_of(annotations)
+    except InvalidInput as e:
+        raise ArchiveError(f"{archive_path}: {e}") from e
 
 
 IMPORT_SPARE = 64 << 20
@@ -62,16 +76,20 @@ def import_archive(settings: Settings, archive_path: str, name: str, namespace: 
         fp = fingerprinting.of_container(spec, settings)
         images = os.path.join(staging, layout.CHECKPOINT_DIR)
         deleted = read_json(deleted_path)
-        entry = st.commit(staging, Manifest(
+        manifest = Manifest(
             namespace=namespace, name=name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             fingerprint=fp, fingerprint_id=fp.ident(),
             source={"container_id": str(config.get("id") or spec.get("hostname") or "imported"),
                     "imported_from": os.path.basename(archive_path), **(origin or {})},
             rootfs=RootfsInfo("imported", os.path.getsize(tar_path), len(deleted) if isinstance(deleted, list) else 0),
-            capture=CaptureInfo(checkpoint_bytes=sum(os.path.getsize(os.path.join(images, f))
-                                                     for f in os.listdir(images))),
+            capture=CaptureInfo(checkpoint_bytes=sum(os.path.getsize(os.path.join(images, f)) for f in os.listdir(images)),
+                                namespace=_captured_in(archive_path, spec, namespace)),
             annotations={"org.criu.checkpoint.engine": str(config.get("runtimeName") or "imported"),
-                         "org.criu.checkpoint.kernel": fp.kernel, "org.criu.checkpoint.arch": fp.arch}))
+                         "org.criu.checkpoint.kernel": fp.kernel, "org.criu.checkpoint.arch": fp.arch})
+        why = manifest.unreadable_from((namespace, *settings.shared_namespaces))
+        if why:
+            raise ArchiveError(f"{archive_path} is not imported into namespace {namespace}: {why}")
+        entry = st.commit(staging, manifest)
     warm.after(settings, "import", entry)
     return entry
 

@@ -91,6 +91,12 @@ class Capture:
         assert self.fingerprint is not None, "a step ran before fingerprint_source"
         return self.fingerprint
 
+    def seconds_left(self, cap: float | None = None) -> float:
+        """What is left of capture_timeout_s, which bounds the quiesce hook and the checkpoint
+        together (the resume hook after it has its own hook_timeout_s: the worker must be woken)."""
+        left = max(0.0, self.started + self.settings.capture_timeout_s - time.monotonic())
+        return left if cap is None else min(cap, left)
+
 
 def _now_rfc3339() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -168,7 +174,7 @@ def checkpoint(c: Capture) -> None:
     worker = c.hooks
     t = time.monotonic()
     try:
-        answers = worker_hooks.call(c.source.pid, worker.quiesce, "quiesce", c.settings.hook_timeout_s)
+        answers = worker_hooks.call(c.source.pid, worker.quiesce, "quiesce", c.seconds_left(c.settings.hook_timeout_s))
         c.reload, c.reload_left_out = reload_files.resolve(c.source.spec, [a.body for a in answers],
                                                            worker.reads_back)
         check_space(c)   # after the quiesce: a worker gives back its KV reserve there
@@ -329,7 +335,7 @@ def _hooks_of(src: Source) -> ann.WorkerHooks:
 def _capture_info(c: Capture) -> CaptureInfo:
     checkpoint_bytes = sum(os.path.getsize(os.path.join(c.images, f)) for f in os.listdir(c.images))
     return CaptureInfo(round(time.monotonic() - c.started, 3), round(c.checkpoint_seconds, 3), c.leave_running,
-                       checkpoint_bytes)
+                       checkpoint_bytes, c.namespace)
 
 
 def _manifest(c: Capture) -> Manifest:
@@ -355,9 +361,9 @@ def _runc_checkpoint(c: Capture) -> None:
     argv = c.runc.checkpoint_argv(c.source.container_id, criu=c.settings.criu, images=c.images, work=c.work,
                                   leave_running=True,   # stopped after the commit, if at all
                                   tcp_established=tcp_established)  # no tcp-close from rewarm's CRIU config
-    returncode, err = run_bounded(argv, plugin_env.checkpoint_env(c.settings), c.settings.capture_timeout_s, capture=True)
+    returncode, err = run_bounded(argv, plugin_env.checkpoint_env(c.settings), c.seconds_left(), capture=True)
     if returncode != 0:
-        why = (f"checkpoint took longer than {c.settings.capture_timeout_s}s" if returncode is None else
+        why = (f"the capture ran past capture_timeout_s ({c.settings.capture_timeout_s}s)" if returncode is None else
                f"{c.settings.runtime} checkpoint failed: {err.strip()[-500:]}")
         _fail_and_revive(c, why)
 
@@ -367,7 +373,7 @@ def _containerd_checkpoint(c: Capture, containerd: "Containerd") -> None:
     through rewarm-runc where the container runs on rewarm's handler) writes the CRIU images."""
     try:
         containerd.checkpoint(c.source.container_id, c.images, c.work, exit=False,   # stopped after the commit
-                              timeout=c.settings.capture_timeout_s)
+                              timeout=c.seconds_left())
     except RewarmError as e:
         _fail_and_revive(c, str(e))
 

@@ -195,7 +195,7 @@ def create(call: RuncCall) -> NoReturn:
         a.prepared = f
         if a.request.snapshot_ref:   # rewarm.dev/snapshot-ref: pull on a miss, within pull_timeout_s
             from runtime.engine import pull
-            pull.on_miss(settings, f.spec, a.request, a.namespace, str(call.container_id))
+            pull.on_miss(settings, f.spec, a.request, a.namespace, pull.Pod(str(call.container_id), call.root))
         result = restore.restore(call, settings, f, a.request, a.namespace)
     except (RewarmError, OSError, ValueError) as e:
         digest.close()

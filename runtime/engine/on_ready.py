@@ -3,8 +3,10 @@
 
 It waits for the container to run and become ready (its ready file exists inside the container, or
 its ready URL answers inside the pod's network namespace), captures it while it keeps running, and
-exits. It also exits, doing nothing, when the container goes away first: nothing outlives the
-container. The snapshot becomes usable with the store's one atomic rename.
+exits. It also exits, doing nothing but an event, when the container goes away first (nothing
+outlives the container) or is not ready within ready_timeout_s. While it waits it starts no
+process: it reads the runtime's state file and /proc. The snapshot becomes usable with the store's
+one atomic rename.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from runtime.adapters import logs, netns_http, settings_file, store
+from runtime.adapters.files import start_time
 from runtime.adapters.runc import Runc
 from runtime.engine import capture
 from runtime.model.errors import RewarmError
@@ -51,21 +54,46 @@ def is_ready(job: Job, pid: int) -> bool:
 
 
 def wait_until_ready(settings: Settings, job: Job) -> str | None:
-    """None once ready; otherwise why the watch ended."""
-    runc = Runc(settings.runtime, job.runtime_root)
-    appeared, deadline = False, time.monotonic() + APPEAR_TIMEOUT_S
-    while True:
-        state = runc.state(job.container_id)
-        if state is None:
-            if appeared or time.monotonic() > deadline:
-                return "container is gone"
-        else:
-            appeared = True
-            if state.get("status") == "stopped":
-                return "container stopped before it was ready"
-            if state.get("status") == "running" and is_ready(job, int(state["pid"])):
-                return None
+    """None once ready; otherwise why the watch ended. Each look costs a few reads of files (the
+    runtime's state file, /proc): no process is started however long the pod takes, and the
+    watch gives up after ready_timeout_s."""
+    give_up = time.monotonic() + settings.ready_timeout_s
+    init = _running_init(settings, job, give_up)
+    if isinstance(init, str):
+        return init
+    pid, start = init
+    while not is_ready(job, pid):
+        if start_time(pid) != start:
+            return "container stopped before it was ready"
+        if time.monotonic() > give_up:
+            return _gave_up(settings)
         time.sleep(POLL_S)
+    return None
+
+
+def _running_init(settings: Settings, job: Job, give_up: float) -> tuple[int, int] | str:
+    """The pid and start time of the container's init once it runs (its start time tells it
+    from a later process with its pid); otherwise why the watch ended."""
+    runc = Runc(settings.runtime, job.runtime_root)
+    appeared, appear_by = False, time.monotonic() + APPEAR_TIMEOUT_S
+    while True:
+        now = runc.status(job.container_id)
+        if now is None and (appeared or time.monotonic() > appear_by):
+            return "container is gone"
+        if now is not None:
+            appeared = True
+            if now.status == "stopped":
+                return "container stopped before it was ready"
+            start = start_time(now.pid) if now.status == "running" else None
+            if start is not None:
+                return now.pid, start
+        if time.monotonic() > give_up:
+            return _gave_up(settings)
+        time.sleep(POLL_S)
+
+
+def _gave_up(settings: Settings) -> str:
+    return f"not ready within ready_timeout_s ({settings.ready_timeout_s}s): the watch gave up"
 
 
 def run(settings: Settings, job: Job) -> int:

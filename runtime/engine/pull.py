@@ -15,30 +15,34 @@ from __future__ import annotations
 import os
 import shutil
 import select
+import threading
+import time
 from dataclasses import dataclass
 
 from runtime.adapters import logs, settings_file, store
 from runtime.adapters.files import owned_dir
 from runtime.adapters.progress import Progress
 from runtime.adapters.registry import cosign
-from runtime.adapters.registry.client import Client
+from runtime.adapters.registry.client import Bounds, Client
 from runtime.engine import fingerprinting, warm
 from runtime.engine.formats import Caller, Staging, Transfer, detect
 from runtime.model import annotations as ann
 from runtime.model import registry_ref
 from runtime.model.errors import NotRestorable, RegistryError, RewarmError, TransferInterrupted
 from runtime.model.events import EventKind
+from runtime.model.manifest import PULLED_FROM
 from runtime.model.names import validate_name, validate_namespace
 from runtime.model.oci_spec import Spec
 from runtime.model.registry_ref import Reference
 from runtime.model.settings import Settings
 
-SOURCE_REF, SOURCE_DIGEST = "pulled_from", "pulled_digest"
+SOURCE_REF, SOURCE_DIGEST = PULLED_FROM, "pulled_digest"
 
 
 def client_for(settings: Settings, ref: Reference) -> Client:
     return Client(ref, auth=settings.registry_auth_file, ca_file=settings.registry_ca_file,
-                  plain_http=ref.registry in settings.plain_http_registries, threads=settings.transfer_threads)
+                  plain_http=ref.registry in settings.plain_http_registries, threads=settings.transfer_threads,
+                  bounds=Bounds.of(settings))
 
 
 @dataclass
@@ -104,18 +108,30 @@ def fits_locally(settings: Settings, spec: Spec, request: ann.Request, namespace
     return bool(candidates) and bool(store.fitting(candidates, fingerprinting.of_container(spec, settings)))
 
 
-def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str, container_id: str) -> None:
+@dataclass(frozen=True)
+class Pod:
+    """The container a pull on miss is for, as its runtime knows it: the pull goes on in the
+    background only while that container exists."""
+    container_id: str
+    runtime_root: str
+
+    def state_dir(self) -> str:
+        return os.path.join(self.runtime_root, self.container_id)
+
+
+def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str, pod: Pod) -> None:
     """With no fitting entry here, pull rewarm.dev/snapshot-ref within pull_timeout_s. A pull that
-    takes longer goes on in the background (the next pod restores) and this one cold-starts:
-    NotRestorable says why, as it does for a refused or failed pull."""
+    takes longer goes on in the background (the next pod restores) while this pod lives, and this
+    one cold-starts: NotRestorable says why, as it does for a refused or failed pull."""
     assert request.snapshot_ref is not None
     if fits_locally(settings, spec, request, namespace):
         return
     ref = registry_ref.parse(request.snapshot_ref, ann.SNAPSHOT_REF)
-    if not registry_ref.allowed(ref, settings.allowed_registries):
-        raise NotRestorable(f"{ann.SNAPSHOT_REF} {ref}: this node does not pull from {ref.registry} "
-                            f"(allowed_registries: {', '.join(settings.allowed_registries) or 'none'})")
-    job = {"ref": str(ref), "name": request.snapshot, "namespace": namespace, "container": container_id}
+    refused = registry_ref.refused_for(ref, namespace, settings.allowed_registries, settings.namespace_registries)
+    if refused:
+        raise NotRestorable(f"{ann.SNAPSHOT_REF} {ref}: {refused}")
+    job = {"ref": str(ref), "name": request.snapshot, "namespace": namespace, "container": pod.container_id,
+           "state_dir": pod.state_dir()}
     out = _detached_pull(job, settings.pull_timeout_s)
     if out is None:
         raise NotRestorable(f"pull of {ref} did not finish within pull_timeout_s ({settings.pull_timeout_s}s); "
@@ -158,6 +174,7 @@ def _detached_pull(job: dict[str, str], timeout: float) -> str | None:
 def _background(job: dict[str, str], answer_fd: int) -> int:
     """The pull of on_miss: one line on `answer_fd` for a caller that may have stopped listening."""
     settings = settings_file.load()
+    threading.Thread(target=_end_with_pod, args=(settings, job), daemon=True, name="rewarm-pod-watch").start()
     try:
         pulled = pull(settings, job["ref"], job["name"], job["namespace"], caller=Caller(quiet=True, container=job["container"]))
         line, code = f"pulled {pulled.entry.ident}", 0
@@ -168,3 +185,23 @@ def _background(job: dict[str, str], answer_fd: int) -> int:
     except OSError:
         pass   # the create went ahead with a cold start: nobody listens any more
     return code
+
+
+POD_APPEARS_S = 60.0   # a create goes on to its cold start at once: a pod not there by then never came
+
+
+def _end_with_pod(settings: Settings, job: dict[str, str]) -> None:
+    """End this background pull once its pod's container is gone (deleted, or never created): a
+    pull nobody waits for must not outlive the pod that asked. What it fetched stays for the next
+    pull to resume from, as after any kill."""
+    state_dir, since = job["state_dir"], time.monotonic()
+    seen = False
+    while True:
+        there = os.path.isdir(state_dir)
+        seen = seen or there
+        if (seen and not there) or (not seen and time.monotonic() - since > POD_APPEARS_S):
+            logs.event(settings.event_log, EventKind.PULL_FAILED, namespace=job["namespace"], snapshot=job["name"],
+                       ref=job["ref"], container=job["container"],
+                       reason="its pod's container is gone: the pull ends with it")
+            os._exit(1)
+        time.sleep(0.5)

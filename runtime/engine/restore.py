@@ -73,6 +73,12 @@ class Restore:
     work: str = ""
     attached: subprocess.Popen[bytes] | None = None   # `run` in the foreground: the runc that waits
     addresses_added: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def seconds_left(self, cap: float) -> float:
+        """What is left of restore_timeout_s, which bounds the whole restore (the runtime's restore
+        and the worker's resume hook together), and at most `cap`."""
+        return max(0.0, min(cap, self.started + self.settings.restore_timeout_s - time.monotonic()))
 
     @property
     def spec(self) -> Spec:
@@ -203,11 +209,11 @@ def restore_process(r: Restore) -> None:
     offset = os.path.getsize(log) if log and os.path.exists(log) else 0
     with r.stages("runtime_restore"):
         if r.detach:
-            returncode, _ = run_bounded(argv, env, r.settings.restore_timeout_s,
+            returncode, _ = run_bounded(argv, env, r.seconds_left(r.settings.restore_timeout_s),
                                         on_lost_criu=lambda: cgroups.kill_container(r.spec))
         else:
             assert pid_file is not None
-            r.attached, returncode = start_attached(argv, env, pid_file, r.settings.restore_timeout_s)
+            r.attached, returncode = start_attached(argv, env, pid_file, r.seconds_left(r.settings.restore_timeout_s))
             returncode = 0 if r.attached else returncode
     if returncode != 0:
         kept = r.store.keep_log("restore", r.container_id, os.path.join(r.work, layout.RESTORE_LOG))
@@ -229,7 +235,8 @@ def resume_worker(r: Restore) -> None:
     if not state or not state.get("pid"):
         raise RestoreFailed(f"restored container {r.container_id} has no state to resume")
     try:
-        answers = worker_hooks.call(int(state["pid"]), r.request.hooks.resume, "resume", r.settings.hook_timeout_s)
+        answers = worker_hooks.call(int(state["pid"]), r.request.hooks.resume, "resume",
+                                    r.seconds_left(r.settings.hook_timeout_s))
     except WorkerHookFailed as e:
         raise RestoreFailed(str(e)) from e
     for a in answers if len(answers) > 1 else ():   # each call of a sequence timed: `resume /wake_up?tags=...`
@@ -287,7 +294,7 @@ def prefetch_pages(entry: Entry, spec: Spec, threads: int) -> None:
     container mounts them). CRIU reads its images one after another, so with a cold page cache a
     restore would run at one reader's disk bandwidth."""
     if threads > 0:
-        images = entry.file(layout.CHECKPOINT_DIR)
+        images = os.path.realpath(entry.file(layout.CHECKPOINT_DIR))   # warm's opener refuses links on the way
         page_cache.prefetch_in_background(
             [os.path.join(images, n) for n in sorted(os.listdir(images)) if n.startswith("pages-")]
             + reload_files.on_this_node(entry.manifest.reload_files, spec), threads)

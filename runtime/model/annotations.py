@@ -11,7 +11,7 @@ from typing import Any, Mapping, TypeVar
 
 from runtime.front.names import ANNOTATION_PREFIX
 from runtime.model import engines, hooks
-from runtime.model.errors import InvalidInput
+from runtime.model.errors import InvalidInput, shown
 from runtime.model.hooks import HookCall
 from runtime.model.names import validate_name, validate_namespace
 from runtime.model.registry_ref import parse as parse_ref
@@ -91,6 +91,10 @@ def is_sandbox(annotations: Mapping[str, str]) -> bool:
     return any(annotations.get(k) == "sandbox" for k in CONTAINER_TYPE_KEYS)
 
 
+def names_namespace(annotations: Mapping[str, str]) -> bool:
+    return any(annotations.get(key) for key in NAMESPACE_KEYS)
+
+
 def namespace_of(annotations: Mapping[str, str]) -> str:
     """The pod's Kubernetes namespace, validated (it becomes a directory of the store). containerd
     and CRI-O each write it under their own key; where the workload can set the other runtime's key
@@ -124,7 +128,7 @@ def _enum(enum: type[E], key: str, value: str | None, default: E) -> E:
         return enum(value)
     except ValueError as e:
         allowed = " or ".join(repr(m.value) for m in enum)
-        raise InvalidInput(f"invalid {key}: {value!r} (expected {allowed})") from e
+        raise InvalidInput(f"invalid {key}: {shown(value)} (expected {allowed})") from e
 
 
 def worker_hooks(annotations: Mapping[str, str], process: Mapping[str, Any]) -> WorkerHooks:
@@ -157,7 +161,7 @@ def parse(annotations: Mapping[str, str], process: Mapping[str, Any]) -> Request
         raise InvalidInput(f"{SNAPSHOT} is required when other {PREFIX} annotations are set")
     ready_file = annotations.get(READY_FILE, DEFAULT_READY_FILE)
     if not ready_file.startswith("/") or "\0" in ready_file or "/../" in ready_file + "/":
-        raise InvalidInput(f"invalid {READY_FILE}: {ready_file!r} (an absolute path inside the container)")
+        raise InvalidInput(f"invalid {READY_FILE}: {shown(ready_file)} (an absolute path inside the container)")
     worker = worker_hooks(annotations, process)
     snapshot_ref = annotations.get(SNAPSHOT_REF)
     if snapshot_ref is not None:

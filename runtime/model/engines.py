@@ -21,12 +21,14 @@ $HF_HOME (default /root/.cache/huggingface) in the container's environment.
 """
 from __future__ import annotations
 
+import ipaddress
 import posixpath
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Sequence
 
-from runtime.model.errors import InvalidInput
+from runtime.model.errors import InvalidInput, shown
 from runtime.model.hooks import HookCall
 
 VLLM, SGLANG = "vllm", "sglang"
@@ -82,14 +84,25 @@ def model_dir(model: str | None, env: Sequence[str]) -> str | None:
     return posixpath.join(hub, "models--" + model.replace("/", "--"), "snapshots")
 
 
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
 def _base(args: Sequence[str], default_port: int) -> str:
+    """Where the engine listens, as a URL's start: --port is ASCII digits (int() would take '８０００'),
+    --host an IP address (bracketed or not) or a host name; an unspecified address is reached on loopback."""
     port = flag(args, "--port") or str(default_port)
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidInput(f"the engine's --port {port[:20]!r} is not a port")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise InvalidInput(f"the engine's --port {shown(port, 20)} is not a port")
     host = flag(args, "--host") or "127.0.0.1"
-    if host in ("0.0.0.0", "::", "") or any(c in host for c in "/ \t\n"):
-        host = "127.0.0.1"
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    try:
+        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        if not HOSTNAME_RE.fullmatch(host):
+            raise InvalidInput(f"the engine's --host {shown(host, 40)} is not a host name or an IP address") from None
+        return f"http://{host}:{port}"
+    if address.is_unspecified:
+        return f"http://127.0.0.1:{port}"
+    return f"http://{'[' + str(address) + ']' if address.version == 6 else address}:{port}"
 
 
 def needs(engine: str, args: Sequence[str], env: Sequence[str], flag_name: str, env_name: str | None) -> None:

@@ -3,12 +3,25 @@ class says which path follows (cold start, refusal, a failed command)."""
 from __future__ import annotations
 
 
+MAX_MESSAGE = 1000
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A value from a user as a message quotes it: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
+
 class RewarmError(Exception):
     """Base of everything rewarm raises on purpose. The CLI prints it as one line."""
 
 
 class InvalidInput(RewarmError, ValueError):
-    """A value a user must fix (an annotation, a name, a config key); the message names it."""
+    """A value a user must fix (an annotation, a name, a config key); the message names it. It ends
+    up in the pod's log line, the event log and a metrics label: a value of kilobytes is cut."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "...")
 
 
 class SettingsError(InvalidInput):
@@ -42,6 +55,10 @@ class CaptureFailed(RewarmError):
 
 class StoreError(RewarmError):
     """The store itself is unusable (permissions, a lock held, a name not found)."""
+
+
+class StoreBusy(StoreError):
+    """A snapshot name's lock is held (a restore, capture or pull) and the caller would not wait."""
 
 
 class ArchiveError(RewarmError):

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
 from runtime.model.annotations import IMAGE_DIGEST_KEY
+from runtime.model.errors import shown
 
 # Where the image identity comes from, most precise first: the digest rewarm-runc resolves through
 # containerd, CRI-O's image id, then the image reference containerd's CRI gives.
@@ -81,7 +82,7 @@ def differences(recorded: Fingerprint, here: Fingerprint) -> list[str]:
         a, b = getattr(recorded, name), getattr(here, name)
         if a != b:
             a, b = (list(a), list(b)) if name == "args" else (a, b)
-            reasons.append(f"{name}: snapshot has {a!r}, this container/node has {b!r}")
+            reasons.append(f"{name}: snapshot has {shown(a, 200)}, this container/node has {shown(b, 200)}")
     if recorded.env_key != here.env_key:
         reasons.append(f"environment: the snapshot's was fingerprinted with key {recorded.env_key or '(none)'}, "
                        f"this node's fingerprint_key_file is key {here.env_key}: nodes that share snapshots "

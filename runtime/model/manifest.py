@@ -13,6 +13,7 @@ from runtime.model.fingerprint import Fingerprint
 from runtime.model.resources import config_json
 
 SCHEMA_VERSION = 1
+PULLED_FROM = "pulled_from"   # source key: the reference a pull fetched the snapshot from
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class CaptureInfo:
     checkpoint_seconds: float = 0.0
     leave_running: bool = False
     checkpoint_bytes: int = 0
+    namespace: str = ""            # where the workload ran when captured: kept by push, pull and import
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,23 @@ class Manifest:
 
     def size(self) -> int:
         return sum(f.size for f in self.files.values())
+
+    @property
+    def captured_in(self) -> str:
+        """The namespace whose workload this memory is (its secrets included): recorded at capture
+        and kept by every push, pull and import; an older local capture's is its entry's namespace."""
+        return self.capture.namespace or self.namespace
+
+    def unreadable_from(self, namespaces: tuple[str, ...]) -> str | None:
+        """Why a pod that may restore from `namespaces` (its own, then the node's shared ones) may not
+        restore this snapshot; None when it may."""
+        if self.source.get(PULLED_FROM) and not self.capture.namespace:
+            return (f"it was pulled from {self.source[PULLED_FROM]} by an earlier rewarm, which did not keep the "
+                    "namespace it was captured in: pull it again")
+        if self.captured_in not in namespaces:
+            return (f"it was captured in namespace {self.captured_in}, and only pods of that namespace restore it "
+                    f"(unless the node's shared_namespaces names it)")
+        return None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from runtime.model.errors import InvalidInput
+from runtime.model.errors import InvalidInput, shown
 
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")   # fullmatch: `$` would let a final "\n" in
 
@@ -14,7 +14,7 @@ NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")   # fullmatch: `$`
 def validate_name(name: str, what: str = "snapshot name") -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(
-            f"invalid {what} {name!r}: use 1-63 lowercase letters, digits, '.', '_' or '-', "
+            f"invalid {what} {shown(name)}: use 1-63 lowercase letters, digits, '.', '_' or '-', "
             "starting and ending with a letter or digit")
     return name
 

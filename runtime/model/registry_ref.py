@@ -7,7 +7,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from runtime.model.errors import InvalidInput
+from runtime.model.errors import InvalidInput, shown
 
 # The distribution spec's grammar, made strict: the registry part is always written out.
 _HOST = r"(?:localhost|\[[0-9a-fA-F:]+\]|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*)(?::[0-9]{1,5})?"
@@ -57,10 +57,27 @@ def parse(text: str, what: str = "snapshot reference") -> Reference:
     match = _REF_RE.fullmatch(text) if isinstance(text, str) and len(text) <= 512 else None
     if match is None or "." not in match["registry"] and ":" not in match["registry"] \
             and match["registry"] != "localhost":
-        raise InvalidInput(f"invalid {what} {text!r}: expected {FORM}, the registry written out")
+        raise InvalidInput(f"invalid {what} {shown(text)}: expected {FORM}, the registry written out")
     if not match["tag"] and not match["digest"]:
-        raise InvalidInput(f"invalid {what} {text!r}: name a tag or a digest ({FORM})")
+        raise InvalidInput(f"invalid {what} {shown(text)}: name a tag or a digest ({FORM})")
     return Reference(match["registry"], match["repository"], match["tag"], match["digest"])
+
+
+def refused_for(ref: Reference, namespace: str, allowed_registries: tuple[str, ...],
+                namespace_registries: tuple[str, ...]) -> str | None:
+    """Why a pod of `namespace` may not pull `ref` on this node (None: it may). allowed_registries
+    bound every pod; namespace_registries, once it names any namespace, bounds each namespace to its
+    own entries (a namespace it does not name pulls nothing)."""
+    if not allowed(ref, allowed_registries):
+        return (f"this node does not pull from {ref.registry} (allowed_registries: "
+                f"{', '.join(allowed_registries) or 'none'})")
+    if not namespace_registries:
+        return None
+    own = tuple(e.split("=", 1)[1] for e in namespace_registries if e.split("=", 1)[0] == namespace)
+    if not allowed(ref, own):
+        return (f"namespace {namespace} pulls only from {', '.join(own) or 'nowhere'} (namespace_registries), "
+                f"not {ref.name}")
+    return None
 
 
 def allowed(ref: Reference, allowed_registries: tuple[str, ...]) -> bool:

@@ -23,6 +23,7 @@ def _default_restore_threads() -> int:
 
 
 WARM_AFTER = ("capture", "import", "pull")   # the events after which warm_after may read an entry in
+EVENT_LOG_MIN_BYTES = 4096   # an event log bound below a few records would rotate at almost every line
 
 
 def _default_env_ignore() -> tuple[str, ...]:
@@ -40,6 +41,7 @@ class Settings:
     fingerprint_key_file: str = "/etc/rewarm/fingerprint.key"  # keys env hashes; made on first use; shared by nodes that share snapshots
     shared_namespaces: tuple[str, ...] = ()     # namespaces whose snapshots any namespace may restore
     event_log: str = "/var/log/rewarm/events.jsonl"  # one JSON line per restore / cold start / capture
+    event_log_max_bytes: int = 8 << 20          # the log moves to EVENT_LOG.1 (replacing it) at this size
     pod_log_notice: bool = True                 # one line on the container's stderr saying what rewarm did
     verify: Verify = Verify.SHA256
     capture_timeout_s: int = 600                # longest a capture may take
@@ -47,6 +49,7 @@ class Settings:
     cuda_checkpoint: str = ""                   # "" = rewarm's own cuda-checkpoint; or a path to NVIDIA's
     cuda_lock_timeout_ms: int = 10000           # how long capture waits for in-flight GPU work
     hook_timeout_s: int = 60                    # longest a worker's quiesce / resume hook may take
+    ready_timeout_s: int = 3600                 # an on-ready watcher gives up on a container not ready by then
     block_io_uring: bool = True                 # annotated containers start with io_uring refused (CRIU cannot capture it)
     inject_hooks: bool = True                   # rewarm-runc adds rewarm-hook prestart/poststop to annotated containers
     metrics_file: str = "/var/lib/node_exporter/textfile_collector/rewarm.prom"  # Prometheus text file ("" = none)
@@ -60,9 +63,11 @@ class Settings:
     pull_stall_s: int = 60                      # a pull that moves under 1 MiB in this long has stalled: it fails
     pull_max_bytes: int = 0                     # largest snapshot a pull takes (0: what the store's disk can hold)
     allowed_registries: tuple[str, ...] = ()    # HOST[:PORT] or HOST[:PORT]/REPO-PREFIX that pods may pull from
+    namespace_registries: tuple[str, ...] = ()  # NAMESPACE=HOST[:PORT][/REPO-PREFIX]: narrows it per namespace
     registry_auth_file: str = ""                # "" = $REGISTRY_AUTH_FILE, else docker's config.json
     registry_ca_file: str = ""                  # CA bundle for registries' TLS ("" = the system's)
     plain_http_registries: tuple[str, ...] = () # loopback registries (HOST:PORT) spoken to without TLS
+    registry_redirect_hosts: tuple[str, ...] = ()  # HOST[:PORT] or *.DOMAIN a registry may redirect to (its CDN)
     transfer_threads: int = 8                   # parallel blob uploads / downloads
     encrypt_recipients: tuple[str, ...] = ()    # public keys (PEM) every push encrypts to (ocicrypt's JWE layout)
     decryption_keys: tuple[str, ...] = ()       # private keys (PEM) a pull decrypts with
@@ -110,6 +115,12 @@ def from_mapping(raw: Any, source: str = "(given)") -> Settings:
     odd = sorted(set(settings.warm_after) - set(WARM_AFTER))
     if odd:
         raise SettingsError(f"rewarm config {source}: warm_after may name {', '.join(WARM_AFTER)}, not {odd[0]!r}")
+    bad = [e for e in settings.namespace_registries if "=" not in e or not e.split("=", 1)[1]]
+    if bad:
+        raise SettingsError(f"rewarm config {source}: namespace_registries entries are NAMESPACE=HOST[:PORT][/PATH], "
+                            f"not {bad[0][:80]!r}")
     if not 1 <= settings.restore_threads <= 64:
         raise SettingsError(f"rewarm config {source}: restore_threads must be 1 to 64")
+    if settings.event_log_max_bytes < EVENT_LOG_MIN_BYTES:
+        raise SettingsError(f"rewarm config {source}: event_log_max_bytes must be at least {EVENT_LOG_MIN_BYTES}")
     return settings

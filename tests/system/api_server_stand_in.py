@@ -1,6 +1,6 @@
 """A stand-in for the Kubernetes API server at rewarm agent's seam (a real one cannot run here):
 the API's HTTP routes for core/v1 Events and a node's labels, answering as the API server does, and
-recording what the real kubernetes client sent."""
+recording what the real kubernetes client sent. `answer` makes it a broken or hostile one."""
 from __future__ import annotations
 
 import json
@@ -8,38 +8,101 @@ import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+ANSWERS = ("normal",    # as the API server: 201 and the object; 409 AlreadyExists for a name it has
+           "empty",     # the Event is made, the answer is a 201 with no body
+           "not-json",  # the Event is made, the answer is a 201 with an HTML page
+           "huge",      # the Event is made, the answer is a 201 of HUGE bytes
+           "hang",      # the Event is made, no answer ever comes (the connection stays open)
+           "error")     # nothing is made: 500 with a Status
+HUGE = 200 << 20
+
 
 class StandInApiServer:
-    """Named as what it is: it answers POST /api/v1/namespaces/NS/events with 201 and the object,
-    and PATCH /api/v1/nodes/NAME with the node's new labels."""
+    """Named as what it is: it answers POST /api/v1/namespaces/NS/events and PATCH /api/v1/nodes/NAME
+    as `answer` says. `posted` holds the Events it made, `patched` the label patches it applied."""
 
     def __init__(self, tls: tuple[str, str] | None = None) -> None:
         self.posted: list[tuple[str, dict]] = []
         self.patched: list[tuple[str, dict]] = []
+        self.answer = "normal"
+        self.requests = 0                       # every request that came, answered or not
+        self.credentials: set[str] = set()      # the Authorization headers they carried
+        self._names: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._released = threading.Event()      # ends the hanging answers
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"       # keep-alive, as the API server
+
             def do_POST(self) -> None:
-                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.posted.append((self.path, data))
-                data.setdefault("metadata", {})["name"] = data["metadata"].get("generateName", "e.") + "x1"
-                reply = json.dumps(data).encode()
-                self.send_response(201)
-                self.send_header("Content-Type", "application/json")
+                data = self._request()
+                name = data.setdefault("metadata", {}).get("name") or data["metadata"].get("generateName", "e.") + "x1"
+                data["metadata"]["name"] = name
+                answer = outer.answer
+                if answer == "error":
+                    return self._reply(500, {"kind": "Status", "code": 500, "message": "etcd is away"})
+                with outer._lock:
+                    known = (self.path, name) in outer._names
+                    if not known:
+                        outer._names.add((self.path, name))
+                        outer.posted.append((self.path, data))
+                if known and answer != "hang":
+                    return self._reply(409, {"kind": "Status", "code": 409, "reason": "AlreadyExists",
+                                             "message": f'events "{name}" already exists'})
+                self._odd_or(answer, 201, data)
+
+            def do_PATCH(self) -> None:   # a node's labels (strategic merge patch)
+                data = self._request()
+                answer = outer.answer
+                if answer == "error":
+                    return self._reply(500, {"kind": "Status", "code": 500, "message": "etcd is away"})
+                if answer != "hang":
+                    outer.patched.append((self.path, data))
+                self._odd_or(answer, 200, {"kind": "Node", "apiVersion": "v1",
+                                           "metadata": {"name": self.path.split("/")[-1], **data["metadata"]}})
+
+            def _request(self) -> dict:
+                with outer._lock:
+                    outer.requests += 1
+                    outer.credentials.add(self.headers.get("Authorization", ""))
+                return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+            def _odd_or(self, answer: str, status: int, obj: dict) -> None:
+                if answer == "hang":
+                    outer._released.wait()
+                    self.close_connection = True
+                elif answer == "empty":
+                    self._send(status, b"", "application/json")
+                elif answer == "not-json":
+                    self._send(status, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+                elif answer == "huge":
+                    self._huge(status)
+                else:
+                    self._reply(status, obj)
+
+            def _reply(self, status: int, obj: dict) -> None:
+                self._send(status, json.dumps(obj).encode(), "application/json")
+
+            def _send(self, status: int, reply: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
 
-            def do_PATCH(self) -> None:   # a node's labels (strategic merge patch)
-                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.patched.append((self.path, data))
-                reply = json.dumps({"kind": "Node", "apiVersion": "v1", "metadata": {"name": self.path.split("/")[-1],
-                                    **data["metadata"]}}).encode()
-                self.send_response(200)
+            def _huge(self, status: int) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
+                self.send_header("Content-Length", str(HUGE))
                 self.end_headers()
-                self.wfile.write(reply)
+                block = b'{"pad": "' + b"x" * ((1 << 20) - 11) + b'"}'
+                try:
+                    for _ in range(HUGE // len(block)):
+                        self.wfile.write(block)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass   # the client stopped reading: what a bounded client does
+                self.close_connection = True
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -51,6 +114,11 @@ class StandInApiServer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.port = self.server.server_address[1]
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._released.set()
+        self.server.shutdown()
+        self.server.server_close()
 
     def kubeconfig(self, path: str) -> str:
         with open(path, "w") as f:
@@ -67,3 +135,7 @@ class StandInApiServer:
     def reasons(self, pod: str) -> list[str]:
         """The reasons of the Events posted about one pod, in order."""
         return [data["reason"] for _, data in self.posted if data.get("involvedObject", {}).get("name") == pod]
+
+    def messages(self) -> list[str]:
+        """The message of every Event made, in order."""
+        return [data["message"] for _, data in self.posted]

@@ -111,3 +111,36 @@ def survivors(c: Container, wait: float = 5.0) -> list[str]:
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
+
+
+# A launcher for measuring a command's own peak memory: the kernel's ru_maxrss of a child counts the
+# pages it shared with its parent before exec, so a command forked straight from the test process
+# would be charged the test process's size. This small process forks it instead.
+_LAUNCH = ("import os, sys\n"
+           "pid = os.fork()\n"
+           "if pid == 0:\n"
+           "    os.execv(sys.argv[2], sys.argv[2:])\n"
+           "_, status, usage = os.wait4(pid, 0)\n"
+           "os.write(int(sys.argv[1]), str(usage.ru_maxrss).encode())\n"
+           "os._exit(os.waitstatus_to_exitcode(status))\n")
+
+
+def run_measured(argv: list[str], env: dict[str, str] | None = None, stdin: bytes | None = None,
+                 timeout: float = 180) -> tuple[subprocess.CompletedProcess[str], int, float]:
+    """Run argv; its outcome, its peak resident memory in bytes and its wall-clock seconds."""
+    read_end, write_end = os.pipe()
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCH, str(write_end), *argv], pass_fds=(write_end,),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        os.close(write_end)
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        peak = int(os.read(read_end, 64) or b"0") * 1024
+    finally:
+        os.close(read_end)
+    done = subprocess.CompletedProcess(argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+    return done, peak, time.monotonic() - started

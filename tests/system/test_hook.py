@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from helpers import events
+from helpers import events, run_measured
 from runtime.engine import capture
 
 HOOK = os.path.join(os.path.dirname(sys.executable), "rewarm-hook")
@@ -128,3 +128,47 @@ def test_prestart_refuses_a_gpu_snapshot_for_a_container_without_that_gpu(node, 
     assert out.returncode != 0
     assert "captured with 1 x NVIDIA H200; this container would see 0 x no GPU" in out.stderr
     assert store.load_manifest(str(entry)).name == "g"
+
+
+def test_poststop_at_100k_events_reads_its_containers_start_and_whats_new_not_the_whole_log(tmp_path):
+    """A log of 100k events (24 MB) with the container's start in the middle: poststop finds
+    it reading backwards, records the stop and writes the metrics with every event counted. The
+    first stop folds the log into the metrics' running totals once; every later stop costs what is
+    new, in time and memory (each measured on its own process)."""
+    from runtime.adapters import logs
+    from runtime.lab.private_node import write_config
+    config = write_config(str(tmp_path))
+    with open(config) as f:
+        cfg = json.load(f)
+    with open(cfg["event_log"], "wb") as f:
+        for i in range(100_000):
+            record = {"time": "2026-12-06T01:56:34.563786745Z", "event": ("restored", "cold-start")[i % 2],
+                      "container": f"c{i:08d}", "namespace": "big", "snapshot": "llama", "seconds": 1.5,
+                      "reason": "snapshot big/llama does not fit this container: image", "stages": {"criu": 0.5}}
+            if i == 50_000:
+                record = {"time": "2026-12-06T01:56:34.563786745Z", "event": "cold-start", "container": "stopping",
+                          "namespace": "big", "snapshot": "llama", "seconds": 0.25, "reason": "no snapshot big/llama"}
+            f.write(logs.encode(record))
+    assert os.path.getsize(cfg["event_log"]) > 20e6
+
+    def poststop(cid: str) -> tuple[float, float]:
+        """Seconds and the most resident memory (MB) of one `rewarm-hook poststop`."""
+        state = {"ociVersion": "1.0.2", "id": cid,
+                 "annotations": {"rewarm.dev/snapshot": "llama", "io.kubernetes.pod.namespace": "big"}}
+        done, peak, seconds = run_measured([HOOK, "poststop"], stdin=json.dumps(state).encode(),
+                                           env={**os.environ, "REWARM_CONFIG": config,
+                                                "REWARM_RUNTIME_ROOT": str(tmp_path / "run")})
+        assert done.returncode == 0, done.stderr
+        return seconds, peak / 2**20
+
+    first = poststop("stopping")
+    later = [poststop(f"later-{i}") for i in range(3)]
+    stopped = [e for e in logs.read_events(cfg["event_log"]) if e["event"] == "stopped"]
+    assert stopped[0]["container"] == "stopping" and stopped[0]["outcome"] == "cold"
+    assert stopped[0]["reason"] == "no snapshot big/llama" and stopped[0]["start_seconds"] == 0.25
+    with open(cfg["metrics_file"]) as f:
+        text = f.read()
+    assert 'rewarm_restores_total{namespace="big",snapshot="llama"} 49999.0' in text
+    assert 'rewarm_containers_stopped_total{outcome="unknown"} 3.0' in text
+    assert first[0] < 10 and max(t for t, _ in later) < 0.6, (first, later)
+    assert max(mb for _, mb in [first, *later]) < 80, (first, later)   # it read the whole log into 181 MB

@@ -62,18 +62,19 @@ def pushed(reg_node, registry):
 
 
 def test_a_pushed_snapshot_pulls_back_identical_under_the_destination_name(reg_node, registry, pushed):
-    out = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "copy", "--namespace", "team")
+    out = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "copy", "--namespace", "default")
     assert out.returncode == 0, out.stderr
     assert "MB/s" in out.stdout                                       # throughput printed
-    entry = store.Store(reg_node.store).entries("team", "copy")[0]
-    assert (entry.namespace, entry.name) == ("team", "copy")          # the destination, not the pusher's
+    entry = store.Store(reg_node.store).entries("default", "copy")[0]
+    assert (entry.namespace, entry.name) == ("default", "copy")       # the destination, not the pusher's
+    assert entry.manifest.captured_in == "default"                    # the namespace it was captured in, kept
     assert entry.manifest.files == pushed.manifest.files              # byte for byte (sha256 of every file)
     assert entry.manifest.fingerprint == pushed.manifest.fingerprint  # the restore gate compares it as for any entry
     assert entry.manifest.source["pulled_from"] == ref(registry, "rewarm/source:v1")
     store.verify(entry, deep=True)
-    again = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "copy", "--namespace", "team")
+    again = cli("pull", ref(registry, "rewarm/source:v1"), "--name", "copy", "--namespace", "default")
     assert again.returncode == 0 and "already" in again.stdout
-    assert len(store.Store(reg_node.store).entries("team", "copy")) == 1 and tmp_dirs(reg_node) == []
+    assert len(store.Store(reg_node.store).entries("default", "copy")) == 1 and tmp_dirs(reg_node) == []
 
 
 def test_the_artifact_is_one_blob_per_file_with_page_images_in_pieces(registry, pushed, reg_node):

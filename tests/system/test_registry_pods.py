@@ -14,7 +14,7 @@ import time
 import pytest
 
 from helpers import config_named, events
-from registry_fixtures import started_registry
+from registry_fixtures import TrickleProxy, started_registry
 from runtime.adapters import settings_file, store
 from runtime.lab.containerd_lab import Lab
 from runtime.lab.private_node import write_config
@@ -144,6 +144,56 @@ def test_a_pull_that_cannot_finish_in_time_cold_starts_and_the_next_pod_restores
         set_config(pod_node, pull_timeout_s=60)
 
 
+
+def test_a_pull_left_in_the_background_ends_with_its_pod(cri_lab, captured_and_pushed, pod_node, registry, tmp_path):
+    """The registry trickles (every read within its timeout, no stall within pull_stall_s): the pull
+    outlives pull_timeout_s and goes on in the background while the cold-started pod lives; once the
+    pod is deleted, its pull ends too, says why, and leaves its part for the next pull to resume."""
+    node = settings(pod_node)
+    drop_local(node, "trickled")
+    proxy = TrickleProxy(registry.port, fast=256 << 10, gap=0.5)
+    with open(pod_node) as f:
+        saved = json.load(f)
+    auth = registry.auth_file(str(tmp_path / "auth.json"), address=proxy.address)
+    set_config(pod_node, registry_auth_file=auth, allowed_registries=[f"{proxy.address}/rewarm"], pull_timeout_s=1,
+               pull_stall_s=600)
+    try:
+        pod = cri_lab.pod("trickled", IMAGE, COMMAND, env=ENV,
+                          annotations=annotations("trickled", f"{proxy.address}/rewarm/worker:v1"))
+        try:
+            pod.wait_answer()
+            assert "did not finish within pull_timeout_s" in cold_reason(node, pod)
+            assert processes_naming(pod.container_id), "the background pull"
+        finally:
+            pod.delete()
+        wait_until(lambda: not processes_naming(pod.container_id), 20, "the background pull to end")
+        ended = [e for e in events(node, "pull-failed") if e.get("container") == pod.container_id]
+        assert ended and "its pod's container is gone" in ended[-1]["reason"]
+        assert store.Store(node.store).entries("default", "trickled") == []
+        kept = [d for d in os.listdir(os.path.join(node.store, "tmp")) if "-trickled-" in d]
+        assert kept   # its part, for the next pull to resume from; gc reclaims it, its owner gone
+        gc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "rewarm"), "gc", "--max-bytes", "100G"],
+                            capture_output=True, text=True, timeout=60)
+        assert gc.returncode == 0 and not [d for d in os.listdir(os.path.join(node.store, "tmp")) if "-trickled-" in d]
+    finally:
+        proxy.close()
+        with open(pod_node, "w") as f:
+            json.dump(saved, f)
+
+
+def processes_naming(text: str) -> list[int]:
+    """Processes whose command line names `text` (the forked pull keeps its create's argv)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
 @pytest.mark.parametrize("ref_of,reason", [
     (lambda r: f"{r.address}/elsewhere/worker:v1", "does not pull from"),      # not under allowed_registries
     (lambda r: "not a reference", "invalid rewarm.dev/snapshot-ref"),
@@ -183,6 +233,59 @@ def test_a_pull_while_a_restore_of_the_same_name_runs(cri_lab, captured_and_push
     assert out.returncode == 0, out.stderr   # type: ignore[attr-defined]
     entries = store.Store(node.store).entries("default", "worker")
     assert len(entries) == 1 and not os.listdir(os.path.join(node.store, "tmp"))
+
+
+
+def test_a_snapshot_stays_with_the_namespace_it_was_captured_in_wherever_it_is_pulled(cri_lab, pod_node, registry):
+    """team-a's worker is captured and pushed; team-b's pod names the same snapshot and team-a's
+    reference: it cold-starts (its memory would be team-a's, secrets included), nothing of team-a's
+    enters team-b's store, even by the operator's `rewarm pull`; team-a's own pod on a node without
+    the snapshot pulls and restores it; with namespace_registries, team-b's pod makes no request."""
+    node = settings(pod_node)
+    ref = f"{registry.address}/rewarm/team-a/model:v1"
+    source = cri_lab.pod("team-a-src", IMAGE, COMMAND, env=ENV, namespace="team-a", annotations=annotations(
+        "model", ref, **{"rewarm.dev/capture": "on-ready", "rewarm.dev/push": "on-capture"}))
+    try:
+        captured, _ = source.wait_answer()
+        wait_until(lambda: [e for e in events(node, "pushed") if e["ref"] == ref], 120, "push")
+    finally:
+        source.delete()
+    entry = store.Store(node.store).entries("team-a", "model")[0]
+    assert entry.manifest.captured_in == "team-a" and entry.manifest.capture.namespace == "team-a"
+
+    other = cri_lab.pod("team-b", IMAGE, COMMAND, env=ENV, namespace="team-b", annotations=annotations("model", ref))
+    try:
+        assert other.wait_answer()[0]["boot_id"] != captured["boot_id"]
+        assert "captured in namespace team-a" in cold_reason(node, other)
+    finally:
+        other.delete()
+    assert store.Store(node.store).entries("team-b", "model") == []
+    by_hand = subprocess.run([os.path.join(os.path.dirname(sys.executable), "rewarm"), "pull", ref, "--name", "model",
+                              "--namespace", "team-b"], capture_output=True, text=True, timeout=120)
+    assert by_hand.returncode != 0 and "captured in namespace team-a" in by_hand.stderr, by_hand.stderr
+    assert store.Store(node.store).entries("team-b", "model") == [] and not os.listdir(os.path.join(node.store, "tmp"))
+
+    store.Store(node.store).remove("team-a", "model")
+    again = cri_lab.pod("team-a", IMAGE, COMMAND, env=ENV, namespace="team-a", annotations=annotations("model", ref))
+    try:
+        assert again.wait_answer(timeout=60)[0]["boot_id"] == captured["boot_id"], cold_reason(node, again)
+    finally:
+        again.delete()
+
+    set_config(pod_node, namespace_registries=[f"team-a={registry.address}/rewarm/team-a"])
+    try:
+        fenced = cri_lab.pod("team-b-fenced", IMAGE, COMMAND, env=ENV, namespace="team-b",
+                             annotations=annotations("model", ref))
+        try:
+            fenced.wait_answer()
+            assert "namespace team-b pulls only from nowhere (namespace_registries)" in cold_reason(node, fenced)
+            # refused before any pull began: the node's credentials fetched nothing for team-b
+            assert not [e for e in events(node) if e.get("container") == fenced.container_id
+                        and e["event"] in ("pulled", "pull-failed")]
+        finally:
+            fenced.delete()
+    finally:
+        set_config(pod_node, namespace_registries=[])
 
 
 # --- Podman interop ----------------------------------------------------------------------------

@@ -2,12 +2,15 @@
 capture and after a restore, with the demo worker: its hooks drop and retake a 64 MiB ballast."""
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import pytest
 
-from helpers import events, rewarm_cli
-from runtime.adapters import page_cache
+from helpers import config_named, events, rewarm_cli
+from runtime.adapters import page_cache, settings_file
+from runtime.lab.private_node import write_config
 from runtime.engine import capture
 from runtime.model.errors import CaptureFailed
 from runtime.model.manifest import ReloadFile
@@ -123,3 +126,54 @@ def evict(path: str) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+# --- hooks that trickle: deadlines by the wall clock ---------------------------------------------
+TRICKLE_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers", "trickle")
+QUICK = {"rewarm.dev/quiesce-http": "http://127.0.0.1:8080/sleep", "rewarm.dev/resume-http": "http://127.0.0.1:8080/wake_up"}
+TRICKLE = "http://127.0.0.1:8080/trickle"
+
+
+def trickler(lab, name: str, **hooks: str):
+    return lab.worker(annotations(name, **hooks), app_dir=TRICKLE_APP, env={"TRICKLE_GAP": "1"})
+
+
+def test_a_quiesce_hook_that_trickles_is_cut_at_its_deadline_and_the_worker_serves_on(lab, tmp_path):
+    path = write_config(str(tmp_path), hook_timeout_s=3, capture_timeout_s=60)
+    with config_named(path):
+        node = settings_file.load(path)
+        source = lab.create("trq", trickler(lab, "trq", **{**QUICK, "rewarm.dev/quiesce-http": TRICKLE}))
+        before, _ = source.wait_ready()
+        t = time.monotonic()
+        with pytest.raises(CaptureFailed, match=r"quiesce hook POST http://127.0.0.1:8080/trickle failed "
+                                                r"\(no whole answer within 3s\)"):
+            capture.capture(node, lab.runc_root, source.cid, "trq", leave_running=True)
+        assert time.monotonic() - t < 10   # a byte a second would have held it for 12 days
+        assert source.get()["boot_id"] == before["boot_id"]
+
+
+def test_a_sequence_of_hook_calls_shares_one_deadline(lab, tmp_path):
+    path = write_config(str(tmp_path), hook_timeout_s=3)
+    with config_named(path):
+        node = settings_file.load(path)
+        sequence = json.dumps(["http://127.0.0.1:8080/sleep", TRICKLE, "http://127.0.0.1:8080/sleep"])
+        source = lab.create("trs", trickler(lab, "trs", **{**QUICK, "rewarm.dev/quiesce-http": sequence}))
+        source.wait_ready()
+        with pytest.raises(CaptureFailed, match=r"\(call 2 of 3\) failed \(no whole answer within"):
+            capture.capture(node, lab.runc_root, source.cid, "trs", leave_running=True)
+
+
+def test_a_resume_hook_that_trickles_after_a_restore_ends_in_a_cold_start_within_restore_timeout(lab, tmp_path):
+    path = write_config(str(tmp_path), restore_timeout_s=6, hook_timeout_s=60)
+    with config_named(path):
+        node = settings_file.load(path)
+        source = lab.create("trr-src", trickler(lab, "trr", **QUICK))
+        before, _ = source.wait_ready()
+        capture.capture(node, lab.runc_root, source.cid, "trr", leave_running=False)
+        t = time.monotonic()
+        c = lab.create("trr", trickler(lab, "trr", **{**QUICK, "rewarm.dev/resume-http": TRICKLE}))
+        assert c.create_rc == 0 and time.monotonic() - t < 15   # restore_timeout_s bounds the resume hook too
+        answer, _ = c.wait_ready()
+        assert answer["boot_id"] != before["boot_id"]
+        assert "resume hook POST http://127.0.0.1:8080/trickle failed (no whole answer within" in \
+            events(node, "cold-start")[-1]["reason"]

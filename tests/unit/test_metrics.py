@@ -2,6 +2,8 @@
 exporter can always parse, whatever a label holds."""
 from __future__ import annotations
 
+import json
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.adapters import metrics
@@ -23,7 +25,7 @@ def samples(path: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_the_textfile_counts_and_sums_events_and_parses_even_with_a_newline_in_a_label(tmp_path):
     path = str(tmp_path / "collector" / "rewarm.prom")
-    metrics.write(path, EVENTS)
+    metrics.write(path, metrics.totals_of(EVENTS))
     got = samples(path)
     w = (("namespace", "team-a"), ("snapshot", "w"))
     assert got[("rewarm_restores_total", w)] == 2
@@ -32,3 +34,9 @@ def test_the_textfile_counts_and_sums_events_and_parses_even_with_a_newline_in_a
     odd = (("namespace", "team-a"), ("reason", "missing"), ("snapshot", 'odd"\nname\\'))
     assert got[("rewarm_cold_starts_total", odd)] == 1                 # the label came back whole
     assert got[("rewarm_containers_stopped_total", (("outcome", "restored"),))] == 1
+
+
+def test_the_totals_come_back_whole_from_their_state_file_form():
+    totals = metrics.totals_of(EVENTS)
+    again = metrics.Totals.from_json(json.loads(json.dumps(totals.to_json())))
+    assert again.counts == totals.counts and again.sums == totals.sums

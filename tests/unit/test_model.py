@@ -207,3 +207,71 @@ def test_every_setting_is_in_the_config_schema_and_nothing_else():
     from dataclasses import fields
     from runtime.model.resources import config_json
     assert set(config_json("rewarm-config.schema.json")["properties"]) == {f.name for f in fields(Settings)}
+
+
+@pytest.mark.parametrize("host, base", [
+    ("0.0.0.0", "http://127.0.0.1:8000"), ("::", "http://127.0.0.1:8000"), ("", "http://127.0.0.1:8000"),
+    ("::1", "http://[::1]:8000"), ("[::1]", "http://[::1]:8000"), ("10.1.2.3", "http://10.1.2.3:8000"),
+    ("engine.local", "http://engine.local:8000"),
+])
+def test_the_engine_host_is_read_as_a_url_names_it(host, base):
+    hooks = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm"},
+                      {"args": [*VLLM_ARGS[:-2], "--enable-sleep-mode", "--host", host],
+                       "env": ["VLLM_SERVER_DEV_MODE=1"]}).hooks
+    assert hooks.ready_http == base + "/health"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--port", "²", "--port '²' is not a port"), ("--port", "８０００", "is not a port"),
+    ("--port", "0", "is not a port"), ("--port", "65536", "is not a port"),
+    ("--host", "h?x", "--host 'h?x' is not a host name or an IP address"),
+    ("--host", "[::1", "is not a host name"), ("--host", "a/b", "is not a host name"),
+])
+def test_an_engine_port_or_host_that_is_no_address_is_refused(flag, value, message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm"},
+                  {"args": [*VLLM_ARGS, flag, value], "env": ["VLLM_SERVER_DEV_MODE=1"]})
+
+
+@pytest.mark.parametrize("annotations", [
+    {"rewarm.dev/snapshot": "x" * 10_000},
+    {"rewarm.dev/snapshot": "x", "rewarm.dev/fallback": "y" * 10_000},
+    {"rewarm.dev/snapshot": "x", "rewarm.dev/ready-file": "z" * 10_000},
+    {"rewarm.dev/snapshot": "x", "rewarm.dev/snapshot-ref": "r" * 10_000},
+    {"rewarm.dev/snapshot": "x", "rewarm.dev/quiesce-http": "[" + "1," * 5_000 + "1]"},
+])
+def test_a_long_invalid_value_is_cut_in_the_reason(annotations):
+    with pytest.raises(InvalidInput) as e:
+        ann.parse(annotations, {})
+    assert len(str(e.value)) < 400   # the pod's log line, the event and the metrics label stay short
+
+
+def manifest_of(namespace: str, captured_in: str = "", source: dict | None = None) -> Manifest:
+    return Manifest(namespace=namespace, name="model", created="2026-12-06T00:00:00Z", fingerprint=FP,
+                    fingerprint_id=FP.ident(), source=source or {}, capture=CaptureInfo(namespace=captured_in))
+
+
+@pytest.mark.parametrize("manifest, readable_from, why", [
+    (manifest_of("team-a", "team-a"), ("team-a",), None),
+    (manifest_of("team-a"), ("team-a",), None),                          # a local capture of an earlier rewarm
+    (manifest_of("team-b", "team-a"), ("team-b",), "captured in namespace team-a"),   # pulled across
+    (manifest_of("team-b", "team-a"), ("team-b", "team-a"), None),       # team-a shared by the node
+    (manifest_of("team-b", source={"pulled_from": "reg/x:v1"}), ("team-b",), "by an earlier rewarm"),
+])
+def test_a_snapshot_is_restored_only_in_the_namespace_it_was_captured_in(manifest, readable_from, why):
+    found = manifest.unreadable_from(readable_from)
+    assert (found is None) if why is None else (why in (found or ""))
+
+
+def test_namespace_registries_narrow_each_namespace_to_its_own_repositories():
+    from runtime.model import registry_ref
+    ref = registry_ref.parse("reg:5000/team-a/model:v1")
+    anywhere = ("reg:5000",)
+    assert registry_ref.refused_for(ref, "team-b", anywhere, ()) is None
+    assert registry_ref.refused_for(ref, "team-a", anywhere, ("team-a=reg:5000/team-a",)) is None
+    assert "pulls only from reg:5000/team-b" in registry_ref.refused_for(ref, "team-b", anywhere,
+                                                                          ("team-b=reg:5000/team-b",))
+    assert "pulls only from nowhere" in registry_ref.refused_for(ref, "team-c", anywhere, ("team-a=reg:5000/team-a",))
+    assert "does not pull from reg:5000" in registry_ref.refused_for(ref, "team-a", (), ("team-a=reg:5000/team-a",))
+    with pytest.raises(SettingsError, match="namespace_registries"):
+        from_mapping({"namespace_registries": ["team-a"]})

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.adapters.registry import native
+from runtime.adapters.registry import client, native
 from runtime.model import annotations as ann
 from runtime.model import registry_ref
 from runtime.model.errors import InvalidInput, RegistryError
 from runtime.model.manifest import FileDigest
+from runtime.model.settings import Settings
 
 
 @pytest.mark.parametrize("text,registry,repo,reference", [
@@ -44,6 +45,46 @@ def test_allowed_registries_match_whole_hosts_and_path_prefixes_only():
     assert not registry_ref.allowed(ref, ("reg.example.com:5000/te",))
     assert not registry_ref.allowed(ref, ("reg.example.com",))
     assert not registry_ref.allowed(ref, ())
+
+
+SAME = "neither the registry itself nor in registry_redirect_hosts"
+
+
+@pytest.mark.parametrize("registry, tls, target, allowed, why", [
+    ("reg.example.com", True, "https://reg.example.com/v2/blobs/x", (), None),
+    ("reg.example.com", True, "https://REG.example.com:443/v2/x", (), None),        # the same host, spelled out
+    ("reg.example.com", True, "https://reg.example.com:8443/v2/x", (), SAME),       # another port: another service
+    ("reg.example.com", True, "https://cdn.example.net/blob", (), SAME),
+    ("reg.example.com", True, "https://cdn.example.net/blob", ("cdn.example.net",), None),
+    ("reg.example.com", True, "https://cdn.example.net:8443/b", ("cdn.example.net",), SAME),
+    ("reg.example.com", True, "https://cdn.example.net:8443/b", ("cdn.example.net:8443",), None),
+    ("reg.example.com", True, "https://eu.cdn.example.net/b", ("*.cdn.example.net",), None),
+    ("reg.example.com", True, "https://cdn.example.net/b", ("*.cdn.example.net",), SAME),
+    ("reg.example.com", True, "https://evilcdn.example.net/b", ("*.cdn.example.net",), SAME),
+    ("reg.example.com", True, "https://u:p@10.99.0.1/x", (), SAME),
+    ("reg.example.com", True, "http://reg.example.com/v2/x", ("reg.example.com",), "it leaves TLS for plain HTTP"),
+    ("reg.example.com", True, "http://cdn.example.net/b", ("cdn.example.net",), "it leaves TLS for plain HTTP"),
+    ("reg.example.com", True, "file:///etc/passwd", (), "not an http(s) URL"),
+    ("reg.example.com", True, "https://reg.example.com:99999/x", (), "not a valid URL"),
+    ("reg.example.com", True, "https://[::1/x", (), "not a valid URL"),
+    ("127.0.0.1:5000", False, "http://127.0.0.1:5000/v2/x", (), None),
+    ("127.0.0.1:5000", False, "http://127.0.0.1:5001/v2/x", (), SAME),
+    ("127.0.0.1:5000", False, "http://127.0.0.1:5001/v2/x", ("127.0.0.1:5001",), None),
+    ("127.0.0.1:5000", False, "http://localhost:5000/v2/x", (), SAME),
+    ("127.0.0.1:5000", False, "http://10.99.0.1:8081/latest/meta-data/iam", ("10.99.0.1:8081",),
+     "a loopback registry is followed only to loopback addresses"),
+    ("[::1]:5000", False, "http://[::1]:5000/v2/x", (), None),
+    ("[::1]:5000", False, "http://[::2]:5000/v2/x", ("[::2]:5000",),
+     "a loopback registry is followed only to loopback addresses"),
+])
+def test_a_redirect_stays_on_the_registry_or_goes_where_the_config_says(registry, tls, target, allowed, why):
+    assert client.redirect_refusal(registry, tls, target, allowed) == why
+
+
+def test_a_clients_bounds_are_the_nodes_pull_stall_s_and_registry_redirect_hosts():
+    assert client.Bounds() == client.Bounds.of(Settings())
+    assert client.Bounds.of(Settings(pull_stall_s=7, registry_redirect_hosts=("cdn.example.net",))) \
+        == client.Bounds(7.0, ("cdn.example.net",))
 
 
 def test_snapshot_ref_and_push_annotations_are_parsed_and_checked():

@@ -2,14 +2,18 @@
 locks, gc."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
+from typing import Iterator
 
 import pytest
 
-from runtime.adapters import rootfs_diff, store, verified
+from runtime.adapters import files, rootfs_diff, store, verified
 from runtime.model import layout
 from runtime.model.errors import SnapshotDamaged, StoreError, UnsafeRootfsDiff
 from runtime.model.fingerprint import Fingerprint
@@ -179,3 +183,123 @@ def test_a_manifest_skips_the_schema_only_while_its_bytes_are_the_ones_that_pass
     with open(path, "wb") as f:
         f.write(good)
     assert store.load_manifest(entry.path).fingerprint_id == json.loads(good)["fingerprint_id"]
+
+
+# --- staging dirs belong to their process until the commit's rename: gc never takes a live one ---
+GC = "import sys; from runtime.adapters import store; print('\\n'.join(store.Store(sys.argv[1]).gc(1 << 50)))"
+
+
+def gc_elsewhere(st: store.Store) -> list[str]:
+    """gc in a process of its own, as `rewarm gc` runs (ownership is judged across processes)."""
+    out = subprocess.run([sys.executable, "-c", GC, st.root], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def gc_before(monkeypatch: pytest.MonkeyPatch, st: store.Store, steps: list[str]) -> list[list[str]]:
+    """Run a gc elsewhere before each of the store's commit steps named; returns what each removed."""
+    swept: list[list[str]] = []
+    for name in steps:
+        def step_after_gc(*args, _real=getattr(store, name), **kwargs):  # type: ignore[no-untyped-def]
+            swept.append(gc_elsewhere(st))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(store, name, step_after_gc)
+    return swept
+
+
+def test_gc_at_every_step_of_a_commit_leaves_the_capture_whole(tmp_path, monkeypatch):
+    st = store.Store(str(tmp_path / "store")).ensure()
+    swept = gc_before(monkeypatch, st, ["checksum_tree", "write_json", "fsync_tree", "_root_only"])
+    entry = staged_entry(st, "busy", b"x" * 4096)
+    assert len(swept) == 4 and swept == [[]] * 4           # each gc ran and took nothing
+    store.verify(entry)                                      # every file there, as its manifest says
+    assert not os.path.exists(entry.file(store.OWNER_FILE))  # ownership ended with the rename
+
+
+def test_gc_at_every_step_of_a_pulls_commit_leaves_it_whole(tmp_path, monkeypatch):
+    st = store.Store(str(tmp_path / "store")).ensure()
+    part = files.owned_dir(os.path.join(st.root, "tmp", "pull-default-pulled-0123"), exist_ok=True)
+    os.makedirs(os.path.join(part, "checkpoint"))
+    with open(os.path.join(part, layout.INVENTORY), "wb") as f:
+        f.write(b"pulled")
+    fp = Fingerprint(image="", args=("a",), cwd="/", env={}, arch="x86_64", cpu="c", kernel="k", criu="4.2.1",
+                     runtime="runc")
+    manifest = Manifest(namespace="default", name="pulled", created="2026-01-01T00:00:00Z", fingerprint=fp,
+                        fingerprint_id="0123456789abcdef", source={"container_id": "c"}, files=store.checksum_tree(part))
+    swept = gc_before(monkeypatch, st, ["write_json", "_root_only"])
+    entry = st.commit_pulled(part, manifest)
+    assert swept == [[], []]
+    store.verify(entry)
+
+
+@pytest.fixture
+def other_process() -> Iterator[subprocess.Popen[bytes]]:
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    yield p
+    p.kill()
+    p.wait()
+
+
+def owner_record(pid: int, **change: object) -> str:
+    return json.dumps({**dataclasses.replace(files.this_process(), pid=pid, start=files.start_time(pid)).to_json(),
+                       **change})
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def ended_owner(**change: object) -> str:
+    """The record of a process taken while it ran; the process has ended since."""
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    record = owner_record(p.pid, **change)
+    p.kill()
+    p.wait()
+    return record
+
+
+@pytest.mark.parametrize("record, kept", [
+    (lambda live: owner_record(live), True),
+    (lambda live: owner_record(live, start=files.start_time(live) - 1), False),     # its pid, another process
+    (lambda live: owner_record(live, boot="0" * 32), False),                       # before a reboot
+    (lambda live: ended_owner(pid_ns="pid:[1]"), True),                            # cannot be looked up here
+    (lambda live: ended_owner(), False),
+    (lambda live: str(live), True),                                                # an earlier rewarm's record
+    (lambda live: str(dead_pid()), False),
+    (lambda live: None, False),                                                    # names no owner
+    (lambda live: "{not json", False),
+], ids=["live", "pid-reused", "other-boot", "other-pid-namespace", "ended", "old-format-live", "old-format-ended",
+        "no-record", "garbled"])
+def test_gc_reclaims_a_staging_dir_only_when_its_owner_provably_ended(tmp_path, other_process, record, kept):
+    st = store.Store(str(tmp_path / "store")).ensure()
+    path = os.path.join(st.root, "tmp", "capture")
+    os.mkdir(path)
+    text = record(other_process.pid)
+    if text is not None:
+        with open(os.path.join(path, store.OWNER_FILE), "w") as f:
+            f.write(text)
+    assert gc_elsewhere(st) == ([] if kept else [path])
+    assert os.path.isdir(path) == kept
+    assert [n for n in os.listdir(os.path.join(st.root, "tmp")) if n != "capture"] == []
+
+
+def test_a_capture_killed_midway_is_reclaimed_and_a_resumed_pull_is_not(tmp_path):
+    st = store.Store(str(tmp_path / "store")).ensure()
+    capturer = subprocess.Popen([sys.executable, "-c", "import sys\nfrom runtime.adapters import store\n"
+                                 "with store.Store(sys.argv[1]).staging() as s:\n    print(s, flush=True)\n"
+                                 "    sys.stdin.read()", st.root], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert capturer.stdout is not None
+        staging = capturer.stdout.readline().strip()
+        assert gc_elsewhere(st) == [] and os.path.isdir(staging)
+    finally:
+        capturer.kill()
+        capturer.wait()
+    assert gc_elsewhere(st) == [staging] and os.listdir(os.path.join(st.root, "tmp")) == []
+    part = os.path.join(st.root, "tmp", "pull-default-x-0123")
+    os.mkdir(part)
+    with open(os.path.join(part, store.OWNER_FILE), "w") as f:
+        f.write(ended_owner())   # a pull that stopped, its part kept to resume from
+    files.owned_dir(part, exist_ok=True)   # the next pull resumes it
+    assert gc_elsewhere(st) == [] and os.path.isdir(part)

@@ -120,11 +120,17 @@ def verify(client: Client, digest: str, keys: Sequence[PublicKey]) -> None:
     what = f"{client.ref.name}@{digest[:19]}"
     if not keys:
         raise SettingsError("signatures are required (require_signature) but no signature_keys are set")
+    with client.exchange(f"signature of {what}"):   # one deadline for all its layers, however many
+        _verify(client, digest, keys, what)
+
+
+def _verify(client: Client, digest: str, keys: Sequence[PublicKey], what: str) -> None:
     try:
         _, manifest = client.get_manifest(tag_of(digest))
     except RegistryError as e:
         raise RegistryError(f"{what} is not signed: no signature at {tag_of(digest)} ({e})") from e
     layers = manifest.get("layers")
+    unread = ""   # why a payload could not be fetched, for the refusal
     for layer in layers if isinstance(layers, list) else []:
         if not isinstance(layer, dict) or layer.get("mediaType") != PAYLOAD_TYPE:
             continue
@@ -132,10 +138,13 @@ def verify(client: Client, digest: str, keys: Sequence[PublicKey]) -> None:
             signature = base64.b64decode(str((layer.get("annotations") or {}).get(SIGNATURE_KEY, "")), validate=True)
             data = transfer.fetch_bytes(client, str(layer["digest"]), int(layer["size"]), limit=MAX_PAYLOAD)
             signed = json.loads(data)["critical"]
-        except (ValueError, KeyError, TypeError, AttributeError, RegistryError):
+        except RegistryError as e:
+            unread = unread or f"; a payload not read: {e}"
+            continue
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
         if signed.get("type") == SIGNATURE_TYPE and signed.get("image", {}).get("docker-manifest-digest") == digest \
                 and any(_verifies(key, signature, data) for key in keys):
             return
     raise RegistryError(f"{what}: no signature there verifies with signature_keys (signed by another key, "
-                        "for another digest, or altered)")
+                        f"for another digest, or altered){unread}")

@@ -84,10 +84,11 @@ def put_config(client: Client, data: bytes) -> str:
 
 
 def fetch_bytes(client: Client, digest: str, size: int, limit: int = 16 << 20) -> bytes:
-    """A small blob (a config) in memory, checked against its digest."""
+    """A small blob (a config, a signature's payload) in memory, checked against its digest: a
+    descriptor that says more than `limit` is refused, and no more than it says is read."""
     if size > limit:
         raise RegistryError(f"blob {digest[:19]} is {size} bytes, more than a config may be")
-    data = b"".join(client.blob_stream(digest))
+    data = client.blob_bytes(digest, size)
     if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
         raise RegistryError(f"blob {digest[:19]} does not match its digest: corrupt in the registry or in transit")
     return data

@@ -11,6 +11,7 @@ from runtime.adapters.progress import Progress
 from runtime.adapters.registry import native, ocicrypt
 from runtime.adapters.registry.client import Client
 from runtime.model.errors import RegistryError
+from runtime.model.manifest import Manifest
 from runtime.model.settings import Settings
 
 
@@ -79,6 +80,14 @@ def check_room(t: Transfer, staging: str, declared: int) -> None:
     if declared - have > free - PULL_SPARE:
         raise RegistryError(f"{ref}: the snapshot is {gib:.2f} GiB and the store's disk has "
                             f"{free / 2**30:.2f} GiB free ({PULL_SPARE >> 30} GiB is kept free)")
+
+
+def refuse_foreign(t: Transfer, manifest: Manifest, namespace: str) -> None:
+    """A snapshot enters a namespace only if that namespace's pods may restore it: the node's
+    credentials must not carry one team's memory to another's pods."""
+    why = manifest.unreadable_from((namespace, *t.settings.shared_namespaces))
+    if why:
+        raise RegistryError(f"{t.client.ref} is not pulled into namespace {namespace}: {why}")
 
 
 def decryption_keys(t: Transfer, oci_manifest: Mapping[str, Any]) -> list[ocicrypt.Key]:

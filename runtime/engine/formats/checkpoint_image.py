@@ -10,7 +10,7 @@ import uuid
 from typing import Any, Mapping
 
 from runtime.adapters import archive, store
-from runtime.adapters.files import read_json
+from runtime.adapters.files import owned_dir, read_json
 from runtime.adapters.progress import Progress
 from runtime.adapters.registry import crio, native, ocicrypt, transfer
 from runtime.engine.formats.base import Staging, Transfer, check_room, decryption_keys, recipients
@@ -26,7 +26,7 @@ class CheckpointImage:
 
     def push(self, t: Transfer, entry: store.Entry, tag: str) -> tuple[str, Progress]:
         work = os.path.join(store.Store(t.settings.store).root, "tmp", f"push-{uuid.uuid4().hex}")
-        os.makedirs(work, mode=0o700)
+        owned_dir(work)   # named as this process's: gc leaves a live push alone
         try:
             layer_path = os.path.join(work, "layer.tar")
             archive.pack(entry.path, layer_path, skip=store.BOOKKEEPING)

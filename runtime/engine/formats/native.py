@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from runtime.adapters import store
 from runtime.adapters.progress import Progress
 from runtime.adapters.registry import native, transfer
-from runtime.engine.formats.base import Staging, Transfer, check_room, decryption_keys, recipients
+from runtime.engine.formats.base import Staging, Transfer, check_room, decryption_keys, recipients, refuse_foreign
 from runtime.model import layout
 from runtime.model.errors import InvalidInput, RegistryError, SnapshotDamaged
 from runtime.model.manifest import Manifest
@@ -46,13 +46,15 @@ class Native:
         if reserved:
             raise RegistryError(f"{ref}: manifest.json lists rewarm's own file {reserved[0]}")
         native.check_against(pieces, pushed.files)
+        refuse_foreign(t, pushed, into.namespace)   # before a byte of its memory is fetched
         total = sum(p.size for p in pieces)
         check_room(t, into.path, total)
         progress = t.progress("pull", total)
         with progress.stopped_on_failure():
             transfer.download(t.client, into.path, pieces, progress, into.resume, t.settings.pull_stall_s)
         manifest = dataclasses.replace(pushed, namespace=into.namespace, name=into.name,
-                                       source={**pushed.source, **into.origin})
+                                       source={**pushed.source, **into.origin},
+                                       capture=dataclasses.replace(pushed.capture, namespace=pushed.captured_in))
         try:
             return into.store.commit_pulled(into.path, manifest), progress
         except (SnapshotDamaged, InvalidInput) as e:
