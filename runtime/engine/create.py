@@ -158,6 +158,12 @@ class Attempt:
         return self.annotations.get(ann.SNAPSHOT, "")
 
     @property
+    def deadline(self) -> float:
+        """When the pull on miss, the restore and its resume hook must be done (create_timeout_s),
+        leaving the cold start its time inside kubelet's runtime-request-timeout."""
+        return self.started + self.settings.create_timeout_s
+
+    @property
     def fail(self) -> bool:
         return ann.wants_fail(self.annotations)
 
@@ -195,8 +201,9 @@ def create(call: RuncCall) -> NoReturn:
         a.prepared = f
         if a.request.snapshot_ref:   # rewarm.dev/snapshot-ref: pull on a miss, within pull_timeout_s
             from runtime.engine import pull
-            pull.on_miss(settings, f.spec, a.request, a.namespace, pull.Pod(str(call.container_id), call.root))
-        result = restore.restore(call, settings, f, a.request, a.namespace)
+            pull.on_miss(settings, f.spec, a.request, a.namespace, pull.Pod(str(call.container_id), call.root),
+                         a.deadline)
+        result = restore.restore(call, settings, f, a.request, a.namespace, a.deadline)
     except (RewarmError, OSError, ValueError) as e:
         digest.close()
         _cold_start(a, str(e))

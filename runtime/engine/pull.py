@@ -119,10 +119,11 @@ class Pod:
         return os.path.join(self.runtime_root, self.container_id)
 
 
-def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str, pod: Pod) -> None:
+def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str, pod: Pod, deadline: float) -> None:
     """With no fitting entry here, pull rewarm.dev/snapshot-ref within pull_timeout_s. A pull that
     takes longer goes on in the background (the next pod restores) while this pod lives, and this
-    one cold-starts: NotRestorable says why, as it does for a refused or failed pull."""
+    one cold-starts: NotRestorable says why, as it does for a refused or failed pull. The wait ends
+    at pull_timeout_s or at the create's `deadline`, whichever comes first."""
     assert request.snapshot_ref is not None
     if fits_locally(settings, spec, request, namespace):
         return
@@ -132,10 +133,12 @@ def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str
         raise NotRestorable(f"{ann.SNAPSHOT_REF} {ref}: {refused}")
     job = {"ref": str(ref), "name": request.snapshot, "namespace": namespace, "container": pod.container_id,
            "state_dir": pod.state_dir()}
-    out = _detached_pull(job, settings.pull_timeout_s)
+    wait = max(0.0, min(settings.pull_timeout_s, deadline - time.monotonic()))
+    out = _detached_pull(job, wait)
     if out is None:
-        raise NotRestorable(f"pull of {ref} did not finish within pull_timeout_s ({settings.pull_timeout_s}s); "
-                            "it goes on in the background for the next pod")
+        raise NotRestorable(f"pull of {ref} did not finish within {wait:.0f}s (pull_timeout_s {settings.pull_timeout_s}s, "
+                            f"create_timeout_s {settings.create_timeout_s}s); it goes on in the background for the "
+                            "next pod while this one lives")
     if not out.startswith("pulled "):
         raise NotRestorable(f"pull of {ref} failed: {out or 'no answer'}")
 

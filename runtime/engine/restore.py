@@ -74,11 +74,13 @@ class Restore:
     attached: subprocess.Popen[bytes] | None = None   # `run` in the foreground: the runc that waits
     addresses_added: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    deadline: float = float("inf")   # the create's (create_timeout_s): a restore never outlasts it
 
     def seconds_left(self, cap: float) -> float:
         """What is left of restore_timeout_s, which bounds the whole restore (the runtime's restore
-        and the worker's resume hook together), and at most `cap`."""
-        return max(0.0, min(cap, self.started + self.settings.restore_timeout_s - time.monotonic()))
+        and the worker's resume hook together), and of the create's deadline; at most `cap`."""
+        now = time.monotonic()
+        return max(0.0, min(cap, self.started + self.settings.restore_timeout_s - now, self.deadline - now))
 
     @property
     def spec(self) -> Spec:
@@ -217,7 +219,8 @@ def restore_process(r: Restore) -> None:
             returncode = 0 if r.attached else returncode
     if returncode != 0:
         kept = r.store.keep_log("restore", r.container_id, os.path.join(r.work, layout.RESTORE_LOG))
-        why = (f"took longer than {r.settings.restore_timeout_s}s" if returncode is None
+        why = (f"ran past its time (restore_timeout_s {r.settings.restore_timeout_s}s, create_timeout_s "
+               f"{r.settings.create_timeout_s}s)" if returncode is None
                else f"failed (exit {returncode})")
         runtime_errors = errors_since(log, offset)
         raise RestoreFailed(f"{r.settings.runtime} restore {why}"
@@ -260,10 +263,11 @@ STEPS: tuple[tuple[str | None, Step], ...] = (
 )
 
 
-def restore(call: RuncCall, settings: Settings, spec_file: SpecFile, request: Request, namespace: str) -> Result:
+def restore(call: RuncCall, settings: Settings, spec_file: SpecFile, request: Request, namespace: str,
+            deadline: float = float("inf")) -> Result:
     with contextlib.ExitStack() as held, contextlib.ExitStack() as on_failure:
         r = Restore(call, settings, spec_file, request, namespace, Store(settings.store),
-                    Runc(settings.runtime, call.root), held, on_failure)
+                    Runc(settings.runtime, call.root), held, on_failure, deadline=deadline)
         for stage, step in STEPS:
             with r.stages(stage) if stage else contextlib.nullcontext(), _not_here():
                 step(r)

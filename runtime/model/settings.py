@@ -46,6 +46,8 @@ class Settings:
     verify: Verify = Verify.SHA256
     capture_timeout_s: int = 600                # longest a capture may take
     restore_timeout_s: int = 300                # longest a restore may take before it counts as failed
+    create_timeout_s: int = 100                 # a create's pull on miss, restore and resume hook together, then a
+                                                # cold start: within kubelet's runtime-request-timeout (2 minutes)
     cuda_checkpoint: str = ""                   # "" = rewarm's own cuda-checkpoint; or a path to NVIDIA's
     cuda_lock_timeout_ms: int = 10000           # how long capture waits for in-flight GPU work
     hook_timeout_s: int = 60                    # longest a worker's quiesce / resume hook may take

@@ -71,10 +71,10 @@ def _node(cfg: Settings) -> list[Check]:
                 else "no iptables-restore: add \"network-lock skip\" to criu_options"))
     try:
         thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read().strip()
-        always = "[always]" in thp
-        out.append(("OK" if always else "WARN", "transparent huge pages",
-                    f"{thp}" + ("" if always else ": 'always' makes CRIU restore GPU-sized images 35-40% faster "
-                                                  "(echo always > /sys/kernel/mm/transparent_hugepage/enabled)")))
+        never = "[never]" in thp   # madvise is enough: rewarm's CRIU asks for huge pages where it fills
+        out.append(("WARN" if never else "OK", "transparent huge pages",
+                    f"{thp}" + (": restores fill memory in 4 KiB pages, slower for GPU-sized snapshots "
+                                "(madvise or always lets rewarm's CRIU use huge pages)" if never else "")))
     except OSError:
         pass
     probe = cfg.store if os.path.isdir(cfg.store) else os.path.dirname(cfg.store.rstrip("/")) or "/"
@@ -130,8 +130,43 @@ def _gpu(cfg: Settings) -> list[Check]:
         return [("WARN", "GPU", f"GPU support not available: {e}")]
 
 
+KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
+KUBELET_DEFAULT_S = 120       # kubelet's --runtime-request-timeout default (2m)
+COLD_START_RESERVE_S = 15     # what a cold start after a restore given up needs inside kubelet's time
+
+
+def kubelet_timeout_s(path: str = KUBELET_CONFIG) -> int:
+    """kubelet's runtimeRequestTimeout from its config file (e.g. `2m0s`), else its default."""
+    import re
+    try:
+        with open(path, encoding="utf-8") as f:
+            found = re.search(r"^runtimeRequestTimeout:\s*\"?((?:\d+h)?(?:\d+m)?(?:\d+(?:\.\d+)?s)?)\"?\s*$",
+                              f.read(), re.M)
+    except OSError:
+        return KUBELET_DEFAULT_S
+    if not found or not found.group(1):
+        return KUBELET_DEFAULT_S
+    units = {"h": 3600, "m": 60, "s": 1}
+    return int(sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)([hms])", found.group(1))))
+
+
+def _budgets(cfg: Settings) -> list[Check]:
+    """A restore (with its pull on a miss) gives up at create_timeout_s and cold-starts: that must
+    end inside kubelet's runtime-request-timeout, or kubelet abandons the create."""
+    kubelet = kubelet_timeout_s()
+    out: list[Check] = []
+    fits = cfg.create_timeout_s + COLD_START_RESERVE_S <= kubelet
+    out.append(("OK" if fits else "WARN", "create budget",
+                f"create_timeout_s {cfg.create_timeout_s}s + {COLD_START_RESERVE_S}s for a cold start "
+                + ("fits" if fits else "does not fit") + f" kubelet's runtimeRequestTimeout ({kubelet}s)"))
+    if cfg.pull_timeout_s >= cfg.create_timeout_s:
+        out.append(("WARN", "pull budget", f"pull_timeout_s {cfg.pull_timeout_s}s leaves no time of create_timeout_s "
+                                           f"({cfg.create_timeout_s}s) for the restore after a pull"))
+    return out
+
+
 CHECKS: list[Callable[[Settings], list[Check]]] = [_config, _runtime, _criu, _store, _snapshots, _node, _handler,
-                                                   _gpu]
+                                                   _budgets, _gpu]
 
 
 def run(cfg: Settings, as_json: bool = False) -> int:

@@ -177,3 +177,21 @@ def test_a_resume_hook_that_trickles_after_a_restore_ends_in_a_cold_start_within
         assert answer["boot_id"] != before["boot_id"]
         assert "resume hook POST http://127.0.0.1:8080/trickle failed (no whole answer within" in \
             events(node, "cold-start")[-1]["reason"]
+
+
+def test_a_restore_that_cannot_finish_within_create_timeout_s_cold_starts_within_it(lab, tmp_path):
+    """kubelet abandons a create after its runtime-request-timeout: a restore slowed on purpose (its
+    resume hook trickles, well inside restore_timeout_s and hook_timeout_s) gives up at the create's
+    budget and the pod cold-starts inside it."""
+    path = write_config(str(tmp_path), create_timeout_s=6, restore_timeout_s=300, hook_timeout_s=60)
+    with config_named(path):
+        node = settings_file.load(path)
+        source = lab.create("budget-src", trickler(lab, "budget", **QUICK))
+        before, _ = source.wait_ready()
+        capture.capture(node, lab.runc_root, source.cid, "budget", leave_running=False)
+        t = time.monotonic()
+        c = lab.create("budget", trickler(lab, "budget", **{**QUICK, "rewarm.dev/resume-http": TRICKLE}))
+        assert c.create_rc == 0 and time.monotonic() - t < 6 + 5
+        assert c.wait_ready()[0]["boot_id"] != before["boot_id"]
+        reason = events(node, "cold-start")[-1]["reason"]
+        assert "resume hook POST http://127.0.0.1:8080/trickle failed (no whole answer within" in reason, reason
