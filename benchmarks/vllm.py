@@ -85,6 +85,7 @@ class Bench:
         self.lab = Lab(os.path.join(a.work, "lab"), port=PORT)
         self.size = a.size
         self.name = a.size + (f"-{a.flags}" if a.flags else "")
+        self.caches = a.caches.split(",")
         self.levels = a.levels.split(",")   # level 1 leaves its weight backup in torch's pinned-memory cache:
         self.capture_order = sorted(self.levels, key=lambda lv: lv == "1")   # it is captured last
         self.state_file = os.path.join(a.work, f"state-{self.name}.json")
@@ -154,14 +155,20 @@ class Bench:
 
     # phases
     def cold(self) -> None:
-        common.drop_page_cache()   # a node's first start reads vLLM and the weights from disk
-        c, run = self.run_to_first_token("cold-dropped", self.levels[0], cold=True)
-        print(f"cold start, page cache dropped: first token {run['first_token_s']:.1f}s, vLLM {run['vllm_stages']}",
+        """The cold start that is captured: page cache dropped (a node's first start reads vLLM and the
+        weights from disk), or with --caches warm alone, the model files read in first."""
+        first = "dropped" if "dropped" in self.caches else "warm"
+        if first == "dropped":
+            common.drop_page_cache()
+        else:
+            self.read_in_model()
+        c, run = self.run_to_first_token(f"cold-{first}", self.levels[0], cold=True)
+        print(f"cold start, page cache {first}: first token {run['first_token_s']:.1f}s, vLLM {run['vllm_stages']}",
               flush=True)
         state = {"machine": common.machine(), "size": self.size, "gpu_mem": self.a.gpu_mem, "flags": self.a.flags,
                  "vllm_args": self.a.vllm_arg, "env": self.a.env, "levels": self.levels,
                  "model_bytes": sum(os.path.getsize(os.path.join(self.a.model, f)) for f in os.listdir(self.a.model)),
-                 "cold": {"dropped": run}, "captures": {}}
+                 "cold": {first: run}, "captures": {}}
         from runtime.gpu import nvml
         state["gpu"] = [g.model for g in nvml.inventory().gpus][:1]
         spec_path = os.path.join(c.bundle.path, "config.json")
@@ -192,15 +199,19 @@ class Bench:
         return {"file": os.path.basename(path), "file_bytes": os.path.getsize(path),
                 "disk_read_gbps": common.read_gbps(path), "page_cache_read_gbps": common.read_gbps(path)}
 
+    def read_in_model(self) -> None:
+        for name in os.listdir(self.a.model):
+            common.read_gbps(os.path.join(self.a.model, name))
+
     def restores(self) -> dict:
         state = self.load()
-        for name in os.listdir(self.a.model):   # the second cold start: vLLM and the weights in the page cache
-            common.read_gbps(os.path.join(self.a.model, name))
-        c, run = self.run_to_first_token("cold-warm", self.levels[0], cold=True)
-        state["cold"]["warm"] = run
-        c.destroy()
-        self.lab.containers.remove(c)
-        print(f"cold start, page cache warm: first token {run['first_token_s']:.1f}s", flush=True)
+        if "warm" not in state["cold"]:   # the second cold start: vLLM and the weights in the page cache
+            self.read_in_model()
+            c, run = self.run_to_first_token("cold-warm", self.levels[0], cold=True)
+            state["cold"]["warm"] = run
+            c.destroy()
+            self.lab.containers.remove(c)
+            print(f"cold start, page cache warm: first token {run['first_token_s']:.1f}s", flush=True)
         state["yardsticks"] = self.yardsticks(state)
         state["restores"], state["thp"] = [], common.thp()
         common.thp("madvise")   # a node's usual setting; rewarm's CRIU faults huge pages where it fills
@@ -214,7 +225,7 @@ class Bench:
         expected = state["cold"]["dropped"]["text"]
         for level in self.levels:
             entry = store.Store(self.cfg.store).entries("default", self.snapshot(level))[0]
-            for i, cache in enumerate(["warm"] * self.a.repeats + ["dropped"]):
+            for i, cache in enumerate(["warm"] * self.a.repeats + ["dropped"] * ("dropped" in self.caches)):
                 if cache == "dropped":
                     common.drop_page_cache()
                 else:
@@ -301,6 +312,8 @@ def main() -> None:
     p.add_argument("--vllm-arg", action="append", default=[], help="a flag for vLLM (a weight loader, say; repeatable)")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for vLLM's environment (repeatable)")
     p.add_argument("--flags", default="", help="a name for these flags in the snapshot and result names")
+    p.add_argument("--caches", default="dropped,warm",
+                   help="page-cache states to measure; `warm` alone: one cold start, warm, and warm restores")
     p.add_argument("--label", default="")
     a = p.parse_args()
     bench = Bench(a)

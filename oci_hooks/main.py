@@ -9,10 +9,10 @@ prestart  validates the rewarm annotations. For a container being restored (rewa
           adds it only where runc makes the namespace: a named one (a pod's) it prepares itself,
           before the restore, saving the hook's process start on the restore's path.
 poststop  removes rewarm's per-container work files, records how the container had started
-          (restored or cold) in the event log, and rewrites the Prometheus metrics file. Both read
-          only a bounded part of the log: its start backwards from the end, the metrics' running
-          totals the lines since their last fold. Store locks are flocks held by the processes that
-          took them: nothing is left to release.
+          (restored or cold) in the event log, and rewrites the Prometheus metrics file (the same
+          metrics as `rewarm agent`'s /metrics). Both read only a bounded part of the log: its start
+          backwards from the end, the metrics' running totals the lines since their last fold.
+          Store locks are flocks held by the processes that took them: nothing is left to release.
 """
 from __future__ import annotations
 
@@ -114,7 +114,8 @@ def poststop(state: dict[str, Any], settings: Settings) -> None:
                lifetime_seconds=_seconds_since(start.get("time")))
     if settings.metrics_file:
         from runtime.adapters import metrics
-        metrics.write(settings.metrics_file, metrics.fold(settings.event_log))   # the lines since the last fold
+        # The log's lines since the last fold, and the store's use from its entries' manifests.
+        metrics.write(settings.metrics_file, metrics.served(settings.event_log, settings.store))
 
 
 def _seconds_since(stamp: str | None) -> float | None:

@@ -25,9 +25,11 @@ fi
 # For the tests only (a rewarm node needs none of them): Podman (hooks.d, checkpoint archives and
 # images), Docker's engine and Debian's OCI registry (run through testcontainers by
 # runtime/lab/registry_lab.py, which starts a private dockerd), htpasswd and openssl (its login and TLS),
-# skopeo (it decrypts what rewarm encrypts).
+# skopeo (it decrypts what rewarm encrypts), patchelf (make-bundle.sh points the bundle's binaries at
+# its own loader) and debootstrap (tests/system/throwaway_node.py makes a Debian 11 node's userland).
 missing=""
-for tool in podman:podman dockerd:docker.io docker-registry:docker-registry htpasswd:apache2-utils openssl:openssl skopeo:skopeo; do
+for tool in podman:podman dockerd:docker.io docker-registry:docker-registry htpasswd:apache2-utils openssl:openssl skopeo:skopeo \
+            patchelf:patchelf debootstrap:debootstrap; do
   command -v "${tool%%:*}" >/dev/null || missing="$missing ${tool#*:}"
 done
 if [ -n "$missing" ]; then
@@ -54,6 +56,19 @@ if [ ! -x $CONTAINERD_SID/usr/bin/containerd ]; then
 fi
 $CONTAINERD_SID/usr/bin/containerd --version | grep -q ' v\?2\.\| 2\.' \
   || { echo "rewarm-setup: $CONTAINERD_SID does not hold containerd 2.x"; exit 1; }
+# promtool for the tests of the monitoring manifests (packaging/kubernetes/monitoring: their PromQL
+# checked offline): the binary alone from Debian's prometheus package, unpacked without installing
+# it, so no Prometheus server is set up, started or bound to a port.
+PROMTOOL_DIR=/opt/rewarm/promtool
+if [ ! -x $PROMTOOL_DIR/promtool ]; then
+  work=$(mktemp -d)
+  (cd "$work" && { apt-get -qq -o Debug::NoDropPrivs=1 download prometheus 2>/dev/null \
+                   || { apt-get update -qq && apt-get -qq -o Debug::NoDropPrivs=1 download prometheus; }; })
+  dpkg -x "$work"/prometheus_*.deb "$work/unpacked"
+  install -D -m 0755 "$work/unpacked/usr/bin/promtool" $PROMTOOL_DIR/promtool
+  rm -rf "$work"
+  echo "rewarm-setup: $($PROMTOOL_DIR/promtool --version 2>&1 | head -1) in $PROMTOOL_DIR"
+fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
   echo "rewarm-setup: created .venv"

@@ -1,40 +1,60 @@
 #!/bin/sh
-# Runs in the node-installer container (privileged, host PID namespace, the host's / at /host), from
-# the offline bundle the image carries (packaging/offline/make-bundle.sh). It changes only what is
-# rewarm's: it copies the bundle to the host and installs it under /opt/rewarm (no package manager,
-# nothing from the network; the node's containerd or CRI-O and its runc are left as they are), writes
-# /etc/rewarm/config.json from the ConfigMap (authoritative: edits on the node are replaced), adds the
-# `rewarm` handler to the node's own runtime config and restarts the runtime only when that changed,
-# and fails the pod when any step fails. Then it runs `rewarm agent` (Kubernetes Events, /metrics,
-# the node label the RuntimeClass selects) in the host's mount namespace with this pod's credentials.
+# Runs in the node-installer container (privileged, host PID namespace, the host's / at /host) under
+# the bundle's static busybox sh, from the offline bundle the image carries
+# (packaging/offline/make-bundle.sh). It changes only what is rewarm's: it copies the bundle to the
+# host and installs it under /opt/rewarm (no package manager, nothing from the network; the node's
+# containerd or CRI-O and its runc are left as they are), writes /etc/rewarm/config.json from the
+# ConfigMap (authoritative: edits on the node are replaced), adds the `rewarm` handler to the node's
+# own runtime config and restarts the runtime only when that changed, and fails the pod when any
+# step fails, after taking the node's ready label off. Then it runs `rewarm agent` (Kubernetes
+# Events, /metrics, the node label the RuntimeClass selects) in the host's mount namespace with this
+# pod's credentials. On the host it runs only the bundle's programs (its busybox for a shell, its
+# python3 for rewarm), never the node's sh, bash or python3, and the runtime's restart command.
 #   UNINSTALL=1: the handler out again, the label off, then it waits.
 #   RUNTIME_RESTART: how this node restarts its runtime (default `systemctl restart containerd`
 #   or `crio`; a node whose runtime is no systemd unit of that name names its own), run on the host.
+#   GPU_OPERATOR_WAIT_S: how long to wait for NVIDIA's GPU Operator's container toolkit (default 600).
 set -eu
-if [ -x /payload/bin/busybox ] && [ ! -e /payload/bin/nsenter ]; then   # the image: busybox's applets as commands
-  /payload/bin/busybox --install -s /payload/bin
-fi
 HOST=${HOST_ROOT:-/host}
 PAYLOAD=$(cd "$(dirname "$0")" && pwd)
-PREFIX=/opt/rewarm
-fail() { echo "rewarm node-install: $*" >&2; exit 1; }
+RELEASE=$(cat "$PAYLOAD/release")   # /opt/rewarm/bundle-...: where the bundle's binaries find their loader
+PREFIX=${RELEASE%/*}
 # The host's files, with the host's PATH; the pod's network reaches the API server. HOST_PID: a
-# process in the host's namespaces (its init; a test names one of its own).
-HOSTNS="nsenter --target ${HOST_PID:-1} --mount --uts --ipc -- /usr/bin/env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# process in the host's namespaces (its init; a test names one of its own). The bundle's busybox, on
+# the host once copied there, is the shell and env of everything run there.
+HOSTNS="nsenter --target ${HOST_PID:-1} --mount --uts --ipc -- $RELEASE/bin/busybox env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 on_host() { $HOSTNS "$@"; }
 # The agent runs in the host's mount namespace; this pod's ServiceAccount token (renewed in place by
 # the kubelet) stays readable through a process that stays in the pod's: /proc/ANCHOR/root/...
-anchor() { sleep 2147483647 & ANCHOR=/proc/$!/root; }
+anchor() { [ -n "${ANCHOR:-}" ] || { sleep 2147483647 & ANCHOR=/proc/$!/root; }; }
+# A failed step: the ready label off first (one bounded try, where rewarm runs on the host), so that
+# no rewarm pod is scheduled here meanwhile, then one line and a failed pod.
+fail() {
+  if [ -L "$HOST$PREFIX/bin/rewarm" ]; then   # (a link to a path of the host's, not to be followed here)
+    anchor
+    on_host $PREFIX/bin/rewarm agent --unlabel --once --api-timeout 10 --credentials-root "$ANCHOR" >&2 \
+      || echo "rewarm node-install: the label rewarm.dev/runtime could not be taken off" >&2
+  fi
+  echo "rewarm node-install: $*" >&2
+  exit 1
+}
 
-# One clear line for a node rewarm does not support.
+# One clear line for a node rewarm does not support. Nothing of the node's userland is needed.
 [ -r "$HOST/etc/os-release" ] || fail "no /etc/os-release on the node: unsupported"
-on_host python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
-  || fail "the node's python3 is missing or older than 3.11 (rewarm needs 3.11+): unsupported node"
 [ -e "$HOST/proc/sys/kernel/ns_last_pid" ] || fail "the kernel lacks checkpoint/restore (CONFIG_CHECKPOINT_RESTORE)"
+[ "$(uname -m)" = x86_64 ] || fail "the node is $(uname -m); the bundle is built for x86_64"
 if [ -S "$HOST/run/containerd/containerd.sock" ]; then runtime=containerd
 elif [ -S "$HOST/var/run/crio/crio.sock" ]; then runtime=crio
 else fail "neither containerd nor CRI-O runs on the node"; fi
 restart_runtime() { on_host sh -c "${RUNTIME_RESTART:-systemctl restart $runtime}" || fail "restarting $runtime failed"; }
+
+# The bundle onto the host, once: its place is named by its contents.
+if [ ! -d "$HOST$RELEASE" ]; then
+  mkdir -p "$HOST$PREFIX"
+  rm -rf "$HOST$RELEASE.new"
+  cp -a "$PAYLOAD" "$HOST$RELEASE.new" || fail "copying the bundle to $RELEASE failed"
+  mv "$HOST$RELEASE.new" "$HOST$RELEASE"
+fi
 
 if [ "${UNINSTALL:-}" = 1 ]; then
   out=$(on_host $PREFIX/bin/rewarm uninstall --runtime $runtime) || fail "uninstall failed: $out"
@@ -44,10 +64,21 @@ if [ "${UNINSTALL:-}" = 1 ]; then
   exec $HOSTNS $PREFIX/bin/rewarm agent --unlabel --credentials-root "$ANCHOR"
 fi
 
-rm -rf "$HOST$PREFIX/payload.new"
-mkdir -p "$HOST$PREFIX" "$HOST/etc/rewarm"
-cp -a "$PAYLOAD" "$HOST$PREFIX/payload.new"
-rm -rf "$HOST$PREFIX/payload" && mv "$HOST$PREFIX/payload.new" "$HOST$PREFIX/payload"
+# NVIDIA's GPU Operator rewrites the runtime's config when its container toolkit starts, and says
+# when it is done (toolkit-ready): rewarm's handler goes in after that, chained to its runtime.
+validations=$HOST/run/nvidia/validations
+if [ -d "$validations" ] && [ ! -e "$validations/toolkit-ready" ]; then
+  echo "rewarm node-install: waiting for NVIDIA's container toolkit (/run/nvidia/validations/toolkit-ready)"
+  waited=0
+  until [ -e "$validations/toolkit-ready" ]; do
+    [ "$waited" -lt "${GPU_OPERATOR_WAIT_S:-600}" ] \
+      || fail "the GPU Operator's container toolkit was not ready after ${waited}s (no /run/nvidia/validations/toolkit-ready; a node the Operator left keeps that folder until it restarts)"
+    sleep 1
+    waited=$((waited + 1))
+  done
+fi
+
+mkdir -p "$HOST/etc/rewarm"
 if [ -f /fingerprint-key/fingerprint.key ]; then   # the cluster's key: snapshots move between nodes
   cp /fingerprint-key/fingerprint.key "$HOST/etc/rewarm/fingerprint.key.new"
   chmod 0600 "$HOST/etc/rewarm/fingerprint.key.new"
@@ -58,8 +89,7 @@ if [ -f /config/config.json ]; then
   cp /config/config.json "$HOST/etc/rewarm/cluster.json"
   extra=/etc/rewarm/cluster.json
 fi
-on_host env REWARM_NODE_CONFIG=$extra bash $PREFIX/payload/install.sh $PREFIX/payload $PREFIX \
-  || fail "installing the bundle under $PREFIX failed"
+on_host env REWARM_NODE_CONFIG=$extra sh $RELEASE/install.sh $RELEASE || fail "installing the bundle under $PREFIX failed"
 out=$(on_host $PREFIX/bin/rewarm install --runtime $runtime --binary $PREFIX/bin/rewarm-runc \
       --rewarm-config /etc/rewarm/config.json) || fail "rewarm install --runtime $runtime failed: $out"
 echo "$out"

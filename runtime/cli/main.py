@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import shtab
 
@@ -14,6 +14,9 @@ from runtime.adapters import settings_file
 from runtime.front.names import CONFIG_ENV, DEFAULT_CONFIG
 from runtime.model.errors import RewarmError
 from runtime.model.settings import Settings
+
+if TYPE_CHECKING:
+    from runtime.node.install import Outcome
 
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -118,37 +121,39 @@ def cmd_gc(cfg: Settings, a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_outcome(outcome: Outcome, dry_run: bool, unchanged: str, verb: str) -> None:
+    """What install / uninstall did, file by file, then how to make the runtime load it."""
+    print(f"runtime: {outcome.runtime}" + (f" (socket {outcome.socket})" if outcome.socket else ""))
+    for d in outcome.done:
+        if not d.changed:
+            print(f"{d.path}: {unchanged}")
+            continue
+        print(d.diff, end="")
+        through = f" (through the link: {d.written})" if d.written else ""
+        if dry_run:
+            print(f"(dry run: {d.path} not written)")
+        elif os.path.lexists(d.path):
+            print(f"wrote {d.path}{through}" + (f" (previous version kept as {d.backup})" if d.backup else ""))
+        else:
+            print(f"removed {d.path}")
+    for note in outcome.notes:
+        print(f"note: {note}")
+    if outcome.restart:
+        print(f"restart {outcome.runtime} to {verb} it: {outcome.restart}")
+
+
 def cmd_install(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.node import install
-    node = install.Node(a.config_file, a.binary, a.hooks_dir, a.rewarm_config)
-    results = install.install(a.runtime, node, a.config_version, a.dry_run)
-    for path, changed, diff in results:
-        if not changed:
-            print(f"{path}: already installed; nothing to change")
-        elif a.dry_run:
-            print(diff, end="")
-            print(f"(dry run: {path} not written)")
-        else:
-            print(diff, end="")
-            print(f"wrote {path}" + (f" (previous version kept as {path}{install.BACKUP_SUFFIX})"
-                                     if os.path.exists(path + install.BACKUP_SUFFIX) else ""))
-    if any(changed for _, changed, _ in results) and not a.dry_run and a.runtime != "podman":
-        print(f"restart {a.runtime} to load it")
+    node = install.Node(a.config_file, a.binary, a.hooks_dir, a.rewarm_config, a.containerd)
+    _print_outcome(install.install(a.runtime, node, a.config_version, a.dry_run), a.dry_run,
+                   "already installed; nothing to change", "load")
     return 0
 
 
 def cmd_uninstall(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.node import install
-    results = install.uninstall(a.runtime, install.Node(a.config_file, hooks_dir=a.hooks_dir), a.dry_run)
-    for path, changed, diff in results:
-        if not changed:
-            print(f"{path}: nothing of rewarm's there")
-        else:
-            print(diff, end="")
-            print(f"(dry run: {path} not written)" if a.dry_run else f"wrote {path}" if os.path.exists(path)
-                  else f"removed {path}")
-    if any(changed for _, changed, _ in results) and not a.dry_run and a.runtime != "podman":
-        print(f"restart {a.runtime} to unload it")
+    node = install.Node(a.config_file, hooks_dir=a.hooks_dir, containerd=a.containerd)
+    _print_outcome(install.uninstall(a.runtime, node, a.dry_run), a.dry_run, "nothing of rewarm's there", "unload")
     return 0
 
 
@@ -265,7 +270,18 @@ def cmd_agent(cfg: Settings, a: argparse.Namespace) -> int:
     node = a.node or os.environ.get("NODE_NAME") or socket.gethostname()
     api = agent.connect(a.kubeconfig, a.credentials_root, a.api_timeout)
     label = agent.Label.SET if a.label else agent.Label.REMOVE if a.unlabel else None
-    agent.run(cfg.event_log, api, agent.Options(node, a.metrics_port, label))
+    if a.once:   # the label alone, one bounded try: the node installer takes it off before its pod fails
+        if label is None:
+            print("rewarm agent: --once needs --label or --unlabel", file=sys.stderr)
+            return 2
+        try:
+            api.label(node, label is agent.Label.SET)
+        except agent.ApiFailure as e:
+            print(f"rewarm agent: node {node} label not changed: {e}", file=sys.stderr)
+            return 1
+        print(f"rewarm agent: node {node} {'labelled' if label is agent.Label.SET else 'unlabelled'} {agent.NODE_LABEL}")
+        return 0
+    agent.run(cfg.event_log, api, agent.Options(node, a.metrics_port, label, store=cfg.store))
     return 0
 
 
@@ -301,23 +317,35 @@ def parser() -> argparse.ArgumentParser:
                    help="the snapshot's Kubernetes namespace (default: from the container's annotations)")
     c.set_defaults(func=cmd_capture)
 
-    c = sub.add_parser("install", help="add the rewarm runtime handler to containerd or CRI-O, rewarm's hooks to CRI-O or Podman")
-    c.add_argument("--runtime", required=True, choices=["containerd", "crio", "podman"])
-    c.add_argument("--config", dest="config_file",
-                   help="file to edit (default /etc/containerd/config.toml or /etc/crio/crio.conf.d/50-rewarm.conf)")
+    runtimes = ["auto", "containerd", "k3s", "rke2", "k0s", "crio", "podman"]
+    runtime_help = ("the node's runtime (default auto: k3s, RKE2 or k0s where their containerd is there, else "
+                    "containerd, else CRI-O); k3s, rke2 and k0s are containerd as those distributions run it")
+    config_help = ("the runtime's config (default /etc/containerd/config.toml; k3s, rke2: the config.toml they render, "
+                   "under /var/lib/rancher/*/agent/etc/containerd, whose templates beside it rewarm edits; "
+                   "k0s: /etc/k0s/containerd.toml, with containerd.d beside it; crio: the drop-in, "
+                   "/etc/crio/crio.conf.d/50-rewarm.conf)")
+    containerd_help = ("the containerd binary that reads the config (default: the distribution's own, else "
+                       "containerd on PATH): its `config dump` judges the result and its version the import rules")
+    c = sub.add_parser("install", help="add the rewarm runtime handler to containerd (k3s, RKE2, k0s) or CRI-O, "
+                                       "rewarm's hooks to CRI-O or Podman")
+    c.add_argument("--runtime", choices=runtimes, default="auto", help=runtime_help)
+    c.add_argument("--config", dest="config_file", help=config_help)
+    c.add_argument("--containerd", metavar="PATH", help=containerd_help)
     c.add_argument("--binary", help="rewarm-runc to register (default: the one beside this command, else on PATH; "
                                     "rewarm-hook is taken from beside it)")
     c.add_argument("--hooks-dir", help="hooks.d for CRI-O and Podman (default /usr/share/containers/oci/hooks.d)")
     c.add_argument("--rewarm-config", help=f"rewarm config file the hooks read (default: theirs, {DEFAULT_CONFIG})")
     c.add_argument("--config-version", type=int, choices=[2, 3],
-                   help="containerd config version for a new file: 2 (containerd 1.6/1.7) or 3 (2.x)")
+                   help="containerd config version for a new file: 2 (containerd 1.6/1.7) or 3 (2.x; the default "
+                        "where the containerd is 2.x)")
     c.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     c.set_defaults(func=cmd_install)
 
-    c = sub.add_parser("uninstall", help="take the rewarm handler and hooks back out of containerd, CRI-O or Podman")
-    c.add_argument("--runtime", required=True, choices=["containerd", "crio", "podman"])
-    c.add_argument("--config", dest="config_file",
-                   help="file to edit (default /etc/containerd/config.toml or /etc/crio/crio.conf.d/50-rewarm.conf)")
+    c = sub.add_parser("uninstall", help="take the rewarm handler and hooks back out of containerd (k3s, RKE2, k0s), "
+                                         "CRI-O or Podman")
+    c.add_argument("--runtime", choices=runtimes, default="auto", help=runtime_help)
+    c.add_argument("--config", dest="config_file", help=config_help)
+    c.add_argument("--containerd", metavar="PATH", help=containerd_help)
     c.add_argument("--hooks-dir", help="hooks.d for CRI-O and Podman (default /usr/share/containers/oci/hooks.d)")
     c.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     c.set_defaults(func=cmd_uninstall)
@@ -429,6 +457,7 @@ def parser() -> argparse.ArgumentParser:
     which = c.add_mutually_exclusive_group()
     which.add_argument("--label", action="store_true", help="first label this node rewarm.dev/runtime=ready")
     which.add_argument("--unlabel", action="store_true", help="first take that label off (uninstalled)")
+    c.add_argument("--once", action="store_true", help="only set or take off the label (one try), then exit")
     c.set_defaults(func=cmd_agent)
 
     c = sub.add_parser("demo", help="cold start a worker, capture it, restore a second one; print timings")

@@ -27,7 +27,8 @@ from runtime.engine import fingerprinting, warm
 from runtime.gpu import plugin_env
 from runtime.model import annotations as ann
 from runtime.model import layout, oci_spec
-from runtime.model.errors import CaptureFailed, CudaError, InvalidInput, RewarmError, StoreError, WorkerHookFailed
+from runtime.model.errors import (CaptureFailed, CudaError, InvalidInput, RewarmError, StoreError, WorkerHookFailed,
+                                  code_of)
 from runtime.model.events import EventKind
 from runtime.model.fingerprint import Fingerprint
 from runtime.model.manifest import CaptureInfo, Manifest, ReloadFile, RootfsInfo
@@ -74,6 +75,7 @@ class Capture:
     rootfs: RootfsInfo = RootfsInfo()
     reload: tuple[ReloadFile, ...] = ()       # files the worker reads back (its quiesce hook named them)
     reload_left_out: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)   # seconds per step, for the captured event
 
     @property
     def images(self) -> str:
@@ -299,7 +301,9 @@ def run(settings: Settings, request: Request) -> store.Entry:
             c = Capture(settings, src, namespace, name, leave_running, staging, containerd, hooks, st,
                         r.skip_if_present)
             for step in STEPS:
+                t = time.monotonic()
                 step(c)
+                c.stages[step.__name__] = round(time.monotonic() - t, 3)
     except _FitsAlready:
         assert c.entry is not None
         return c.entry
@@ -311,13 +315,13 @@ def run(settings: Settings, request: Request) -> store.Entry:
         if not isinstance(e, CaptureFailed):
             revived = revive_source(settings, src)
             failure = CaptureFailed(f"{failure}" + (f"; {revived}" if revived else ""))
-        logs.event(settings.event_log, EventKind.CAPTURE_FAILED, **where, reason=str(failure))
+        logs.event(settings.event_log, EventKind.CAPTURE_FAILED, **where, reason=str(failure), code=code_of(e).value)
         raise failure from e
     entry = c.entry
     assert entry is not None
     left_out = {"reload_files_left_out": c.reload_left_out[:20]} if c.reload_left_out else {}
     logs.event(settings.event_log, EventKind.CAPTURED, **where, entry=entry.ident,
-               seconds=round(time.monotonic() - c.started, 3), bytes=entry.size(),
+               seconds=round(time.monotonic() - c.started, 3), bytes=entry.size(), stages=c.stages,
                reload_bytes=sum(f.size for f in c.reload), **left_out)
     if not leave_running:
         stop_source(c)

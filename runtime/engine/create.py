@@ -22,8 +22,8 @@ from runtime.front.real_runtime import real_runtime
 from runtime.front.runc_argv import RuncCall
 from runtime.model import annotations as ann
 from runtime.model import oci_spec, seccomp
-from runtime.model.errors import RewarmError, SettingsError
-from runtime.model.events import EventKind
+from runtime.model.errors import ClientError, RewarmError, SettingsError, code_of
+from runtime.model.events import EventKind, ReasonCode
 from runtime.model.oci_spec import Spec
 from runtime.model.settings import Settings
 
@@ -82,7 +82,7 @@ class ImageDigest:
             self.pid = 0
         text = data.decode(errors="replace")
         if not text.startswith("="):
-            raise RewarmError(f"the image's digest from containerd: {text[1:] or 'no answer'}")
+            raise ClientError(f"the image's digest from containerd: {text[1:] or 'no answer'}")
         return text[1:] or None
 
     def close(self) -> None:
@@ -206,11 +206,11 @@ def create(call: RuncCall) -> NoReturn:
         result = restore.restore(call, settings, f, a.request, a.namespace, a.deadline)
     except (RewarmError, OSError, ValueError) as e:
         digest.close()
-        _cold_start(a, str(e))
+        _cold_start(a, str(e), code_of(e))
     except Exception as e:  # a bug must not stop the pod: say where, then cold start
         digest.close()
         logs.runtime_log(call, "error", "unexpected error, traceback follows:\n" + traceback.format_exc())
-        _cold_start(a, f"unexpected error: {type(e).__name__}: {e}")
+        _cold_start(a, f"unexpected error: {type(e).__name__}: {e}", ReasonCode.UNEXPECTED)
     seconds = round(time.monotonic() - a.started, 3)
     logs.runtime_log(call, "info", f"restored {call.container_id} from snapshot {a.namespace}/{a.name} "
                                    f"({result.entry_ident}) in {seconds}s")
@@ -221,11 +221,12 @@ def create(call: RuncCall) -> NoReturn:
     sys.exit(wait_forwarding(result.attached) if result.attached else 0)
 
 
-def _cold_start(a: Attempt, reason: str) -> NoReturn:
+def _cold_start(a: Attempt, reason: str, code: ReasonCode) -> NoReturn:
+    """`reason` for people (the logs, the pod's Event), `code` for the metrics (events.ReasonCode)."""
     verdict = f"not started ({ann.FALLBACK}: fail)" if a.fail else "cold start"
     logs.runtime_log(a.call, "error" if a.fail else "warning",
                      f"{a.call.container_id}: snapshot {a.namespace}/{a.name} not restored, {verdict}: {reason}")
-    a.event(EventKind.RESTORE_REFUSED if a.fail else EventKind.COLD_START, reason=reason)
+    a.event(EventKind.RESTORE_REFUSED if a.fail else EventKind.COLD_START, reason=reason, code=code.value)
     if a.settings.pod_log_notice:
         logs.pod_notice(f"{verdict}: {reason}")
     if a.fail:

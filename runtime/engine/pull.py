@@ -28,8 +28,8 @@ from runtime.engine import fingerprinting, warm
 from runtime.engine.formats import Caller, Staging, Transfer, detect
 from runtime.model import annotations as ann
 from runtime.model import registry_ref
-from runtime.model.errors import NotRestorable, RegistryError, RewarmError, TransferInterrupted
-from runtime.model.events import EventKind
+from runtime.model.errors import NotRestorable, PullRefused, RegistryError, RewarmError, TransferInterrupted, code_of
+from runtime.model.events import EventKind, ReasonCode, reason_code
 from runtime.model.manifest import PULLED_FROM
 from runtime.model.names import validate_name, validate_namespace
 from runtime.model.oci_spec import Spec
@@ -59,11 +59,12 @@ def pull(settings: Settings, ref_text: str, name: str, namespace: str = "default
     validate_name(name)
     validate_namespace(namespace)
     tagged = {"container": caller.container} if caller.container else {}
+    started = time.monotonic()
     try:
         result = _pull(Transfer(settings, client_for(settings, ref), caller), name, namespace, fmt)
-    except RewarmError as e:
+    except (RewarmError, OSError) as e:
         logs.event(settings.event_log, EventKind.PULL_FAILED, namespace=namespace, snapshot=name, ref=str(ref),
-                   reason=str(e), **tagged)
+                   reason=str(e), code=code_of(e).value, seconds=round(time.monotonic() - started, 3), **tagged)
         raise
     if result.progress is not None:
         result.progress.finish()   # the clock stops once the entry is published
@@ -79,9 +80,12 @@ def _pull(t: Transfer, name: str, namespace: str, fmt: str | None) -> Pulled:
     digest, oci = t.client.get_manifest()
     found = detect(oci, str(ref))
     if fmt and fmt != found.name:
-        raise RegistryError(f"{ref} is a {found.name} snapshot, not {fmt}")
+        raise PullRefused(f"{ref} is a {found.name} snapshot, not {fmt}")
     if t.settings.require_signature:   # before any byte of it enters the store
-        cosign.verify(t.client, digest, cosign.load_public(t.settings.signature_keys))
+        try:
+            cosign.verify(t.client, digest, cosign.load_public(t.settings.signature_keys))
+        except RegistryError as e:   # unsigned, or signed by a stranger: the node's policy says no
+            raise PullRefused(str(e)) from e
     st = store.Store(t.settings.store).ensure()
     with st.pulling(namespace, name):
         there = [e for e in st.entries(namespace, name) if e.manifest.source.get(SOURCE_DIGEST) == digest]
@@ -130,7 +134,7 @@ def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str
     ref = registry_ref.parse(request.snapshot_ref, ann.SNAPSHOT_REF)
     refused = registry_ref.refused_for(ref, namespace, settings.allowed_registries, settings.namespace_registries)
     if refused:
-        raise NotRestorable(f"{ann.SNAPSHOT_REF} {ref}: {refused}")
+        raise NotRestorable(f"{ann.SNAPSHOT_REF} {ref}: {refused}", ReasonCode.PULL_REFUSED)
     job = {"ref": str(ref), "name": request.snapshot, "namespace": namespace, "container": pod.container_id,
            "state_dir": pod.state_dir()}
     wait = max(0.0, min(settings.pull_timeout_s, deadline - time.monotonic()))
@@ -138,9 +142,24 @@ def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str
     if out is None:
         raise NotRestorable(f"pull of {ref} did not finish within {wait:.0f}s (pull_timeout_s {settings.pull_timeout_s}s, "
                             f"create_timeout_s {settings.create_timeout_s}s); it goes on in the background for the "
-                            "next pod while this one lives")
-    if not out.startswith("pulled "):
-        raise NotRestorable(f"pull of {ref} failed: {out or 'no answer'}")
+                            "next pod while this one lives", ReasonCode.PULL_TIMEOUT)
+    if not out.startswith(PULLED):
+        code, why = _failure_of(out)
+        raise NotRestorable(f"pull of {ref} failed: {why or 'no answer'}",
+                            ReasonCode.PULL_REFUSED if code is ReasonCode.PULL_REFUSED else ReasonCode.PULL_FAILED)
+
+
+# The background pull's one-line answer: "pulled ENTRY", or "failed CODE REASON" (its pull-failed
+# event's code, so that the cold start it causes is counted as a refusal or a failure without
+# reading the reason's text).
+PULLED, FAILED = "pulled ", "failed "
+
+
+def _failure_of(answer: str) -> tuple[ReasonCode, str]:
+    if not answer.startswith(FAILED):
+        return ReasonCode.UNKNOWN, answer   # the pull died before it could say
+    code, _, why = answer[len(FAILED):].partition(" ")
+    return reason_code(code), why
 
 
 def _detached_pull(job: dict[str, str], timeout: float) -> str | None:
@@ -180,9 +199,9 @@ def _background(job: dict[str, str], answer_fd: int) -> int:
     threading.Thread(target=_end_with_pod, args=(settings, job), daemon=True, name="rewarm-pod-watch").start()
     try:
         pulled = pull(settings, job["ref"], job["name"], job["namespace"], caller=Caller(quiet=True, container=job["container"]))
-        line, code = f"pulled {pulled.entry.ident}", 0
+        line, code = f"{PULLED}{pulled.entry.ident}", 0
     except (RewarmError, OSError) as e:
-        line, code = str(e), 1
+        line, code = f"{FAILED}{code_of(e).value} {e}", 1
     try:
         os.write(answer_fd, line.encode() + b"\n")
     except OSError:
@@ -204,7 +223,7 @@ def _end_with_pod(settings: Settings, job: dict[str, str]) -> None:
         seen = seen or there
         if (seen and not there) or (not seen and time.monotonic() - since > POD_APPEARS_S):
             logs.event(settings.event_log, EventKind.PULL_FAILED, namespace=job["namespace"], snapshot=job["name"],
-                       ref=job["ref"], container=job["container"],
+                       ref=job["ref"], container=job["container"], code=ReasonCode.POD_GONE.value,
                        reason="its pod's container is gone: the pull ends with it")
             os._exit(1)
         time.sleep(0.5)

@@ -9,6 +9,7 @@ where it was.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from runtime.adapters import logs, store
@@ -17,7 +18,7 @@ from runtime.adapters.registry import cosign
 from runtime.engine.formats import FORMATS, Caller, Transfer
 from runtime.engine.pull import client_for
 from runtime.model import registry_ref
-from runtime.model.errors import RegistryError, RewarmError
+from runtime.model.errors import RegistryError, RewarmError, code_of
 from runtime.model.events import EventKind
 from runtime.model.settings import Settings
 
@@ -34,13 +35,14 @@ def push(settings: Settings, name: str, ref_text: str, namespace: str = "default
          caller: Caller = Caller()) -> Pushed:
     """Push (namespace, name) to REF in format `fmt` (formats.FORMATS names them)."""
     ref = registry_ref.parse(ref_text)
+    started = time.monotonic()
     try:
         if not ref.tag or ref.digest:
             raise RegistryError(f"push needs a tag to move, not a digest: {ref}")
         result = _push(Transfer(settings, client_for(settings, ref), caller), name, namespace, ref, fmt)
-    except RewarmError as e:
+    except (RewarmError, OSError) as e:
         logs.event(settings.event_log, EventKind.PUSH_FAILED, namespace=namespace, snapshot=name, ref=str(ref),
-                   reason=str(e))
+                   reason=str(e), code=code_of(e).value, seconds=round(time.monotonic() - started, 3))
         raise
     result.progress.finish()   # the clock stops once the tag is moved
     logs.event(settings.event_log, EventKind.PUSHED, namespace=namespace, snapshot=name, ref=str(ref),

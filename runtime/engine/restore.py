@@ -33,6 +33,7 @@ from runtime.model import fingerprint, layout, oci_spec
 from runtime.model.annotations import ENTRY_KEY, Request
 from runtime.model.errors import (GpuMismatch, NotRestorable, RestoreFailed, SnapshotDamaged, UnsafeRootfsDiff,
                                   WorkerHookFailed)
+from runtime.model.events import ReasonCode
 from runtime.model.oci_spec import Spec
 from runtime.model.settings import Settings, Verify
 
@@ -115,12 +116,12 @@ class Result:
 # --- the steps ---------------------------------------------------------------------------------
 def refuse_terminal(r: Restore) -> None:
     if oci_spec.process(r.spec).get("terminal"):
-        raise NotRestorable("containers with a terminal are not restored")
+        raise NotRestorable("containers with a terminal are not restored", ReasonCode.UNSUPPORTED)
 
 
 def refuse_existing_container(r: Restore) -> None:
     if r.runc.exists(r.container_id):   # never clean up what is not ours (runc create refuses it too)
-        raise NotRestorable(f"a container {r.container_id} exists already")
+        raise NotRestorable(f"a container {r.container_id} exists already", ReasonCode.CONTAINER_EXISTS)
 
 
 def find_candidates(r: Restore) -> None:
@@ -130,9 +131,10 @@ def find_candidates(r: Restore) -> None:
         logs.runtime_log(r.call, "warning", repaired)
     r.candidates, broken = r.store.candidates([r.namespace, *r.settings.shared_namespaces], r.request.snapshot)
     if not r.candidates and broken:
-        raise NotRestorable(f"snapshot {r.what}: entry {broken[0].ident} is broken: {broken[0].reason}")
+        raise NotRestorable(f"snapshot {r.what}: entry {broken[0].ident} is broken: {broken[0].reason}",
+                            ReasonCode.SNAPSHOT_DAMAGED)
     if not r.candidates:
-        raise NotRestorable(f"no snapshot {r.what} in the store yet")
+        raise NotRestorable(f"no snapshot {r.what} in the store yet", ReasonCode.NO_SNAPSHOT)
 
 
 def pick_fitting_entry(r: Restore) -> None:
@@ -143,18 +145,19 @@ def pick_fitting_entry(r: Restore) -> None:
     if not fitting:
         newest = r.candidates[0].manifest.fingerprint
         raise NotRestorable(f"snapshot {r.what} does not fit this container: "
-                            + "; ".join(fingerprint.differences(newest, here)))
+                            + "; ".join(fingerprint.differences(newest, here)), ReasonCode.NOT_FITTING)
     entry = fitting[0]
     gone = reload_files.missing(entry.manifest.reload_files, r.spec)
     if gone:   # its resume hook would fail after the whole restore
         raise NotRestorable(f"snapshot {r.what}: its worker reads back files this container does not have as "
-                            f"captured (same size, under a bind mount): {', '.join(gone[:3])}")
+                            f"captured (same size, under a bind mount): {', '.join(gone[:3])}", ReasonCode.NOT_FITTING)
     if entry.manifest.fingerprint.gpu:
         from runtime.gpu import helper
         helper.ensure_running()     # its driver init overlaps the checks and CRIU's memory stage
     r.held.enter_context(r.store.reading(entry.namespace, entry.name))
     if not os.path.isdir(entry.path):
-        raise NotRestorable(f"snapshot {r.what} was replaced or removed while this restore began")
+        raise NotRestorable(f"snapshot {r.what} was replaced or removed while this restore began",
+                            ReasonCode.SNAPSHOT_CHANGED)
     r.entry = entry
     prefetch_pages(entry, r.spec, r.settings.prefetch_threads)
 
@@ -226,7 +229,8 @@ def restore_process(r: Restore) -> None:
         raise RestoreFailed(f"{r.settings.runtime} restore {why}"
                             + (f": {runtime_errors}" if runtime_errors else "")
                             + (f"; CRIU: {criu.first_error(kept)}" if kept and criu.first_error(kept) else "")
-                            + (f"; CRIU's log: {kept}" if kept else ""))
+                            + (f"; CRIU's log: {kept}" if kept else ""),
+                            code=ReasonCode.TIMEOUT if returncode is None else ReasonCode.RESTORE_FAILED)
     r.stages.times.update(plugin_env.timing_stages(r.work, r.stages.times["runtime_restore"]))
 
 
@@ -236,12 +240,13 @@ def resume_worker(r: Restore) -> None:
         return
     state = r.runc.state(r.container_id)
     if not state or not state.get("pid"):
-        raise RestoreFailed(f"restored container {r.container_id} has no state to resume")
+        raise RestoreFailed(f"restored container {r.container_id} has no state to resume",
+                            code=ReasonCode.RESUME_FAILED)
     try:
         answers = worker_hooks.call(int(state["pid"]), r.request.hooks.resume, "resume",
                                     r.seconds_left(r.settings.hook_timeout_s))
     except WorkerHookFailed as e:
-        raise RestoreFailed(str(e)) from e
+        raise RestoreFailed(str(e), code=ReasonCode.RESUME_FAILED) from e
     for a in answers if len(answers) > 1 else ():   # each call of a sequence timed: `resume /wake_up?tags=...`
         key = f"resume {a.call.path}"
         r.stages.times[key] = round(r.stages.times.get(key, 0.0) + a.seconds, 3)
@@ -288,7 +293,7 @@ def _not_here() -> Iterator[None]:
     try:
         yield
     except NOT_HERE as e:
-        raise NotRestorable(str(e)) from e
+        raise NotRestorable(str(e), e.reason_code) from e
 
 
 # --- helpers of the steps -----------------------------------------------------------------------

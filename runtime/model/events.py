@@ -1,5 +1,6 @@
-"""The lifecycle events rewarm records (one JSON line each in the event log), and how a
-container's start ended. The metrics and `rewarm-hook poststop` read them back."""
+"""The lifecycle events rewarm records (one JSON line each in the event log), how a container's
+start ended, and the reason codes of cold starts and failures. The metrics and `rewarm-hook
+poststop` read them back."""
 from __future__ import annotations
 
 from enum import Enum
@@ -36,3 +37,54 @@ class Outcome(Enum):
 
 
 START_KINDS = (EventKind.RESTORED, EventKind.COLD_START, EventKind.RESTORE_REFUSED)
+
+
+class ReasonCode(Enum):
+    """Why a restore did not happen (a cold start, a refusal) or a capture, pull or push failed: the
+    event's `code`, beside its human `reason`, and the metrics' `code` label. Set where the engine
+    decides (an exception's reason_code, model/errors.py); never read back out of the reason's text."""
+    UNKNOWN = "unknown"                        # an event written before rewarm recorded codes
+    # the situation calls for a cold start: nothing broke
+    NO_SNAPSHOT = "no_snapshot"                # no entry of that name for the pod's namespace (yet)
+    NOT_FITTING = "not_fitting"                # none of this container's fingerprint (image, args, env, node)
+    SNAPSHOT_CHANGED = "snapshot_changed"      # the entry was replaced or removed as the restore took its lock
+    UNSUPPORTED = "unsupported"                # a container rewarm never restores (one with a terminal)
+    CONTAINER_EXISTS = "container_exists"      # the runtime has a container of that id already
+    INVALID_ANNOTATION = "invalid_annotation"  # a rewarm.dev/ annotation (or a value it names) is invalid
+    PULL_REFUSED = "pull_refused"              # the node's policy refuses the pull (registry, signature, format)
+    PULL_TIMEOUT = "pull_timeout"              # the pull on miss goes on past its wait; the next pod restores
+    # something broke: the restore failure ratio counts these (is_failure)
+    INVALID_CONFIG = "invalid_config"          # the node's rewarm config (or a key file it names) is unusable
+    SNAPSHOT_DAMAGED = "snapshot_damaged"      # an entry's files are not what its manifest says, or it has none
+    UNSAFE_ROOTFS = "unsafe_rootfs"            # the rootfs diff reaches outside the rootfs, or cannot be laid
+    GPU_MISMATCH = "gpu_mismatch"              # the container's GPUs are not the snapshot's, or cannot be told
+    RESTORE_FAILED = "restore_failed"          # the runtime's restore (CRIU) ran and failed
+    TIMEOUT = "timeout"                        # the restore ran past restore_timeout_s or the create's budget
+    RESUME_FAILED = "resume_failed"            # restored, but the worker's resume hook failed
+    PULL_FAILED = "pull_failed"                # the pull on miss did not complete
+    REGISTRY_ERROR = "registry_error"          # a push or pull broke off (registry, network, digest)
+    TRANSFER_INTERRUPTED = "transfer_interrupted"   # a blob transfer broke off or stalled: kept to resume
+    POD_GONE = "pod_gone"                      # a background pull ended with the pod it was for
+    CAPTURE_FAILED = "capture_failed"          # a capture made no snapshot (the worker runs on)
+    STORE_ERROR = "store_error"                # the store is unusable (permissions, a lock)
+    CONTAINERD_ERROR = "containerd_error"      # containerd (or its CRI) did not answer as it should
+    SYSTEM_ERROR = "system_error"              # a system call or file operation failed (OSError)
+    UNEXPECTED = "unexpected"                  # a bug: rewarm's runtime log has the traceback
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether something broke, as opposed to a cold start that the situation calls for."""
+        return self not in _EXPECTED
+
+
+_EXPECTED = frozenset({ReasonCode.UNKNOWN, ReasonCode.NO_SNAPSHOT, ReasonCode.NOT_FITTING, ReasonCode.SNAPSHOT_CHANGED,
+                       ReasonCode.UNSUPPORTED, ReasonCode.CONTAINER_EXISTS, ReasonCode.INVALID_ANNOTATION,
+                       ReasonCode.PULL_REFUSED, ReasonCode.PULL_TIMEOUT})
+
+
+def reason_code(value: object) -> ReasonCode:
+    """The code an event records; UNKNOWN for an event from before codes (or one it does not know)."""
+    try:
+        return ReasonCode(value)
+    except (ValueError, TypeError):
+        return ReasonCode.UNKNOWN

@@ -33,7 +33,8 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 import urllib3
 from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
 
-from runtime.adapters import logs, metrics
+from runtime.adapters import logs, metrics, settings_file
+from runtime.model.errors import SettingsError
 from runtime.model.events import EventKind
 
 COMPONENT = "rewarm"
@@ -382,13 +383,25 @@ class Options:
     node: str
     metrics_port: int = 0           # 0: no /metrics, no /readyz
     label: Label | None = None      # set or take off the node's label first (in the background)
+    store: str | None = None        # whose use /metrics reports; None: the node config's ("": none)
+
+
+def _store_of(options: Options) -> str:
+    if options.store is not None:
+        return options.store
+    try:
+        return settings_file.load().store
+    except SettingsError as e:   # the metrics of the event log are still served
+        print(f"rewarm agent: no store metrics: {e}", file=sys.stderr, flush=True)
+        return ""
 
 
 def run(event_log: str, api: ApiServer, options: Options) -> None:
     """Serve /metrics and /readyz, label the node if asked, then post the Events of what the log
     records from now on, for ever."""
     health = Health(labelling=options.label is not None)
-    registry = metrics.live_registry(lambda: metrics.fold(event_log))
+    store = _store_of(options)
+    registry = metrics.live_registry(lambda: metrics.served(event_log, store))   # what poststop writes, too
     counters = Counters.on(registry)
     courier = Courier(api, options.node, health, counters)
     Gauge("rewarm_agent_ready", "1 while /readyz says ready.", registry=registry).set_function(

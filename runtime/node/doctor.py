@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 import subprocess
-from typing import Any, Callable
+from typing import Callable
 
 from runtime.adapters import settings_file
 from runtime.adapters.node_facts import tool_version
@@ -103,23 +103,11 @@ def _snapshots(cfg: Settings) -> list[Check]:
 
 
 def _handler(cfg: Settings) -> list[Check]:
-    """Is rewarm a runtime handler of the node's containerd, pointing at a rewarm-runc with its engine?"""
-    from runtime.node import install
-    try:
-        with open(install.CONTAINERD_CONFIG, encoding="utf-8") as f:
-            text = f.read()
-    except OSError:
-        return [("WARN", "containerd handler", f"{install.CONTAINERD_CONFIG} not readable: run `rewarm install`")]
-    import tomlkit
-    plugins = tomlkit.parse(text).unwrap().get("plugins", {})
-    runtimes: dict[str, Any] = next((plugins[p]["containerd"].get("runtimes", {}) for p in install.CRI_PLUGIN.values()
-                     if "containerd" in plugins.get(p, {})), {})
-    binary = (runtimes.get(install.HANDLER) or {}).get("options", {}).get("BinaryName")
-    if not binary:
-        return [("WARN", "containerd handler", "no runtime `rewarm` in containerd's config: run `rewarm install`")]
-    engine = os.path.join(os.path.dirname(binary), "rewarm-runc-engine")
-    ok = os.access(binary, os.X_OK) and os.access(engine, os.X_OK)
-    return [("OK" if ok else "FAIL", "containerd handler", f"rewarm -> {binary}" + ("" if ok else f" (or {engine}) missing"))]
+    """Is rewarm a runtime handler of the node's containerd (plain, k3s, RKE2, k0s) in the config
+    containerd really loads, pointing at a rewarm-runc with its engine, chained to the runtime of the
+    default handler? (handler_check: judged on `containerd config dump`.)"""
+    from runtime.node import handler_check
+    return handler_check.node_checks(cfg.runtime)
 
 
 def _gpu(cfg: Settings) -> list[Check]:

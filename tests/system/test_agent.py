@@ -117,7 +117,8 @@ def test_the_agent_posts_restores_cold_starts_and_captures_as_events_on_their_po
     agent.following()
     assert api.patched == [("/api/v1/nodes/gpu-1", {"metadata": {"labels": {"rewarm.dev/runtime": "ready"}}})]
     agent.event("vllm-0", stages={"criu": 1.2, "cuda_restore": 0.9, "resume": 0.4}, seconds=2.61)
-    agent.event("vllm-1", EventKind.COLD_START, reason="snapshot agent-a/llama does not fit this container: image")
+    agent.event("vllm-1", EventKind.COLD_START, code="not_fitting",
+                reason="snapshot agent-a/llama does not fit this container: image")
     agent.event("sg-0", EventKind.CAPTURED, bytes=3 << 30)
     with config_named(agent.config):
         logs.event(agent.event_log, EventKind.WARMED, namespace="agent-a", snapshot="llama")   # not a pod's news
@@ -135,7 +136,7 @@ def test_the_agent_posts_restores_cold_starts_and_captures_as_events_on_their_po
     assert any("3.00 GiB" in body["message"] for _, body in api.posted)
     scraped = agent.get("/metrics")[1]
     assert 'rewarm_restores_total{namespace="agent-a",snapshot="llama"} 1.0' in scraped
-    assert 'rewarm_cold_starts_total{namespace="agent-a",reason="incompatible",snapshot="llama"} 1.0' in scraped
+    assert 'rewarm_cold_starts_total{code="not_fitting",namespace="agent-a",snapshot="llama"} 1.0' in scraped
     assert agent.get("/readyz") == (200, "ready: 4 Events posted\n")
 
 

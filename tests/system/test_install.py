@@ -1,5 +1,6 @@
 """`rewarm install` edits engine configs: exact, idempotent, comment-preserving, refuses what it cannot do.
-(That containerd loads the result and lists the handler is in test_cri.py.)"""
+(That containerd loads the result and lists the handler is in test_cri.py; the layouts nodes really
+have, judged by `containerd config dump`, in test_install_configs.py.)"""
 from __future__ import annotations
 
 import difflib
@@ -15,6 +16,7 @@ from runtime.lab import containerd_lab
 from runtime.node import install
 
 DEFAULT = subprocess.run(["containerd", "config", "default"], capture_output=True, text=True, check=True).stdout
+CONTAINERD_2 = os.path.join(containerd_lab.CONTAINERD_2_BIN, "containerd")
 
 
 def cri_runtimes(text: str, plugin: str = "io.containerd.grpc.v1.cri") -> dict:
@@ -101,20 +103,19 @@ def test_broken_toml_is_reported_not_overwritten(tmp_path):
 def test_uninstall_puts_the_nodes_own_config_back_byte_for_byte_even_after_an_upgrade(tmp_path):
     """Install, install again with a new binary (an upgrade), uninstall: containerd's default config
     comes back as it was, and the kept copy goes. Each containerd's own default, 1.6's and 2.x's."""
-    sid = os.path.join(containerd_lab.CONTAINERD_2_BIN, "containerd")
-    for name, binary in (("1.6", "containerd"), ("2.x", sid)):
+    for name, binary in (("1.6", "containerd"), ("2.x", CONTAINERD_2)):
         original = subprocess.run([binary, "config", "default"], capture_output=True, text=True, check=True).stdout
         path = tmp_path / f"{name}.toml"
         path.write_text(original)
+        which = ("--runtime", "containerd", "--config", str(path), "--containerd", binary)
         for rewarm_runc in ("/x/1.0/rewarm-runc", "/x/1.1/rewarm-runc"):
-            assert rewarm_cli("install", "--runtime", "containerd", "--config", str(path),
-                              "--binary", rewarm_runc).returncode == 0
+            assert rewarm_cli("install", *which, "--binary", rewarm_runc).returncode == 0
         assert "rewarm" in path.read_text()
-        out = rewarm_cli("uninstall", "--runtime", "containerd", "--config", str(path))
+        out = rewarm_cli("uninstall", *which)
         assert out.returncode == 0 and "restart containerd" in out.stdout, out.stderr
         assert path.read_bytes() == original.encode(), name
         assert not os.path.exists(str(path) + install.BACKUP_SUFFIX)
-        again = rewarm_cli("uninstall", "--runtime", "containerd", "--config", str(path))
+        again = rewarm_cli("uninstall", *which)
         assert again.returncode == 0 and "nothing of rewarm's there" in again.stdout
 
 
@@ -175,15 +176,16 @@ def test_under_nvidias_default_handler_rewarm_runc_chains_to_nvidia_container_ru
     path, rewarm_config = tmp_path / "config.toml", tmp_path / "rewarm.json"
     path.write_text(layout)
     rewarm_config.write_text(json.dumps({"allowed_registries": ["reg.example.com"]}))
+    containerd = CONTAINERD_2 if layout is NVIDIA_V3 else "containerd"
     out = rewarm_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/rewarm-runc",
-                     "--rewarm-config", str(rewarm_config))
+                     "--rewarm-config", str(rewarm_config), "--containerd", containerd)
     assert out.returncode == 0, out.stderr
     handler = cri_runtimes(path.read_text(), plugin)["rewarm"]
     assert handler["options"]["BinaryName"] == "/x/rewarm-runc"
     assert handler["options"].get("SystemdCgroup") == (True if layout is NVIDIA_V2 else None)   # nvidia's options
     assert json.loads(rewarm_config.read_text()) == {"allowed_registries": ["reg.example.com"], "runtime": binary}
     again = rewarm_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/rewarm-runc",
-                       "--rewarm-config", str(rewarm_config))
+                       "--rewarm-config", str(rewarm_config), "--containerd", containerd)
     assert again.stdout.count("already installed") == 2                  # idempotent, both files
 
 
@@ -194,5 +196,6 @@ def test_with_cdi_on_runc_there_is_nothing_to_chain(tmp_path):
     path.write_text(CDI)
     out = rewarm_cli("install", "--runtime", "containerd", "--config", str(path), "--binary", "/x/rewarm-runc",
                      "--rewarm-config", str(rewarm_config))
-    assert out.returncode == 0 and not rewarm_config.exists()
-    assert "enable_cdi = true" in path.read_text() and install.chained_runtime(path.read_text()) is None
+    assert out.returncode == 0 and not rewarm_config.exists()       # rewarm-runc runs its default: runc
+    assert "enable_cdi = true" in path.read_text()
+    assert cri_runtimes(path.read_text())["rewarm"]["options"]["BinaryName"] == "/x/rewarm-runc"

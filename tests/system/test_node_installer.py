@@ -4,27 +4,29 @@ the DaemonSet runs it (privileged, the host's PID namespace, a node's / at /host
 does not support with one clear line and exits non-zero (so the pod fails, never Ready), and installs
 a node (a throwaway one on this machine: throwaway_node.py) whose containerd, 1.6 and 2.x, then
 captures and restores a pod through CRI; uninstall gives the node its config back byte for byte.
-The API server is a stand-in (api_server_stand_in.py); the agent reaches it over HTTPS with the
-pod's ServiceAccount files, as in a cluster."""
+One node's userland is Debian 11's (glibc 2.31, no python3): the bundle brings its own interpreter,
+C library and shell, and runs there as on this machine's. A failed install takes the node's ready
+label off before the pod fails. The API server is a stand-in (api_server_stand_in.py); the agent
+reaches it over HTTPS with the pod's ServiceAccount files, as in a cluster."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
+import tomlkit
 
 from api_server_stand_in import StandInApiServer
 from runtime.adapters import logs, store
 from runtime.lab.containerd_lab import CONTAINERD_2_BIN
 from runtime.lab.registry_lab import make_tls
 from runtime.lab.runc_lab import CHECKOUT, WORKER_DIR
-from throwaway_node import ThrowawayNode, digest
+from throwaway_node import ThrowawayNode, debian11_userland, digest
 
-IMAGE = "localhost/rewarm/node-installer:test"
+IMAGE = f"localhost/rewarm/node-installer:test-{os.getpid()}"   # this run's own: another run removes its image
 PODMAN = ["podman", "--runtime", "runc"]
 # This machine refuses to raise resource limits (no CAP_SYS_RESOURCE); Podman sets them unless told lower.
 LIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
@@ -34,9 +36,8 @@ LIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 def image(tmp_path_factory):
     context = tmp_path_factory.mktemp("installer")
     bundle = context / ".installer-bundle"
-    py = "%d.%d" % sys.version_info[:2]
-    out = subprocess.run(["bash", os.path.join(CHECKOUT, "packaging/offline/make-bundle.sh"), str(bundle), py],
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(["bash", os.path.join(CHECKOUT, "packaging/offline/make-bundle.sh"), str(bundle)],
+                         capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     shutil.copy(os.path.join(CHECKOUT, "packaging/kubernetes/Containerfile"), context / "Containerfile")
     built = subprocess.run([*PODMAN, "build", "-q", "-f", str(context / "Containerfile"), "-t", IMAGE, str(context)],
@@ -56,11 +57,13 @@ def installer(host_root: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_image_is_the_bundle_alone(image):
     files = subprocess.run([*PODMAN, "run", "--rm", *LIMITS, "--entrypoint", "/payload/bin/busybox", IMAGE, "find", "/",
-                            "-xdev", "-type", "f"], capture_output=True, text=True, timeout=120).stdout.split()
+                            "-xdev", "-type", "f"], capture_output=True, text=True, timeout=120).stdout.splitlines()
     outside = [f for f in files if not f.startswith(("/payload/", "/etc/hosts", "/etc/resolv.conf", "/etc/hostname",
                                                      "/run/"))]
     assert outside == [] and "/payload/node-install.sh" in files and "/payload/bin/criu" in files
-    assert any(f.startswith("/payload/wheels/rewarm-") for f in files)
+    # its own interpreter with rewarm installed for it, its own C library and loader, its own shell
+    assert {"/payload/bin/python3", "/payload/lib/python3/dist-packages/runtime/cli/main.py", "/payload/lib/libc.so.6",
+            "/payload/lib/ld-linux-x86-64.so.2", "/payload/bin/busybox"} <= set(files)
 
 
 @pytest.mark.parametrize("layout, line", [
@@ -83,6 +86,7 @@ def test_an_unsupported_node_is_refused_with_one_line_and_the_pod_fails(image, t
 WORKER_IMAGE = "localhost/rewarm/warm-worker:installed-node"
 COMMAND = ["/usr/bin/python3", "/app/worker.py"]
 ANNOTATIONS = {"rewarm.dev/snapshot": "installed", "rewarm.dev/capture": "on-ready"}
+HANDLER_LINE = 'BinaryName = "/opt/rewarm/bin/rewarm-runc"'   # the handler rewarm adds to containerd's config
 
 
 def wait_for(what: str, predicate, timeout: float = 120, logs_of: str = ""):  # type: ignore[no-untyped-def]
@@ -110,11 +114,13 @@ class InstallerPod:
         self.node, self.api, self.secrets, self.configmap = node, api, secrets, configmap
         self.name = f"rewarm-installer-{os.getpid()}"
 
-    def run(self, **env: str) -> str:
+    def run(self, validations: str = "", **env: str) -> str:
+        """`validations`: the host's /run/nvidia/validations, where NVIDIA's GPU Operator runs."""
         self.remove()
         volumes = [f"{self.node.merged[d]}:/host/{d}" for d in ("etc", "opt", "usr")] + [
             "/proc:/host/proc", f"{self.node.lab.state}:/host/run/containerd", f"{self.configmap}:/config:ro",
-            f"{self.secrets}:/var/run/secrets/kubernetes.io/serviceaccount:ro"]
+            f"{self.secrets}:/var/run/secrets/kubernetes.io/serviceaccount:ro"] + (
+            [f"{validations}:/host/run/nvidia/validations"] if validations else [])
         environment = {"HOST_PID": str(self.node.pid), "NODE_NAME": "node-a",
                        "RUNTIME_RESTART": self.node.restart_script, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                        "KUBERNETES_SERVICE_PORT": str(self.api.port), **env}
@@ -128,13 +134,65 @@ class InstallerPod:
     def remove(self) -> None:
         subprocess.run([*PODMAN, "rm", "-f", "-t", "5", self.name], capture_output=True, timeout=120)
 
+    def exit_code(self) -> int | None:
+        """None while it runs."""
+        out = subprocess.run([*PODMAN, "inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", self.name],
+                             capture_output=True, text=True, check=True).stdout.split()
+        return None if out[0] == "true" else int(out[1])
 
-@pytest.fixture(params=[pytest.param(None, id="containerd-distro"), pytest.param(CONTAINERD_2_BIN, id="containerd-2")])
+
+NVIDIA_RUNTIME = "/usr/local/nvidia/toolkit/nvidia-container-runtime"   # where the GPU Operator's toolkit puts it
+CRI = "io.containerd.grpc.v1.cri"
+
+
+def nvidia_toolkit(node: ThrowawayNode) -> None:
+    """The node as NVIDIA's GPU Operator leaves it under containerd 1.x: config.toml imports
+    conf.d/*.toml, whose 99-nvidia.toml holds the whole CRI table (containerd 1.x keeps the last one)
+    with `nvidia` the default handler. Its nvidia-container-runtime is a stand-in that records each
+    call and then runs runc, as the real one does once it has given the container its GPUs."""
+    etc = os.path.join(node.merged["etc"], "containerd")
+    with open(os.path.join(etc, "config.toml")) as f:
+        text = f.read()
+    cri = tomlkit.parse(text)["plugins"][CRI]
+    nvidia = cri["containerd"]["runtimes"]["runc"].unwrap()
+    nvidia["options"]["BinaryName"] = NVIDIA_RUNTIME
+    cri["containerd"]["runtimes"]["nvidia"] = nvidia
+    cri["containerd"]["default_runtime_name"] = "nvidia"
+    dropin = tomlkit.document()
+    dropin.add("version", 2)
+    dropin.add("plugins", tomlkit.table(is_super_table=True))
+    dropin["plugins"].add(CRI, cri)
+    os.makedirs(os.path.join(etc, "conf.d"))
+    with open(os.path.join(etc, "conf.d", "99-nvidia.toml"), "w") as f:
+        f.write(tomlkit.dumps(dropin))
+    config = tomlkit.parse(text)
+    config["imports"] = ["/etc/containerd/conf.d/*.toml"]
+    with open(os.path.join(etc, "config.toml"), "w") as f:
+        f.write(tomlkit.dumps(config))
+    stand_in = os.path.join(node.merged["usr"], os.path.relpath(NVIDIA_RUNTIME, "/usr"))
+    os.makedirs(os.path.dirname(stand_in))
+    with open(stand_in, "w") as f:
+        f.write(f"#!/bin/sh\n# nvidia-container-runtime's stand-in: the call recorded, then runc\n"
+                f"echo \"$*\" >> {nvidia_calls(node)}\nexec runc \"$@\"\n")
+    os.chmod(stand_in, 0o755)
+
+
+def nvidia_calls(node: ThrowawayNode) -> str:
+    return os.path.join(node.top, "nvidia-container-runtime.calls")
+
+
+# Each node: its containerd (None: the distribution's), its userland, what else it has.
+NODES = {"containerd-distro": (None, "/", None), "containerd-2": (CONTAINERD_2_BIN, "/", None),
+         "debian-11": (None, "debian11", None), "nvidia-dropin": (None, "/", nvidia_toolkit)}
+
+
+@pytest.fixture(params=list(NODES))
 def installed_node(request, image, tmp_path):
+    bin_dir, userland, prepare = NODES[request.param]
     top = tmp_path / "node"
     top.mkdir()
     os.chmod(tmp_path, 0o755)
-    node = ThrowawayNode(str(top), request.param)
+    node = ThrowawayNode(str(top), bin_dir, debian11_userland() if userland == "debian11" else userland, prepare)
     api = None
     try:
         node.start()
@@ -153,7 +211,7 @@ def installed_node(request, image, tmp_path):
                                                            "event_log": str(state / "events.jsonl"),
                                                            "metrics_file": ""}))
         yield {"node": node, "api": api, "pod": InstallerPod(node, api, str(secrets), str(configmap)),
-               "store": str(state / "store"), "event_log": str(state / "events.jsonl")}
+               "store": str(state / "store"), "event_log": str(state / "events.jsonl"), "kind": request.param}
     finally:
         subprocess.run([*PODMAN, "rm", "-f", "-t", "5", f"rewarm-installer-{os.getpid()}"], capture_output=True)
         if api:
@@ -161,28 +219,70 @@ def installed_node(request, image, tmp_path):
         node.destroy()
 
 
+def containerd_files(node: ThrowawayNode) -> dict[str, str]:
+    """The node's containerd config files (config.toml, its drop-ins, kept copies) and their texts."""
+    top = os.path.join(node.merged["etc"], "containerd")
+    found = {}
+    for dirpath, _, names in os.walk(top):
+        for name in names:
+            with open(os.path.join(dirpath, name)) as f:
+                found[os.path.relpath(os.path.join(dirpath, name), top)] = f.read()
+    return found
+
+
+def only_rewarms(node: ThrowawayNode) -> None:
+    """What the node shows written: rewarm's own paths and containerd's config, nothing else."""
+    assert node.written("usr") == set()
+    assert {f for f in node.written("etc") if not f.startswith("containerd/")} == {
+        f for f in node.written("etc") if f.startswith("rewarm/")}
+    assert all(f.startswith("rewarm/") for f in node.written("opt"))
+    assert not any(f.startswith("rewarm/containerd-sid/") for f in node.written("opt"))
+
+
+def host_path(node: ThrowawayNode, path: str) -> str:
+    """A path of the node's /opt, /etc or /usr as this machine sees it (links followed on the node)."""
+    for _ in range(8):
+        top, rest = path.strip("/").split("/", 1)
+        seen = os.path.join(node.merged[top], rest)
+        if not os.path.islink(seen):
+            return seen
+        path = os.path.join(os.path.dirname(path), os.readlink(seen))
+    raise AssertionError(f"{path}: too many links")
+
+
 def test_the_installer_sets_up_a_node_whose_containerd_restores_a_pod_and_uninstall_gives_it_back(installed_node):
-    node, api, pod = installed_node["node"], installed_node["api"], installed_node["pod"]
-    binaries = {p: digest(p) for p in (shutil.which(node.lab.tool("containerd")) or "", shutil.which("runc") or "",
-                                       "/var/lib/dpkg/status")}
+    node, api, pod, kind = installed_node["node"], installed_node["api"], installed_node["pod"], installed_node["kind"]
+    runc = os.path.join(node.merged["usr"], "sbin", "runc")   # the node's own, which rewarm leaves alone
+    binaries = {p: digest(p) for p in (node.containerd_binary, runc, "/var/lib/dpkg/status")}
+    if kind == "debian-11":   # nothing of this userland could run rewarm's Python or binaries
+        assert not os.path.exists(os.path.join(node.merged["usr"], "bin", "python3"))
+        assert os.path.exists(os.path.join(node.merged["usr"], "lib/x86_64-linux-gnu/libc-2.31.so"))
+    as_it_was = containerd_files(node)
     first_containerd = node.containerd_pid()
 
-    name = pod.run()
-    wait_for("the node set up", lambda: "rewarm: node set up" in pod_log(name), timeout=300, logs_of=name)
-    assert wait_for("the node label", lambda: {"rewarm.dev/runtime": "ready"} in api.labels(), logs_of=name)
+    name = installed(pod, api)
     assert node.containerd_pid() != first_containerd                 # restarted: its config changed
-    config = node.config_text()
-    assert "rewarm" in config and "/opt/rewarm/bin/rewarm-runc" in config
+    assert any(HANDLER_LINE in text for text in containerd_files(node).values())
     # What the install changed on the node: rewarm's files and containerd's config, nothing else:
     # no package manager ran, no containerd or runc binary changed.
-    assert node.written("usr") == set()
-    assert node.written("etc") == {"containerd/config.toml", "containerd/config.toml.rewarm-backup"} | {
-        f for f in node.written("etc") if f.startswith("rewarm/")}
-    assert node.written("opt") and all(f.startswith("rewarm/") for f in node.written("opt"))
-    assert not any(f.startswith("rewarm/containerd-sid/") for f in node.written("opt"))
+    only_rewarms(node)
     assert {p: digest(p) for p in binaries} == binaries
+    # The front door as installed runs on the bundle's static busybox sh, runc and CRIU on its loader.
+    with open(host_path(node, "/opt/rewarm/bin/rewarm-runc")) as f:
+        shebang = f.readline().split()
+    assert shebang[0].startswith("#!/opt/rewarm/bundle-") and shebang[0].endswith("/bin/sh")
+    assert host_path(node, shebang[0][2:]).endswith("/bin/busybox")
+    with open(host_path(node, "/etc/rewarm/config.json")) as f:
+        rewarm_config = json.load(f)
+    # the real runtime: the default handler's (NVIDIA's, chained), else the bundle's runc
+    assert rewarm_config["runtime"] == (NVIDIA_RUNTIME if kind == "nvidia-dropin" else "/opt/rewarm/bin/runc")
+    for binary in ("runc", "criu"):
+        interpreter = subprocess.run(["patchelf", "--print-interpreter", host_path(node, f"/opt/rewarm/bin/{binary}")],
+                                     capture_output=True, text=True, check=True).stdout.strip()
+        assert interpreter.startswith("/opt/rewarm/bundle-") and interpreter.endswith("/lib/ld-linux-x86-64.so.2")
 
     # A pod through CRI: captured on ready, then a second one restored from it, with A's warm state.
+    # Through the bundle's runc (its `init` re-executes itself from a copy) and CRIU (`criu swrk`).
     node.lab.build_worker_image(WORKER_IMAGE, WORKER_DIR, [])
     a = node.lab.pod("inst-a", WORKER_IMAGE, COMMAND, annotations=ANNOTATIONS, env={"WARM_SECONDS": "2", "PORT": "8080"})
     try:
@@ -201,12 +301,66 @@ def test_the_installer_sets_up_a_node_whose_containerd_restores_a_pod_and_uninst
         assert "Captured" in api.reasons("inst-a")
     finally:
         b.delete()
+    if kind == "nvidia-dropin":   # every container, its checkpoint and its restore went through NVIDIA's runtime
+        with open(nvidia_calls(node)) as f:
+            verbs = {word for line in f for word in line.split()}
+        assert {"create", "start", "checkpoint", "restore", "delete"} <= verbs, verbs
 
-    # Uninstall: the handler out, the label off, containerd's config as it was, byte for byte.
+    # Uninstall: the handler out, the label off, containerd's config files as they were, byte for byte.
     pod.remove()
     before_uninstall = node.containerd_pid()
     name = pod.run(UNINSTALL="1")
     wait_for("the label off", lambda: {"rewarm.dev/runtime": None} in api.labels(), logs_of=name)
-    assert node.config_text() == node.original_config
+    assert containerd_files(node) == as_it_was
     assert node.containerd_pid() != before_uninstall
-    assert {p: digest(p) for p in binaries} == binaries and node.written("usr") == set()
+    assert {p: digest(p) for p in binaries} == binaries
+    only_rewarms(node)
+
+
+def installed(pod: InstallerPod, api: StandInApiServer, **env: str) -> str:
+    name = pod.run(**env)
+    wait_for("the node set up", lambda: "rewarm: node set up" in pod_log(name), timeout=300, logs_of=name)
+    wait_for("the node label", lambda: {"rewarm.dev/runtime": "ready"} in api.labels(), logs_of=name)
+    return name
+
+
+def failed(pod: InstallerPod, name: str) -> str:
+    """The installer pod's last line, once it ended with 1."""
+    wait_for("the installer pod to end", lambda: pod.exit_code() is not None, timeout=300)
+    assert pod.exit_code() == 1, pod_log(name)
+    return pod_log(name).strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("installed_node", ["debian-11"], indirect=True)
+def test_a_failed_install_takes_the_ready_label_off_before_the_pod_fails(installed_node):
+    """A node set up and labelled ready; a later start of the installer fails (here `rewarm doctor`:
+    the snapshot store is readable by others): the label comes off before the pod fails, so that no
+    rewarm pod is scheduled to a node whose rewarm is not known to work."""
+    api, pod = installed_node["api"], installed_node["pod"]
+    installed(pod, api)
+    pod.remove()
+    os.makedirs(installed_node["store"])
+    os.chmod(installed_node["store"], 0o755)
+    name = pod.run()
+    assert failed(pod, name) == "rewarm node-install: rewarm doctor found a failing check (above)"
+    assert api.labels() == [{"rewarm.dev/runtime": "ready"}, {"rewarm.dev/runtime": None}]
+
+
+@pytest.mark.parametrize("installed_node", ["containerd-distro"], indirect=True)
+def test_the_installer_waits_for_the_gpu_operators_toolkit_before_it_reads_the_runtime_config(installed_node, tmp_path):
+    """Where NVIDIA's GPU Operator runs (its validator's /run/nvidia/validations), its container
+    toolkit rewrites the runtime's config, then writes toolkit-ready: rewarm waits for that, a bounded
+    time, and then installs."""
+    node, api, pod = installed_node["node"], installed_node["api"], installed_node["pod"]
+    validations = tmp_path / "validations"
+    validations.mkdir()
+    name = pod.run(validations=str(validations), GPU_OPERATOR_WAIT_S="1")
+    assert failed(pod, name).startswith("rewarm node-install: the GPU Operator's container toolkit was not ready after 1s")
+    assert node.config_text() == node.original_config and api.labels() == []
+
+    name = pod.run(validations=str(validations))
+    wait_for("the wait", lambda: "waiting for NVIDIA's container toolkit" in pod_log(name), logs_of=name)
+    assert node.config_text() == node.original_config                # nothing read or written meanwhile
+    (validations / "toolkit-ready").write_text("")
+    wait_for("the node set up", lambda: "rewarm: node set up" in pod_log(name), timeout=300, logs_of=name)
+    assert "/opt/rewarm/bin/rewarm-runc" in node.config_text()

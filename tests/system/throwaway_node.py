@@ -1,9 +1,10 @@
 """A node of its own on this machine, for the node installer to install: a mount namespace in which
-/etc, /opt and /usr are overlays of this machine's, so that whatever is written there lands in upper
-directories this test reads and removes (this machine's files are never written), and a containerd
-of its own (the lab's root, state, socket and CNI network) that reads the node's
-/etc/containerd/config.toml, serves on the node's /run/containerd/containerd.sock and is restarted by
-a script, as systemd would restart it. Its python3 has no pip, as on many nodes."""
+/etc, /opt and /usr are overlays (of this machine's, or of another userland's: debian11_userland()),
+so that whatever is written there lands in upper directories this test reads and removes (the lower
+files are never written), and a containerd of its own (the lab's root, state, socket and CNI
+network) that reads the node's /etc/containerd/config.toml, serves on the node's
+/run/containerd/containerd.sock and is restarted by a script, as systemd would restart it. On this
+machine's userland its python3 has no pip, as on many nodes; Debian 11's has no python3 at all."""
 from __future__ import annotations
 
 import contextlib
@@ -13,12 +14,50 @@ import shutil
 import signal
 import subprocess
 import time
+from typing import Callable
 
 from runtime.adapters import mounts
 from runtime.lab.containerd_lab import Lab
 
-OVERLAID = ("etc", "opt", "usr")
+OVERLAID = ("etc", "opt", "usr")   # with this machine's merged /usr, /bin and /lib are /usr's too
 PIP = "lib/python3/dist-packages/pip"   # under /usr
+# A Debian 11 userland (glibc 2.31, no python3), made here once by debootstrap from Debian's archive
+# (`DEBIAN11_RECIPE` names what it holds: a changed recipe makes it again). Its runc and CNI plugins are
+# Debian 11's; its containerd is 1.6 (Debian 11's own is 1.4): this machine's build, put under
+# /usr/local as a vendor's tarball puts it, beside the C library it was built against, which it
+# alone uses (its loader and libc in /usr/local/lib/containerd, named by its ELF headers; the node's
+# ld.so.cache does not know that folder).
+DEBIAN11 = "/var/lib/rewarm-lab/debian11-userland"
+DEBIAN11_RECIPE = "bullseye minbase merged-usr runc containernetworking-plugins hosts containerd-1.6-v1\n"
+CONTAINERD_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr")
+
+
+def debian11_userland() -> str:
+    ready = os.path.join(DEBIAN11, ".recipe")
+    with contextlib.suppress(FileNotFoundError), open(ready) as f:
+        if f.read() == DEBIAN11_RECIPE:
+            return DEBIAN11
+    work = DEBIAN11 + ".new"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(DEBIAN11, ignore_errors=True)
+    subprocess.run(["debootstrap", "--variant=minbase", "--merged-usr", "--include=runc,containernetworking-plugins",
+                    "bullseye", work, "http://deb.debian.org/debian"], check=True, capture_output=True, timeout=900)
+    shutil.rmtree(os.path.join(work, "var/cache/apt/archives"), ignore_errors=True)
+    with open(os.path.join(work, "etc/hosts"), "w") as f:   # the installer writes it on a real node
+        f.write("127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n")
+    libs = os.path.join(work, "usr/local/lib/containerd")
+    os.makedirs(libs)
+    for lib in ("/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc.so.6"):
+        shutil.copy(lib, libs)
+    for tool in CONTAINERD_TOOLS:
+        target = os.path.join(work, "usr/local/bin", tool)
+        shutil.copy(shutil.which(tool) or tool, target)
+        subprocess.run(["patchelf", "--set-interpreter", "/usr/local/lib/containerd/ld-linux-x86-64.so.2",
+                        "--set-rpath", "/usr/local/lib/containerd", target], check=True)
+    with open(os.path.join(work, ".recipe"), "w") as f:
+        f.write(DEBIAN11_RECIPE)
+    os.rename(work, DEBIAN11)
+    return DEBIAN11
 
 
 def digest(path: str) -> str:
@@ -27,9 +66,16 @@ def digest(path: str) -> str:
 
 
 class ThrowawayNode:
-    def __init__(self, top: str, bin_dir: str | None):
+    def __init__(self, top: str, bin_dir: str | None, userland: str = "/",
+                 prepare: Callable[["ThrowawayNode"], None] | None = None):
+        """`bin_dir`: this machine's containerd to run (default: the one on PATH); `userland`: the
+        root whose /etc, /opt and /usr the node has (one with a containerd of its own under
+        /usr/local/bin, as debian11_userland()'s, runs that one); `prepare`: what else the node has
+        before containerd first starts (NVIDIA's toolkit's files, say), written into `merged`."""
         self.top = top
-        self.lab = Lab("node-installer", bin_dir=bin_dir)
+        self.lab = Lab(f"node-installer-{os.getpid()}", bin_dir=bin_dir)   # its own: runs beside this one
+        self.userland = userland
+        self.prepare = prepare
         self.merged = {d: os.path.join(top, "merged", d) for d in OVERLAID}
         self.upper = {d: os.path.join(top, "upper", d) for d in OVERLAID}
         self.pid_file = os.path.join(top, "containerd.pid")
@@ -43,17 +89,18 @@ class ThrowawayNode:
     def start(self) -> "ThrowawayNode":
         self.lab.destroy()
         self.lab.write_config("", with_rewarm=False)      # the node's own config: no rewarm in it
-        with open(self.lab.config) as f:
-            self.original_config = f.read()
         for d in OVERLAID:
             work = os.path.join(self.top, "work", d)
             for path in (self.merged[d], self.upper[d], work):
                 os.makedirs(path, exist_ok=True)
             subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                            f"lowerdir=/{d},upperdir={self.upper[d]},workdir={work}", self.merged[d]], check=True)
+                            f"lowerdir={os.path.join(self.userland, d)},upperdir={self.upper[d]},workdir={work}",
+                            self.merged[d]], check=True)
         os.makedirs(os.path.join(self.merged["etc"], "containerd"), exist_ok=True)
-        with open(os.path.join(self.merged["etc"], "containerd", "config.toml"), "w") as f:
-            f.write(self.original_config)
+        shutil.copy(self.lab.config, os.path.join(self.merged["etc"], "containerd", "config.toml"))
+        if self.prepare:
+            self.prepare(self)
+        self.original_config = self.config_text()
         if os.path.isdir(os.path.join(self.merged["usr"], PIP)):   # the node's python3 without pip
             shutil.rmtree(os.path.join(self.merged["usr"], PIP))      # (a whiteout in the upper dir)
         self.baseline = {d: self.upper_files(d) for d in OVERLAID}
@@ -77,7 +124,7 @@ class ThrowawayNode:
     def write_scripts(self) -> None:
         """The node's service manager for containerd (what systemd is on a node: it runs the daemon
         outside any pod and restarts it when asked), and the `systemctl restart containerd` that asks."""
-        path = "/usr/sbin:/usr/bin:/sbin:/bin"
+        path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"   # systemd's
         if self.lab.bin_dir:
             path = f"{self.lab.bin_dir}:{path}"
         ctr, ask, told = self.lab.tool("ctr"), os.path.join(self.top, "restart.fifo"), os.path.join(self.top, "done.fifo")
@@ -139,6 +186,14 @@ read answer < {told}
     def config_text(self) -> str:
         with open(os.path.join(self.merged["etc"], "containerd", "config.toml")) as f:
             return f.read()
+
+    @property
+    def containerd_binary(self) -> str:
+        """The containerd this node runs, as this machine sees it."""
+        own = os.path.join(self.merged["usr"], "local/bin/containerd")
+        if self.userland != "/" and os.path.exists(own):
+            return own
+        return shutil.which(self.lab.tool("containerd")) or ""
 
     def containerd_pid(self) -> int:
         with open(self.pid_file) as f:

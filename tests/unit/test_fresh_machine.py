@@ -28,6 +28,7 @@ MADE_BY = {
     "/var/run/netns/": ("runtime/lab/bundles.py", '"ip", "netns", "add"'),
     "/run/containerd": ("tests/system/throwaway_node.py", 'os.makedirs("/run/containerd")'),   # made, then removed
     "/var/lib/dpkg/status": ("packaging/setup.sh", "apt-get"),   # dpkg's own: checked unchanged, never written
+    "/var/lib/rewarm-lab/debian11-userland": ("tests/system/throwaway_node.py", '"debootstrap"'),   # a node's root
 }
 # Paths inside containers, images or hostile test data: never read on the host.
 INSIDE = {
@@ -40,6 +41,10 @@ INSIDE = {
     "/etc/cron.d/evil", "/etc/hostname", "/etc/x", "/srv/a", "/srv/b", "/srv/c",   # hostile or made-up paths
     "/etc/rewarm/node.json", "/usr/local/bin/rewarm-runc",               # strings in configs under test
     "/opt/rewarm/bin/rewarm-runc",                                       # on the throwaway node, in its config
+    "/opt/rewarm/bin/", "/opt/rewarm/bin/criu", "/opt/rewarm/bin/runc", "/opt/rewarm/bundle-",
+    "/etc/rewarm/config.json", "/etc/containerd/conf.d/*.toml",          # on the throwaway node (its overlays)
+    "/usr/local/lib/containerd", "/usr/local/lib/containerd/ld-linux-x86-64.so.2",   # in its Debian 11 userland
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",     # its service manager's PATH
     "/usr/local/nvidia/toolkit/nvidia-container-runtime",
     "/root/.cache/huggingface/hub", "/root/.cache/huggingface/hub/models--org--m/snapshots",
     "/root/.cache/huggingface/hub/models--org--m/snapshots/abc/",        # a container's hub cache

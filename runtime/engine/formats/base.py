@@ -10,7 +10,7 @@ from runtime.adapters import store
 from runtime.adapters.progress import Progress
 from runtime.adapters.registry import native, ocicrypt
 from runtime.adapters.registry.client import Client
-from runtime.model.errors import RegistryError
+from runtime.model.errors import PullRefused
 from runtime.model.manifest import Manifest
 from runtime.model.settings import Settings
 
@@ -73,12 +73,12 @@ def check_room(t: Transfer, staging: str, declared: int) -> None:
     a hostile registry could claim any size. What a resumed pull has already is counted as there."""
     limit, ref, gib = t.settings.pull_max_bytes, t.client.ref, declared / 2**30
     if limit and declared > limit:
-        raise RegistryError(f"{ref}: the snapshot is {gib:.2f} GiB, more than pull_max_bytes ({limit / 2**30:.2f} GiB)")
+        raise PullRefused(f"{ref}: the snapshot is {gib:.2f} GiB, more than pull_max_bytes ({limit / 2**30:.2f} GiB)")
     have = sum(os.lstat(os.path.join(d, f)).st_blocks * 512 for d, _, fs in os.walk(staging) for f in fs)
     fs = os.statvfs(staging)
     free = fs.f_bavail * fs.f_frsize
     if declared - have > free - PULL_SPARE:
-        raise RegistryError(f"{ref}: the snapshot is {gib:.2f} GiB and the store's disk has "
+        raise PullRefused(f"{ref}: the snapshot is {gib:.2f} GiB and the store's disk has "
                             f"{free / 2**30:.2f} GiB free ({PULL_SPARE >> 30} GiB is kept free)")
 
 
@@ -87,7 +87,7 @@ def refuse_foreign(t: Transfer, manifest: Manifest, namespace: str) -> None:
     credentials must not carry one team's memory to another's pods."""
     why = manifest.unreadable_from((namespace, *t.settings.shared_namespaces))
     if why:
-        raise RegistryError(f"{t.client.ref} is not pulled into namespace {namespace}: {why}")
+        raise PullRefused(f"{t.client.ref} is not pulled into namespace {namespace}: {why}")
 
 
 def decryption_keys(t: Transfer, oci_manifest: Mapping[str, Any]) -> list[ocicrypt.Key]:
