@@ -320,9 +320,10 @@ def run(settings: Settings, request: Request) -> store.Entry:
     entry = c.entry
     assert entry is not None
     left_out = {"reload_files_left_out": c.reload_left_out[:20]} if c.reload_left_out else {}
+    advice = {"advice": c.hooks.advice} if c.hooks.advice else {}
     logs.event(settings.event_log, EventKind.CAPTURED, **where, entry=entry.ident,
                seconds=round(time.monotonic() - c.started, 3), bytes=entry.size(), stages=c.stages,
-               reload_bytes=sum(f.size for f in c.reload), **left_out)
+               reload_bytes=sum(f.size for f in c.reload), **left_out, **advice)
     if not leave_running:
         stop_source(c)
     warm.after(settings, "capture", entry)

@@ -214,8 +214,10 @@ def create(call: RuncCall) -> NoReturn:
     seconds = round(time.monotonic() - a.started, 3)
     logs.runtime_log(call, "info", f"restored {call.container_id} from snapshot {a.namespace}/{a.name} "
                                    f"({result.entry_ident}) in {seconds}s")
+    advice = a.request.hooks.advice if a.request else ""
     a.event(EventKind.RESTORED, entry=result.entry_ident, stages=result.stages,
-            **({"addresses_added": list(result.addresses_added)} if result.addresses_added else {}))
+            **({"addresses_added": list(result.addresses_added)} if result.addresses_added else {}),
+            **({"advice": advice} if advice else {}))
     if settings.pod_log_notice:
         logs.pod_notice(f"restored from snapshot {a.name} in {seconds}s")
     sys.exit(wait_forwarding(result.attached) if result.attached else 0)

@@ -65,6 +65,7 @@ class WorkerHooks:
     resume: tuple[HookCall, ...] = ()   # after a capture (the source) and after a restore
     ready_http: str | None = None       # readiness: HTTP 200 from this URL (else the ready file)
     reads_back: tuple[str, ...] = ()    # container paths the worker reads again on resume (its preset knows)
+    advice: str = ""                    # the preset's word on a faster restore (events and doctor show it)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def worker_hooks(annotations: Mapping[str, str], process: Mapping[str, Any]) -> 
         quiesce=quiesce if quiesce is not None else preset.quiesce if preset else (),
         resume=resume if resume is not None else preset.resume if preset else (),
         ready_http=ready_http or (preset.ready_http if preset else None),
-        reads_back=preset.reads_back if preset else ())
+        reads_back=preset.reads_back if preset else (),
+        advice=preset.advice if preset and resume is None else "")
 
 
 def parse(annotations: Mapping[str, str], process: Mapping[str, Any]) -> Request:

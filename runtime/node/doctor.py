@@ -10,6 +10,7 @@ from typing import Callable
 from runtime.adapters import settings_file
 from runtime.adapters.node_facts import tool_version
 from runtime.front.names import config_path
+from runtime.model import layout
 from runtime.model.resources import config_json
 from runtime.model.settings import Settings
 
@@ -99,7 +100,22 @@ def _snapshots(cfg: Settings) -> list[Check]:
                     f"{e.size() / 1e9:.2f} GB" + (f" + {reread / 1e9:.2f} GB its worker reads back" if reread else "")
                     + f", {100 * resident / max(size, 1):.0f}% in the page cache"
                     + ("" if resident >= size else " (`rewarm warm` reads it in)")))
+        advice = _advice_of(e.file(layout.SPEC_DUMP))
+        if advice:
+            out.append(("WARN", f"snapshot {e.namespace}/{e.name} speed", advice))
     return out
+
+
+def _advice_of(spec_dump: str) -> str:
+    """What the snapshot's engine preset says would restore it faster (read off its captured spec)."""
+    from runtime.adapters.files import read_json
+    from runtime.model import annotations as ann, oci_spec
+    from runtime.model.errors import InvalidInput
+    try:
+        spec = oci_spec.parsed(read_json(spec_dump))
+        return ann.worker_hooks(oci_spec.annotations_of(spec), oci_spec.process(spec)).advice
+    except (OSError, ValueError, InvalidInput):
+        return ""
 
 
 def _handler(cfg: Settings) -> list[Check]:

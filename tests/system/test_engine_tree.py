@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from helpers import config_named, events, spec_of, stray_processes
+from helpers import config_named, events, rewarm_cli, spec_of, stray_processes
 from runtime.adapters import settings_file
 from runtime.engine import capture
 from runtime.lab.private_node import write_config
@@ -120,6 +120,9 @@ def test_sleep_level_2_reads_the_weights_back_from_the_model_the_command_line_na
     assert restored["boot_id"] == before["boot_id"] and restored["tokens"] == before["tokens"]
     assert restored["calls"] == ["POST /sleep?level=2", "POST /wake_up?tags=weights", "POST /collective_rpc",
                                  "POST /wake_up?tags=kv_cache"]
+    assert "--load-format instanttensor" in events(node, "captured")[-1]["advice"]   # vLLM's default loader
+    speed = [c for c in json.loads(rewarm_cli("doctor", "--json").stdout) if c["check"] == "snapshot default/engine2 speed"]
+    assert speed and speed[0]["status"] == "WARN" and "INSTANTTENSOR_BACKEND=MMAP" in speed[0]["detail"]
     stages = events(node, "restored")[-1]["stages"]   # each call of the wake-up timed alone
     assert {"resume /wake_up?tags=weights", "resume /collective_rpc", "resume /wake_up?tags=kv_cache"} <= set(stages)
     assert sum(v for k, v in stages.items() if k.startswith("resume /")) <= stages["resume"]
