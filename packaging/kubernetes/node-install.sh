@@ -11,8 +11,8 @@
 # pod's credentials. On the host it runs only the bundle's programs (its busybox for a shell, its
 # python3 for rewarm), never the node's sh, bash or python3, and the runtime's restart command.
 #   UNINSTALL=1: the handler out again, the label off, then it waits.
-#   RUNTIME_RESTART: how this node restarts its runtime (default `systemctl restart containerd`
-#   or `crio`; a node whose runtime is no systemd unit of that name names its own), run on the host.
+#   RUNTIME_RESTART: how this node restarts its runtime (default: the command `rewarm install` prints,
+#   from the unit the node has: containerd, crio, k3s/k3s-agent, rke2-server/rke2-agent, k0sworker).
 #   GPU_OPERATOR_WAIT_S: how long to wait for NVIDIA's GPU Operator's container toolkit (default 600).
 set -eu
 HOST=${HOST_ROOT:-/host}
@@ -43,10 +43,19 @@ fail() {
 [ -r "$HOST/etc/os-release" ] || fail "no /etc/os-release on the node: unsupported"
 [ -e "$HOST/proc/sys/kernel/ns_last_pid" ] || fail "the kernel lacks checkpoint/restore (CONFIG_CHECKPOINT_RESTORE)"
 [ "$(uname -m)" = x86_64 ] || fail "the node is $(uname -m); the bundle is built for x86_64"
-if [ -S "$HOST/run/containerd/containerd.sock" ]; then runtime=containerd
+# k3s, RKE2 and k0s run a containerd of their own (checked first: a node may also run Docker's).
+if [ -S "$HOST/run/k3s/containerd/containerd.sock" ] && [ -d "$HOST/var/lib/rancher/rke2/agent/etc/containerd" ]; then runtime=rke2
+elif [ -S "$HOST/run/k3s/containerd/containerd.sock" ]; then runtime=k3s
+elif [ -S "$HOST/run/k0s/containerd.sock" ]; then runtime=k0s
+elif [ -S "$HOST/run/containerd/containerd.sock" ]; then runtime=containerd
 elif [ -S "$HOST/var/run/crio/crio.sock" ]; then runtime=crio
-else fail "neither containerd nor CRI-O runs on the node"; fi
-restart_runtime() { on_host sh -c "${RUNTIME_RESTART:-systemctl restart $runtime}" || fail "restarting $runtime failed"; }
+else fail "no containerd (plain, k3s, RKE2, k0s) nor CRI-O runs on the node"; fi
+# `rewarm install` and `uninstall` end with `restart NAME to (un)load it: CMD` when the runtime must
+# restart: CMD is the unit this node really has (k3s-agent, rke2-server, k0sworker, containerd, crio).
+restart_runtime() {
+  cmd=$(printf '%s\n' "$1" | sed -n 's/^restart [^ ]* to \(un\)\{0,1\}load it: //p')
+  on_host sh -c "${RUNTIME_RESTART:-${cmd:-systemctl restart $runtime}}" || fail "restarting $runtime failed"
+}
 
 # The bundle onto the host, once: its place is named by its contents.
 if [ ! -d "$HOST$RELEASE" ]; then
@@ -59,7 +68,7 @@ fi
 if [ "${UNINSTALL:-}" = 1 ]; then
   out=$(on_host $PREFIX/bin/rewarm uninstall --runtime $runtime) || fail "uninstall failed: $out"
   echo "$out"
-  case $out in *"restart $runtime"*) restart_runtime ;; esac
+  case $out in *"restart "*" to unload it"*) restart_runtime "$out" ;; esac
   anchor
   exec $HOSTNS $PREFIX/bin/rewarm agent --unlabel --credentials-root "$ANCHOR"
 fi
@@ -93,7 +102,7 @@ on_host env REWARM_NODE_CONFIG=$extra sh $RELEASE/install.sh $RELEASE || fail "i
 out=$(on_host $PREFIX/bin/rewarm install --runtime $runtime --binary $PREFIX/bin/rewarm-runc \
       --rewarm-config /etc/rewarm/config.json) || fail "rewarm install --runtime $runtime failed: $out"
 echo "$out"
-case $out in *"restart $runtime"*) restart_runtime ;; esac   # running pods keep running: shims outlive the daemon
+case $out in *"restart "*" to load it"*) restart_runtime "$out" ;; esac   # running pods keep running: shims outlive the daemon
 on_host $PREFIX/bin/rewarm doctor || fail "rewarm doctor found a failing check (above)"
 echo "rewarm: node set up"
 anchor

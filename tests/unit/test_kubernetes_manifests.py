@@ -49,7 +49,7 @@ def test_the_installer_changes_only_what_is_rewarms_and_fails_when_a_step_fails(
     for forbidden in ("apt", "pip download", "curl", "wget", "|| true", "grep -q", "[ ! -f"):
         assert forbidden not in code, forbidden
     assert "set -eu" in code and "rewarm install --runtime $runtime" in code
-    assert 'case $out in *"restart $runtime"*)' in code and "rewarm doctor || fail" in code
+    assert 'case $out in *"restart "*" to load it"*) restart_runtime' in code and "rewarm doctor || fail" in code
 
 
 def test_the_runtimeclass_schedules_only_onto_nodes_the_agent_labelled_and_the_agent_may_do_that():
