@@ -26,10 +26,11 @@ fi
 # images), Docker's engine and Debian's OCI registry (run through testcontainers by
 # runtime/lab/registry_lab.py, which starts a private dockerd), htpasswd and openssl (its login and TLS),
 # skopeo (it decrypts what rewarm encrypts), patchelf (make-bundle.sh points the bundle's binaries at
-# its own loader) and debootstrap (tests/system/throwaway_node.py makes a Debian 11 node's userland).
+# its own loader), debootstrap (tests/system/throwaway_node.py makes a Debian 11 node's userland) and
+# nginx (tests/system/test_vllm_proxy.py runs the vLLM example's proxy; its service is not left running).
 missing=""
 for tool in podman:podman dockerd:docker.io docker-registry:docker-registry htpasswd:apache2-utils openssl:openssl skopeo:skopeo \
-            patchelf:patchelf debootstrap:debootstrap; do
+            patchelf:patchelf debootstrap:debootstrap nginx:nginx-light; do
   command -v "${tool%%:*}" >/dev/null || missing="$missing ${tool#*:}"
 done
 if [ -n "$missing" ]; then
@@ -37,6 +38,7 @@ if [ -n "$missing" ]; then
   apt-get install -y -qq --no-install-recommends $missing >/dev/null \
     || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null; }
   echo "rewarm-setup: installed$missing"
+  case "$missing" in *nginx*) systemctl disable --now nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 || true;; esac
 fi
 # containerd 2.x for the tests (the CRI tests run against it and against the distribution's 1.6/1.7):
 # Debian sid's package unpacked into a private folder, without adding sid to apt's sources. Its

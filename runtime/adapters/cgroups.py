@@ -8,7 +8,6 @@ import os
 import signal
 import time
 from runtime.model.oci_spec import Spec
-from typing import Any, Mapping
 
 FREEZE_WAIT_S = 5.0
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 from runtime.adapters import node_facts
 from runtime.adapters.files import write_if_changed

@@ -9,7 +9,6 @@ container's spec mounts as tmpfs of its own is CRIU's to dump, and needs nothing
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
 
 from runtime.adapters import rootfs_diff
 from runtime.model.oci_spec import Spec, bind_mount_of

@@ -47,9 +47,23 @@ def runtime_log(call: RuncCall, level: str, msg: str) -> None:
         f.write(line + "\n")
 
 
+# What every event this process writes is about (see `about`).
+_subject: dict[str, str] = {}
+
+
+def about(**fields: str) -> None:
+    """Name the container and pod (container, namespace, pod, pod_uid) that every later event of
+    this process is about. The processes that work for one container (its create, the pull on a miss that create
+    forks, its on-ready watcher) write events deep in pull, push and capture, which do not know the
+    pod; the node agent posts an event as a Kubernetes Event only where it names a pod. An event's
+    own fields win over these."""
+    _subject.clear()
+    _subject.update(fields)
+
+
 def event(event_log: str, kind: EventKind, **fields: Any) -> None:
     """One JSON line per lifecycle event."""
-    record = {"time": _now(), "event": kind.value, **fields}
+    record = {"time": _now(), "event": kind.value, **_subject, **fields}
     try:
         append(event_log, encode(record), _max_bytes(event_log))
     except OSError as e:  # an unwritable event log must never stop a container

@@ -18,7 +18,6 @@ import json
 import os
 import posixpath
 import stat
-from typing import Any, Mapping
 
 from runtime.model.manifest import ReloadFile
 from runtime.model.oci_spec import Spec, bind_mount_of

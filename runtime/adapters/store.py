@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from runtime.adapters import files, verified
-from runtime.adapters.files import fsync_dir, fsync_tree, read_json, write_json
+from runtime.adapters.files import fsync_dir, fsync_tree, write_json
 from runtime.model import layout
 from runtime.model.errors import InvalidInput, SnapshotDamaged, StoreBusy, StoreError
 from runtime.model.fingerprint import Fingerprint, differences
@@ -359,9 +359,9 @@ def _flock_within(fd: int, mode: int, wait: float | None, what: str, suffix: str
 
 def _root_only(tree: str) -> None:
     """An entry's files 0600 and its dirs 0700, whatever wrote them: they hold process memory."""
-    for d, _, files in os.walk(tree):
+    for d, _, names in os.walk(tree):
         os.chmod(d, 0o700)
-        for f in files:
+        for f in names:
             path = os.path.join(d, f)
             if not os.path.islink(path):
                 os.chmod(path, 0o600)

@@ -51,6 +51,7 @@ class Workload:
     env: Mapping[str, str] = field(default_factory=dict)
     mounts: Sequence[tuple[str, str, bool]] = ()   # (host path, container path, read-only)
     container_name: str = "worker"
+    uid: str = ""                              # the pod's, as the API server gave it ("": a new one)
 
 
 def container_config(w: Workload, log_path: str = "") -> Any:
@@ -140,7 +141,8 @@ class Pod:
         self.log_dir = os.path.join(log_root, f"{workload.namespace}_{workload.name}_{os.urandom(4).hex()}")
         os.makedirs(self.log_dir, exist_ok=True)
         self.client = Client(address)
-        self.config = pod_config(workload.name, workload.namespace, dict(workload.annotations), self.log_dir)
+        self.config = pod_config(workload.name, workload.namespace, dict(workload.annotations), self.log_dir,
+                                 workload.uid or None)
         self.started = time.monotonic()
         self.pod_id = self.client.run_pod(self.config, handler)
         self.seconds = {"RunPodSandbox": time.monotonic() - self.started}   # what each CRI call took

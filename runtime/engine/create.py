@@ -186,10 +186,13 @@ def create(call: RuncCall) -> NoReturn:
     f = _spec_file(call)
     annotations = oci_spec.annotations_of(f.spec) if f else {}
     # Not rewarm's after all (the door saw rewarm.dev/ elsewhere in config.json, an env value, say),
-    # or a pod's sandbox, which pod annotations reach too: never restored.
-    if f is None or not any(k.startswith(ANNOTATION_PREFIX) for k in annotations) or ann.is_sandbox(annotations):
+    # a pod's sandbox, which pod annotations reach too, or another container of the pod than the one
+    # rewarm.dev/container names (a proxy beside the worker): never restored.
+    if f is None or not any(k.startswith(ANNOTATION_PREFIX) for k in annotations) or ann.is_sandbox(annotations) \
+            or not ann.is_for_this_container(annotations):
         os.execvp(settings.runtime, [settings.runtime, *call.argv])
     a = Attempt(call, settings, annotations)
+    logs.about(container=str(call.container_id), **ann.pod_fields(annotations))   # its pull's events name the pod too
     digest = ImageDigest(call)
     try:
         if config_error:
@@ -228,17 +231,21 @@ def _cold_start(a: Attempt, reason: str, code: ReasonCode) -> NoReturn:
     verdict = f"not started ({ann.FALLBACK}: fail)" if a.fail else "cold start"
     logs.runtime_log(a.call, "error" if a.fail else "warning",
                      f"{a.call.container_id}: snapshot {a.namespace}/{a.name} not restored, {verdict}: {reason}")
-    a.event(EventKind.RESTORE_REFUSED if a.fail else EventKind.COLD_START, reason=reason, code=code.value)
+    # Set where an on-ready capture follows this cold start: its event says so (the node agent keeps
+    # the pod out of its Services until the capture is over), and the watcher is started.
+    watched = a.request if a.request is not None and a.request.capture.when_ready and not a.fail else None
+    a.event(EventKind.RESTORE_REFUSED if a.fail else EventKind.COLD_START, reason=reason, code=code.value,
+            **({"capture": watched.capture.value} if watched else {}))
     if a.settings.pod_log_notice:
         logs.pod_notice(f"{verdict}: {reason}")
     if a.fail:
         sys.exit(1)
-    request = a.request
-    if request is not None and request.capture is ann.Capture.ON_READY:
+    if watched is not None:
         from runtime.engine import on_ready
-        on_ready.spawn(on_ready.Job(a.call.root, str(a.call.container_id), a.namespace, request.snapshot,
-                                    request.ready_file, request.ready_http,
-                                    request.snapshot_ref if request.push is ann.Push.ON_CAPTURE else None))
+        on_ready.spawn(on_ready.Job(a.call.root, str(a.call.container_id), a.namespace, watched.snapshot,
+                                    watched.ready_file, watched.ready_http,
+                                    watched.snapshot_ref if watched.push is ann.Push.ON_CAPTURE else None,
+                                    capture=watched.capture.value, pod=ann.pod_fields(a.annotations)))
     if a.prepared is not None:   # the cold start runs with rewarm's changes too (its capture needs them)
         try:
             a.prepared.flush()

@@ -1,7 +1,6 @@
 """The fingerprint of a container on this node, as capture records it and restore compares it."""
 from __future__ import annotations
 
-from typing import Any, Mapping
 
 from runtime.adapters import fingerprint_key, node_facts
 from runtime.gpu import nvml

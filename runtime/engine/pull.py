@@ -1,7 +1,9 @@
 """Snapshots from registries into the store: `rewarm pull`, and pull on miss for a create whose
 `rewarm.dev/snapshot-ref` names one.
 
-A pull resolves the reference to a manifest digest, then, holding the pull lock of its destination
+A pull resolves the reference to a manifest digest (formats/per_fingerprint.py: for a pull on miss
+the snapshot of the container's fingerprint, TAG-fp-IDENT; for the operator's pull what TAG names,
+the newest snapshot of an index), then, holding the pull lock of its destination
 (namespace, name), checks the size its manifest declares against pull_max_bytes and the store's free space, fetches
 into STORE/tmp/pull-NS-NAME-DIGEST (kept when the transfer is killed, breaks off or stalls, so the
 next pull of the same manifest resumes from it; removed when the pull is refused; `rewarm gc`
@@ -25,11 +27,12 @@ from runtime.adapters.progress import Progress
 from runtime.adapters.registry import cosign
 from runtime.adapters.registry.client import Bounds, Client
 from runtime.engine import fingerprinting, warm
-from runtime.engine.formats import Caller, Staging, Transfer, detect
+from runtime.engine.formats import Caller, Staging, Transfer, detect, per_fingerprint
 from runtime.model import annotations as ann
 from runtime.model import registry_ref
 from runtime.model.errors import NotRestorable, PullRefused, RegistryError, RewarmError, TransferInterrupted, code_of
 from runtime.model.events import EventKind, ReasonCode, reason_code
+from runtime.model.fingerprint import Fingerprint
 from runtime.model.manifest import PULLED_FROM
 from runtime.model.names import validate_name, validate_namespace
 from runtime.model.oci_spec import Spec
@@ -77,7 +80,8 @@ def pull(settings: Settings, ref_text: str, name: str, namespace: str = "default
 
 def _pull(t: Transfer, name: str, namespace: str, fmt: str | None) -> Pulled:
     ref = t.client.ref
-    digest, oci = t.client.get_manifest()
+    chosen = per_fingerprint.choose(t)   # of an index, the one snapshot this pull may take
+    digest, oci = chosen.digest, chosen.body
     found = detect(oci, str(ref))
     if fmt and fmt != found.name:
         raise PullRefused(f"{ref} is a {found.name} snapshot, not {fmt}")
@@ -106,10 +110,10 @@ def _pull(t: Transfer, name: str, namespace: str, fmt: str | None) -> Pulled:
 
 
 # --- pull on miss (rewarm-runc's create) -------------------------------------------------------
-def fits_locally(settings: Settings, spec: Spec, request: ann.Request, namespace: str) -> bool:
-    """Whether the store has an entry this container could restore (the restore's own lookup)."""
+def fits_locally(settings: Settings, request: ann.Request, namespace: str, here: Fingerprint) -> bool:
+    """Whether the store has an entry this container (fingerprint `here`) could restore (the restore's own lookup)."""
     candidates, _ = store.Store(settings.store).candidates([namespace, *settings.shared_namespaces], request.snapshot)
-    return bool(candidates) and bool(store.fitting(candidates, fingerprinting.of_container(spec, settings)))
+    return bool(candidates) and bool(store.fitting(candidates, here))
 
 
 @dataclass(frozen=True)
@@ -123,20 +127,33 @@ class Pod:
         return os.path.join(self.runtime_root, self.container_id)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """A pull on miss, as its background child runs it."""
+    ref: str
+    name: str
+    namespace: str
+    container: str
+    state_dir: str
+    fits: Fingerprint     # the container's fingerprint here: the snapshot of REF the pull takes
+
+
 def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str, pod: Pod, deadline: float) -> None:
-    """With no fitting entry here, pull rewarm.dev/snapshot-ref within pull_timeout_s. A pull that
-    takes longer goes on in the background (the next pod restores) while this pod lives, and this
-    one cold-starts: NotRestorable says why, as it does for a refused or failed pull. The wait ends
-    at pull_timeout_s or at the create's `deadline`, whichever comes first."""
+    """With no fitting entry here, pull the snapshot of rewarm.dev/snapshot-ref that fits this
+    container on this node (the fingerprint restore's gate computes) within pull_timeout_s. A pull
+    that takes longer goes on in the background (the next pod restores) while this pod lives, and
+    this one cold-starts: NotRestorable says why, as it does for a refused or failed pull, or for a
+    ref that offers no snapshot of this fingerprint (each fingerprint on offer and how it differs).
+    The wait ends at pull_timeout_s or at the create's `deadline`, whichever comes first."""
     assert request.snapshot_ref is not None
-    if fits_locally(settings, spec, request, namespace):
+    here = fingerprinting.of_container(spec, settings)
+    if fits_locally(settings, request, namespace, here):
         return
     ref = registry_ref.parse(request.snapshot_ref, ann.SNAPSHOT_REF)
     refused = registry_ref.refused_for(ref, namespace, settings.allowed_registries, settings.namespace_registries)
     if refused:
         raise NotRestorable(f"{ann.SNAPSHOT_REF} {ref}: {refused}", ReasonCode.PULL_REFUSED)
-    job = {"ref": str(ref), "name": request.snapshot, "namespace": namespace, "container": pod.container_id,
-           "state_dir": pod.state_dir()}
+    job = _Job(str(ref), request.snapshot, namespace, pod.container_id, pod.state_dir(), here)
     wait = max(0.0, min(settings.pull_timeout_s, deadline - time.monotonic()))
     out = _detached_pull(job, wait)
     if out is None:
@@ -145,8 +162,9 @@ def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str
                             "next pod while this one lives", ReasonCode.PULL_TIMEOUT)
     if not out.startswith(PULLED):
         code, why = _failure_of(out)
-        raise NotRestorable(f"pull of {ref} failed: {why or 'no answer'}",
-                            ReasonCode.PULL_REFUSED if code is ReasonCode.PULL_REFUSED else ReasonCode.PULL_FAILED)
+        if code in (ReasonCode.PULL_REFUSED, ReasonCode.NOT_FITTING, ReasonCode.NO_SNAPSHOT):   # the situation's call, not a breakage
+            raise NotRestorable(f"pull of {ref} refused: {why}", code)
+        raise NotRestorable(f"pull of {ref} failed: {why or 'no answer'}", ReasonCode.PULL_FAILED)
 
 
 # The background pull's one-line answer: "pulled ENTRY", or "failed CODE REASON" (its pull-failed
@@ -162,7 +180,7 @@ def _failure_of(answer: str) -> tuple[ReasonCode, str]:
     return reason_code(code), why
 
 
-def _detached_pull(job: dict[str, str], timeout: float) -> str | None:
+def _detached_pull(job: _Job, timeout: float) -> str | None:
     """Run the pull in a forked child of its own session (this process has its modules loaded
     already: no interpreter start), detached from the container's stdio; wait for its one-line
     answer up to `timeout`. None: still running, it goes on alone and reports to the event log."""
@@ -193,12 +211,13 @@ def _detached_pull(job: dict[str, str], timeout: float) -> str | None:
         os.close(read_end)
 
 
-def _background(job: dict[str, str], answer_fd: int) -> int:
+def _background(job: _Job, answer_fd: int) -> int:
     """The pull of on_miss: one line on `answer_fd` for a caller that may have stopped listening."""
     settings = settings_file.load()
     threading.Thread(target=_end_with_pod, args=(settings, job), daemon=True, name="rewarm-pod-watch").start()
     try:
-        pulled = pull(settings, job["ref"], job["name"], job["namespace"], caller=Caller(quiet=True, container=job["container"]))
+        pulled = pull(settings, job.ref, job.name, job.namespace,
+                      caller=Caller(quiet=True, container=job.container, fits=job.fits))
         line, code = f"{PULLED}{pulled.entry.ident}", 0
     except (RewarmError, OSError) as e:
         line, code = f"{FAILED}{code_of(e).value} {e}", 1
@@ -212,18 +231,18 @@ def _background(job: dict[str, str], answer_fd: int) -> int:
 POD_APPEARS_S = 60.0   # a create goes on to its cold start at once: a pod not there by then never came
 
 
-def _end_with_pod(settings: Settings, job: dict[str, str]) -> None:
+def _end_with_pod(settings: Settings, job: _Job) -> None:
     """End this background pull once its pod's container is gone (deleted, or never created): a
     pull nobody waits for must not outlive the pod that asked. What it fetched stays for the next
     pull to resume from, as after any kill."""
-    state_dir, since = job["state_dir"], time.monotonic()
+    state_dir, since = job.state_dir, time.monotonic()
     seen = False
     while True:
         there = os.path.isdir(state_dir)
         seen = seen or there
         if (seen and not there) or (not seen and time.monotonic() - since > POD_APPEARS_S):
-            logs.event(settings.event_log, EventKind.PULL_FAILED, namespace=job["namespace"], snapshot=job["name"],
-                       ref=job["ref"], container=job["container"], code=ReasonCode.POD_GONE.value,
+            logs.event(settings.event_log, EventKind.PULL_FAILED, namespace=job.namespace, snapshot=job.name,
+                       ref=job.ref, container=job.container, code=ReasonCode.POD_GONE.value,
                        reason="its pod's container is gone: the pull ends with it")
             os._exit(1)
         time.sleep(0.5)

@@ -11,7 +11,6 @@ that steps register run only when a later step fails, in reverse order.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from typing import Callable, Iterator
 from runtime.adapters import (cgroups, criu, dev_shm, logs, mounts, netlock, netns_setup, page_cache, reload_files,
                               rootfs_diff, store, worker_hooks)
 from runtime.adapters.store import Entry, Store
-from runtime.adapters.files import owned_dir, remove_tree, write_json
+from runtime.adapters.files import owned_dir, read_json, remove_tree, write_json
 from runtime.adapters.spec_file import SpecFile
 from runtime.adapters.runc import RestoreFrom, Runc, errors_since, restore_argv, run_bounded, start_attached
 from runtime.engine import fingerprinting
@@ -113,6 +112,15 @@ class Result:
     addresses_added: tuple[str, ...] = ()            # bound addresses the pod's netns lacked
 
 
+def _mounts_lacking(entry: Entry, spec: Spec) -> list[str]:
+    """The mount destinations of the captured container (its spec.dump) that this one does not have."""
+    try:
+        captured = oci_spec.parsed(read_json(entry.file(layout.SPEC_DUMP)))
+    except (OSError, ValueError):
+        return []   # an import without it: CRIU's own check stands
+    return sorted(oci_spec.mount_destinations(captured) - oci_spec.mount_destinations(spec))
+
+
 # --- the steps ---------------------------------------------------------------------------------
 def refuse_terminal(r: Restore) -> None:
     if oci_spec.process(r.spec).get("terminal"):
@@ -151,6 +159,10 @@ def pick_fitting_entry(r: Restore) -> None:
     if gone:   # its resume hook would fail after the whole restore
         raise NotRestorable(f"snapshot {r.what}: its worker reads back files this container does not have as "
                             f"captured (same size, under a bind mount): {', '.join(gone[:3])}", ReasonCode.NOT_FITTING)
+    lacking = _mounts_lacking(entry, r.spec)
+    if lacking:   # CRIU would find no mapping for them, after reading the whole checkpoint
+        raise NotRestorable(f"snapshot {r.what}: its container had mounts this one lacks: {', '.join(lacking[:3])} "
+                            "(a capture's pod and the pods that restore it need the same volumes)", ReasonCode.NOT_FITTING)
     if entry.manifest.fingerprint.gpu:
         from runtime.gpu import helper
         helper.ensure_running()     # its driver init overlaps the checks and CRIU's memory stage

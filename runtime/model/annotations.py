@@ -1,10 +1,12 @@
 """The user-facing contract: `rewarm.dev/*` annotations, parsed once into a frozen Request.
 
 Also reads the Kubernetes facts that containerd (io.kubernetes.cri.*) and CRI-O
-(io.kubernetes.*) put into config.json: the pod's namespace, whether this is the sandbox.
+(io.kubernetes.*) put into config.json: the pod's namespace, name and uid, the container's name,
+whether this is the sandbox.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping, TypeVar
@@ -28,8 +30,14 @@ SNAPSHOT_REF = PREFIX + "snapshot-ref"
 PUSH = PREFIX + "push"
 ENGINE = PREFIX + "engine"
 SLEEP_LEVEL = PREFIX + "sleep-level"
+CONTAINER = PREFIX + "container"
 KNOWN = frozenset({SNAPSHOT, CAPTURE, READY_FILE, READY_HTTP, FALLBACK, QUIESCE_HTTP, RESUME_HTTP, SNAPSHOT_REF, PUSH,
-                   ENGINE, SLEEP_LEVEL})
+                   ENGINE, SLEEP_LEVEL, CONTAINER})
+
+# The pod condition a pod lists in spec.readinessGates so that it takes no traffic until rewarm is
+# done with it: `rewarm agent` sets it True once an on-ready capture is over and the worker is awake,
+# and at once for a pod that is not captured (restored, or cold-started without capture).
+READY_CONDITION = PREFIX + "ready"
 
 # Written by rewarm-runc into config.json, never by users (outside the user's prefix).
 INTERNAL_PREFIX = "internal.rewarm.dev/"
@@ -40,6 +48,10 @@ DEFAULT_READY_FILE = "/run/rewarm/ready"
 
 NAMESPACE_KEYS = ("io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace")
 POD_KEYS = ("io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name")   # containerd's, CRI-O's
+POD_UID_KEYS = ("io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid")   # containerd's, CRI-O's
+CONTAINER_NAME_KEY = "io.kubernetes.cri.container-name"                 # containerd's
+CRIO_LABELS_KEY = "io.kubernetes.cri-o.Labels"                          # CRI-O's: the container's labels, as JSON
+KUBELET_CONTAINER_NAME_LABEL = "io.kubernetes.container.name"           # kubelet's label, inside CRI-O's
 CONTAINER_TYPE_KEYS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
 
 
@@ -51,6 +63,12 @@ class Fallback(Enum):
 class Capture(Enum):
     NEVER = "never"
     ON_READY = "on-ready"
+    ON_READY_THEN_EXIT = "on-ready-then-exit"   # a capture Job: captured once ready, then the container exits
+
+    @property
+    def when_ready(self) -> bool:
+        """Whether a cold start of the container is captured once it is ready."""
+        return self is not Capture.NEVER
 
 
 class Push(Enum):
@@ -107,11 +125,37 @@ def namespace_of(annotations: Mapping[str, str]) -> str:
     return validate_namespace(next(iter(given.values()))) if given else "default"
 
 
+def _first(annotations: Mapping[str, str], keys: tuple[str, ...]) -> str:
+    return next((annotations[k] for k in keys if annotations.get(k)), "")
+
+
 def pod_fields(annotations: Mapping[str, str]) -> dict[str, str]:
-    """{"pod": NAME} for the events of a container of a Kubernetes pod, else {} (the event log
-    names pods so that `rewarm events --pod` and the node agent find them)."""
-    pod = next((annotations[k] for k in POD_KEYS if annotations.get(k)), "")
-    return {"pod": pod[:253]} if pod else {}
+    """{"pod": NAME, "pod_uid": UID} for the events of a container of a Kubernetes pod, else {}
+    (the event log names pods so that `rewarm events --pod` and the node agent find them; the
+    agent's Events carry the uid because `kubectl describe pod` looks Events up by it)."""
+    pod, uid = _first(annotations, POD_KEYS), _first(annotations, POD_UID_KEYS)
+    return {**({"pod": pod[:253]} if pod else {}), **({"pod_uid": uid[:128]} if pod and uid else {})}
+
+
+def container_name(annotations: Mapping[str, str]) -> str:
+    """The container's name in its pod's spec, where the runtime says it ("" elsewhere)."""
+    if annotations.get(CONTAINER_NAME_KEY):
+        return annotations[CONTAINER_NAME_KEY]
+    try:
+        labels = json.loads(annotations.get(CRIO_LABELS_KEY) or "{}")
+    except ValueError:
+        return ""
+    name = labels.get(KUBELET_CONTAINER_NAME_LABEL) if isinstance(labels, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def is_for_this_container(annotations: Mapping[str, str]) -> bool:
+    """Whether rewarm restores and captures this container. A pod's annotations reach every one of
+    its containers: where the pod has others (a proxy beside the worker), rewarm.dev/container names
+    the worker and the rest start as on runc. A container whose name the runtime does not say (not a
+    Kubernetes pod) is the one."""
+    wanted, name = annotations.get(CONTAINER), container_name(annotations)
+    return wanted is None or not name or wanted == name
 
 
 def wants_fail(annotations: Mapping[str, str]) -> bool:

@@ -10,6 +10,7 @@ class EventKind(Enum):
     RESTORED = "restored"                 # a container was restored from a snapshot
     COLD_START = "cold-start"             # an annotated container started cold (reason says why)
     RESTORE_REFUSED = "restore-refused"   # restore impossible and rewarm.dev/fallback: fail
+    CAPTURING = "capturing"               # an on-ready watch found the worker ready: its capture begins
     CAPTURED = "captured"
     CAPTURE_FAILED = "capture-failed"
     CAPTURE_SKIPPED = "capture-skipped"   # an on-ready watch ended without a capture
@@ -80,6 +81,24 @@ class ReasonCode(Enum):
 _EXPECTED = frozenset({ReasonCode.UNKNOWN, ReasonCode.NO_SNAPSHOT, ReasonCode.NOT_FITTING, ReasonCode.SNAPSHOT_CHANGED,
                        ReasonCode.UNSUPPORTED, ReasonCode.CONTAINER_EXISTS, ReasonCode.INVALID_ANNOTATION,
                        ReasonCode.PULL_REFUSED, ReasonCode.PULL_TIMEOUT})
+
+
+# Kinds that record something that did not happen as asked (a refusal, a failure).
+_FAILURE_KINDS = frozenset({EventKind.RESTORE_REFUSED, EventKind.CAPTURE_FAILED, EventKind.HOOK_FAILED,
+                            EventKind.PULL_FAILED, EventKind.PUSH_FAILED})
+
+
+def is_failure(kind: EventKind, code: object) -> bool:
+    """Whether an event records something that broke or was refused (a Warning, for Kubernetes), as
+    opposed to what the situation calls for: a cold start is one only where its code says something
+    broke (the first pod's "no snapshot yet" is expected); a pull that finds no snapshot yet, or none
+    of this node's fingerprint (a node pool of mixed kernels or CPUs), is expected too; the other
+    failure kinds always are."""
+    if kind is EventKind.COLD_START:
+        return reason_code(code).is_failure
+    if kind is EventKind.PULL_FAILED and reason_code(code) in (ReasonCode.NOT_FITTING, ReasonCode.NO_SNAPSHOT):
+        return False
+    return kind in _FAILURE_KINDS
 
 
 def reason_code(value: object) -> ReasonCode:

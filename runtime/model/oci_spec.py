@@ -136,3 +136,9 @@ def bind_mount_of(spec: Spec, container_path: str) -> tuple[str, str] | None:
     dest, mount = best
     is_bind = mount.get("type") == "bind" or bool({"bind", "rbind"} & set(mount.get("options") or []))
     return (str(mount["source"]), posixpath.relpath(path, dest)) if is_bind and mount.get("source") else None
+
+
+def mount_destinations(spec: Spec) -> set[str]:
+    """Where the container's mounts are, normalized."""
+    return {posixpath.normpath(str(m["destination"])) for m in spec.get("mounts") or []
+            if isinstance(m, Mapping) and m.get("destination")}

@@ -3,6 +3,7 @@ which registries a node accepts pulls from (`allowed_registries`). Plain values,
 they enter (an annotation, the command line, the node config)."""
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -85,3 +86,35 @@ def allowed(ref: Reference, allowed_registries: tuple[str, ...]) -> bool:
     (`HOST[:PORT]/PATH`), matched at `/` boundaries."""
     name = ref.name
     return any(name == entry.rstrip("/") or name.startswith(entry.rstrip("/") + "/") for entry in allowed_registries)
+
+
+# --- one snapshot per fingerprint under one tag --------------------------------------------------
+# A snapshot-ref's TAG is shared by every node that pushes to it, and nodes differ in their
+# fingerprints (CPU features, kernel). Each fingerprint's snapshot has a tag of its own, derived
+# from TAG and the fingerprint's ident: pushes of different fingerprints never touch the same tag,
+# so no node's push can remove another's (registries have no compare-and-swap on a tag).
+FINGERPRINT_INFIX = "-fp-"
+_IDENT_RE = re.compile(r"[0-9a-f]{16}")
+_TAG_MAX = 128   # the distribution spec's limit on a tag
+
+
+def is_fingerprint_ident(text: object) -> bool:
+    """Whether `text` is a fingerprint's ident as model.fingerprint.Fingerprint.ident() writes it."""
+    return isinstance(text, str) and _IDENT_RE.fullmatch(text) is not None
+
+
+def fingerprint_tag(tag: str, ident: str) -> str:
+    """TAG-fp-IDENT: where the snapshot of fingerprint `ident` pushed to TAG lives. A TAG too long
+    to take the suffix within the 128 characters of the tag grammar is cut and a hash of it kept,
+    so that two long tags with the same beginning still get tags of their own."""
+    if not is_fingerprint_ident(ident):
+        raise InvalidInput(f"invalid fingerprint ident {shown(ident)}: expected 16 hex digits")
+    room = _TAG_MAX - len(FINGERPRINT_INFIX) - len(ident)
+    if len(tag) > room:
+        tag = f"{tag[:room - 9]}.{hashlib.sha256(tag.encode()).hexdigest()[:8]}"
+    return f"{tag}{FINGERPRINT_INFIX}{ident}"
+
+
+def with_tag(ref: Reference, tag: str) -> Reference:
+    """The same repository under another tag (no digest)."""
+    return Reference(ref.registry, ref.repository, tag)

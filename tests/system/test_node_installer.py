@@ -20,11 +20,11 @@ import pytest
 import tomlkit
 
 from api_server_stand_in import StandInApiServer
-from runtime.adapters import logs, store
+from runtime.adapters import logs
 from runtime.lab.containerd_lab import CONTAINERD_2_BIN
 from runtime.lab.registry_lab import make_tls
-from runtime.lab.runc_lab import CHECKOUT, WORKER_DIR
-from throwaway_node import ThrowawayNode, debian11_userland, digest
+from runtime.lab.runc_lab import CHECKOUT
+from throwaway_node import HANDLER_LINE, ThrowawayNode, debian11_userland, digest, restored_pod
 
 IMAGE = f"localhost/rewarm/node-installer:test-{os.getpid()}"   # this run's own: another run removes its image
 PODMAN = ["podman", "--runtime", "runc"]
@@ -70,7 +70,7 @@ def test_the_image_is_the_bundle_alone(image):
     ({}, "rewarm node-install: no /etc/os-release on the node: unsupported"),
     ({"etc/os-release": "ID=debian\n"}, "rewarm node-install: the kernel lacks checkpoint/restore"),
     ({"etc/os-release": "ID=debian\n", "proc/sys/kernel/ns_last_pid": "1\n"},
-     "rewarm node-install: neither containerd nor CRI-O runs on the node"),
+     "rewarm node-install: no containerd (plain, k3s, RKE2, k0s) nor CRI-O runs on the node"),
 ])
 def test_an_unsupported_node_is_refused_with_one_line_and_the_pod_fails(image, tmp_path, layout, line):
     for rel, text in layout.items():
@@ -83,10 +83,6 @@ def test_an_unsupported_node_is_refused_with_one_line_and_the_pod_fails(image, t
 
 
 # The installer, as the DaemonSet's pod, against a throwaway node.
-WORKER_IMAGE = "localhost/rewarm/warm-worker:installed-node"
-COMMAND = ["/usr/bin/python3", "/app/worker.py"]
-ANNOTATIONS = {"rewarm.dev/snapshot": "installed", "rewarm.dev/capture": "on-ready"}
-HANDLER_LINE = 'BinaryName = "/opt/rewarm/bin/rewarm-runc"'   # the handler rewarm adds to containerd's config
 
 
 def wait_for(what: str, predicate, timeout: float = 120, logs_of: str = ""):  # type: ignore[no-untyped-def]
@@ -117,9 +113,8 @@ class InstallerPod:
     def run(self, validations: str = "", **env: str) -> str:
         """`validations`: the host's /run/nvidia/validations, where NVIDIA's GPU Operator runs."""
         self.remove()
-        volumes = [f"{self.node.merged[d]}:/host/{d}" for d in ("etc", "opt", "usr")] + [
-            "/proc:/host/proc", f"{self.node.lab.state}:/host/run/containerd", f"{self.configmap}:/config:ro",
-            f"{self.secrets}:/var/run/secrets/kubernetes.io/serviceaccount:ro"] + (
+        volumes = [f"{source}:/host/{d}" for d, source in self.node.root_mounts().items()] + [
+            f"{self.configmap}:/config:ro", f"{self.secrets}:/var/run/secrets/kubernetes.io/serviceaccount:ro"] + (
             [f"{validations}:/host/run/nvidia/validations"] if validations else [])
         environment = {"HOST_PID": str(self.node.pid), "NODE_NAME": "node-a",
                        "RUNTIME_RESTART": self.node.restart_script, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
@@ -219,17 +214,6 @@ def installed_node(request, image, tmp_path):
         node.destroy()
 
 
-def containerd_files(node: ThrowawayNode) -> dict[str, str]:
-    """The node's containerd config files (config.toml, its drop-ins, kept copies) and their texts."""
-    top = os.path.join(node.merged["etc"], "containerd")
-    found = {}
-    for dirpath, _, names in os.walk(top):
-        for name in names:
-            with open(os.path.join(dirpath, name)) as f:
-                found[os.path.relpath(os.path.join(dirpath, name), top)] = f.read()
-    return found
-
-
 def only_rewarms(node: ThrowawayNode) -> None:
     """What the node shows written: rewarm's own paths and containerd's config, nothing else."""
     assert node.written("usr") == set()
@@ -239,17 +223,6 @@ def only_rewarms(node: ThrowawayNode) -> None:
     assert not any(f.startswith("rewarm/containerd-sid/") for f in node.written("opt"))
 
 
-def host_path(node: ThrowawayNode, path: str) -> str:
-    """A path of the node's /opt, /etc or /usr as this machine sees it (links followed on the node)."""
-    for _ in range(8):
-        top, rest = path.strip("/").split("/", 1)
-        seen = os.path.join(node.merged[top], rest)
-        if not os.path.islink(seen):
-            return seen
-        path = os.path.join(os.path.dirname(path), os.readlink(seen))
-    raise AssertionError(f"{path}: too many links")
-
-
 def test_the_installer_sets_up_a_node_whose_containerd_restores_a_pod_and_uninstall_gives_it_back(installed_node):
     node, api, pod, kind = installed_node["node"], installed_node["api"], installed_node["pod"], installed_node["kind"]
     runc = os.path.join(node.merged["usr"], "sbin", "runc")   # the node's own, which rewarm leaves alone
@@ -257,50 +230,39 @@ def test_the_installer_sets_up_a_node_whose_containerd_restores_a_pod_and_uninst
     if kind == "debian-11":   # nothing of this userland could run rewarm's Python or binaries
         assert not os.path.exists(os.path.join(node.merged["usr"], "bin", "python3"))
         assert os.path.exists(os.path.join(node.merged["usr"], "lib/x86_64-linux-gnu/libc-2.31.so"))
-    as_it_was = containerd_files(node)
+    as_it_was = node.containerd_files()
     first_containerd = node.containerd_pid()
 
     name = installed(pod, api)
     assert node.containerd_pid() != first_containerd                 # restarted: its config changed
-    assert any(HANDLER_LINE in text for text in containerd_files(node).values())
+    assert any(HANDLER_LINE in text for text in node.containerd_files().values())
     # What the install changed on the node: rewarm's files and containerd's config, nothing else:
     # no package manager ran, no containerd or runc binary changed.
     only_rewarms(node)
     assert {p: digest(p) for p in binaries} == binaries
     # The front door as installed runs on the bundle's static busybox sh, runc and CRIU on its loader.
-    with open(host_path(node, "/opt/rewarm/bin/rewarm-runc")) as f:
+    with open(node.host_path("/opt/rewarm/bin/rewarm-runc")) as f:
         shebang = f.readline().split()
     assert shebang[0].startswith("#!/opt/rewarm/bundle-") and shebang[0].endswith("/bin/sh")
-    assert host_path(node, shebang[0][2:]).endswith("/bin/busybox")
-    with open(host_path(node, "/etc/rewarm/config.json")) as f:
+    assert node.host_path(shebang[0][2:]).endswith("/bin/busybox")
+    with open(node.host_path("/etc/rewarm/config.json")) as f:
         rewarm_config = json.load(f)
     # the real runtime: the default handler's (NVIDIA's, chained), else the bundle's runc
     assert rewarm_config["runtime"] == (NVIDIA_RUNTIME if kind == "nvidia-dropin" else "/opt/rewarm/bin/runc")
     for binary in ("runc", "criu"):
-        interpreter = subprocess.run(["patchelf", "--print-interpreter", host_path(node, f"/opt/rewarm/bin/{binary}")],
+        interpreter = subprocess.run(["patchelf", "--print-interpreter", node.host_path(f"/opt/rewarm/bin/{binary}")],
                                      capture_output=True, text=True, check=True).stdout.strip()
         assert interpreter.startswith("/opt/rewarm/bundle-") and interpreter.endswith("/lib/ld-linux-x86-64.so.2")
 
     # A pod through CRI: captured on ready, then a second one restored from it, with A's warm state.
     # Through the bundle's runc (its `init` re-executes itself from a copy) and CRIU (`criu swrk`).
-    node.lab.build_worker_image(WORKER_IMAGE, WORKER_DIR, [])
-    a = node.lab.pod("inst-a", WORKER_IMAGE, COMMAND, annotations=ANNOTATIONS, env={"WARM_SECONDS": "2", "PORT": "8080"})
-    try:
-        answer, _ = a.wait_answer()
-        wait_for("the snapshot", lambda: store.Store(installed_node["store"]).entries("default", "installed"))
-    finally:
-        a.delete()
-    b = node.lab.pod("inst-b", WORKER_IMAGE, COMMAND, annotations=ANNOTATIONS, env={"WARM_SECONDS": "2", "PORT": "8080"})
-    try:
-        restored, _ = b.wait_answer(timeout=60)
+    with restored_pod(node, installed_node["store"]) as (answer, restored):
         assert restored["boot_id"] == answer["boot_id"]              # A's memory, not a fresh start
         kinds = {(e["event"], e.get("pod")) for e in logs.read_events(installed_node["event_log"])}
         assert ("captured", "inst-a") in kinds and ("restored", "inst-b") in kinds, kinds
         # the agent of the installer pod made them Kubernetes Events on the pods
         wait_for("the Restored event", lambda: "Restored" in api.reasons("inst-b"), logs_of=name)
         assert "Captured" in api.reasons("inst-a")
-    finally:
-        b.delete()
     if kind == "nvidia-dropin":   # every container, its checkpoint and its restore went through NVIDIA's runtime
         with open(nvidia_calls(node)) as f:
             verbs = {word for line in f for word in line.split()}
@@ -311,7 +273,7 @@ def test_the_installer_sets_up_a_node_whose_containerd_restores_a_pod_and_uninst
     before_uninstall = node.containerd_pid()
     name = pod.run(UNINSTALL="1")
     wait_for("the label off", lambda: {"rewarm.dev/runtime": None} in api.labels(), logs_of=name)
-    assert containerd_files(node) == as_it_was
+    assert node.containerd_files() == as_it_was
     assert node.containerd_pid() != before_uninstall
     assert {p: digest(p) for p in binaries} == binaries
     only_rewarms(node)

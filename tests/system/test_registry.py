@@ -14,7 +14,8 @@ import time
 import pytest
 
 from helpers import config_named, events
-from registry_fixtures import TrickleProxy, started_registry, synthetic_entry
+from private_registry import private_registry
+from registry_fixtures import TrickleProxy, synthetic_entry
 from runtime.adapters import settings_file, store
 from runtime.adapters.registry import native, transfer
 from runtime.front.names import CONFIG_ENV
@@ -25,7 +26,7 @@ PAGES = 3 * native.CHUNK_BYTES + 12345      # four pieces
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    yield from started_registry(str(tmp_path_factory.mktemp("registry")))
+    yield from private_registry(str(tmp_path_factory.mktemp("registry")), "registry")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,17 @@ def tmp_dirs(node) -> list[str]:
 
 def ref(registry, repo: str) -> str:
     return f"{registry.address}/{repo}"
+
+
+def registry_manifest(reg_node, text: str) -> dict:
+    """The manifest at `text`; for a tag that holds an index of fingerprints, the newest one's (what
+    the operator's pull of that tag takes)."""
+    from runtime.adapters.registry import index
+    from runtime.engine.pull import client_for
+    from runtime.model.registry_ref import parse
+    client = client_for(reg_node, parse(text))
+    _, manifest = client.get_manifest()
+    return client.get_manifest(index.offers_of(manifest)[0].digest)[1] if index.is_index(manifest) else manifest
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +90,7 @@ def test_a_pushed_snapshot_pulls_back_identical_under_the_destination_name(reg_n
 
 
 def test_the_artifact_is_one_blob_per_file_with_page_images_in_pieces(registry, pushed, reg_node):
-    from runtime.engine.pull import client_for
-    from runtime.model.registry_ref import parse
-    _, manifest = client_for(reg_node, parse(ref(registry, "rewarm/source:v1"))).get_manifest()
+    manifest = registry_manifest(reg_node, ref(registry, "rewarm/source:v1"))
     assert manifest["artifactType"] == native.ARTIFACT_TYPE and manifest["config"]["mediaType"] == native.CONFIG_TYPE
     pages = [layer for layer in manifest["layers"]
              if layer["annotations"][native.PATH_KEY] == "checkpoint/pages-1.img"]
@@ -154,7 +164,7 @@ def test_a_manifest_that_claims_more_than_the_disk_holds_is_refused_before_a_byt
     from runtime.engine.pull import client_for
     from runtime.model.registry_ref import parse
     client = client_for(reg_node, parse(ref(registry, "rewarm/source:v1")))
-    _, oci = client.get_manifest()
+    oci = registry_manifest(reg_node, ref(registry, "rewarm/source:v1"))
     config = json.loads(transfer.fetch_bytes(client, oci["config"]["digest"], oci["config"]["size"]))
     huge, page = 500 << 30, "checkpoint/pages-1.img"
     fake = transfer.put_config(client, b"a small blob that claims to be 500 GiB")[7:]   # the registry has it
@@ -197,9 +207,7 @@ def test_a_registry_that_trickles_is_broken_off_and_the_name_is_free_for_the_nex
 def test_a_blob_corrupted_inside_the_registry_is_caught(reg_node, registry):
     synthetic_entry(reg_node, "fragile", os.urandom(2 * native.CHUNK_BYTES))
     assert cli("push", "fragile", ref(registry, "rewarm/fragile:v1")).returncode == 0
-    from runtime.engine.pull import client_for
-    from runtime.model.registry_ref import parse
-    _, manifest = client_for(reg_node, parse(ref(registry, "rewarm/fragile:v1"))).get_manifest()
+    manifest = registry_manifest(reg_node, ref(registry, "rewarm/fragile:v1"))
     piece = next(layer for layer in manifest["layers"] if layer["mediaType"] == native.CHUNK_TYPE)
     with open(registry.blob_path(piece["digest"]), "r+b") as f:
         f.seek(1000)
@@ -285,12 +293,6 @@ def keys(tmp_path_factory):
         subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-out", pub], check=True, capture_output=True)
         made[name] = (key, pub)
     return made
-
-
-def registry_manifest(reg_node, text: str) -> dict:
-    from runtime.engine.pull import client_for
-    from runtime.model.registry_ref import parse
-    return client_for(reg_node, parse(text)).get_manifest()[1]
 
 
 def test_an_encrypted_push_keeps_the_memory_from_the_registry_and_pulls_back_with_either_key(

@@ -4,7 +4,10 @@ so that whatever is written there lands in upper directories this test reads and
 files are never written), and a containerd of its own (the lab's root, state, socket and CNI
 network) that reads the node's /etc/containerd/config.toml, serves on the node's
 /run/containerd/containerd.sock and is restarted by a script, as systemd would restart it. On this
-machine's userland its python3 has no pip, as on many nodes; Debian 11's has no python3 at all."""
+machine's userland its python3 has no pip, as on many nodes; Debian 11's has no python3 at all.
+A node may have its own /var too (own_var), so that rewarm's default store and event log land on the
+node and go with it. Also here: what the node installer's tests do on an installed node (its
+containerd's config files, a pod captured and then restored through its CRI)."""
 from __future__ import annotations
 
 import contextlib
@@ -14,10 +17,11 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Callable
+from typing import Any, Callable, Iterator
 
-from runtime.adapters import mounts
+from runtime.adapters import mounts, store
 from runtime.lab.containerd_lab import Lab
+from runtime.lab.runc_lab import WORKER_DIR
 
 OVERLAID = ("etc", "opt", "usr")   # with this machine's merged /usr, /bin and /lib are /usr's too
 PIP = "lib/python3/dist-packages/pip"   # under /usr
@@ -67,17 +71,19 @@ def digest(path: str) -> str:
 
 class ThrowawayNode:
     def __init__(self, top: str, bin_dir: str | None, userland: str = "/",
-                 prepare: Callable[["ThrowawayNode"], None] | None = None):
+                 prepare: Callable[["ThrowawayNode"], None] | None = None, own_var: bool = False):
         """`bin_dir`: this machine's containerd to run (default: the one on PATH); `userland`: the
         root whose /etc, /opt and /usr the node has (one with a containerd of its own under
         /usr/local/bin, as debian11_userland()'s, runs that one); `prepare`: what else the node has
-        before containerd first starts (NVIDIA's toolkit's files, say), written into `merged`."""
+        before containerd first starts (NVIDIA's toolkit's files, say), written into `merged`;
+        `own_var`: /var an overlay too (else the node writes this machine's /var)."""
         self.top = top
         self.lab = Lab(f"node-installer-{os.getpid()}", bin_dir=bin_dir)   # its own: runs beside this one
         self.userland = userland
         self.prepare = prepare
-        self.merged = {d: os.path.join(top, "merged", d) for d in OVERLAID}
-        self.upper = {d: os.path.join(top, "upper", d) for d in OVERLAID}
+        self.overlaid = OVERLAID + (("var",) if own_var else ())
+        self.merged = {d: os.path.join(top, "merged", d) for d in self.overlaid}
+        self.upper = {d: os.path.join(top, "upper", d) for d in self.overlaid}
         self.pid_file = os.path.join(top, "containerd.pid")
         self.restart_script = os.path.join(top, "restart-containerd")
         self.manager_script = os.path.join(top, "service-manager")
@@ -89,7 +95,7 @@ class ThrowawayNode:
     def start(self) -> "ThrowawayNode":
         self.lab.destroy()
         self.lab.write_config("", with_rewarm=False)      # the node's own config: no rewarm in it
-        for d in OVERLAID:
+        for d in self.overlaid:
             work = os.path.join(self.top, "work", d)
             for path in (self.merged[d], self.upper[d], work):
                 os.makedirs(path, exist_ok=True)
@@ -103,12 +109,19 @@ class ThrowawayNode:
         self.original_config = self.config_text()
         if os.path.isdir(os.path.join(self.merged["usr"], PIP)):   # the node's python3 without pip
             shutil.rmtree(os.path.join(self.merged["usr"], PIP))      # (a whiteout in the upper dir)
-        self.baseline = {d: self.upper_files(d) for d in OVERLAID}
+        self.baseline = {d: self.upper_files(d) for d in self.overlaid}
         os.makedirs(self.lab.state, exist_ok=True)
         if not os.path.isdir("/run/containerd"):
             os.makedirs("/run/containerd")
             self.made_run_dir = True
-        binds = " && ".join(f"mount --bind {self.merged[d]} /{d}" for d in OVERLAID)
+        binds = " && ".join(f"mount --{'rbind' if d == 'var' else 'bind'} {self.merged[d]} /{d}"
+                            for d in self.overlaid)
+        if "var" in self.overlaid:
+            # containerd's root (under /var) stays this machine's: its overlayfs snapshots cannot
+            # live on an overlay. Bound onto the node's /var first, so the rbind takes it along.
+            in_var = os.path.relpath(self.lab.root, "/var")
+            assert not in_var.startswith(".."), self.lab.root
+            binds = f"mount --bind {self.lab.root} {os.path.join(self.merged['var'], in_var)} && {binds}"
         self.holder = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
              f"{binds} && mount --bind {self.lab.state} /run/containerd && echo up && exec sleep 2147483647"],
@@ -195,6 +208,31 @@ read answer < {told}
             return own
         return shutil.which(self.lab.tool("containerd")) or ""
 
+    def containerd_files(self) -> dict[str, str]:
+        """The node's containerd config files (config.toml, its drop-ins, kept copies) and their texts."""
+        top = os.path.join(self.merged["etc"], "containerd")
+        found = {}
+        for dirpath, _, names in os.walk(top):
+            for name in names:
+                with open(os.path.join(dirpath, name)) as f:
+                    found[os.path.relpath(os.path.join(dirpath, name), top)] = f.read()
+        return found
+
+    def host_path(self, path: str) -> str:
+        """A path of the node's overlaid folders as this machine sees it (links followed on the node)."""
+        for _ in range(8):
+            top, rest = path.strip("/").split("/", 1)
+            seen = os.path.join(self.merged[top], rest)
+            if not os.path.islink(seen):
+                return seen
+            path = os.path.join(os.path.dirname(path), os.readlink(seen))
+        raise AssertionError(f"{path}: too many links")
+
+    def root_mounts(self) -> dict[str, str]:
+        """The node's / as a pod's hostPath / sees it, folder by folder: its overlays, /proc, and
+        its containerd's run dir (where the node's containerd.sock is)."""
+        return {**{d: self.merged[d] for d in self.overlaid}, "proc": "/proc", "run/containerd": self.lab.state}
+
     def containerd_pid(self) -> int:
         with open(self.pid_file) as f:
             return int(f.read())
@@ -216,7 +254,7 @@ read answer < {told}
             self.holder.kill()
             self.holder.wait()
         deadline = time.monotonic() + 10
-        for d in OVERLAID:
+        for d in self.overlaid:
             while subprocess.run(["umount", self.merged[d]], capture_output=True).returncode != 0 \
                     and os.path.ismount(self.merged[d]) and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -225,3 +263,56 @@ read answer < {told}
             with contextlib.suppress(OSError):
                 os.rmdir("/run/containerd")
         shutil.rmtree(self.top, ignore_errors=True)
+
+
+def with_systemctl(node: ThrowawayNode) -> None:
+    """A `prepare`: the node's systemctl, a stand-in for systemd's that knows one request,
+    `systemctl restart containerd`, and hands it to the node's service manager (write_scripts), so
+    that the installer's default restart command works here as on a systemd node."""
+    path = os.path.join(node.merged["usr"], "local", "sbin", "systemctl")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"""#!/bin/sh
+# systemd's systemctl, a stand-in on a throwaway node (tests/system/throwaway_node.py)
+[ "$*" = "restart containerd" ] || {{ echo "systemctl (stand-in): only 'restart containerd' here, not '$*'" >&2; exit 1; }}
+exec sh {node.restart_script}
+""")
+    os.chmod(path, 0o755)
+
+
+def poll(what: str, predicate: Callable[[], Any], timeout: float = 120) -> Any:
+    """predicate()'s first true value, tried every 0.2 s for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return found
+
+
+# The handler rewarm adds to an installed node's containerd config.
+HANDLER_LINE = 'BinaryName = "/opt/rewarm/bin/rewarm-runc"'
+# A pod on an installed node, through its containerd's CRI as kubelet would run it.
+WORKER_IMAGE = "localhost/rewarm/warm-worker:installed-node"
+WORKER_COMMAND = ["/usr/bin/python3", "/app/worker.py"]
+WORKER_ANNOTATIONS = {"rewarm.dev/snapshot": "installed", "rewarm.dev/capture": "on-ready"}
+WORKER_ENV = {"WARM_SECONDS": "2", "PORT": "8080"}
+
+
+@contextlib.contextmanager
+def restored_pod(node: ThrowawayNode, store_dir: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Pod inst-a cold-starts and is captured once ready, into the node's store (`store_dir`, as
+    this machine sees it), and is deleted once its snapshot is there; inst-b, the same spec, starts
+    from it. Yields (inst-a's answer, inst-b's answer) while inst-b runs, then deletes it."""
+    node.lab.build_worker_image(WORKER_IMAGE, WORKER_DIR, [])
+    a = node.lab.pod("inst-a", WORKER_IMAGE, WORKER_COMMAND, annotations=WORKER_ANNOTATIONS, env=WORKER_ENV)
+    try:
+        answer, _ = a.wait_answer()
+        poll("the snapshot", lambda: store.Store(store_dir).entries("default", "installed"))
+    finally:
+        a.delete()
+    b = node.lab.pod("inst-b", WORKER_IMAGE, WORKER_COMMAND, annotations=WORKER_ANNOTATIONS, env=WORKER_ENV)
+    try:
+        restored, _ = b.wait_answer(timeout=60)
+        yield answer, restored
+    finally:
+        b.delete()

@@ -38,6 +38,7 @@ INSIDE = {
     "/opt/engine-site", "/opt/torch",                                    # bind destinations in containers
     "/run/rewarm/ready", "/var/cache/worker/state.json",                 # inside the workers
     "/etc/hosts", "/etc/resolv.conf", "/run/",                           # inside the installer's container
+    "/var/run/secrets/kubernetes.io/serviceaccount",                     # its ServiceAccount's files (kube_stand_in.py)
     "/etc/cron.d/evil", "/etc/hostname", "/etc/x", "/srv/a", "/srv/b", "/srv/c",   # hostile or made-up paths
     "/etc/rewarm/node.json", "/usr/local/bin/rewarm-runc",               # strings in configs under test
     "/opt/rewarm/bin/rewarm-runc",                                       # on the throwaway node, in its config

@@ -50,13 +50,19 @@ from runtime.model.registry_ref import Reference
 from runtime.model.settings import Settings
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+# Without the index type here, a registry answers a tag that holds an index with a manifest of its
+# choosing (distribution picks linux/amd64) or not at all.
+ACCEPT_MANIFESTS = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}"
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0
 ATTEMPTS = 3
 MAX_MANIFEST_BYTES = 4 << 20
 SMALL_BODY_BYTES = 1 << 20   # a body rewarm does not size itself: an error, a redirect, a token, an answer to a PUT
 READ_PIECE = 64 << 10
+TAGS_PAGE = 1000           # tags asked for per page of a tag list
+MAX_TAG_PAGES = 100        # a repository lists at most this many pages (100,000 tags): the rest is not read
 
 
 @dataclass(frozen=True)
@@ -281,6 +287,14 @@ class _Oras(oras.provider.Registry):  # type: ignore[misc]
         raise AssertionError("unreachable")
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """A manifest (or index) as the registry gave it: the digest and size of its bytes, and what they say."""
+    digest: str
+    body: dict[str, Any]
+    size: int
+
+
 class Client:
     """Blob and manifest calls on one repository, within its `bounds`."""
 
@@ -384,17 +398,42 @@ class Client:
 
     def _get(self, url: str, what: str, limit: int, headers: dict[str, str] | None = None) -> bytes:
         """A body of at most `limit` bytes, within the deadline."""
+        body = self._find(url, what, limit, headers)
+        if body is None:
+            raise RegistryError(f"{what}: HTTP 404 (not in the registry)")
+        return body
+
+    def _find(self, url: str, what: str, limit: int, headers: dict[str, str] | None = None) -> bytes | None:
+        """_get's body, or None where the registry says there is none (404)."""
         with self.exchange(what):
-            r = self._check(self._request("GET", url, what, headers=headers, stream=True), what, (200,))
-            return read_body(r, limit, what)
+            r = self._request("GET", url, what, headers=headers, stream=True)
+            if r.status_code == 404:
+                r.close()
+                return None
+            return read_body(self._check(r, what, (200,)), limit, what)
 
     # --- manifests -------------------------------------------------------------------------
     def get_manifest(self, reference: str | None = None) -> tuple[str, dict[str, Any]]:
-        """The manifest (digest, parsed) that a tag or digest names; the digest is of the bytes received."""
+        """The manifest or index (digest, parsed) that a tag or digest names; the digest is of the bytes received."""
+        found = self.fetch_manifest(reference)
+        return found.digest, found.body
+
+    def fetch_manifest(self, reference: str | None = None) -> Fetched:
+        """get_manifest's manifest with its size: what a descriptor of it needs."""
+        found = self.find_manifest(reference)
+        if found is None:
+            raise RegistryError(f"{self._manifest_what(reference or self.ref.reference)}: HTTP 404 (no such "
+                                "manifest in the registry)")
+        return found
+
+    def find_manifest(self, reference: str | None = None) -> Fetched | None:
+        """fetch_manifest's answer, or None where the registry has no manifest under that tag or digest."""
         reference = reference or self.ref.reference
-        what = f"manifest of {self.ref.name}:{reference}" if ":" not in reference else f"manifest {reference}"
-        body = self._get(f"{self.base}/manifests/{reference}", what, MAX_MANIFEST_BYTES,
-                         {"Accept": f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"})
+        what = self._manifest_what(reference)
+        body = self._find(f"{self.base}/manifests/{reference}", what, MAX_MANIFEST_BYTES,
+                          {"Accept": ACCEPT_MANIFESTS})
+        if body is None:
+            return None
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
             raise RegistryError(f"{what}: content does not match the digest")
@@ -404,16 +443,52 @@ class Client:
             raise RegistryError(f"{what}: not JSON ({e})") from e
         if not isinstance(manifest, dict):
             raise RegistryError(f"{what}: not a manifest")
-        return digest, manifest
+        return Fetched(digest, manifest, len(body))
 
-    def put_manifest(self, manifest: dict[str, Any], tag: str) -> str:
+    def manifest_digest(self, tag: str) -> str | None:
+        """The digest of the manifest a tag names, as the registry says it (HEAD: no body), or None
+        where the tag is not there. Only a hint: a manifest fetched by it is checked against it."""
+        what = self._manifest_what(tag)
+        with self.exchange(what):
+            r = self._request("HEAD", f"{self.base}/manifests/{tag}", what, headers={"Accept": ACCEPT_MANIFESTS})
+            if r.status_code == 404:
+                return None
+            self._check(r, what, (200,))
+        digest = r.headers.get("Docker-Content-Digest", "")
+        return digest if digest.startswith("sha256:") and len(digest) == 71 else None
+
+    def _manifest_what(self, reference: str) -> str:
+        return f"manifest of {self.ref.name}:{reference}" if ":" not in reference else f"manifest {reference}"
+
+    def put_manifest(self, manifest: dict[str, Any], tag: str) -> dict[str, Any]:
+        """Put a manifest (or an index) under `tag`; its descriptor (media type, digest, size)."""
         body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
+        media = manifest.get("mediaType", OCI_MANIFEST)
         what = f"tag {self.ref.name}:{tag}"
         with self.exchange(what):
             self._check(self._request("PUT", f"{self.base}/manifests/{tag}", what, data=body,
-                                      headers={"Content-Type": manifest.get("mediaType", OCI_MANIFEST)}),
+                                      headers={"Content-Type": media}),
                         what, (201, 200))
-        return "sha256:" + hashlib.sha256(body).hexdigest()
+        return {"mediaType": media, "digest": "sha256:" + hashlib.sha256(body).hexdigest(), "size": len(body)}
+
+    def tags(self) -> list[str]:
+        """The repository's tags (the distribution API's tag list, page by page, at most
+        MAX_TAG_PAGES; none where the repository is not there yet)."""
+        tags: list[str] = []
+        url: str | None = f"{self.base}/tags/list?n={TAGS_PAGE}"
+        what = f"tags of {self.ref.name}"
+        for _ in range(MAX_TAG_PAGES):
+            if url is None:
+                break
+            with self.exchange(what):
+                r = self._request("GET", url, what, stream=True)
+                if r.status_code == 404:
+                    r.close()
+                    break
+                body = read_body(self._check(r, what, (200,)), MAX_MANIFEST_BYTES, what)
+            tags += _tags_of(body)
+            url = _next_page(self.base, r.headers.get("Link", ""))
+        return tags
 
     # --- blobs -----------------------------------------------------------------------------
     def has_blob(self, digest: str) -> bool:
@@ -475,6 +550,26 @@ def _shut(sock: socket.socket | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             socket.socket.shutdown(sock, socket.SHUT_RDWR)   # the socket's own, also under TLS
+
+
+def _tags_of(body: bytes) -> list[str]:
+    try:
+        listed = json.loads(body).get("tags") or []
+    except (ValueError, AttributeError) as e:
+        raise RegistryError(f"tag list: not the distribution API's answer ({_short(e)})") from e
+    return [t for t in listed if isinstance(t, str)] if isinstance(listed, list) else []
+
+
+def _next_page(base: str, link: str) -> str | None:
+    """The next page of a tag list (RFC 5988 Link, rel="next"), on the registry itself only."""
+    target, _, rel = link.partition(";")
+    target = target.strip()
+    if 'rel="next"' not in rel or not (target.startswith("<") and target.endswith(">")):
+        return None
+    path = target[1:-1]
+    if not path.startswith("/v2/"):
+        return None   # another host: a page is never fetched off the registry
+    return base.split("/v2/", 1)[0] + path
 
 
 def _errors_of(response: requests.Response) -> str:

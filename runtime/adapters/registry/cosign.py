@@ -90,7 +90,13 @@ def _verifies(key: PublicKey, signature: bytes, data: bytes) -> bool:
 
 def sign(client: Client, digest: str, key: PrivateKey) -> str:
     """Sign manifest `digest` of the client's repository; the signature's tag. Signatures already
-    there (other signers) are kept."""
+    there (other signers) are kept; where this key has signed the digest already, nothing is
+    added (an ECDSA signature differs each time: a push of the same manifest again would grow the list)."""
+    try:
+        verify(client, digest, [key.public_key()])
+        return tag_of(digest)
+    except RegistryError:
+        pass   # not signed by this key yet
     data = payload(client, digest)
     layer = {"mediaType": PAYLOAD_TYPE, "digest": transfer.put_config(client, data), "size": len(data),
              "annotations": {SIGNATURE_KEY: base64.b64encode(_sign(key, data)).decode()}}

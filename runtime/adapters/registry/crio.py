@@ -36,10 +36,11 @@ def checkpoint_annotations(container_name: str, config_dump: Mapping[str, Any], 
     return notes
 
 
-def image_config(layer_diff_id: str) -> dict[str, Any]:
-    """An image config for the one layer (uncompressed: its digest is its diff id)."""
-    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "architecture": "amd64", "os": "linux",
-            "config": {}, "rootfs": {"type": "layers", "diff_ids": [layer_diff_id]},
+def image_config(layer_diff_id: str, created: str = "") -> dict[str, Any]:
+    """An image config for the one layer (uncompressed: its digest is its diff id), made at `created`
+    (RFC 3339; now when not given)."""
+    return {"created": created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "architecture": "amd64",
+            "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": [layer_diff_id]},
             "history": [{"created_by": "rewarm push --format crio"}]}
 
 

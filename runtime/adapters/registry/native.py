@@ -95,12 +95,11 @@ def pieces_of(oci_manifest: Mapping[str, Any],
               keys: Sequence[ocicrypt.Key] = ()) -> tuple[dict[str, Any], list[Piece]]:
     """The config descriptor and the pieces named by a pulled manifest, each field checked;
     encrypted pieces are opened with one of `keys`."""
-    config, layers = oci_manifest.get("config"), oci_manifest.get("layers")
-    if not is_native(oci_manifest) or not isinstance(layers, list) or not isinstance(config, dict):
-        raise RegistryError("not a rewarm snapshot (config media type is not " + CONFIG_TYPE + ")")
+    config, layers = config_of(oci_manifest), oci_manifest.get("layers")
+    if not isinstance(layers, list):
+        raise RegistryError("not a rewarm snapshot (it has no list of layers)")
     if len(layers) > MAX_PIECES:
         raise RegistryError(f"snapshot has more than {MAX_PIECES} blobs")
-    _descriptor(config, "config")
     pieces = []
     for layer in layers:
         _descriptor(layer, "layer")
@@ -120,6 +119,15 @@ def pieces_of(oci_manifest: Mapping[str, Any],
         pieces.append(Piece(safe_path(str(notes.get(PATH_KEY, ""))), offset, layer["size"], digest,
                             media == FILE_TYPE, sealed))
     return config, pieces
+
+
+def config_of(oci_manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The descriptor of a native manifest's config (rewarm's manifest.json), checked."""
+    config = oci_manifest.get("config")
+    if not is_native(oci_manifest) or not isinstance(config, dict):
+        raise RegistryError("not a rewarm snapshot (config media type is not " + CONFIG_TYPE + ")")
+    _descriptor(config, "config")
+    return config
 
 
 def check_against(pieces: list[Piece], files: Mapping[str, FileDigest]) -> None:

@@ -12,12 +12,17 @@ from runtime.model.errors import RegistryError
 
 FORMATS: dict[str, Format] = {f.name: f for f in (NATIVE, CHECKPOINT_IMAGE)}
 
-__all__ = ["Caller", "FORMATS", "Format", "Staging", "Transfer", "detect"]
+__all__ = ["Caller", "FORMATS", "Format", "Staging", "Transfer", "detect", "recognised"]
 
 
 def detect(oci_manifest: Mapping[str, Any], what: str) -> Format:
     """The format a registry's manifest is in; `what` names it in the refusal."""
-    for f in FORMATS.values():
-        if f.recognises(oci_manifest):
-            return f
-    raise RegistryError(f"{what} is neither a rewarm snapshot nor a CRI-O / Podman checkpoint image")
+    found = recognised(oci_manifest)
+    if found is None:
+        raise RegistryError(f"{what} is neither a rewarm snapshot nor a CRI-O / Podman checkpoint image")
+    return found
+
+
+def recognised(oci_manifest: Mapping[str, Any]) -> Format | None:
+    """The format a registry's manifest is in, or None for anything else."""
+    return next((f for f in FORMATS.values() if f.recognises(oci_manifest)), None)

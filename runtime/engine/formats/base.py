@@ -11,6 +11,7 @@ from runtime.adapters.progress import Progress
 from runtime.adapters.registry import native, ocicrypt
 from runtime.adapters.registry.client import Client
 from runtime.model.errors import PullRefused
+from runtime.model.fingerprint import Fingerprint
 from runtime.model.manifest import Manifest
 from runtime.model.settings import Settings
 
@@ -18,10 +19,13 @@ from runtime.model.settings import Settings
 @dataclass(frozen=True)
 class Caller:
     """Who asked for a transfer and where its progress goes: a terminal or a log (`stream`, `quiet`),
-    and for a pull on miss the container it is for (named in its events)."""
+    and for a pull on miss the container it is for (named in its events) and that container's
+    fingerprint on this node (`fits`: the pull takes the snapshot of that fingerprint, or none;
+    None: the operator's pull, which takes what the reference names, the newest of an index)."""
     stream: TextIO | None = None
     quiet: bool = False
     container: str | None = None
+    fits: Fingerprint | None = None
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,15 @@ class Format(Protocol):
         """Whether a registry's manifest is a snapshot in this format."""
         ...
 
-    def push(self, t: Transfer, entry: store.Entry, tag: str) -> tuple[str, Progress]:
-        """Upload the entry and put its manifest under `tag`; returns the manifest's digest."""
+    def push(self, t: Transfer, entry: store.Entry, tag: str,
+             notes: Mapping[str, str]) -> tuple[dict[str, Any], Progress]:
+        """Upload the entry and put its manifest, annotated with `notes` too, under `tag`; returns
+        the manifest's descriptor (media type, digest, size)."""
+        ...
+
+    def fingerprint(self, t: Transfer, oci_manifest: Mapping[str, Any]) -> Fingerprint | None:
+        """The fingerprint the snapshot was captured with, where the registry tells it without a pull
+        (None: only the pulled snapshot says)."""
         ...
 
     def pull(self, t: Transfer, oci_manifest: Mapping[str, Any], into: Staging) -> tuple[store.Entry, Progress]:

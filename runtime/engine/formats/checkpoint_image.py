@@ -16,6 +16,7 @@ from runtime.adapters.registry import crio, native, ocicrypt, transfer
 from runtime.engine.formats.base import Staging, Transfer, check_room, decryption_keys, recipients
 from runtime.model import layout
 from runtime.model.errors import RegistryError
+from runtime.model.fingerprint import Fingerprint
 
 
 class CheckpointImage:
@@ -24,7 +25,8 @@ class CheckpointImage:
     def recognises(self, oci_manifest: Mapping[str, Any]) -> bool:
         return crio.is_checkpoint_image(oci_manifest)
 
-    def push(self, t: Transfer, entry: store.Entry, tag: str) -> tuple[str, Progress]:
+    def push(self, t: Transfer, entry: store.Entry, tag: str,
+             notes: Mapping[str, str]) -> tuple[dict[str, Any], Progress]:
         work = os.path.join(store.Store(t.settings.store).root, "tmp", f"push-{uuid.uuid4().hex}")
         owned_dir(work)   # named as this process's: gc leaves a live push alone
         try:
@@ -35,19 +37,24 @@ class CheckpointImage:
             progress = t.progress("push", size)
             with progress.stopped_on_failure():
                 (layer,) = transfer.upload(t.client, work, [layer], progress, recipients(t))
-            config = _json_bytes(crio.image_config(layer.digest))   # the diff id: the plaintext's digest
+            # the diff id is the plaintext's digest; the capture's time, not the push's: a push
+            # of the same entry again makes the same manifest
+            config = _json_bytes(crio.image_config(layer.digest, entry.manifest.created))
             config_digest = transfer.put_config(t.client, config)
             dump = _config_dump(entry)
             descriptor = {"mediaType": crio.LAYER_TAR, "digest": layer.blob, "size": size}
             if layer.sealed:
                 descriptor.update(mediaType=crio.LAYER_TAR + ocicrypt.SUFFIX, annotations=dict(layer.sealed.annotations))
-            notes = crio.checkpoint_annotations(str(dump.get("name") or entry.name), dump,
+            checkpoint_notes = crio.checkpoint_annotations(str(dump.get("name") or entry.name), dump,
                                                 os.path.basename(t.settings.runtime))
             m = crio.manifest({"mediaType": crio.OCI_CONFIG, "digest": config_digest, "size": len(config)},
-                              descriptor, notes)
+                              descriptor, {**checkpoint_notes, **notes})
             return t.client.put_manifest(m, tag), progress
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def fingerprint(self, t: Transfer, oci_manifest: Mapping[str, Any]) -> Fingerprint | None:
+        return None   # it is in the layer (a checkpoint archive), CRI-O's and Podman's pushes have none at all
 
     def pull(self, t: Transfer, oci_manifest: Mapping[str, Any], into: Staging) -> tuple[store.Entry, Progress]:
         from runtime.engine import archives

@@ -13,6 +13,7 @@ from runtime.adapters.registry import native, transfer
 from runtime.engine.formats.base import Staging, Transfer, check_room, decryption_keys, recipients, refuse_foreign
 from runtime.model import layout
 from runtime.model.errors import InvalidInput, RegistryError, SnapshotDamaged
+from runtime.model.fingerprint import Fingerprint
 from runtime.model.manifest import Manifest
 
 
@@ -22,7 +23,8 @@ class Native:
     def recognises(self, oci_manifest: Mapping[str, Any]) -> bool:
         return native.is_native(oci_manifest)
 
-    def push(self, t: Transfer, entry: store.Entry, tag: str) -> tuple[str, Progress]:
+    def push(self, t: Transfer, entry: store.Entry, tag: str,
+             notes: Mapping[str, str]) -> tuple[dict[str, Any], Progress]:
         progress = t.progress("push", entry.size())
         with progress.stopped_on_failure():
             pieces = transfer.upload(t.client, entry.path, native.split(entry.manifest.files), progress, recipients(t))
@@ -31,17 +33,16 @@ class Native:
         config_digest = transfer.put_config(t.client, config)
         m = native.manifest({"mediaType": native.CONFIG_TYPE, "digest": config_digest, "size": len(config)}, pieces,
                             {"dev.rewarm.snapshot.name": entry.name, "dev.rewarm.snapshot.namespace": entry.namespace,
-                             "org.opencontainers.image.created": entry.manifest.created})
+                             "org.opencontainers.image.created": entry.manifest.created, **notes})
         return t.client.put_manifest(m, tag), progress
+
+    def fingerprint(self, t: Transfer, oci_manifest: Mapping[str, Any]) -> Fingerprint:
+        return _pushed(t, native.config_of(oci_manifest)).fingerprint
 
     def pull(self, t: Transfer, oci_manifest: Mapping[str, Any], into: Staging) -> tuple[store.Entry, Progress]:
         ref = t.client.ref
         config, pieces = native.pieces_of(oci_manifest, decryption_keys(t, oci_manifest))
-        raw = transfer.fetch_bytes(t.client, config["digest"], config["size"])
-        try:
-            pushed = Manifest.from_json(json.loads(raw))
-        except (InvalidInput, ValueError, TypeError, KeyError) as e:
-            raise RegistryError(f"{ref}: its manifest.json is not valid: {e}") from e
+        pushed = _pushed(t, config)
         reserved = sorted(set(pushed.files) & store.NOT_CONTENT)
         if reserved:
             raise RegistryError(f"{ref}: manifest.json lists rewarm's own file {reserved[0]}")
@@ -59,6 +60,15 @@ class Native:
             return into.store.commit_pulled(into.path, manifest), progress
         except (SnapshotDamaged, InvalidInput) as e:
             raise RegistryError(f"{ref}: {e}") from e
+
+
+def _pushed(t: Transfer, config: Mapping[str, Any]) -> Manifest:
+    """The pushing node's manifest.json, the manifest's config: checked against its digest and the schema."""
+    raw = transfer.fetch_bytes(t.client, config["digest"], config["size"])
+    try:
+        return Manifest.from_json(json.loads(raw))
+    except (InvalidInput, ValueError, TypeError, KeyError) as e:
+        raise RegistryError(f"{t.client.ref}: its manifest.json is not valid: {e}") from e
 
 
 NATIVE = Native()
