@@ -21,29 +21,16 @@ import tempfile
 import time
 
 import common
-from runtime.adapters import logs, settings_file
+from runtime.host import settings_file
+from runtime.observe import logs
 from runtime.engine import capture
 from runtime.engine.restore import RESTORE_LOG_COPY
 from runtime.front.names import CONFIG_ENV
 from runtime.lab.runc_lab import Lab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-THP = "/sys/kernel/mm/transparent_hugepage/enabled"
 FILL = re.compile(r"pfill: task 1: filled (\d+) bytes, (\d+) readers, ([\d.]+) s")
 SNAPSHOT = {"rewarm.dev/snapshot": "ballast"}
-
-
-def thp(mode: str | None = None) -> str:
-    if mode:
-        with open(THP, "w") as f:
-            f.write(mode)
-    return open(THP).read().split("[")[1].split("]")[0]
-
-
-def drop_page_cache() -> None:
-    subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
 
 
 def build_yardstick(work: str) -> str:
@@ -66,7 +53,7 @@ def yardstick(binary: str, image: str, readers: list[int]) -> dict[str, dict[int
 
 
 def disk_read_gbps(path: str) -> float:
-    drop_page_cache()
+    common.drop_page_cache()
     t, n = time.monotonic(), 0
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(16 << 20):
@@ -111,7 +98,7 @@ def main() -> None:
     top, _ = common.private_node()
     base = settings_file.load().to_json()
     lab = Lab(os.path.join(top, "lab"))
-    original = thp()
+    original = common.thp()
     work = tempfile.mkdtemp(prefix="rewarm-fill-")
     try:
         src = lab.create("ballast", lab.worker(SNAPSHOT, args=["/usr/bin/python3", "/app/ballast.py"],
@@ -126,12 +113,12 @@ def main() -> None:
         disk = disk_read_gbps(pages)
         runs = []
         for mode in a.thp.split(","):
-            thp(mode)
+            common.thp(mode)
             for cache in a.cache.split(","):
                 for r in readers:
                     common.pretouch(size / 2**30 * 1.5 + 1)   # see common.pretouch
                     if cache == "dropped":
-                        drop_page_cache()
+                        common.drop_page_cache()
                     else:
                         subprocess.run(["cat", pages], stdout=subprocess.DEVNULL, check=True)
                     run = restore_once(lab, top, base, a.gib, r, f"r{r}-{mode}-{cache}")
@@ -140,7 +127,7 @@ def main() -> None:
                     print(f"THP {mode}, cache {cache}, {r} readers: CRIU {run['criu_s']:.2f}s, "
                           f"fill {run.get('fill_s', 0):.2f}s", flush=True)
     finally:
-        thp(original)
+        common.thp(original)
         lab.close()
         shutil.rmtree(work, ignore_errors=True)
     rows = []

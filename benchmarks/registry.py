@@ -20,9 +20,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import common
-from runtime.adapters import settings_file, store
-from runtime.adapters.files import write_json
-from runtime.adapters.registry import native
+from runtime.host import settings_file
+from runtime.snapshot import store
+from runtime.host.files import write_json
+from runtime.registry import native
 from runtime.engine import pull, push
 from runtime.engine.fingerprinting import of_container
 from runtime.engine.formats import Caller
@@ -129,7 +130,7 @@ def throughput(settings, registry: Registry, gib: float, rounds: int, top: str) 
 
 
 def pods(settings_path: str, registry: Registry, n: int) -> dict:
-    from runtime.adapters import logs
+    from runtime.observe import logs
     from runtime.lab.containerd_lab import Lab
     from runtime.lab.runc_lab import WORKER_DIR, rewarm_runc
     settings = settings_file.load(settings_path)

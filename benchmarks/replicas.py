@@ -29,7 +29,9 @@ from typing import Any
 
 import common
 from registry import free_port
-from runtime.adapters import logs, settings_file, store
+from runtime.host import settings_file
+from runtime.observe import logs
+from runtime.snapshot import store
 from runtime.lab.containerd_lab import Lab
 from runtime.lab.registry_lab import Engine, Registry
 from runtime.lab.runc_lab import WORKER_DIR, rewarm_runc

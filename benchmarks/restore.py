@@ -31,7 +31,9 @@ import tempfile
 import time
 
 import common
-from runtime.adapters import logs, settings_file, store
+from runtime.host import settings_file
+from runtime.observe import logs
+from runtime.snapshot import store
 from runtime.engine import capture, warm
 from runtime.engine.restore import RESTORE_LOG_COPY
 from runtime.front.names import CONFIG_ENV

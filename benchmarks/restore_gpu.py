@@ -13,20 +13,12 @@ import shutil
 import subprocess
 
 import common
-from runtime.adapters import settings_file
+from runtime.host import settings_file
 from runtime.engine import capture
 from runtime.gpu import nvml
 from runtime.lab.runc_lab import Lab
 
-THP = "/sys/kernel/mm/transparent_hugepage/enabled"
 WORKER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "gpu-worker")
-
-
-def thp(mode: str | None = None) -> str:
-    if mode:
-        with open(THP, "w") as f:
-            f.write(mode)
-    return open(THP).read().split("[")[1].split("]")[0]
 
 
 def restore_once(lab: Lab, cfg: dict, annotations: dict, env: dict, name: str) -> tuple[float, dict, dict]:
@@ -51,7 +43,7 @@ def main() -> None:
     top, cfg = common.private_node()
     lab = Lab(os.path.join(top, "lab"))
     annotations, env = {"rewarm.dev/snapshot": "gpu-bench"}, {"GPU_GIB": a.gib}
-    original_thp = thp()
+    original_thp = common.thp()
     rows, data = [], {"machine": common.machine(), "gpu": [g.model for g in nvml.inventory().gpus][:1]}
     try:
         cold = lab.create("cold", lab.gpu_worker(annotations, env, WORKER))
@@ -64,7 +56,7 @@ def main() -> None:
         rows.append(["cold start", original_thp, f"{cold_s:.2f}", "", "", "", ""])
         for label, mode, drop in (("restore", original_thp, False), ("restore", "always", False),
                                   ("restore, page cache dropped", "always", True)):
-            thp(mode)
+            common.thp(mode)
             if drop:
                 subprocess.run(["sync"])
                 with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -76,7 +68,7 @@ def main() -> None:
                          f"{stages.get('verify', 0):.2f}", f"{gbps:.2f}"])
             data.setdefault("restores", []).append({"label": label, "thp": mode, "seconds": seconds, "stages": stages})
     finally:
-        thp(original_thp)
+        common.thp(original_thp)
         lab.close()
         shutil.rmtree(top, ignore_errors=True)
     md = (f"GPU worker on {data['gpu'][0]}: {a.gib} GiB of GPU weights + CUDA graph; snapshot {size / 1e9:.1f} GB, "

@@ -14,7 +14,8 @@ import statistics
 import tempfile
 
 import common
-from runtime.adapters import logs, settings_file
+from runtime.host import settings_file
+from runtime.observe import logs
 from runtime.engine import capture
 from runtime.front.names import CONFIG_ENV
 from runtime.lab.private_node import write_config

@@ -40,7 +40,10 @@ import sys
 import time
 
 import common
-from runtime.adapters import files, logs, netns_http, settings_file, store
+from runtime.host import files, settings_file
+from runtime.netns import netns_http
+from runtime.observe import logs
+from runtime.snapshot import store
 from runtime.engine import capture, warm
 from runtime.front.names import CONFIG_ENV
 from runtime.lab.private_node import write_config

@@ -2,12 +2,13 @@
 stdin. rewarm-runc injects both into the config.json of annotated containers; CRI-O and Podman run
 them through hooks.d (`rewarm install --runtime crio|podman`).
 
-prestart  validates the rewarm annotations. For a container being restored (rewarm-runc names the
-          snapshot entry in config.json): checks that the GPUs it will see match the snapshot's, and
-          in its network namespace brings loopback up and adds the addresses the snapshot's sockets
-          were bound to. Runs during `runc restore`, before CRIU restores the sockets. rewarm-runc
-          adds it only where runc makes the namespace: a named one (a pod's) it prepares itself,
-          before the restore, saving the hook's process start on the restore's path.
+prestart  for a container being restored into a network namespace that runc makes, does what the
+          restore decided and wrote into its work dir (restore.tell_prestart): brings loopback up
+          and adds the addresses the snapshot's sockets were bound to. It runs during `runc
+          restore`, before CRIU restores the sockets, and parses nothing again (the annotations,
+          the spec and the snapshot were judged by rewarm-runc). rewarm-runc adds it only where runc
+          makes the namespace: a named one (a pod's) it prepares itself, before the restore, and the
+          host's (hostNetwork) is never touched.
 poststop  removes rewarm's per-container work files, records how the container had started
           (restored or cold) in the event log, and rewrites the Prometheus metrics file (the same
           metrics as `rewarm agent`'s /metrics). Both read only a bounded part of the log: its start
@@ -16,21 +17,21 @@ poststop  removes rewarm's per-container work files, records how the container h
 """
 from __future__ import annotations
 
-import calendar
 import json
 import os
 import sys
 import time
 from typing import IO, Any
 
-from runtime.adapters import logs, mounts, settings_file
-from runtime.adapters.files import owner_alive, read_json, remove_tree
+from runtime.container import mounts
+from runtime.host import settings_file
+from runtime.observe import logs
+from runtime.host.files import owner_alive, read_json, remove_tree
 from runtime.model import annotations as ann
-from runtime.model import layout, oci_spec
+from runtime.model import clock, layout
 from runtime.model.errors import HookError, RewarmError
 from runtime.model.events import START_KINDS, EventKind, Outcome
 from runtime.model.settings import Settings
-from runtime.model.oci_spec import Spec
 
 STAGES = ("prestart", "poststop")
 RUNTIME_ROOT_ENV = "REWARM_RUNTIME_ROOT"   # set by rewarm-runc in the hook's environment
@@ -46,49 +47,26 @@ def read_state(stream: IO[str]) -> dict[str, Any]:
     return state
 
 
-def _spec(state: dict[str, Any]) -> Spec:
-    try:
-        return oci_spec.parsed(read_json(os.path.join(state.get("bundle") or ".", "config.json")))
-    except (OSError, ValueError):
-        return Spec()
-
-
-def _netns_path(state: dict[str, Any], spec: Spec) -> str:
-    path = oci_spec.netns_path(spec)
-    if path:
-        return path
-    if not state.get("pid"):
-        raise HookError("no network namespace: the spec names none and the state has no pid")
-    return f"/proc/{state['pid']}/ns/net"
-
-
-def _check_gpus(manifest: dict[str, Any], spec: Spec) -> None:
-    recorded = manifest["fingerprint"].get("gpu")
-    if not recorded:
-        return
-    from runtime.gpu import nvml
-    here = nvml.fingerprint_of_spec(spec) or {}
-    for key in ("model", "count"):
-        if here.get(key) != recorded.get(key):
-            raise HookError(f"snapshot {manifest['namespace']}/{manifest['name']} was captured with "
-                            f"{recorded.get('count')} x {recorded.get('model')}; this container would see "
-                            f"{here.get('count', 0)} x {here.get('model', 'no GPU')}: CUDA restore cannot work")
-
-
 def prestart(state: dict[str, Any], settings: Settings) -> None:
-    annotations = state.get("annotations") or {}
-    spec = _spec(state)
-    request = ann.parse(annotations, oci_spec.process(spec))
-    entry_path = annotations.get(ann.ENTRY_KEY)
-    if not entry_path:
-        return  # a cold start: nothing to prepare
-    # rewarm-runc checked this entry a moment ago: no schema pass here (jsonschema costs ~50 ms)
-    manifest = read_json(os.path.join(entry_path, layout.MANIFEST))
-    _check_gpus(manifest, spec)
-    from runtime.adapters import netns_setup
-    added = netns_setup.prepare(_netns_path(state, spec), manifest.get("bound_addresses") or [])
-    logs.event(settings.event_log, EventKind.PRESTART, container=state["id"], namespace=manifest["namespace"],
-               snapshot=request.snapshot, addresses_added=added)
+    """During a restore, what rewarm-runc decided (restore.tell_prestart): the snapshot's bound
+    addresses added to the namespace runc made. Nothing is parsed again: not the annotations, the
+    spec, nor the snapshot's manifest."""
+    try:
+        told = read_json(os.path.join(_work_dir(state), layout.PRESTART))
+    except FileNotFoundError:
+        return   # a cold start, or a namespace the restore prepared itself: nothing to do
+    except (OSError, ValueError) as e:
+        raise HookError(f"{layout.PRESTART} of the restore is unreadable: {e}") from e
+    if not state.get("pid"):
+        raise HookError("no network namespace: the state has no pid")
+    from runtime.netns import netns_setup
+    added = netns_setup.prepare(f"/proc/{state['pid']}/ns/net", told.get("bound_addresses") or [])
+    logs.event(settings.event_log, EventKind.PRESTART, container=state["id"], namespace=told.get("namespace", ""),
+               snapshot=told.get("snapshot", ""), addresses_added=added)
+
+
+def _work_dir(state: dict[str, Any]) -> str:
+    return layout.work_dir(os.environ.get(RUNTIME_ROOT_ENV, "/run/runc"), state["id"])
 
 
 def _restoring(work: str) -> bool:
@@ -98,7 +76,7 @@ def _restoring(work: str) -> bool:
 
 
 def poststop(state: dict[str, Any], settings: Settings) -> None:
-    work = layout.work_dir(os.environ.get(RUNTIME_ROOT_ENV, "/run/runc"), state["id"])
+    work = _work_dir(state)
     if _restoring(work):
         return
     mounts.unmount_under(work)            # left by an engine that was killed midway: a CRIU's cgroup yard
@@ -113,7 +91,7 @@ def poststop(state: dict[str, Any], settings: Settings) -> None:
                reason=start.get("reason", ""), start_seconds=start.get("seconds"),
                lifetime_seconds=_seconds_since(start.get("time")))
     if settings.metrics_file:
-        from runtime.adapters import metrics
+        from runtime.observe import metrics
         # The log's lines since the last fold, and the store's use from its entries' manifests.
         metrics.write(settings.metrics_file, metrics.served(settings.event_log, settings.store))
 
@@ -122,9 +100,7 @@ def _seconds_since(stamp: str | None) -> float | None:
     """Seconds since an event-log time (RFC 3339, nanoseconds, UTC)."""
     if not stamp:
         return None
-    whole, _, fraction = stamp.rstrip("Z").partition(".")
-    then = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{fraction or 0}")
-    return round(time.time() - then, 3)
+    return round(time.time() - clock.seconds_of(stamp), 3)
 
 
 def main() -> None:

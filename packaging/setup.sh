@@ -75,7 +75,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
   echo "rewarm-setup: created .venv"
 fi
-if ! .venv/bin/python -c "import runtime.front.dispatch, jsonschema, pytest, psutil, grpc, grpc_tools, tomlkit, zstandard, importlinter, mypy, oras, kubernetes_validate, testcontainers, prometheus_client, jwcrypto, cryptography, shtab, tqdm" 2>/dev/null \
+if ! .venv/bin/python -c "import runtime.front.runc_argv, runtime.engine.formats, jsonschema, pytest, psutil, grpc, grpc_tools, tomlkit, zstandard, importlinter, mypy, oras, kubernetes_validate, testcontainers, prometheus_client, jwcrypto, cryptography, shtab, tqdm" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.rewarm-installed ] || [ packaging/bin/rewarm-runc -nt .venv/.rewarm-installed ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat

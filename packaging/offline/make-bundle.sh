@@ -127,6 +127,13 @@ for root in (pathlib.Path(sysconfig.get_path("platstdlib")) / "lib-dynload", top
             if any(w in str(e) for w in ("shared object", "GLIBC", "undefined symbol", "version `")):
                 failed.append(f"{name}: {e}")
 import runtime.cli.main, runtime.engine.runc_entry, oci_hooks.main  # noqa: E401,F401  rewarm's commands
+import pkgutil, runtime  # noqa: E401  and every module of the node's (the lab's are the tests')
+for module in pkgutil.walk_packages(runtime.__path__, "runtime."):
+    if not module.name.startswith("runtime.lab"):
+        try:
+            importlib.import_module(module.name)
+        except ImportError as e:
+            failed.append(f"{module.name}: {e}")
 for line in open("/proc/self/maps"):
     fields = line.split(maxsplit=5)
     path = fields[5].strip() if len(fields) == 6 else ""

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Iterator
 
 import shtab
 
-from runtime.adapters import settings_file
+from runtime.host import settings_file
 from runtime.front.names import CONFIG_ENV, DEFAULT_CONFIG
 from runtime.model.errors import RewarmError
 from runtime.model.settings import Settings
 
 if TYPE_CHECKING:
     from runtime.node.install import Outcome
+    from runtime.snapshot.store import Entry
 
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -48,9 +49,10 @@ def cmd_capture(cfg: Settings, a: argparse.Namespace) -> int:
     if a.containerd:
         from runtime.clients.containerd import Containerd
         with Containerd(a.address, a.namespace or "k8s.io") as containerd:
-            root = containerd.container(a.container_id).runc_root
-            entry = capture.run(cfg, capture.Request(root, a.container_id, a.name, a.snapshot_namespace,
-                                                     leave_running=not a.exit, containerd=containerd))
+            found = containerd.container(a.container_id)   # asked once: its runc root and image
+            entry = capture.run(cfg, capture.Request(found.runc_root, a.container_id, a.name, a.snapshot_namespace,
+                                                     leave_running=not a.exit, containerd=containerd,
+                                                     image_digest=containerd.image_digest(found.image)))
     else:
         entry = capture.capture(cfg, a.root, a.container_id, a.name, a.snapshot_namespace or a.namespace,
                                 a.leave_running)
@@ -60,7 +62,7 @@ def cmd_capture(cfg: Settings, a: argparse.Namespace) -> int:
 
 
 def cmd_ls(cfg: Settings, a: argparse.Namespace) -> int:
-    from runtime.adapters import store
+    from runtime.snapshot import store
     entries, broken = store.Store(cfg.store).everything()
     if a.json:
         print(json.dumps([{"namespace": e.namespace, "name": e.name, "entry": e.ident, "bytes": e.size(),
@@ -76,18 +78,25 @@ def cmd_ls(cfg: Settings, a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_inspect(cfg: Settings, a: argparse.Namespace) -> int:
-    from runtime.adapters import store
+def _entries(cfg: Settings, a: argparse.Namespace) -> "list[Entry]":
+    """The entries of the snapshot `a` names, newest first; none: says so on stderr."""
+    from runtime.snapshot import store
     entries = store.Store(cfg.store).entries(a.namespace, a.name)
     if not entries:
         print(f"no snapshot {a.namespace}/{a.name}", file=sys.stderr)
+    return entries
+
+
+def cmd_inspect(cfg: Settings, a: argparse.Namespace) -> int:
+    entries = _entries(cfg, a)
+    if not entries:
         return 1
     print(json.dumps([{"path": e.path, "manifest": e.manifest.to_json()} for e in entries], indent=2))
     return 0
 
 
 def cmd_rm(cfg: Settings, a: argparse.Namespace) -> int:
-    from runtime.adapters import store
+    from runtime.snapshot import store
     n = store.Store(cfg.store).remove(a.namespace, a.name)
     if not n:
         print(f"rewarm rm: no snapshot {a.namespace}/{a.name}", file=sys.stderr)
@@ -97,13 +106,11 @@ def cmd_rm(cfg: Settings, a: argparse.Namespace) -> int:
 
 
 def cmd_warm(cfg: Settings, a: argparse.Namespace) -> int:
-    from runtime.adapters import store
     from runtime.engine import warm
-    entries = store.Store(cfg.store).entries(a.namespace, a.name)
+    entries = _entries(cfg, a)
     if not entries:
-        print(f"no snapshot {a.namespace}/{a.name}", file=sys.stderr)
         return 1
-    from runtime.adapters.progress import Progress
+    from runtime.observe.progress import Progress
     done = warm.warm(entries[0], a.threads or cfg.restore_threads, Progress("warm", warm.size(entries[0])))
     size = entries[0].size()
     print(f"warmed {a.namespace}/{a.name}: {_size(done.bytes_read)} read in {done.seconds:.2f}s "
@@ -115,7 +122,7 @@ def cmd_warm(cfg: Settings, a: argparse.Namespace) -> int:
 
 
 def cmd_gc(cfg: Settings, a: argparse.Namespace) -> int:
-    from runtime.adapters import store
+    from runtime.snapshot import store
     for path in store.Store(cfg.store).gc(a.max_bytes):
         print(f"removed {path}")
     return 0
@@ -144,9 +151,16 @@ def _print_outcome(outcome: Outcome, dry_run: bool, unchanged: str, verb: str) -
 
 def cmd_install(cfg: Settings, a: argparse.Namespace) -> int:
     from runtime.node import install
+    from runtime.snapshot import store
     node = install.Node(a.config_file, a.binary, a.hooks_dir, a.rewarm_config, a.containerd)
     _print_outcome(install.install(a.runtime, node, a.config_version, a.dry_run), a.dry_run,
                    "already installed; nothing to change", "load")
+    if not a.dry_run:   # the store root-only before any snapshot lands there, whoever made the directory
+        node_store = store.Store(cfg.store)
+        repaired = node_store.repair_mode()
+        node_store.ensure()
+        if repaired:
+            print(repaired)
     return 0
 
 
@@ -208,11 +222,12 @@ def cmd_pull(cfg: Settings, a: argparse.Namespace) -> int:
 
 
 def cmd_bake(cfg: Settings, a: argparse.Namespace) -> int:
-    from runtime.adapters.progress import Phases
+    from runtime.observe.progress import Phases
     from runtime.engine import bake
     command = a.command[1:] if a.command[:1] == ["--"] else a.command
     env = tuple((k, v) for k, v in (item.split("=", 1) for item in a.env))
-    job = bake.Bake(a.image, a.name, a.namespace, tuple(command), env, a.ready_file, a.ready_http, a.timeout, a.handler)
+    job = bake.Bake(image=a.image, name=a.name, namespace=a.namespace, command=tuple(command), env=env,
+                    ready_file=a.ready_file, ready_http=a.ready_http, timeout=a.timeout, handler=a.handler)
     entry = bake.bake(cfg, a.address, job, Phases("bake"))
     print(f"baked {entry.namespace}/{entry.name} ({_size(entry.size())}) -> {entry.path}")
     return 0
@@ -234,7 +249,7 @@ def _event_line(e: dict[str, object]) -> str:
 def cmd_events(cfg: Settings, a: argparse.Namespace) -> int:
     from collections import deque
 
-    from runtime.adapters import logs
+    from runtime.observe import logs
 
     def wanted(e: dict[str, object]) -> bool:
         return (not a.pod or e.get("pod") == a.pod or e.get("container") == a.pod) \

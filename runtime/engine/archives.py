@@ -5,14 +5,13 @@ a readable spec), fingerprinted for this node, and appears with the store's one 
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Mapping
 
-from runtime.adapters import archive, rootfs_diff, store
-from runtime.adapters.files import read_json
-from runtime.adapters.registry import crio, oci_archive, ocicrypt
+from runtime.snapshot import archive, rootfs_diff, store
+from runtime.host.files import read_json
+from runtime.registry import crio, oci_archive, ocicrypt
 from runtime.engine import fingerprinting, warm
-from runtime.model import layout, oci_spec
+from runtime.model import clock, layout, oci_spec
 from runtime.model import annotations as ann
 from runtime.model.errors import ArchiveError, InvalidInput, UnsafeRootfsDiff
 from runtime.model.manifest import CaptureInfo, Manifest, RootfsInfo
@@ -77,7 +76,7 @@ def import_archive(settings: Settings, archive_path: str, name: str, namespace: 
         images = os.path.join(staging, layout.CHECKPOINT_DIR)
         deleted = read_json(deleted_path)
         manifest = Manifest(
-            namespace=namespace, name=name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            namespace=namespace, name=name, created=clock.rfc3339(),
             fingerprint=fp, fingerprint_id=fp.ident(),
             source={"container_id": str(config.get("id") or spec.get("hostname") or "imported"),
                     "imported_from": os.path.basename(archive_path), **(origin or {})},

@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.adapters import logs, store
-from runtime.adapters.progress import Phases
+from runtime.observe import logs
+from runtime.snapshot import store
+from runtime.observe.progress import Phases
 from runtime.clients import cri
 from runtime.model import annotations as ann
 from runtime.model.errors import CaptureFailed, RewarmError
@@ -28,7 +29,7 @@ def _events_for(event_log: str, container_id: str) -> list[dict[str, Any]]:
     return [e for e in logs.read_events(event_log) if e.get("container") == container_id]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Bake:
     """What to bake: the image and command a pod would run, and when it counts as ready."""
     image: str

@@ -20,13 +20,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from runtime.adapters import criu, dev_shm, logs, netlock, open_files, reload_files, rootfs_diff, sockets, store, worker_hooks
-from runtime.adapters.files import read_json, write_json
-from runtime.adapters.runc import Runc, run_bounded
+from runtime.container import criu, netlock, open_files, sockets, spec_file
+from runtime.netns import worker_hooks
+from runtime.observe import logs
+from runtime.snapshot import dev_shm, reload_files, rootfs_diff, store
+from runtime.host.files import write_json
+from runtime.container.runc import Runc, run_bounded
 from runtime.engine import fingerprinting, warm
 from runtime.gpu import plugin_env
 from runtime.model import annotations as ann
-from runtime.model import layout, oci_spec
+from runtime.model import clock, layout, oci_spec
 from runtime.model.errors import (CaptureFailed, CudaError, InvalidInput, RewarmError, StoreError, WorkerHookFailed,
                                   code_of)
 from runtime.model.events import EventKind
@@ -53,7 +56,7 @@ class Source:
         return oci_spec.rootfs(self.spec, self.bundle)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Capture:
     """Everything the steps share."""
     settings: Settings
@@ -76,6 +79,7 @@ class Capture:
     reload: tuple[ReloadFile, ...] = ()       # files the worker reads back (its quiesce hook named them)
     reload_left_out: list[str] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)   # seconds per step, for the captured event
+    listed: list[int] | None = None           # the container's processes (see pids)
 
     @property
     def images(self) -> str:
@@ -93,6 +97,12 @@ class Capture:
         assert self.fingerprint is not None, "a step ran before fingerprint_source"
         return self.fingerprint
 
+    def pids(self) -> list[int]:
+        """The container's processes, listed once (`runc ps`): the steps before the dump see the same ones."""
+        if self.listed is None:
+            self.listed = self.runc.pids(self.source.container_id) or [self.source.pid]
+        return self.listed
+
     def seconds_left(self, cap: float | None = None) -> float:
         """What is left of capture_timeout_s, which bounds the quiesce hook and the checkpoint
         together (the resume hook after it has its own hook_timeout_s: the worker must be woken)."""
@@ -101,7 +111,7 @@ class Capture:
 
 
 def _now_rfc3339() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return clock.rfc3339()
 
 
 def find_source(settings: Settings, runtime_root: str, container_id: str) -> Source:
@@ -110,7 +120,10 @@ def find_source(settings: Settings, runtime_root: str, container_id: str) -> Sou
         raise CaptureFailed(f"container {container_id} not found under {runtime_root}")
     if state.get("status") != "running":
         raise CaptureFailed(f"container {container_id} is {state.get('status')}, not running")
-    spec: Spec = read_json(os.path.join(state["bundle"], "config.json"))
+    try:
+        spec = spec_file.read(state["bundle"])
+    except (OSError, ValueError) as e:
+        raise CaptureFailed(f"container {container_id}: its bundle's config.json is unreadable: {e}") from e
     return Source(runtime_root, container_id, state["bundle"], int(state["pid"]), spec)
 
 
@@ -127,7 +140,7 @@ def check_space(c: Capture) -> None:
     """Refuse before the dump when the store clearly cannot hold it: the container's resident
     memory, the GPU memory of its processes and its rootfs changes (an estimate, not a promise:
     a full disk later still fails cleanly, it only costs a dump)."""
-    pids = c.runc.pids(c.source.container_id) or [c.source.pid]
+    pids = c.pids()
     need = sum(_resident_bytes(pid) for pid in pids) + rootfs_diff.upper_bytes(c.source.rootfs)
     if c.fp().gpu:
         from runtime.gpu import nvml
@@ -152,7 +165,7 @@ def refuse_what_criu_cannot_dump(c: Capture) -> None:
     """Fail before the worker is touched where CRIU would fail midway: an io_uring instance (a
     container started by rewarm-runc has io_uring refused, see model/seccomp.py; one started
     elsewhere, or with block_io_uring off, may hold one)."""
-    holders = open_files.io_uring_holders(c.runc.pids(c.source.container_id) or [c.source.pid])
+    holders = open_files.io_uring_holders(c.pids())
     if holders:
         raise CaptureFailed(f"process {', '.join(holders[:5])} holds an io_uring instance, which CRIU cannot "
                             "checkpoint; start the container through rewarm-runc with block_io_uring on (the "
@@ -166,7 +179,7 @@ def note_gpus_and_sockets(c: Capture) -> None:
         from runtime.gpu import nvml  # pynvml: only for GPU containers
         c.gpu_facts = {"gpu_uuids": tuple(nvml.uuids_of_spec(c.source.spec)),
                        "gpu_processes": {k: tuple(v) for k, v in
-                                         nvml.processes_on_gpus(c.runc.pids(c.source.container_id)).items()}}
+                                         nvml.processes_on_gpus(c.pids()).items()}}
     c.bound = sockets.bound_addresses(c.source.pid)
 
 
@@ -274,6 +287,7 @@ class Request:
     leave_running: bool = False
     skip_if_present: bool = False
     containerd: "Containerd | None" = None
+    image_digest: str = ""             # the image's digest as containerd has it ("": from the spec's annotations)
 
 
 def capture(settings: Settings, runtime_root: str, container_id: str, name: str, namespace: str | None = None,
@@ -288,8 +302,8 @@ def run(settings: Settings, request: Request) -> store.Entry:
                                                                  r.leave_running, r.containerd)
     validate_name(name)
     src = find_source(settings, r.runtime_root, container_id)
-    if containerd is not None:
-        src = _with_image_digest(src, containerd.image_digest(containerd.container(container_id).image))
+    if r.image_digest:
+        src = _with_image_digest(src, r.image_digest)
     namespace = validate_namespace(namespace or ann.namespace_of(oci_spec.annotations_of(src.spec)))
     st = store.Store(settings.store).ensure()
     criu.ensure_config(settings)
@@ -298,8 +312,8 @@ def run(settings: Settings, request: Request) -> store.Entry:
     try:
         hooks = _hooks_of(src)
         with st.capturing(namespace, name), st.staging() as staging:
-            c = Capture(settings, src, namespace, name, leave_running, staging, containerd, hooks, st,
-                        r.skip_if_present)
+            c = Capture(settings=settings, source=src, namespace=namespace, name=name, leave_running=leave_running,
+                        staging=staging, containerd=containerd, hooks=hooks, into=st, skip_if_present=r.skip_if_present)
             for step in STEPS:
                 t = time.monotonic()
                 step(c)

@@ -14,9 +14,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from runtime.adapters import criu, logs, settings_file
-from runtime.adapters.spec_file import SpecFile
-from runtime.adapters.runc import wait_forwarding
+from runtime.container import criu
+from runtime.host import settings_file
+from runtime.observe import logs
+from runtime.container.spec_file import SpecFile
+from runtime.container.runc import wait_forwarding
 from runtime.front.names import ANNOTATION_PREFIX
 from runtime.front.real_runtime import real_runtime
 from runtime.front.runc_argv import RuncCall
@@ -117,7 +119,8 @@ def hook_binary() -> str | None:
 def _add_hooks(spec: Spec, call: RuncCall) -> None:
     """rewarm-hook poststop after the container's own hooks (once), and prestart where runc makes
     the network namespace: a named one (a pod's) the restore prepares itself (restore.prepare_network),
-    which saves the hook's process start on a restore's path. runc gives hooks an empty environment:
+    which saves the hook's process start on a restore's path, and the host's (hostNetwork) is never
+    touched. runc gives hooks an empty environment:
     name rewarm's config and the runtime root (where the work dir lives)."""
     hook = hook_binary()
     if not hook:
@@ -127,7 +130,7 @@ def _add_hooks(spec: Spec, call: RuncCall) -> None:
            f"REWARM_RUNTIME_ROOT={call.root}"]
     env += [f"{k}={os.environ[k]}" for k in ("REWARM_CONFIG", "PYTHONPATH") if os.environ.get(k)]
     hooks: dict[str, list[oci_spec.Hook]] = spec.setdefault("hooks", {})
-    for stage in ("poststop",) if oci_spec.netns_path(spec) else ("prestart", "poststop"):
+    for stage in ("prestart", "poststop") if oci_spec.runtime_makes_netns(spec) else ("poststop",):
         entries = hooks.setdefault(stage, [])
         if not any(h.get("path") == hook and (h.get("args") or [])[1:2] == [stage] for h in entries):
             entries.append({"path": hook, "args": ["rewarm-hook", stage], "env": env, "timeout": HOOK_TIMEOUT_S})
@@ -199,14 +202,14 @@ def create(call: RuncCall) -> NoReturn:
             raise SettingsError(config_error)
         a.namespace = ann.namespace_of(annotations)
         a.request = ann.parse(annotations, oci_spec.process(f.spec))
-        from runtime.engine import restore   # (its imports overlap the digest's child)
+        from runtime.engine import restore, wanted   # (their imports overlap the digest's child)
         prepare_spec(call, settings, f, digest.result())
         a.prepared = f
+        want = wanted.of(f.spec, settings, a.request, a.namespace)
         if a.request.snapshot_ref:   # rewarm.dev/snapshot-ref: pull on a miss, within pull_timeout_s
             from runtime.engine import pull
-            pull.on_miss(settings, f.spec, a.request, a.namespace, pull.Pod(str(call.container_id), call.root),
-                         a.deadline)
-        result = restore.restore(call, settings, f, a.request, a.namespace, a.deadline)
+            pull.on_miss(settings, want, pull.Pod(str(call.container_id), call.root), a.deadline)
+        result = restore.restore(call, settings, f, want, a.deadline)
     except (RewarmError, OSError, ValueError) as e:
         digest.close()
         _cold_start(a, str(e), code_of(e))
@@ -242,9 +245,10 @@ def _cold_start(a: Attempt, reason: str, code: ReasonCode) -> NoReturn:
         sys.exit(1)
     if watched is not None:
         from runtime.engine import on_ready
-        on_ready.spawn(on_ready.Job(a.call.root, str(a.call.container_id), a.namespace, watched.snapshot,
-                                    watched.ready_file, watched.ready_http,
-                                    watched.snapshot_ref if watched.push is ann.Push.ON_CAPTURE else None,
+        on_ready.spawn(on_ready.Job(runtime_root=a.call.root, container_id=str(a.call.container_id),
+                                    namespace=a.namespace, name=watched.snapshot, ready_file=watched.ready_file,
+                                    ready_http=watched.ready_http,
+                                    push_to=watched.snapshot_ref if watched.push is ann.Push.ON_CAPTURE else None,
                                     capture=watched.capture.value, pod=ann.pod_fields(a.annotations)))
     if a.prepared is not None:   # the cold start runs with rewarm's changes too (its capture needs them)
         try:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-from runtime.adapters import fingerprint_key, node_facts
+from runtime.host import fingerprint_key, node_facts
 from runtime.gpu import nvml
 from runtime.model import oci_spec
 from runtime.model.fingerprint import Fingerprint, env_hashes, image_of, key_id

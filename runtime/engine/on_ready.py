@@ -21,9 +21,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from runtime.adapters import logs, netns_http, settings_file, store
-from runtime.adapters.files import read_json, start_time
-from runtime.adapters.runc import Runc
+from runtime.host import settings_file
+from runtime.netns import netns_http
+from runtime.observe import logs
+from runtime.snapshot import store
+from runtime.host.files import start_time
+from runtime.container import spec_file
+from runtime.container.runc import Runc
 from runtime.engine import capture
 from runtime.model.annotations import Capture
 from runtime.model.errors import CaptureFailed, RewarmError, code_of
@@ -37,7 +41,7 @@ TERMINATION_LOG = "/dev/termination-log"   # kubelet's default terminationMessag
 TERMINATION_MESSAGE_MAX = 4096             # what kubelet reads of it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Job:
     runtime_root: str
     container_id: str
@@ -225,8 +229,8 @@ def _write_termination_message(bundle: str, message: str) -> None:
     found in the container's config.json (kubelet's path, which the container cannot move); never
     through a link, never more than kubelet reads."""
     try:
-        mounts = read_json(os.path.join(bundle, "config.json")).get("mounts") or []
-    except (OSError, ValueError, AttributeError):
+        mounts = spec_file.read(bundle).get("mounts") or []
+    except (OSError, ValueError):
         return
     sources = [m.get("source") for m in mounts if isinstance(m, dict) and m.get("destination") == TERMINATION_LOG]
     if not sources or not isinstance(sources[-1], str):

@@ -21,13 +21,16 @@ import threading
 import time
 from dataclasses import dataclass
 
-from runtime.adapters import logs, settings_file, store
-from runtime.adapters.files import owned_dir
-from runtime.adapters.progress import Progress
-from runtime.adapters.registry import cosign
-from runtime.adapters.registry.client import Bounds, Client
-from runtime.engine import fingerprinting, warm
+from runtime.host import settings_file
+from runtime.observe import logs
+from runtime.snapshot import store
+from runtime.host.files import owned_dir
+from runtime.observe.progress import Progress
+from runtime.registry import cosign
+from runtime.registry.client import Bounds, Client
+from runtime.engine import warm
 from runtime.engine.formats import Caller, Staging, Transfer, detect, per_fingerprint
+from runtime.engine.wanted import Wanted
 from runtime.model import annotations as ann
 from runtime.model import registry_ref
 from runtime.model.errors import NotRestorable, PullRefused, RegistryError, RewarmError, TransferInterrupted, code_of
@@ -35,7 +38,6 @@ from runtime.model.events import EventKind, ReasonCode, reason_code
 from runtime.model.fingerprint import Fingerprint
 from runtime.model.manifest import PULLED_FROM
 from runtime.model.names import validate_name, validate_namespace
-from runtime.model.oci_spec import Spec
 from runtime.model.registry_ref import Reference
 from runtime.model.settings import Settings
 
@@ -138,15 +140,15 @@ class _Job:
     fits: Fingerprint     # the container's fingerprint here: the snapshot of REF the pull takes
 
 
-def on_miss(settings: Settings, spec: Spec, request: ann.Request, namespace: str, pod: Pod, deadline: float) -> None:
+def on_miss(settings: Settings, want: Wanted, pod: Pod, deadline: float) -> None:
     """With no fitting entry here, pull the snapshot of rewarm.dev/snapshot-ref that fits this
     container on this node (the fingerprint restore's gate computes) within pull_timeout_s. A pull
     that takes longer goes on in the background (the next pod restores) while this pod lives, and
     this one cold-starts: NotRestorable says why, as it does for a refused or failed pull, or for a
     ref that offers no snapshot of this fingerprint (each fingerprint on offer and how it differs).
     The wait ends at pull_timeout_s or at the create's `deadline`, whichever comes first."""
+    request, namespace, here = want.request, want.namespace, want.fingerprint
     assert request.snapshot_ref is not None
-    here = fingerprinting.of_container(spec, settings)
     if fits_locally(settings, request, namespace, here):
         return
     ref = registry_ref.parse(request.snapshot_ref, ann.SNAPSHOT_REF)

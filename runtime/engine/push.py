@@ -13,9 +13,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from runtime.adapters import logs, store
-from runtime.adapters.progress import Progress
-from runtime.adapters.registry import cosign, index
+from runtime.observe import logs
+from runtime.snapshot import store
+from runtime.observe.progress import Progress
+from runtime.registry import cosign, index
 from runtime.engine.formats import FORMATS, Caller, Transfer, per_fingerprint
 from runtime.engine.pull import client_for
 from runtime.model import registry_ref

@@ -18,18 +18,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from runtime.adapters import (cgroups, criu, dev_shm, logs, mounts, netlock, netns_setup, page_cache, reload_files,
-                              rootfs_diff, store, worker_hooks)
-from runtime.adapters.store import Entry, Store
-from runtime.adapters.files import owned_dir, read_json, remove_tree, write_json
-from runtime.adapters.spec_file import SpecFile
-from runtime.adapters.runc import RestoreFrom, Runc, errors_since, restore_argv, run_bounded, start_attached
-from runtime.engine import fingerprinting
+from runtime.container import cgroups, criu, mounts, netlock
+from runtime.netns import netns_setup, worker_hooks
+from runtime.observe import logs
+from runtime.snapshot import dev_shm, page_cache, reload_files, rootfs_diff, store
+from runtime.snapshot.store import Entry, Store
+from runtime.host.files import owned_dir, read_json, remove_tree, write_json
+from runtime.container.spec_file import SpecFile
+from runtime.container.runc import RestoreFrom, Runc, errors_since, restore_argv, run_bounded, start_attached
+from runtime.engine.wanted import Wanted
 from runtime.gpu import plugin_env
 from runtime.front.names import RESTORED_MARKER
 from runtime.front.runc_argv import RuncCall
 from runtime.model import fingerprint, layout, oci_spec
-from runtime.model.annotations import ENTRY_KEY, Request
+from runtime.model.annotations import Request
 from runtime.model.errors import (GpuMismatch, NotRestorable, RestoreFailed, SnapshotDamaged, UnsafeRootfsDiff,
                                   WorkerHookFailed)
 from runtime.model.events import ReasonCode
@@ -54,7 +56,7 @@ class Stages:
             self.times[name] = round(self.times.get(name, 0.0) + time.monotonic() - t, 3)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Restore:
     """Everything the steps share. `held` keeps the store's read lock until the restore ends;
     `on_failure` holds the undo of what was changed so far."""
@@ -63,6 +65,7 @@ class Restore:
     spec_file: SpecFile        # the container's config.json, written once before runc restores it
     request: Request
     namespace: str
+    want: Wanted               # the create's: its fingerprint is worked out once
     store: Store
     runc: Runc
     held: contextlib.ExitStack
@@ -113,12 +116,12 @@ class Result:
 
 
 def _mounts_lacking(entry: Entry, spec: Spec) -> list[str]:
-    """The mount destinations of the captured container (its spec.dump) that this one does not have."""
+    """The bind mounts of the captured container (its spec.dump) that this one does not have."""
     try:
         captured = oci_spec.parsed(read_json(entry.file(layout.SPEC_DUMP)))
     except (OSError, ValueError):
         return []   # an import without it: CRIU's own check stands
-    return sorted(oci_spec.mount_destinations(captured) - oci_spec.mount_destinations(spec))
+    return sorted(oci_spec.bind_destinations(captured) - oci_spec.bind_destinations(spec))
 
 
 # --- the steps ---------------------------------------------------------------------------------
@@ -148,7 +151,7 @@ def find_candidates(r: Restore) -> None:
 def pick_fitting_entry(r: Restore) -> None:
     """The newest entry whose fingerprint equals this container's on this node; its read lock is
     held from here to the end, and it must still be there once the lock is held."""
-    here = fingerprinting.of_container(r.spec, r.settings)
+    here = r.want.fingerprint
     fitting = store.fitting(r.candidates, here)
     if not fitting:
         newest = r.candidates[0].manifest.fingerprint
@@ -192,7 +195,7 @@ def lay_rootfs_diff(r: Restore) -> None:
 
 
 def lay_dev_shm(r: Restore) -> None:
-    """The files the captured pod kept in a /dev/shm bound in from the host (adapters/dev_shm.py)."""
+    """The files the captured pod kept in a /dev/shm bound in from the host (snapshot/dev_shm.py)."""
     if layout.DEV_SHM in r.chosen().manifest.files:
         patch = dev_shm.lay(r.spec, r.chosen().file(layout.DEV_SHM), os.path.join(r.work, "dev-shm-backup"))
         if patch is not None:
@@ -212,15 +215,15 @@ def restore_process(r: Restore) -> None:
     """`runc restore` in the caller's place: the restored process becomes the container's init and
     takes over this process's stdio, exactly as `create` hands its stdio to the container."""
     entry = r.chosen()
-    name_entry(r, entry.path)   # for rewarm-hook prestart during the restore; with rewarm's changes, one write
-    r.on_failure.callback(name_entry, r, None)
+    tell_prestart(r, entry)
+    r.spec_file.flush()   # with rewarm's changes: config.json's one write
     r.on_failure.callback(netlock.release, oci_spec.netns_path(r.spec))   # CRIU killed midway leaves its lock
     r.on_failure.callback(cgroups.kill_container, r.spec)   # and processes runc does not know of
     r.on_failure.callback(r.runc.delete_force, r.container_id)
     pid_file = r.call.pid_file or (None if r.detach else os.path.join(r.work, "restored.pid"))
     argv = restore_argv(r.settings.runtime, r.call.globals, r.container_id, RestoreFrom(
-        r.settings.criu, os.path.abspath(r.call.bundle), image_view(entry, r.work), r.work, r.detach, pid_file,
-        r.call.no_pivot))
+        criu=r.settings.criu, bundle=os.path.abspath(r.call.bundle), images=image_view(entry, r.work), work=r.work,
+        detach=r.detach, pid_file=pid_file, no_pivot=r.call.no_pivot))
     env = plugin_env.restore_env(r.settings, entry.manifest.gpu_uuids, r.spec, r.work)
     log = r.call.log
     offset = os.path.getsize(log) if log and os.path.exists(log) else 0
@@ -280,11 +283,13 @@ STEPS: tuple[tuple[str | None, Step], ...] = (
 )
 
 
-def restore(call: RuncCall, settings: Settings, spec_file: SpecFile, request: Request, namespace: str,
+def restore(call: RuncCall, settings: Settings, spec_file: SpecFile, want: Wanted,
             deadline: float = float("inf")) -> Result:
     with contextlib.ExitStack() as held, contextlib.ExitStack() as on_failure:
-        r = Restore(call, settings, spec_file, request, namespace, Store(settings.store),
-                    Runc(settings.runtime, call.root), held, on_failure, deadline=deadline)
+        r = Restore(call=call, settings=settings, spec_file=spec_file, request=want.request, namespace=want.namespace,
+                    want=want,
+                    store=Store(settings.store), runc=Runc(settings.runtime, call.root), held=held,
+                    on_failure=on_failure, deadline=deadline)
         for stage, step in STEPS:
             with r.stages(stage) if stage else contextlib.nullcontext(), _not_here():
                 step(r)
@@ -295,7 +300,7 @@ def restore(call: RuncCall, settings: Settings, spec_file: SpecFile, request: Re
     return Result(entry.ident, r.stages.times, r.attached, tuple(r.addresses_added))
 
 
-# What the adapters find that means this snapshot cannot be restored into this container: the
+# What the layers below find that means this snapshot cannot be restored into this container: the
 # engine's decision, a cold start that says why.
 NOT_HERE = (SnapshotDamaged, UnsafeRootfsDiff, GpuMismatch)
 
@@ -335,16 +340,13 @@ def image_view(entry: Entry, work: str) -> str:
     return view
 
 
-def name_entry(r: Restore, entry_path: str | None) -> None:
-    """Write (or, with None, remove) the entry being restored into config.json's annotations."""
-    annotations = r.spec.setdefault("annotations", {})
-    if entry_path is None and ENTRY_KEY not in annotations:
-        return
-    if entry_path is None:
-        del annotations[ENTRY_KEY]
-    else:
-        annotations[ENTRY_KEY] = entry_path
-    r.spec_file.flush()
+def tell_prestart(r: Restore, entry: Entry) -> None:
+    """What rewarm-hook prestart does during the restore, decided here: where runc makes the
+    container's network namespace itself (prepare_network could not), the snapshot's bound addresses
+    to add in it."""
+    if oci_spec.runtime_makes_netns(r.spec):   # (never the host's: hostNetwork)
+        write_json(os.path.join(r.work, layout.PRESTART), {"namespace": entry.namespace, "snapshot": entry.name,
+                                                            "bound_addresses": list(entry.manifest.bound_addresses)})
 
 
 def _mark_restored(r: Restore, entry: Entry) -> None:

@@ -9,9 +9,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from runtime.adapters import logs, page_cache
-from runtime.adapters.progress import Progress
-from runtime.adapters.store import Entry
+from runtime.observe import logs
+from runtime.snapshot import page_cache
+from runtime.observe.progress import Progress
+from runtime.snapshot.store import Entry
 from runtime.model.events import EventKind
 from runtime.model.settings import Settings
 

@@ -28,6 +28,7 @@ import time
 
 from runtime.gpu import cuda_cli
 from runtime.gpu.driver import Driver
+from runtime.host import procfs
 from runtime.model import cuda_env, layout
 from runtime.model.errors import CudaError
 
@@ -155,11 +156,8 @@ def stop(timeout: float = 10) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"   # a zombie has ended
-    except (OSError, IndexError):
-        return False
+    found = procfs.stat(pid)
+    return found is not None and found.alive
 
 
 def ensure_running() -> None:

@@ -2,6 +2,7 @@
 pairs for restoring a snapshot onto other GPUs of the same model."""
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ from runtime.model.errors import GpuMismatch
 from runtime.model.oci_spec import Spec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Gpu:
     index: int
     minor: int
@@ -36,7 +37,10 @@ class Inventory:
         raise GpuMismatch(f"the container asks for GPU {key!r}, which this node does not have")
 
 
+@functools.cache
 def inventory() -> Inventory:
+    """The node's GPUs, read once per process: a create, a capture or a doctor run asks for them
+    several times (fingerprint, device map), and they do not change within one."""
     import pynvml
     pynvml.nvmlInit()
     try:
@@ -47,9 +51,9 @@ def inventory() -> Inventory:
                 mig = bool(pynvml.nvmlDeviceGetMigMode(h)[0])
             except pynvml.NVMLError:
                 mig = False
-            gpus.append(Gpu(i, pynvml.nvmlDeviceGetMinorNumber(h), _text(pynvml.nvmlDeviceGetUUID(h)),
-                            _text(pynvml.nvmlDeviceGetName(h)), pynvml.nvmlDeviceGetMemoryInfo(h).total, mig,
-                            pynvml.nvmlDeviceGetPersistenceMode(h) == pynvml.NVML_FEATURE_ENABLED))
+            gpus.append(Gpu(index=i, minor=pynvml.nvmlDeviceGetMinorNumber(h), uuid=_text(pynvml.nvmlDeviceGetUUID(h)),
+                            model=_text(pynvml.nvmlDeviceGetName(h)), memory_bytes=pynvml.nvmlDeviceGetMemoryInfo(h).total,
+                            mig=mig, persistence=pynvml.nvmlDeviceGetPersistenceMode(h) == pynvml.NVML_FEATURE_ENABLED))
         cuda = pynvml.nvmlSystemGetCudaDriverVersion()
         return Inventory(gpus, _text(pynvml.nvmlSystemGetDriverVersion()), f"{cuda // 1000}.{cuda % 1000 // 10}")
     finally:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import sys
 
-from runtime.adapters import criu
-from runtime.adapters.files import write_if_changed
+from runtime.container import criu
+from runtime.host.files import write_if_changed
 from runtime.gpu import cuda_cli
 from runtime.model import cuda_env
 from runtime.model.oci_spec import Spec

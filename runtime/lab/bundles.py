@@ -13,8 +13,9 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.adapters import mounts, netns_http
-from runtime.adapters.netns_http import NETNS_DIR
+from runtime.container import mounts
+from runtime.netns import netns_http
+from runtime.netns.netns_http import NETNS_DIR
 
 MERGED_USR_LINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 BASE_DIRS = ("usr", "etc", "tmp", "proc", "dev", "sys", "run", "var", "root", "app", "opt")
@@ -49,8 +50,7 @@ def _bind(dest: str, source: str, ro: bool = True) -> dict[str, Any]:
 def _host_binds(binds: dict[str, str]) -> list[dict[str, Any]]:
     """Read-only binds, each mount below a bound host dir bound on its own: CRIU can only leave
     out (as external) the mounts that the spec names, so an rbind's submounts would fail a dump."""
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        points = [line.split()[4] for line in f]
+    points = mounts.points()
     out = []
     for dest, source in sorted(binds.items()):
         out.append(_bind(dest, source))

@@ -20,7 +20,8 @@ from typing import Any
 
 import tomlkit
 
-from runtime.adapters import mounts, netns_http
+from runtime.container import mounts
+from runtime.netns import netns_http
 from runtime.clients import cri
 from runtime.clients.containerd import Containerd, ContainerdError
 from runtime.lab import bundles, oci_image

@@ -16,7 +16,8 @@ import threading
 import time
 from typing import Callable, TypeVar
 
-from runtime.adapters import logs, store
+from runtime.observe import logs
+from runtime.snapshot import store
 from runtime.lab.containerd_lab import Lab, Pod
 from runtime.lab.runc_lab import WORKER_DIR, rewarm_runc
 from runtime.model.settings import Settings

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 
-from runtime.adapters import settings_file
+from runtime.host import settings_file
 from runtime.front.names import CONFIG_ENV
 
 

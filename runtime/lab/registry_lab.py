@@ -27,7 +27,7 @@ import zlib
 from typing import Any
 
 from runtime.lab import oci_image
-from runtime.adapters import mounts
+from runtime.container import mounts
 from runtime.lab.runc_lab import CHECKOUT
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from typing import Any
 
-from runtime.adapters import netns_http
+from runtime.netns import netns_http
 from runtime.lab import bundles
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -41,7 +41,6 @@ READY_CONDITION = PREFIX + "ready"
 
 # Written by rewarm-runc into config.json, never by users (outside the user's prefix).
 INTERNAL_PREFIX = "internal.rewarm.dev/"
-ENTRY_KEY = INTERNAL_PREFIX + "entry"               # the store entry being restored (for rewarm-hook)
 IMAGE_DIGEST_KEY = INTERNAL_PREFIX + "image-digest"  # the image digest containerd has for the container
 
 DEFAULT_READY_FILE = "/run/rewarm/ready"
@@ -182,7 +181,8 @@ def worker_hooks(annotations: Mapping[str, str], process: Mapping[str, Any]) -> 
     preset = None
     if SLEEP_LEVEL in annotations and ENGINE not in annotations:
         raise InvalidInput(f"{SLEEP_LEVEL} is {ENGINE}'s: it needs {ENGINE}: vllm")
-    level = _enum(engines.SleepLevel, SLEEP_LEVEL, annotations.get(SLEEP_LEVEL), engines.DEFAULT_SLEEP_LEVEL)
+    level = (_enum(engines.SleepLevel, SLEEP_LEVEL, annotations[SLEEP_LEVEL], engines.DEFAULT_SLEEP_LEVEL)
+             if SLEEP_LEVEL in annotations else None)   # None: the engine's default
     if ENGINE in annotations:
         preset = engines.preset(annotations[ENGINE], [str(a) for a in process.get("args") or []],
                                 [str(e) for e in process.get("env") or []], level)

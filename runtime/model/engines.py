@@ -26,14 +26,10 @@ import posixpath
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from runtime.model.errors import InvalidInput, shown
 from runtime.model.hooks import HookCall
-
-VLLM, SGLANG = "vllm", "sglang"
-ENGINES = (VLLM, SGLANG)
-
 
 class SleepLevel(Enum):
     """What vLLM gives back before a capture (`rewarm.dev/sleep-level`)."""
@@ -48,6 +44,44 @@ class SleepLevel(Enum):
 DEFAULT_SLEEP_LEVEL = SleepLevel.WEIGHTS_DROPPED
 VLLM_NEEDS = "vLLM answers it when started with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1"
 SGLANG_NEEDS = "SGLang answers it when started with --enable-memory-saver"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One hook call, relative to where the engine listens."""
+    path: str
+    body: bytes = b"{}"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What an engine gives back before a capture and how it takes it again."""
+    quiesce: tuple[Call, ...]
+    resume: tuple[Call, ...]
+    reads_model: bool = False       # its resume reads the model's files again (rewarm warms them)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Engine:
+    """A stock serving engine rewarm drives through its own HTTP endpoints: one entry of ENGINES."""
+    name: str
+    default_port: int
+    model_flags: tuple[str, ...]                  # where its command line names the model
+    needs_flag: str                               # without it the engine does not answer its hooks
+    needs_env: str | None                         # NAME that must be 1 in its environment, if any
+    hint: str                                     # said when a hook fails: what the engine needs
+    modes: Mapping[SleepLevel | None, Mode]       # by rewarm.dev/sleep-level; None alone: it takes none
+    default_mode: SleepLevel | None
+    ready_path: str = "/health"
+    advice: Callable[[Sequence[str], Sequence[str]], str] = lambda args, env: ""   # for its reads_model mode
+
+    def mode(self, level: SleepLevel | None) -> Mode:
+        """The mode a sleep level asks for (None: this engine's default); an engine without levels refuses one."""
+        if level is not None and level not in self.modes:
+            if None in self.modes:
+                raise InvalidInput(f"rewarm.dev/engine: {self.name} takes no rewarm.dev/sleep-level")
+            raise InvalidInput(f"rewarm.dev/engine: {self.name} has no sleep level {level.value!r}")
+        return self.modes[level if level is not None else self.default_mode]
 
 
 @dataclass(frozen=True)
@@ -114,38 +148,26 @@ def _base(args: Sequence[str], default_port: int) -> str:
     return f"http://{'[' + str(address) + ']' if address.version == 6 else address}:{port}"
 
 
-def needs(engine: str, args: Sequence[str], env: Sequence[str], flag_name: str, env_name: str | None) -> None:
+def needs(engine: Engine, args: Sequence[str], env: Sequence[str]) -> None:
     """Refuse a preset whose engine cannot answer it, naming what it lacks (a `--config` file may
     hold the flag: then the engine's answer tells)."""
-    on = any(a == flag_name or a.startswith(flag_name + "=") and a.split("=", 1)[1].lower() in ("1", "true")
-             for a in args)
+    on = any(a == engine.needs_flag or a.startswith(engine.needs_flag + "=")
+             and a.split("=", 1)[1].lower() in ("1", "true") for a in args)
     if not on and "--config" not in " ".join(args):
-        raise InvalidInput(f"rewarm.dev/engine: {engine} needs {flag_name} on the engine's command line "
+        raise InvalidInput(f"rewarm.dev/engine: {engine.name} needs {engine.needs_flag} on the engine's command line "
                            "(its sleep and wake hooks)")
-    if env_name and f"{env_name}=1" not in env:
-        raise InvalidInput(f"rewarm.dev/engine: {engine} needs {env_name}=1 in the container's environment "
-                           "(the engine's /sleep and /wake_up endpoints)")
+    if engine.needs_env and f"{engine.needs_env}=1" not in env:
+        raise InvalidInput(f"rewarm.dev/engine: {engine.name} needs {engine.needs_env}=1 in the container's "
+                           "environment (the engine's /sleep and /wake_up endpoints)")
 
 
-def _vllm(args: Sequence[str], env: Sequence[str], level: SleepLevel) -> Preset:
-    needs(VLLM, args, env, "--enable-sleep-mode", "VLLM_SERVER_DEV_MODE")
-    base = _base(args, 8000)
-
-    def call(path: str, body: bytes = b"{}") -> HookCall:
-        return HookCall(base + path, body=body, hint=VLLM_NEEDS)
-    if level is SleepLevel.WEIGHTS_TO_HOST:
-        return Preset((call("/sleep?level=1"),), (call("/wake_up"),), f"{base}/health")
-    weights_back = (call("/wake_up?tags=weights"), call("/collective_rpc", b'{"method": "reload_weights"}'))
-    kv_back = call("/wake_up?tags=kv_cache")
-    if level is SleepLevel.WEIGHTS_RESIDENT:
-        return Preset((call("/sleep?level=2"), *weights_back), (kv_back,), f"{base}/health")
-    model = flag(args, "--model")
-    if model is None and "serve" in args[:3]:   # `vllm serve MODEL ...`
+def model_of(engine: Engine, args: Sequence[str]) -> str | None:
+    """The model its command line names: a model flag, or `vllm serve MODEL`."""
+    model = flag(args, *engine.model_flags)
+    if model is None and "serve" in args[:3]:
         rest = list(args[args.index("serve") + 1:])
         model = rest[0] if rest and not rest[0].startswith("-") else None
-    found = model_dir(model, env)
-    return Preset((call("/sleep?level=2"),), (*weights_back, kv_back), f"{base}/health", (found,) if found else (),
-                  _loader_advice(args, env))
+    return model
 
 
 def _loader_advice(args: Sequence[str], env: Sequence[str]) -> str:
@@ -164,19 +186,35 @@ def _loader_advice(args: Sequence[str], env: Sequence[str]) -> str:
     return ""
 
 
-def _sglang(args: Sequence[str], env: Sequence[str]) -> Preset:
-    needs(SGLANG, args, env, "--enable-memory-saver", None)
-    base = _base(args, 30000)
-    found = model_dir(flag(args, "--model-path", "--model"), env)
-    return Preset((HookCall(f"{base}/release_memory_occupation", hint=SGLANG_NEEDS),),
-                  (HookCall(f"{base}/resume_memory_occupation", hint=SGLANG_NEEDS),),
-                  f"{base}/health", (found,) if found else ())
+_WEIGHTS_BACK = (Call("/wake_up?tags=weights"), Call("/collective_rpc", b'{"method": "reload_weights"}'))
+_KV_BACK = Call("/wake_up?tags=kv_cache")
+
+ENGINES: dict[str, Engine] = {e.name: e for e in (
+    Engine(name="vllm", default_port=8000, model_flags=("--model",), needs_flag="--enable-sleep-mode",
+           needs_env="VLLM_SERVER_DEV_MODE", hint=VLLM_NEEDS, modes={
+        SleepLevel.WEIGHTS_TO_HOST: Mode((Call("/sleep?level=1"),), (Call("/wake_up"),)),
+        SleepLevel.WEIGHTS_DROPPED: Mode((Call("/sleep?level=2"),), (*_WEIGHTS_BACK, _KV_BACK), reads_model=True),
+        SleepLevel.WEIGHTS_RESIDENT: Mode((Call("/sleep?level=2"), *_WEIGHTS_BACK), (_KV_BACK,)),
+    }, default_mode=DEFAULT_SLEEP_LEVEL, advice=_loader_advice),
+    Engine(name="sglang", default_port=30000, model_flags=("--model-path", "--model"),
+           needs_flag="--enable-memory-saver", needs_env=None, hint=SGLANG_NEEDS, modes={
+        None: Mode((Call("/release_memory_occupation"),), (Call("/resume_memory_occupation"),), reads_model=True),
+    }, default_mode=None),
+)}
 
 
-def preset(engine: str, args: Sequence[str], env: Sequence[str],
-           sleep_level: SleepLevel = DEFAULT_SLEEP_LEVEL) -> Preset:
-    if engine == VLLM:
-        return _vllm(args, env, sleep_level)
-    if engine == SGLANG:
-        return _sglang(args, env)
-    raise InvalidInput(f"unknown engine {engine[:40]!r} (known: {', '.join(ENGINES)})")
+def preset(name: str, args: Sequence[str], env: Sequence[str], level: SleepLevel | None = None) -> Preset:
+    """The hooks of engine `name` as its command line and environment start it, in the mode `level`
+    asks for (None: the engine's default)."""
+    engine = ENGINES.get(name)
+    if engine is None:
+        raise InvalidInput(f"unknown engine {name[:40]!r} (known: {', '.join(ENGINES)})")
+    mode = engine.mode(level)
+    needs(engine, args, env)
+    base = _base(args, engine.default_port)
+
+    def calls(these: tuple[Call, ...]) -> tuple[HookCall, ...]:
+        return tuple(HookCall(base + c.path, body=c.body, hint=engine.hint) for c in these)
+    found = model_dir(model_of(engine, args), env) if mode.reads_model else None
+    return Preset(calls(mode.quiesce), calls(mode.resume), base + engine.ready_path, (found,) if found else (),
+                  engine.advice(args, env) if mode.reads_model else "")

@@ -9,12 +9,13 @@ CONFIG_DUMP = "config.dump"            # container facts at capture (id, name, i
 SPEC_DUMP = "spec.dump"                # the OCI runtime spec (config.json) of the captured container
 ROOTFS_DIFF = "rootfs-diff.tar"        # files the container changed in its rootfs
 DELETED_FILES = "deleted.files"        # JSON list of paths the container deleted from its rootfs
-DEV_SHM = "dev-shm.tar"                # rewarm: files of a /dev/shm bound in from the host (adapters/dev_shm.py)
+DEV_SHM = "dev-shm.tar"                # rewarm: files of a /dev/shm bound in from the host (snapshot/dev_shm.py)
 STATS_DUMP = "stats-dump"              # capture statistics
 MANIFEST = "manifest.json"             # rewarm: fingerprint, checksums, provenance
 INVENTORY = os.path.join(CHECKPOINT_DIR, "inventory.img")  # CRIU writes it last: a cheap completeness check
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
+PRESTART = "prestart.json"   # in a restore's work dir: what rewarm-hook prestart prepares (oci_hooks/main.py)
 
 RUN_DIR = "/run/rewarm"                # per-container work files (tmpfs: gone after a reboot)
 

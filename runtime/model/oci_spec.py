@@ -95,6 +95,13 @@ def netns_path(spec: Spec) -> str | None:
     return None
 
 
+def runtime_makes_netns(spec: Spec) -> bool:
+    """Whether runc makes the container a network namespace of its own (one named without a path);
+    False for a pod's (a path) and for the host's (no network namespace: hostNetwork)."""
+    return any(ns.get("type") == "network" and not ns.get("path")
+               for ns in (spec.get("linux") or {}).get("namespaces") or [])
+
+
 def uses_gpu(spec: Spec) -> bool:
     devices = (spec.get("linux") or {}).get("devices") or []
     if any(str(d.get("path", "")).startswith("/dev/nvidia") for d in devices):
@@ -134,11 +141,15 @@ def bind_mount_of(spec: Spec, container_path: str) -> tuple[str, str] | None:
     if best is None:
         return None
     dest, mount = best
-    is_bind = mount.get("type") == "bind" or bool({"bind", "rbind"} & set(mount.get("options") or []))
-    return (str(mount["source"]), posixpath.relpath(path, dest)) if is_bind and mount.get("source") else None
+    return (str(mount["source"]), posixpath.relpath(path, dest)) if _is_bind(mount) and mount.get("source") else None
 
 
-def mount_destinations(spec: Spec) -> set[str]:
-    """Where the container's mounts are, normalized."""
+def bind_destinations(spec: Spec) -> set[str]:
+    """Where the container's bind mounts are, normalized: the mounts a restore must be given again
+    (CRIU makes tmpfs, proc and the like itself)."""
     return {posixpath.normpath(str(m["destination"])) for m in spec.get("mounts") or []
-            if isinstance(m, Mapping) and m.get("destination")}
+            if isinstance(m, Mapping) and m.get("destination") and _is_bind(m)}
+
+
+def _is_bind(mount: Mapping[str, Any]) -> bool:
+    return mount.get("type") == "bind" or bool({"bind", "rbind"} & set(mount.get("options") or []))

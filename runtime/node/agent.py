@@ -40,7 +40,9 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 import urllib3
 from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
 
-from runtime.adapters import logs, metrics, settings_file
+from runtime.host import settings_file
+from runtime.observe import logs, metrics
+from runtime.model import clock
 from runtime.model.annotations import READY_CONDITION, Capture
 from runtime.model.errors import SettingsError
 from runtime.model.events import EventKind, ReasonCode, is_failure, reason_code
@@ -188,7 +190,7 @@ def body(e: PodEvent, node: str, when: datetime.datetime) -> dict[str, Any]:
 
 
 def _stamp(when: datetime.datetime) -> str:
-    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return clock.rfc3339(when.timestamp())
 
 
 # The readiness gate
@@ -625,7 +627,7 @@ def catch_up(event_log: str, courier: Courier) -> int:
     version, say), a pod may have been restored or captured, and behind its gate it would wait for
     ever. Only the gates, and each pod's last word: those records' Events are not posted again, and
     no Warning comes for a capture long begun. Returns how many pods it asked about."""
-    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - CATCH_UP_S))
+    since = clock.rfc3339_ns(time.time() - CATCH_UP_S)
     recent: deque[bytes] = deque(maxlen=CATCH_UP_RECORDS)
     for line, _ in logs.lines_after(event_log, logs.Position()):
         recent.append(line)

@@ -19,7 +19,7 @@ import difflib
 import os
 from dataclasses import dataclass, field
 
-from runtime.adapters.files import atomic_write
+from runtime.host.files import atomic_write
 from runtime.model.errors import InstallError
 
 BACKUP_SUFFIX = ".rewarm-backup"

@@ -7,8 +7,8 @@ import shutil
 import subprocess
 from typing import Callable
 
-from runtime.adapters import settings_file
-from runtime.adapters.node_facts import tool_version
+from runtime.host import settings_file
+from runtime.host.node_facts import tool_version
 from runtime.front.names import config_path
 from runtime.model import layout
 from runtime.model.resources import config_json
@@ -27,7 +27,7 @@ def _criu(cfg: Settings) -> list[Check]:
     out = [("OK" if parts >= CRIU_MIN else "FAIL", "criu version", f"{version} at {path} (need >= 4.2 on new kernels)")]
     check = subprocess.run([path, "check"], capture_output=True, text=True)
     out.append(("OK" if check.returncode == 0 else "FAIL", "criu check", (check.stdout + check.stderr).strip()[-200:]))
-    from runtime.adapters import criu
+    from runtime.container import criu
     if criu.has_parallel_fill(path):
         out.append(("OK", "criu parallel fill", f"yes: {cfg.restore_threads} reader(s) fill restored memory"
                     + (", huge pages while filling" if cfg.restore_huge_pages else "")))
@@ -90,7 +90,7 @@ def _node(cfg: Settings) -> list[Check]:
 
 def _snapshots(cfg: Settings) -> list[Check]:
     """How much of each snapshot is in the page cache: a warm one restores at memory speed."""
-    from runtime.adapters import store
+    from runtime.snapshot import store
     from runtime.engine import warm
     out: list[Check] = []
     for e in store.Store(cfg.store).all_entries() if os.path.isdir(cfg.store) else []:
@@ -108,7 +108,7 @@ def _snapshots(cfg: Settings) -> list[Check]:
 
 def _advice_of(spec_dump: str) -> str:
     """What the snapshot's engine preset says would restore it faster (read off its captured spec)."""
-    from runtime.adapters.files import read_json
+    from runtime.host.files import read_json
     from runtime.model import annotations as ann, oci_spec
     from runtime.model.errors import InvalidInput
     try:

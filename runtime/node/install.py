@@ -23,7 +23,7 @@ from typing import Any
 
 import tomlkit
 
-from runtime.adapters import settings_file
+from runtime.host import settings_file
 from runtime.front.names import DEFAULT_CONFIG
 from runtime.model.annotations import KNOWN
 from runtime.model.errors import InstallError

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from helpers import config_named
-from runtime.adapters import settings_file
+from runtime.host import settings_file
 from runtime.lab.private_node import write_config
 from runtime.lab.runc_lab import Lab
 from runtime.model.settings import Settings

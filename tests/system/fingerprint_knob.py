@@ -8,7 +8,7 @@ import os
 import shutil
 from typing import Any
 
-from runtime.adapters import store
+from runtime.snapshot import store
 from runtime.model.settings import Settings
 
 

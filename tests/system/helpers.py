@@ -11,12 +11,32 @@ import sys
 import time
 from typing import Any, Iterator
 
-from runtime.adapters import cgroups, logs, store
-from runtime.adapters.files import read_json, write_json
+from runtime.container import cgroups
+from runtime.observe import logs
+from runtime.snapshot import store
+from runtime.host.files import read_json, write_json
 from runtime.front.names import CONFIG_ENV
 from runtime.model import layout
 from runtime.lab.runc_lab import Container
 from runtime.model.settings import Settings
+
+
+def captured_source(node: Settings, directory: str, snapshot: str, env: dict[str, str] | None = None,
+                    leave_running: bool = False, ready_s: float = 60) -> Iterator[dict[str, Any]]:
+    """A module fixture's body: a worker started by rewarm-runc in a lab of its own under
+    `directory`, ready, then captured as `snapshot`; yields {"entry", "answer", "source"}. Without
+    `leave_running` its source is gone (restores may reuse its pids)."""
+    from runtime.engine import capture
+    from runtime.lab.runc_lab import Lab
+    os.chmod(directory, 0o755)
+    lab = Lab(directory)
+    try:
+        source = lab.create(f"{snapshot}-source", lab.worker({"rewarm.dev/snapshot": snapshot}, env=env or {}))
+        answer, _ = source.wait_ready(timeout=ready_s)
+        entry = capture.capture(node, lab.runc_root, source.cid, snapshot, leave_running=leave_running)
+        yield {"entry": entry, "answer": answer, "source": source}
+    finally:
+        lab.close()
 
 
 @contextlib.contextmanager

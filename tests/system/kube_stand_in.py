@@ -667,7 +667,7 @@ class Kubelet:
         if os.path.isdir(self.spec.storage):
             self._podman("rm", "-a", "-f", "-t", "5")
             self._podman("rmi", "-a", "-f")
-            from runtime.adapters import mounts   # (the test's side only)
+            from runtime.container import mounts   # (the test's side only)
             mounts.unmount_under(self.spec.storage)
             shutil.rmtree(self.spec.storage, ignore_errors=True)
 

@@ -10,8 +10,8 @@ import tarfile
 import threading
 from typing import Iterator
 
-from runtime.adapters import store
-from runtime.adapters.files import write_json
+from runtime.snapshot import store
+from runtime.host.files import write_json
 from runtime.engine.fingerprinting import of_container
 from runtime.lab.registry_lab import Registry
 from runtime.model import layout

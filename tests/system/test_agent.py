@@ -25,7 +25,7 @@ import pytest
 from api_server_stand_in import StandInApiServer
 from helpers import config_named
 from registry_fixtures import free_port
-from runtime.adapters import logs
+from runtime.observe import logs
 from runtime.lab.private_node import write_config
 from runtime.model.events import EventKind
 

@@ -3,14 +3,16 @@ in human units, a missing snapshot to remove, doctor as JSON, completion, and `r
 reading (and following) the event log that the runtime writes."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import select
 import subprocess
 import sys
 import time
 
 from helpers import rewarm_cli
-from runtime.adapters import logs
+from runtime.observe import logs
 from runtime.model.events import EventKind
 
 
@@ -49,13 +51,19 @@ def test_events_shows_filters_and_follows_the_event_log(node):
     follower = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "rewarm"), "events", "--follow",
                                  "--last", "0", "--kind", "captured"], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)   # it has opened the log and waits at its end
-        logs.event(node.event_log, EventKind.RESTORED, container="c-3", namespace="cli-a", snapshot="x")
-        logs.event(node.event_log, EventKind.CAPTURED, container="c-4", namespace="cli-a", pod="worker-2",
-                   snapshot="llm", seconds=3.2, entry="abc-1")
         assert follower.stdout is not None
+        deadline = time.monotonic() + 30
+        # It follows from where the log ends once it has started: write until it shows one (a
+        # restored record, not of the kind asked for, before each captured one).
+        for n in itertools.count():
+            assert time.monotonic() < deadline and follower.poll() is None, "the follower showed nothing"
+            logs.event(node.event_log, EventKind.RESTORED, container=f"c-{n}", namespace="cli-a", snapshot="x")
+            logs.event(node.event_log, EventKind.CAPTURED, container=f"c-{n}", namespace="cli-a", pod="worker-2",
+                       snapshot="llm", seconds=3.2, entry=f"abc-{n}")
+            if select.select([follower.stdout], [], [], 0.2)[0]:
+                break
         line = follower.stdout.readline()
-        assert "captured" in line and "cli-a/worker-2" in line and "entry=abc-1" in line, line
+        assert "captured" in line and "cli-a/worker-2" in line and "entry=abc-" in line, line
     finally:
         follower.kill()
         follower.wait()

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from helpers import clone_entry, events, rewarm_cli
-from runtime.adapters import store
+from runtime.snapshot import store
 from runtime.clients import cri
 from runtime.lab import containerd_lab, oci_image
 from runtime.node import install

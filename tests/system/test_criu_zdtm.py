@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 
-from runtime.adapters import criu
+from runtime.container import criu
 from runtime.lab.runc_lab import CHECKOUT
 
 TREE = "/opt/rewarm/criu-src"        # kept by packaging/install-node.sh --keep-source (setup.sh)

@@ -56,6 +56,14 @@ def spawn(code: str, **env: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
 
 
+def with_threads(*pids: int, count: int = 2, timeout: float = 30) -> None:
+    """Wait until each process runs `count` threads (its sleeping thread is up)."""
+    deadline = time.monotonic() + timeout
+    while any(len(os.listdir(f"/proc/{pid}/task")) < count for pid in pids):
+        assert time.monotonic() < deadline, "the processes' threads never came up"
+        time.sleep(0.01)
+
+
 def calls(stand_in: dict[str, str]) -> list[str]:
     path = os.path.join(stand_in["STAND_IN_CUDA_DIR"], "calls")
     return open(path).read().split("\n")[:-1] if os.path.exists(path) else []
@@ -78,7 +86,7 @@ def test_the_client_answers_nothing_to_do_for_a_process_without_cuda(libexec, st
     plain, gpu = spawn(SLEEPER), spawn(SLEEPER, STAND_IN_CUDA="1")
     env = {**os.environ, **stand_in}
     try:
-        time.sleep(0.3)   # its thread is up
+        with_threads(plain.pid, gpu.pid)
         for command in ("cuda-checkpoint", "cuda-checkpoint-direct"):   # the C client, and the Python command
             run = [os.path.join(libexec, command), "--get-restore-tid", "--pid"]
             none = subprocess.run([*run, str(plain.pid)], capture_output=True, text=True, env=env)
@@ -100,7 +108,7 @@ def test_criu_checkpoints_and_restores_a_tree_with_and_without_cuda_through_the_
     root = spawn(TREE, STAND_IN_CUDA="1")
     assert root.stdout is not None
     child = int(root.stdout.readline())
-    time.sleep(0.3)
+    with_threads(root.pid, child)
     env = {**os.environ, **stand_in, "CRIU_FAULT": CRIU_FORCE_CUDA_PLUGIN,
            "PATH": libexec + os.pathsep + os.environ["PATH"]}
     criu_args = [node.criu, "-D", str(images), "-L", node.criu_plugin_dir, "-v4"]

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from helpers import config_named, events, rewarm_cli, spec_of, stray_processes
-from runtime.adapters import settings_file
+from runtime.host import settings_file
 from runtime.engine import capture
 from runtime.lab.private_node import write_config
 from runtime.model.errors import CaptureFailed

@@ -8,23 +8,14 @@ import tarfile
 
 import pytest
 
-from helpers import clone_entry, events, reseal, rewarm_cli
-from runtime.adapters import store
-from runtime.engine import capture
+from helpers import captured_source, clone_entry, events, reseal, rewarm_cli
+from runtime.snapshot import store
 from runtime.model import layout
-from runtime.lab.runc_lab import Lab
 
 
 @pytest.fixture(scope="module")
 def good(node, tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("fallback-source"))
-    os.chmod(directory, 0o755)
-    source_lab = Lab(directory)
-    source = source_lab.create("fsource", source_lab.worker({"rewarm.dev/snapshot": "good"}))
-    answer, _ = source.wait_ready()
-    entry = capture.capture(node, source_lab.runc_root, source.cid, "good", leave_running=False)
-    source_lab.close()
-    yield {"entry": entry, "answer": answer}
+    yield from captured_source(node, str(tmp_path_factory.mktemp("fallback-source")), "good")
 
 
 def assert_cold_start(c, good, reason: str):

@@ -23,12 +23,13 @@ from typing import Callable
 import psutil
 import pytest
 
-from helpers import clone_entry, events, reseal, rewarm_cli, spec_of, stray_processes, survivors
-from runtime.adapters import cgroups, mounts, store
-from runtime.adapters.files import read_json, write_json
+from helpers import captured_source, clone_entry, events, reseal, rewarm_cli, spec_of, stray_processes, survivors
+from runtime.container import cgroups, mounts
+from runtime.snapshot import store
+from runtime.host.files import read_json, write_json
 from runtime.engine import capture
 from runtime.engine.archives import import_archive
-from runtime.lab.runc_lab import Container, Lab
+from runtime.lab.runc_lab import Container
 from runtime.model import layout
 from runtime.model.errors import ArchiveError, CaptureFailed, SnapshotDamaged
 
@@ -117,14 +118,7 @@ def kill_during(cid: str, what: str, delay: float, when: Callable[[str], bool] =
 @pytest.fixture(scope="module")
 def big(node, tmp_path_factory):
     """A worker holding 1.5 GB, captured (its source is gone: restores may reuse its pids)."""
-    directory = str(tmp_path_factory.mktemp("big-source"))
-    os.chmod(directory, 0o755)
-    source_lab = Lab(directory)
-    source = source_lab.create("bigsrc", source_lab.worker({"rewarm.dev/snapshot": "big"}, env=BIG))
-    answer, _ = source.wait_ready(timeout=120)
-    entry = capture.capture(node, source_lab.runc_root, source.cid, "big", leave_running=False)
-    source_lab.close()
-    yield {"entry": entry, "answer": answer}
+    yield from captured_source(node, str(tmp_path_factory.mktemp("big-source")), "big", env=BIG, ready_s=120)
 
 
 def assert_clean_cold_start(c: Container, big: dict, node, reason: str) -> None:

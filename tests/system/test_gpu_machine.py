@@ -18,8 +18,8 @@ import time
 import pytest
 
 from helpers import clone_entry, events, gpu_usable
-from runtime.adapters import store
-from runtime.adapters.files import read_json, write_json
+from runtime.snapshot import store
+from runtime.host.files import read_json, write_json
 from runtime.engine import capture
 from runtime.gpu import nvml
 from runtime.model import layout

@@ -89,7 +89,7 @@ def test_crio_dropin_allows_exactly_rewarms_annotations_and_hooks_d_runs_rewarm_
                                                    "rewarm.dev/ready-http", "rewarm.dev/fallback",
                                                    "rewarm.dev/quiesce-http", "rewarm.dev/resume-http",
                                                    "rewarm.dev/snapshot-ref", "rewarm.dev/push",
-                                                   "rewarm.dev/engine", "rewarm.dev/sleep-level"}
+                                                   "rewarm.dev/engine", "rewarm.dev/sleep-level", "rewarm.dev/container"}
 
 
 def test_broken_toml_is_reported_not_overwritten(tmp_path):

@@ -12,7 +12,8 @@ import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.adapters import logs, store
+from runtime.observe import logs
+from runtime.snapshot import store
 from runtime.model.events import EventKind
 from runtime.model.fingerprint import Fingerprint
 from runtime.model.manifest import FileDigest, Manifest

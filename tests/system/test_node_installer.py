@@ -20,7 +20,7 @@ import pytest
 import tomlkit
 
 from api_server_stand_in import StandInApiServer
-from runtime.adapters import logs
+from runtime.observe import logs
 from runtime.lab.containerd_lab import CONTAINERD_2_BIN
 from runtime.lab.registry_lab import make_tls
 from runtime.lab.runc_lab import CHECKOUT

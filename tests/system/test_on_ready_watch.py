@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from helpers import config_named, events
-from runtime.adapters import store
+from runtime.snapshot import store
 from runtime.lab.runc_lab import Container, Lab
 from runtime.model.settings import Settings
 

@@ -12,7 +12,7 @@ import os
 import pytest
 
 from helpers import config_named
-from runtime.adapters import criu
+from runtime.container import criu
 from runtime.engine import capture
 from runtime.engine.restore import RESTORE_LOG_COPY
 from runtime.lab.runc_lab import Lab

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from helpers import events, rewarm_cli
-from runtime.adapters import netns_http, store
-from runtime.adapters.files import read_json, write_json
+from runtime.netns import netns_http
+from runtime.snapshot import store
+from runtime.host.files import read_json, write_json
 from runtime.model import layout
 from runtime.lab.runc_lab import WORKER_DIR, rewarm_runc
 from runtime.lab.oci_image import ImageSpec, python_paths, write_archive

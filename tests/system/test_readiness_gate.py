@@ -23,7 +23,8 @@ import pytest
 from api_server_stand_in import StandInApiServer
 from helpers import events
 from registry_fixtures import free_port
-from runtime.adapters import logs, store
+from runtime.observe import logs
+from runtime.snapshot import store
 from runtime.clients import cri
 from runtime.lab.containerd_lab import CONTAINERD_2_BIN, Lab, Pod
 from runtime.lab.runc_lab import WORKER_DIR, rewarm_runc

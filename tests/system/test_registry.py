@@ -16,8 +16,9 @@ import pytest
 from helpers import config_named, events
 from private_registry import private_registry
 from registry_fixtures import TrickleProxy, synthetic_entry
-from runtime.adapters import settings_file, store
-from runtime.adapters.registry import native, transfer
+from runtime.host import settings_file
+from runtime.snapshot import store
+from runtime.registry import native, transfer
 from runtime.front.names import CONFIG_ENV
 from runtime.lab.private_node import write_config
 
@@ -56,7 +57,7 @@ def ref(registry, repo: str) -> str:
 def registry_manifest(reg_node, text: str) -> dict:
     """The manifest at `text`; for a tag that holds an index of fingerprints, the newest one's (what
     the operator's pull of that tag takes)."""
-    from runtime.adapters.registry import index
+    from runtime.registry import index
     from runtime.engine.pull import client_for
     from runtime.model.registry_ref import parse
     client = client_for(reg_node, parse(text))

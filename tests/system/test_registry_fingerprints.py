@@ -23,9 +23,10 @@ from fingerprint_knob import copy_with_fingerprint
 from helpers import events
 from private_registry import private_registry
 from registry_fixtures import synthetic_entry
-from runtime.adapters import settings_file, store
-from runtime.adapters.registry import index
-from runtime.adapters.registry.client import Client
+from runtime.host import settings_file
+from runtime.snapshot import store
+from runtime.registry import index
+from runtime.registry.client import Client
 from runtime.engine import pull, push
 from runtime.engine.formats import Caller
 from runtime.engine.formats.per_fingerprint import facts_of

@@ -25,10 +25,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from helpers import events, run_measured
-from runtime.adapters import settings_file, store
-from runtime.adapters.registry import client as registry_client
-from runtime.adapters.registry import cosign, native
-from runtime.adapters.registry.client import Bounds, Client
+from runtime.host import settings_file
+from runtime.snapshot import store
+from runtime.registry import client as registry_client
+from runtime.registry import cosign, media_types, native
+from runtime.registry.client import Bounds, Client
 from runtime.front.names import CONFIG_ENV
 from runtime.lab.private_node import write_config
 from runtime.lab.registry_lab import make_tls
@@ -231,7 +232,7 @@ def native_manifest(config_size: int) -> tuple[bytes, str]:
     """A rewarm snapshot's manifest (no layers) whose config claims `config_size` bytes; its bytes
     and the config's digest."""
     config_digest = "sha256:" + hashlib.sha256(b"config").hexdigest()
-    body = json.dumps({"schemaVersion": 2, "mediaType": native.OCI_MANIFEST, "artifactType": native.ARTIFACT_TYPE,
+    body = json.dumps({"schemaVersion": 2, "mediaType": media_types.OCI_MANIFEST, "artifactType": native.ARTIFACT_TYPE,
                        "config": {"mediaType": native.CONFIG_TYPE, "digest": config_digest, "size": config_size},
                        "layers": [], "annotations": {}}).encode()
     return body, config_digest
@@ -270,8 +271,8 @@ def test_a_signature_payload_is_read_no_further_than_its_descriptor(hostile, pul
     body, config_digest = native_manifest(config_size=200)
     digest = "sha256:" + hashlib.sha256(body).hexdigest()
     payload_digest = "sha256:" + hashlib.sha256(b"payload").hexdigest()
-    signature = {"schemaVersion": 2, "mediaType": native.OCI_MANIFEST,
-                 "config": {"mediaType": cosign.OCI_CONFIG, "digest": config_digest, "size": 2},
+    signature = {"schemaVersion": 2, "mediaType": media_types.OCI_MANIFEST,
+                 "config": {"mediaType": media_types.OCI_CONFIG, "digest": config_digest, "size": 2},
                  "layers": [{"mediaType": cosign.PAYLOAD_TYPE, "digest": payload_digest, "size": 1000,
                              "annotations": {cosign.SIGNATURE_KEY: base64.b64encode(b"not a signature").decode()}}]}
     hostile.routes[hostile.manifests("v1")] = answer(body)
@@ -387,8 +388,8 @@ def test_a_trickled_signature_payload_ends_at_one_deadline_for_the_whole_check(h
         layers.append({"mediaType": cosign.PAYLOAD_TYPE, "digest": payload, "size": 1000,
                        "annotations": {cosign.SIGNATURE_KEY: base64.b64encode(b"x").decode()}})
     hostile.routes[hostile.manifests(cosign.tag_of(digest))] = answer(json.dumps({
-        "schemaVersion": 2, "mediaType": native.OCI_MANIFEST, "layers": layers,
-        "config": {"mediaType": cosign.OCI_CONFIG, "digest": config_digest, "size": 2}}).encode())
+        "schemaVersion": 2, "mediaType": media_types.OCI_MANIFEST, "layers": layers,
+        "config": {"mediaType": media_types.OCI_CONFIG, "digest": config_digest, "size": 2}}).encode())
     client = Client(parse(hostile.ref()), plain_http=True, bounds=Bounds(deadline_s=2))
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
     started = time.monotonic()

@@ -17,7 +17,8 @@ from fingerprint_knob import copy_with_fingerprint
 from helpers import config_named, events
 from private_registry import private_registry
 from registry_fixtures import TrickleProxy, synthetic_entry
-from runtime.adapters import settings_file, store
+from runtime.host import settings_file
+from runtime.snapshot import store
 from runtime.engine import pull
 from runtime.lab.containerd_lab import Lab
 from runtime.lab.private_node import write_config
@@ -414,7 +415,7 @@ def podman(pod_node, registry, tmp_path_factory):
 
 
 def podman_answer(run, name: str) -> dict:
-    from runtime.adapters import netns_http
+    from runtime.netns import netns_http
     pid = run("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()
     # Podman 4.3 restores a --network none container into a network namespace whose loopback is down
     # (its own checkpoint images too); the worker's restored listener answers once it is up.

@@ -10,11 +10,10 @@ import time
 import psutil
 import pytest
 
-from helpers import events, rewarm_cli
-from runtime.adapters import store
+from helpers import captured_source, events, rewarm_cli
+from runtime.snapshot import store
 from runtime.engine import capture
 from runtime.model import layout
-from runtime.lab.runc_lab import Lab
 
 SNAPSHOT = {"rewarm.dev/snapshot": "warm"}
 
@@ -22,14 +21,7 @@ SNAPSHOT = {"rewarm.dev/snapshot": "warm"}
 @pytest.fixture(scope="module")
 def warm(node, tmp_path_factory):
     """A worker cold-started through rewarm-runc, warmed up, and captured as snapshot 'warm'."""
-    directory = str(tmp_path_factory.mktemp("source"))
-    os.chmod(directory, 0o755)
-    source_lab = Lab(directory)
-    source = source_lab.create("source", source_lab.worker(SNAPSHOT))
-    answer, _ = source.wait_ready()
-    entry = capture.capture(node, source_lab.runc_root, source.cid, "warm", leave_running=True)
-    yield {"entry": entry, "answer": answer, "source": source}
-    source_lab.close()
+    yield from captured_source(node, str(tmp_path_factory.mktemp("source")), "warm", leave_running=True)
 
 
 def cgroup_dirs(cid: str) -> list[str]:

@@ -26,7 +26,9 @@ import pytest
 from api_server_stand_in import StandInApiServer
 from private_registry import private_registry
 from registry_fixtures import free_port
-from runtime.adapters import logs, settings_file, store
+from runtime.host import settings_file
+from runtime.observe import logs
+from runtime.snapshot import store
 from runtime.clients import cri
 from runtime.lab.containerd_lab import Lab, Pod
 from runtime.lab.private_node import write_config

@@ -8,7 +8,7 @@ import time
 
 from helpers import rewarm_cli
 from registry_fixtures import synthetic_entry
-from runtime.adapters import store
+from runtime.snapshot import store
 
 
 def test_gc_and_rm_skip_or_refuse_a_name_in_use_and_never_block_the_rest(node):

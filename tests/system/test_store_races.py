@@ -20,7 +20,7 @@ import pytest
 
 from helpers import events, rewarm_cli
 from opens import FifoTrap, Opens
-from runtime.adapters import page_cache, store
+from runtime.snapshot import page_cache, store
 from runtime.engine import capture, warm
 from runtime.lab.runc_lab import Lab
 from runtime.model.settings import Settings
@@ -205,7 +205,7 @@ def test_warm_holds_few_files_open_at_once(tmp_path):
         p = tmp_path / f"shard-{i}"
         p.write_bytes(b"w" * 4096)
         paths.append(str(p))
-    script = ("import resource, sys; from runtime.adapters import page_cache\n"
+    script = ("import resource, sys; from runtime.snapshot import page_cache\n"
               "resource.setrlimit(resource.RLIMIT_NOFILE, (page_cache.OPEN_AT_ONCE + 40, 4096))\n"
               "print(page_cache.warm(sys.argv[1:], 8))")
     out = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=60)

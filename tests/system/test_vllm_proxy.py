@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from runtime.adapters import netns_http
+from runtime.netns import netns_http
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from helpers import config_named, events, rewarm_cli
-from runtime.adapters import page_cache, settings_file
+from runtime.host import settings_file
+from runtime.snapshot import page_cache
 from runtime.lab.private_node import write_config
 from runtime.engine import capture
 from runtime.model.errors import CaptureFailed

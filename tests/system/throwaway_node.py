@@ -19,7 +19,8 @@ import subprocess
 import time
 from typing import Any, Callable, Iterator
 
-from runtime.adapters import mounts, store
+from runtime.container import mounts
+from runtime.snapshot import store
 from runtime.lab.containerd_lab import Lab
 from runtime.lab.runc_lab import WORKER_DIR
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from runtime.adapters import logs, metrics
+from runtime.observe import logs, metrics
 from runtime.model.errors import SettingsError
 from runtime.model.events import EventKind
 from runtime.model.settings import from_mapping
@@ -35,7 +35,7 @@ def pods(batch: list[dict[str, object]]) -> list[object]:
 
 def test_concurrent_writers_rotate_to_one_previous_file_and_no_line_is_torn_or_lost(tmp_path):
     log, bound = str(tmp_path / "events.jsonl"), 256 << 10
-    writer = ("import sys\nfrom runtime.adapters import logs\n"
+    writer = ("import sys\nfrom runtime.observe import logs\n"
               "for i in range(2000):\n"
               "    logs.append(sys.argv[1], logs.encode({'event': 'restored', 'pod': f'{sys.argv[2]}-{i}', "
               "'pad': 'x' * 100}), int(sys.argv[3]))\n")
@@ -158,7 +158,7 @@ def test_metric_totals_count_every_event_once_across_rotations_and_concurrent_fo
             written.append(record)
         if round_ % 2:
             metrics.fold(log)
-    folder = ("import json, sys\nfrom runtime.adapters import metrics\n"
+    folder = ("import json, sys\nfrom runtime.observe import metrics\n"
               "print(json.dumps(metrics.fold(sys.argv[1]).to_json(), sort_keys=True))\n")
     folds = [subprocess.run([sys.executable, "-c", folder, log], cwd=CHECKOUT, capture_output=True, text=True)
              for _ in range(1)]

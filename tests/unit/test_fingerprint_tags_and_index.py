@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from runtime.adapters.registry import index
-from runtime.adapters.registry.client import OCI_INDEX, OCI_MANIFEST
+from runtime.registry import index
+from runtime.registry.media_types import OCI_INDEX, OCI_MANIFEST
 from runtime.engine.formats import per_fingerprint
 from runtime.model import registry_ref
 from runtime.model.errors import InvalidInput

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from runtime.adapters import settings_file
+from runtime.host import settings_file
 from runtime.engine import create
 from runtime.front import runc_argv
 from runtime.lab.runc_lab import rewarm_runc

@@ -17,7 +17,13 @@ from runtime.model.errors import CudaUnavailable, GpuMismatch
 
 H100 = "NVIDIA H100 80GB HBM3"
 U0, U1 = "GPU-8c6a1b2e-0000-4000-8000-000000000000", "GPU-1f2e3d4c-1111-4111-8111-111111111111"
-TWO_H100 = nvml.Inventory([nvml.Gpu(0, 0, U0, H100, 80 << 30, False, True), nvml.Gpu(1, 1, U1, H100, 80 << 30, False, True)],
+
+
+def gpu(index: int, uuid: str) -> nvml.Gpu:
+    return nvml.Gpu(index=index, minor=index, uuid=uuid, model=H100, memory_bytes=80 << 30, mig=False, persistence=True)
+
+
+TWO_H100 = nvml.Inventory([gpu(0, U0), gpu(1, U1)],
                          driver="580.159.04", cuda_driver="13.0")
 
 

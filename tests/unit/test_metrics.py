@@ -11,7 +11,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.adapters import logs, metrics, store
+from runtime.observe import logs, metrics
+from runtime.snapshot import store
 from runtime.model import layout
 from runtime.model.events import EventKind, ReasonCode
 from runtime.model.fingerprint import Fingerprint

@@ -11,6 +11,7 @@ import re
 import pytest
 
 from runtime.model import annotations as ann
+from runtime.model import engines, oci_spec
 from runtime.model.errors import InvalidInput, SettingsError
 from runtime.model.fingerprint import Fingerprint, differences, env_hashes, key_id
 from runtime.model.manifest import CaptureInfo, FileDigest, Manifest, RootfsInfo
@@ -91,6 +92,37 @@ def test_the_vllm_preset_reads_its_port_and_model_off_the_command_line():
                                                  "\"method\": \"GET\"}]"}, VLLM_PROCESS).hooks
     assert [str(c) for c in mine.resume] == ["POST http://127.0.0.1:9/a", "GET http://127.0.0.1:9/b"]   # the annotation wins
     assert [str(c) for c in mine.quiesce] == ["POST http://127.0.0.1:8001/sleep?level=2"]              # the rest is the preset's
+
+
+SGLANG_PROCESS = {"args": ["python3", "-m", "sglang.launch_server", "--model-path", "/models/qwen", "--port", "30001",
+                           "--enable-memory-saver", "--attention-backend", "triton"], "env": []}
+
+
+def test_the_sglang_preset_releases_and_resumes_its_memory_and_reads_its_model_back():
+    hooks = ann.parse({"rewarm.dev/snapshot": "s", "rewarm.dev/engine": "sglang"}, SGLANG_PROCESS).hooks
+    assert [str(c) for c in hooks.quiesce] == ["POST http://127.0.0.1:30001/release_memory_occupation"]
+    assert [str(c) for c in hooks.resume] == ["POST http://127.0.0.1:30001/resume_memory_occupation"]
+    assert hooks.ready_http == "http://127.0.0.1:30001/health" and hooks.reads_back == ("/models/qwen",)
+    assert "--enable-memory-saver" in hooks.resume[0].hint
+    default_port = ann.parse({"rewarm.dev/snapshot": "s", "rewarm.dev/engine": "sglang"},
+                             {"args": ["python3", "-m", "sglang.launch_server", "--model", "/m", "--enable-memory-saver"]})
+    assert default_port.hooks.ready_http == "http://127.0.0.1:30000/health"
+
+
+@pytest.mark.parametrize("annotations, process, message", [
+    ({"rewarm.dev/sleep-level": "2"}, SGLANG_PROCESS, "rewarm.dev/engine: sglang takes no rewarm.dev/sleep-level"),
+    ({}, {"args": ["python3", "-m", "sglang.launch_server", "--model-path", "/m"]},
+     "sglang needs --enable-memory-saver on the engine's command line"),
+])
+def test_an_sglang_preset_it_cannot_answer_is_refused(annotations, process, message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        ann.parse({"rewarm.dev/snapshot": "s", "rewarm.dev/engine": "sglang", **annotations}, process)
+
+
+def test_every_engine_of_the_table_names_a_default_mode_it_has():
+    for engine in engines.ENGINES.values():
+        assert engine.default_mode in engine.modes, engine.name
+        assert engine.mode(None) is engine.modes[engine.default_mode]
 
 
 @pytest.mark.parametrize("process, lacks", [
@@ -193,7 +225,7 @@ def test_a_snapshot_fingerprinted_under_another_key_names_the_key_file():
 
 
 def test_the_fingerprint_key_is_made_once_owner_only_and_refused_when_others_can_read_it(tmp_path):
-    from runtime.adapters import fingerprint_key
+    from runtime.host import fingerprint_key
     path = str(tmp_path / "etc" / "fingerprint.key")
     key = fingerprint_key.load(path)
     assert len(key) == 32 and fingerprint_key.load(path) == key
@@ -297,3 +329,20 @@ def test_a_resume_hook_of_the_users_own_gets_no_loader_advice():
     hooks = ann.parse({"rewarm.dev/snapshot": "v", "rewarm.dev/engine": "vllm",
                        "rewarm.dev/resume-http": "http://127.0.0.1:8001/mine"}, VLLM_PROCESS).hooks
     assert hooks.advice == ""
+
+
+@pytest.mark.parametrize("namespaces, runc_makes_it", [
+    ([{"type": "network"}], True),                                      # runc makes it: the hook's job
+    ([{"type": "network", "path": "/srv/c"}], False),     # a pod's: the restore prepares it
+    ([{"type": "pid"}], False),                                         # hostNetwork: never touched
+])
+def test_who_prepares_a_restores_network_namespace(namespaces, runc_makes_it):
+    assert oci_spec.runtime_makes_netns({"linux": {"namespaces": namespaces}}) is runc_makes_it
+
+
+def test_the_mounts_a_restore_must_be_given_again_are_the_bind_mounts():
+    spec = {"mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                       {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
+                       {"destination": "/models/", "type": "bind", "source": "/srv/a"},
+                       {"destination": "/dev/termination-log", "source": "/srv/b", "options": ["rbind"]}]}
+    assert oci_spec.bind_destinations(spec) == {"/models", "/dev/termination-log"}

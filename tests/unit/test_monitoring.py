@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.adapters import metrics
+from runtime.observe import metrics
 from test_metrics import EVENTS, commit_entry, record   # real events, a real store entry
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,5 +1,5 @@
 """Every way a restore does not happen carries a reason code set where the engine decides: the
-restore's steps (against test_restore_steps' fake runc), the exceptions the adapters raise, the pull
+restore's steps (against test_restore_steps' fake runc), the exceptions the layers below the engine raise, the pull
 on miss, and a whole create through rewarm-runc-engine, whose cold start lands in the event log
 with its code and, through rewarm-hook poststop, in the metrics textfile as the `code` label."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.adapters import logs
-from runtime.engine import pull, restore
+from runtime.observe import logs
+from runtime.engine import pull, restore, wanted
 from runtime.lab.private_node import write_config
 from runtime.model import annotations as ann
 from runtime.model.errors import (ClientError, GpuMismatch, InvalidInput, NotRestorable, PullRefused, RestoreFailed,
@@ -34,10 +34,12 @@ def world(tmp_path) -> World:
 
 
 def code_of_restore(world: World, deadline: float = float("inf"), settings: Settings | None = None) -> ReasonCode:
-    from runtime.adapters.spec_file import SpecFile
+    from runtime.container.spec_file import SpecFile
     with pytest.raises((NotRestorable, RestoreFailed)) as raised:
-        restore.restore(world.call, settings or world.settings, SpecFile(str(world.bundle)),
-                        ann.parse(world.spec["annotations"], world.spec["process"]), "default", deadline)
+        node = settings or world.settings
+        request = ann.parse(world.spec["annotations"], world.spec["process"])
+        restore.restore(world.call, node, SpecFile(str(world.bundle)), wanted.of(world.spec, node, request, "default"),
+                        deadline)
     return raised.value.reason_code
 
 
@@ -48,7 +50,7 @@ def test_no_entry_is_no_snapshot_and_an_entry_of_other_args_is_not_fitting(world
 
 
 def test_a_corrupt_entry_is_snapshot_damaged(world):
-    from runtime.adapters import store
+    from runtime.snapshot import store
     entry = world.capture()
     with open(entry.file("checkpoint/pages-1.img"), "r+b") as f:
         f.write(b"X")
@@ -59,7 +61,7 @@ def test_a_corrupt_entry_is_snapshot_damaged(world):
 def test_an_existing_container_and_a_terminal_are_refused_with_their_codes(world):
     world.capture()
     world.spec["process"]["terminal"] = True
-    from runtime.adapters.files import write_json
+    from runtime.host.files import write_json
     write_json(str(world.bundle / "config.json"), world.spec, mode=0o644)
     assert code_of_restore(world) is ReasonCode.UNSUPPORTED
     world.spec["process"]["terminal"] = False
@@ -88,7 +90,7 @@ def test_the_runtimes_failure_its_timeout_and_a_failed_resume_hook_have_codes_of
     (UnsafeRootfsDiff("x"), ReasonCode.UNSAFE_ROOTFS),
     (GpuMismatch("x"), ReasonCode.GPU_MISMATCH),
 ])
-def test_what_the_adapters_find_keeps_its_code_when_it_becomes_a_cold_start(error, code):
+def test_what_the_layers_below_find_keeps_its_code_when_it_becomes_a_cold_start(error, code):
     with pytest.raises(NotRestorable) as raised, restore._not_here():
         raise error
     assert raised.value.reason_code is code and str(raised.value) == "x"
@@ -115,7 +117,8 @@ def test_a_pull_on_miss_the_node_refuses_is_pull_refused_and_a_failed_ones_answe
     request = ann.parse({**world.spec["annotations"], ann.SNAPSHOT_REF: "elsewhere.example.com/w:1"},
                         world.spec["process"])
     with pytest.raises(NotRestorable) as raised:
-        pull.on_miss(settings, world.spec, request, "default", pull.Pod("c1", str(world.root)), time.monotonic() + 5)
+        pull.on_miss(settings, wanted.of(world.spec, settings, request, "default"), pull.Pod("c1", str(world.root)),
+                     time.monotonic() + 5)
     assert raised.value.reason_code is ReasonCode.PULL_REFUSED
     assert pull._failure_of("failed pull_refused x is not signed") == (ReasonCode.PULL_REFUSED, "x is not signed")
     assert pull._failure_of("failed registry_error 503") == (ReasonCode.REGISTRY_ERROR, "503")
@@ -124,7 +127,7 @@ def test_a_pull_on_miss_the_node_refuses_is_pull_refused_and_a_failed_ones_answe
 
 def create(world: World, config: str, annotations: dict[str, str], cid: str) -> subprocess.CompletedProcess[str]:
     """rewarm-runc-engine's create, as rewarm-runc hands it over, of a bundle with `annotations`."""
-    from runtime.adapters.files import write_json
+    from runtime.host.files import write_json
     write_json(str(world.bundle / "config.json"), {**world.spec, "annotations": annotations}, mode=0o644)
     return subprocess.run([sys.executable, "-m", "runtime.engine.runc_entry", "--root", str(world.root), "create",
                            "--bundle", str(world.bundle), cid], cwd=CHECKOUT, capture_output=True, text=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.adapters.registry import client, native
+from runtime.registry import client, native
 from runtime.model import annotations as ann
 from runtime.model import registry_ref
 from runtime.model.errors import InvalidInput, RegistryError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from runtime.adapters import page_cache, reload_files
+from runtime.snapshot import page_cache, reload_files
 from runtime.model.manifest import ReloadFile
 from runtime.model.oci_spec import bind_mount_of
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from runtime.adapters import store
-from runtime.adapters.files import read_json, write_json
-from runtime.engine import fingerprinting, restore
+from runtime.snapshot import store
+from runtime.host.files import read_json, write_json
+from runtime.engine import fingerprinting, restore, wanted
 from runtime.front import runc_argv
 from runtime.front.names import RESTORED_MARKER
 from runtime.model import annotations as ann
 from runtime.model import layout
-from runtime.adapters.spec_file import SpecFile
+from runtime.container.spec_file import SpecFile
 from runtime.model.errors import NotRestorable, RestoreFailed
 from runtime.model.manifest import Manifest
 from runtime.model.settings import from_mapping
@@ -85,8 +85,9 @@ class World:
 
     def restore(self) -> restore.Result:
         self.spec_file = SpecFile(str(self.bundle))
+        request = ann.parse(self.spec["annotations"], self.spec["process"])
         return restore.restore(self.call, self.settings, self.spec_file,
-                               ann.parse(self.spec["annotations"], self.spec["process"]), "default")
+                               wanted.of(self.spec_file.spec, self.settings, request, "default"))
 
 
 @pytest.fixture
@@ -106,8 +107,7 @@ def test_a_fitting_entry_is_restored_in_the_callers_place(world):
     assert (world.bundle / "rootfs" / "etc" / "from-snapshot").read_text() == "hello"    # the diff was laid
     marker = read_json(str(world.root / "c1" / RESTORED_MARKER))                         # `start` will be a no-op
     assert marker["entry"] == entry.ident
-    assert read_json(str(world.bundle / "config.json"))["annotations"][ann.ENTRY_KEY] == entry.path   # for the hook
-    assert world.spec_file.writes == 1                 # config.json written once, before runc restores it
+    assert world.spec_file.writes == 0                 # nothing of rewarm's to add: config.json is not rewritten
     assert not os.path.exists(layout.work_dir(str(world.root), "c1"))
 
 
@@ -118,7 +118,6 @@ def test_a_failing_runtime_restore_is_undone_and_says_why(world, monkeypatch):
         world.restore()
     assert not (world.bundle / "rootfs" / "etc" / "from-snapshot").exists()              # diff undone
     assert any(c.endswith("delete --force c1") for c in world.calls())                    # whatever ran is gone
-    assert ann.ENTRY_KEY not in read_json(str(world.bundle / "config.json"))["annotations"]
     assert not os.path.exists(layout.work_dir(str(world.root), "c1"))
 
 

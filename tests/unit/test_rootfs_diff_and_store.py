@@ -13,7 +13,8 @@ from typing import Iterator
 
 import pytest
 
-from runtime.adapters import files, rootfs_diff, store, verified
+from runtime.host import files
+from runtime.snapshot import rootfs_diff, store, verified
 from runtime.model import layout
 from runtime.model.errors import SnapshotDamaged, StoreError, UnsafeRootfsDiff
 from runtime.model.fingerprint import Fingerprint
@@ -146,7 +147,7 @@ def test_an_entrys_files_are_root_only_whatever_wrote_them(tmp_path):
 def test_a_bound_dev_shm_travels_as_files_and_is_laid_with_an_undo(tmp_path):
     """CRI binds the sandbox's shm at /dev/shm: its files go into the snapshot, and into the
     restoring pod's shm (undone if the restore fails); a tmpfs of the container's own needs nothing."""
-    from runtime.adapters import dev_shm
+    from runtime.snapshot import dev_shm
     source, target, out = tmp_path / "shm-a", tmp_path / "shm-b", tmp_path / "out"
     for d in (source, target, out):
         d.mkdir()
@@ -186,7 +187,7 @@ def test_a_manifest_skips_the_schema_only_while_its_bytes_are_the_ones_that_pass
 
 
 # --- staging dirs belong to their process until the commit's rename: gc never takes a live one ---
-GC = "import sys; from runtime.adapters import store; print('\\n'.join(store.Store(sys.argv[1]).gc(1 << 50)))"
+GC = "import sys; from runtime.snapshot import store; print('\\n'.join(store.Store(sys.argv[1]).gc(1 << 50)))"
 
 
 def gc_elsewhere(st: store.Store) -> list[str]:
@@ -286,7 +287,7 @@ def test_gc_reclaims_a_staging_dir_only_when_its_owner_provably_ended(tmp_path, 
 
 def test_a_capture_killed_midway_is_reclaimed_and_a_resumed_pull_is_not(tmp_path):
     st = store.Store(str(tmp_path / "store")).ensure()
-    capturer = subprocess.Popen([sys.executable, "-c", "import sys\nfrom runtime.adapters import store\n"
+    capturer = subprocess.Popen([sys.executable, "-c", "import sys\nfrom runtime.snapshot import store\n"
                                  "with store.Store(sys.argv[1]).staging() as s:\n    print(s, flush=True)\n"
                                  "    sys.stdin.read()", st.root], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, TextIO
 
-from runtime.adapters import store
-from runtime.adapters.progress import Progress
-from runtime.adapters.registry import native, ocicrypt
-from runtime.adapters.registry.client import Client
+from runtime.snapshot import store
+from runtime.observe.progress import Progress
+from runtime.registry import native, ocicrypt
+from runtime.registry.client import Client
 from runtime.model.errors import PullRefused
 from runtime.model.fingerprint import Fingerprint
 from runtime.model.manifest import Manifest

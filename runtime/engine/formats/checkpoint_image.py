@@ -1,4 +1,4 @@
-"""The CRI-O / Podman checkpoint image (the wire format is adapters/registry/crio.py): one
+"""The CRI-O / Podman checkpoint image (the wire format is registry/crio.py): one
 uncompressed layer, the entry as a checkpoint archive (page images do not shrink much, and the
 layer's digest is then its diff id). A pull takes the archive in as `rewarm import` does."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ import shutil
 import uuid
 from typing import Any, Mapping
 
-from runtime.adapters import archive, store
-from runtime.adapters.files import owned_dir, read_json
-from runtime.adapters.progress import Progress
-from runtime.adapters.registry import crio, native, ocicrypt, transfer
+from runtime.snapshot import archive, store
+from runtime.host.files import owned_dir, read_json
+from runtime.observe.progress import Progress
+from runtime.registry import crio, media_types, native, ocicrypt, transfer
 from runtime.engine.formats.base import Staging, Transfer, check_room, decryption_keys, recipients
 from runtime.model import layout
 from runtime.model.errors import RegistryError
@@ -47,7 +47,7 @@ class CheckpointImage:
                 descriptor.update(mediaType=crio.LAYER_TAR + ocicrypt.SUFFIX, annotations=dict(layer.sealed.annotations))
             checkpoint_notes = crio.checkpoint_annotations(str(dump.get("name") or entry.name), dump,
                                                 os.path.basename(t.settings.runtime))
-            m = crio.manifest({"mediaType": crio.OCI_CONFIG, "digest": config_digest, "size": len(config)},
+            m = crio.manifest({"mediaType": media_types.OCI_CONFIG, "digest": config_digest, "size": len(config)},
                               descriptor, {**checkpoint_notes, **notes})
             return t.client.put_manifest(m, tag), progress
         finally:

@@ -1,4 +1,4 @@
-"""rewarm's native artifact (the wire format is adapters/registry/native.py): the entry's
+"""rewarm's native artifact (the wire format is registry/native.py): the entry's
 manifest.json as the config, its files as blobs of up to 32 MiB. A push sends only the pieces the
 registry lacks; a pull checks the pieces against the pushed manifest and resumes a kept part."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
-from runtime.adapters import store
-from runtime.adapters.progress import Progress
-from runtime.adapters.registry import native, transfer
+from runtime.snapshot import store
+from runtime.observe.progress import Progress
+from runtime.registry import native, transfer
 from runtime.engine.formats.base import Staging, Transfer, check_room, decryption_keys, recipients, refuse_foreign
 from runtime.model import layout
 from runtime.model.errors import InvalidInput, RegistryError, SnapshotDamaged

@@ -5,7 +5,7 @@ kernel, GPU driver) share a TAG without removing each other's snapshots, and whi
   (registry_ref.fingerprint_tag; IDENT is Fingerprint.ident() of the entry). Nodes of different
   fingerprints never write the same tag, so neither can remove the other's snapshot; a node that
   pushes its fingerprint again moves only its own tag (the same entry again: the same manifest).
-- **A view: the index at TAG** (adapters/registry/index.py), rebuilt by every push from the
+- **A view: the index at TAG** (registry/index.py), rebuilt by every push from the
   per-fingerprint tags the registry lists and what the index listed, written only when it changes,
   then read back until it lists the push (MERGE_ROUNDS). A registry has no compare-and-swap on a
   tag: two pushes at once can still drop one line, which the next push to TAG puts back. No pull
@@ -22,10 +22,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from runtime.adapters import store
-from runtime.adapters.registry import index
-from runtime.adapters.registry.client import Fetched
-from runtime.adapters.registry.index import Offer
+from runtime.snapshot import store
+from runtime.registry import index
+from runtime.registry.client import Fetched
+from runtime.registry.index import Offer
 from runtime.engine.formats import Transfer, recognised
 from runtime.model import registry_ref
 from runtime.model.errors import PullRefused, RegistryError

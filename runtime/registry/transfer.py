@@ -15,10 +15,10 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Callable, Sequence, TypeVar
 
-from runtime.adapters.registry import ocicrypt
-from runtime.adapters.registry.client import Client
-from runtime.adapters.registry.native import Piece
-from runtime.adapters.progress import Progress
+from runtime.registry import ocicrypt
+from runtime.registry.client import Client
+from runtime.registry.native import Piece
+from runtime.observe.progress import Progress
 from runtime.model.errors import RegistryError, TransferInterrupted
 
 T = TypeVar("T")

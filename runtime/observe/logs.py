@@ -21,16 +21,16 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, Generator, Iterable, Iterator, NamedTuple
 
-from runtime.adapters import settings_file
+from runtime.host import settings_file
 from runtime.front.runc_argv import RuncCall
+from runtime.model import clock
 from runtime.model.errors import SettingsError
 from runtime.model.events import EventKind
 from runtime.model.settings import Settings
 
 
 def _now() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+    return clock.rfc3339_ns()
 
 
 def runtime_log(call: RuncCall, level: str, msg: str) -> None:

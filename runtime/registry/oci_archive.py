@@ -14,12 +14,12 @@ import os
 import tarfile
 from typing import Any, Mapping, Sequence
 
-from runtime.adapters.registry import crio, ocicrypt
+from runtime.registry import crio, media_types, ocicrypt
 from runtime.model.errors import ArchiveError, RegistryError
+from runtime.registry.media_types import OCI_INDEX
 
 LAYOUT = "oci-layout"
 INDEX = "index.json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MAX_JSON = 4 << 20
 
 
@@ -47,11 +47,11 @@ def write(layer_tar: str, plain_digest: str, out: str, work: str, recipients: Se
     sealed_path = os.path.join(work, "sealed")
     sealed = ocicrypt.seal_file(layer_tar, sealed_path, plain_digest, recipients)
     os.rename(sealed_path, os.path.join(blobs, sealed.blob.split(":")[1]))
-    config = {"mediaType": crio.OCI_CONFIG,
+    config = {"mediaType": media_types.OCI_CONFIG,
               **_put(blobs, json.dumps(crio.image_config(plain_digest), sort_keys=True).encode())}
     layer = {"mediaType": crio.LAYER_TAR + ocicrypt.SUFFIX, "digest": sealed.blob,
              "size": os.path.getsize(layer_tar), "annotations": dict(sealed.annotations)}
-    manifest = {"mediaType": crio.OCI_MANIFEST,
+    manifest = {"mediaType": media_types.OCI_MANIFEST,
                 **_put(blobs, json.dumps(crio.manifest(config, layer, notes), sort_keys=True).encode())}
     top = os.path.join(work, "layout")
     with open(os.path.join(top, LAYOUT), "w") as f:

@@ -6,16 +6,25 @@ from __future__ import annotations
 import json
 import os
 
-from runtime.adapters.files import read_json, write_json
+from runtime.host.files import read_json, write_json
 from runtime.model import oci_spec
 from runtime.model.oci_spec import Spec
+
+
+NAME = "config.json"   # in an OCI bundle
+
+
+def read(bundle: str) -> Spec:
+    """The bundle's spec as it is on disk. Raises OSError or ValueError for a config.json that is
+    missing or not a JSON object."""
+    return oci_spec.parsed(read_json(os.path.join(bundle, NAME)))
 
 
 class SpecFile:
     def __init__(self, bundle: str):
         """Raises OSError or ValueError for a config.json that is missing or not JSON."""
-        self.path = os.path.join(bundle, "config.json")
-        self.spec: Spec = oci_spec.parsed(read_json(self.path))
+        self.path = os.path.join(bundle, NAME)
+        self.spec: Spec = read(bundle)
         self._on_disk = self._text()
         self.writes = 0
 

@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from runtime.host import procfs
+
 
 def read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
@@ -130,15 +132,8 @@ class Owner:
 def start_time(pid: int) -> int | None:
     """When the process `pid` started (field 22 of /proc/PID/stat); None where there is no such
     process or it has ended (a zombie: it only waits for its parent to reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat_line = f.read()
-    except OSError:
-        return None
-    fields = stat_line[stat_line.rindex(b")") + 2:].split()   # the name may hold blanks and parentheses
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[22 - 3])
+    found = procfs.stat(pid)
+    return found.start if found is not None and found.alive else None
 
 
 def this_process() -> Owner:

@@ -16,6 +16,7 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 
+from runtime.container import mounts
 from runtime.model.errors import UnsafeRootfsDiff
 
 MAX_SYMLINKS = 40
@@ -26,17 +27,14 @@ def overlay_upper(rootfs: str) -> str | None:
     """The upperdir of the overlay mounted at `rootfs`, or None if it is not an overlay."""
     target = os.path.realpath(rootfs)
     upper = None
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            if pre.split()[4] != target:
-                continue
-            fstype, _, options = post.split()[:3]
-            upper = None  # the last mount on a path is the visible one
-            if fstype == "overlay":
-                for opt in options.split(","):
-                    if opt.startswith("upperdir="):
-                        upper = opt[len("upperdir="):]
+    for m in mounts.table():
+        if m.point != target:
+            continue
+        upper = None  # the last mount on a path is the visible one
+        if m.fstype == "overlay":
+            for opt in m.options.split(","):
+                if opt.startswith("upperdir="):
+                    upper = opt[len("upperdir="):]
     return upper
 
 

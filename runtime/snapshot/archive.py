@@ -11,7 +11,7 @@ import shutil
 import tarfile
 from typing import IO, Iterable
 
-from runtime.adapters.files import atomic_write
+from runtime.host.files import atomic_write
 from runtime.model.errors import ArchiveError
 
 MAX_MEMBERS = 100_000

@@ -22,9 +22,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from runtime.adapters.registry import ocicrypt
+from runtime.registry import ocicrypt
 from runtime.model.errors import RegistryError
 from runtime.model.manifest import FileDigest
+from runtime.registry.media_types import OCI_MANIFEST
 
 ARTIFACT_TYPE = "application/vnd.rewarm.snapshot.v1"
 CONFIG_TYPE = "application/vnd.rewarm.snapshot.manifest.v1+json"
@@ -33,7 +34,6 @@ CHUNK_TYPE = "application/vnd.rewarm.snapshot.chunk.v1"
 PATH_KEY = "dev.rewarm.snapshot.path"
 OFFSET_KEY = "dev.rewarm.snapshot.offset"
 TITLE_KEY = "org.opencontainers.image.title"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CHUNK_BYTES = 32 << 20
 MAX_PIECES = 100_000
 

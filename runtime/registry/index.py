@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from runtime.adapters.registry.client import OCI_INDEX, OCI_MANIFEST
-from runtime.adapters.registry.native import ARTIFACT_TYPE
+from runtime.registry.media_types import OCI_INDEX, OCI_MANIFEST
+from runtime.registry.native import ARTIFACT_TYPE
 from runtime.model.registry_ref import is_fingerprint_ident
 
 FINGERPRINT_KEY = "dev.rewarm.snapshot.fingerprint"

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, write_to_textfile
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily,
                                     Metric, SummaryMetricFamily)
 
-from runtime.adapters import logs
+from runtime.observe import logs
 from runtime.model import layout
 from runtime.model.events import EventKind, reason_code
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from runtime.adapters import rootfs_diff
+from runtime.snapshot import rootfs_diff
 from runtime.model.oci_spec import Spec, bind_mount_of
 
 DESTINATION = "/dev/shm"

@@ -22,14 +22,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from runtime.adapters.registry import transfer
-from runtime.adapters.registry.client import OCI_MANIFEST, Client
+from runtime.registry import transfer
+from runtime.registry.client import Client
+from runtime.registry.media_types import OCI_CONFIG, OCI_MANIFEST
 from runtime.model.errors import RegistryError, SettingsError
 
 PAYLOAD_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_KEY = "dev.cosignproject.cosign/signature"
 SIGNATURE_TYPE = "cosign container image signature"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MAX_PAYLOAD = 64 << 10
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey

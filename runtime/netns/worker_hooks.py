@@ -25,7 +25,7 @@ def call(pid: int, calls: tuple[HookCall, ...], what: str, timeout: float) -> li
     """The answers, in order (a quiesce hook may name files the worker reads back: reload_files.py);
     the first call that fails stops the sequence. `timeout` bounds the whole sequence by the wall
     clock: each call has what is left of it."""
-    from runtime.adapters import netns_http   # http.client and ssl: ~35 ms a restore without hooks saves
+    from runtime.netns import netns_http   # http.client and ssl: ~35 ms a restore without hooks saves
     answers: list[Answer] = []
     deadline = time.monotonic() + timeout
     for step in calls:

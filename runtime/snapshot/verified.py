@@ -24,7 +24,7 @@ import os
 import stat
 from typing import Any, Callable, Mapping
 
-from runtime.adapters.files import atomic_write, read_json
+from runtime.host.files import atomic_write, read_json
 from runtime.model import layout
 from runtime.model.errors import SnapshotDamaged
 from runtime.model.manifest import FileDigest

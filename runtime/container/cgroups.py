@@ -7,6 +7,8 @@ import contextlib
 import os
 import signal
 import time
+
+from runtime.container import mounts
 from runtime.model.oci_spec import Spec
 
 FREEZE_WAIT_S = 5.0
@@ -14,14 +16,7 @@ FREEZE_WAIT_S = 5.0
 
 def _mounts() -> list[tuple[str, str]]:
     """(mount point, root inside the hierarchy) of every cgroup and cgroup2 mount."""
-    out = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            if post.split()[0] in ("cgroup", "cgroup2"):
-                fields = pre.split()
-                out.append((fields[4], fields[3]))
-    return out
+    return [(m.point, m.root) for m in mounts.table() if m.fstype in ("cgroup", "cgroup2")]
 
 
 def _systemd_path(cgroups_path: str) -> str:

@@ -13,7 +13,7 @@ import socket
 import threading
 import urllib.parse
 
-from runtime.adapters.netns_setup import in_netns
+from runtime.netns.netns_setup import in_netns
 
 NETNS_DIR = "/var/run/netns"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-from runtime.adapters import node_facts
-from runtime.adapters.files import write_if_changed
+from runtime.host import node_facts
+from runtime.host.files import write_if_changed
 from runtime.model import cuda_env
 from runtime.model.settings import Settings
 

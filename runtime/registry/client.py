@@ -48,10 +48,8 @@ import urllib3.connection
 from runtime.model.errors import RegistryError, TransferInterrupted
 from runtime.model.registry_ref import Reference
 from runtime.model.settings import Settings
+from runtime.registry.media_types import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 # Without the index type here, a registry answers a tag that holds an index with a manifest of its
 # choosing (distribution picks linux/amd64) or not at all.
 ACCEPT_MANIFESTS = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}"

@@ -6,16 +6,15 @@ manifest annotations: CRI-O looks for `io.kubernetes.cri-o.annotations.checkpoin
 (`.rootfsImageName`, `.rootfsImageID`), which must exist where it is restored."""
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping
+
+from runtime.model import clock
+from runtime.registry.media_types import DOCKER_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST
 
 CRIO_PREFIX = "io.kubernetes.cri-o.annotations.checkpoint."
 PODMAN_PREFIX = "io.podman.annotations.checkpoint."
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-LAYER_TYPES = (LAYER_TAR, LAYER_TAR + "+gzip", LAYER_TAR + "+zstd",
-               "application/vnd.docker.image.rootfs.diff.tar.gzip")
+LAYER_TAR = OCI_LAYER_TAR
+LAYER_TYPES = (LAYER_TAR, LAYER_TAR + "+gzip", LAYER_TAR + "+zstd", DOCKER_LAYER_GZIP)
 
 
 def is_checkpoint_image(manifest: Mapping[str, Any]) -> bool:
@@ -39,7 +38,7 @@ def checkpoint_annotations(container_name: str, config_dump: Mapping[str, Any], 
 def image_config(layer_diff_id: str, created: str = "") -> dict[str, Any]:
     """An image config for the one layer (uncompressed: its digest is its diff id), made at `created`
     (RFC 3339; now when not given)."""
-    return {"created": created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "architecture": "amd64",
+    return {"created": created or clock.rfc3339(), "architecture": "amd64",
             "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": [layer_diff_id]},
             "history": [{"created_by": "rewarm push --format crio"}]}
 

@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from runtime.adapters import mounts
-from runtime.adapters.files import start_time
+from runtime.container import mounts
+from runtime.host import procfs
+from runtime.host.files import start_time
 
 # Global flags of the caller that a restore must repeat so that it lands where the caller looks.
 FORWARDED_GLOBALS = ("--root", "--log", "--log-format", "--systemd-cgroup", "--debug", "--rootless")
@@ -111,7 +112,7 @@ class Runc:
         return argv + [container_id]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RestoreFrom:
     """What a `runc restore` reads (the bundle, CRIU's images and work dir) and how it runs."""
     criu: str
@@ -208,15 +209,7 @@ class _CriuWatch:
 
 def _criu_children_of(ppid: int) -> list[tuple[int, bool]]:
     """(pid, not a zombie) of runc's children named criu."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                head, _, tail = f.read().rpartition(")")
-            fields = tail.split()
-            if int(fields[1]) == ppid and head.split("(", 1)[1] == "criu":
-                found.append((int(pid), fields[0] != "Z"))
-    return found
+    return [(p.pid, p.alive) for p in procfs.every() if p.ppid == ppid and p.name == "criu"]
 
 
 def _kill(pids: list[int]) -> None:
@@ -237,13 +230,7 @@ def _wait_group_gone(pgid: int, seconds: float) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+    return any(p.pgid == pgid and p.alive for p in procfs.every())
 
 
 def start_attached(argv: list[str], env: dict[str, str], pid_file: str,

@@ -26,8 +26,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from runtime.adapters import files, verified
-from runtime.adapters.files import fsync_dir, fsync_tree, write_json
+from runtime.host import files
+from runtime.snapshot import verified
+from runtime.host.files import fsync_dir, fsync_tree, write_json
 from runtime.model import layout
 from runtime.model.errors import InvalidInput, SnapshotDamaged, StoreBusy, StoreError
 from runtime.model.fingerprint import Fingerprint, differences
