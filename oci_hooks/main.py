@@ -8,7 +8,8 @@ prestart  for a container being restored into a network namespace that runc make
           restore`, before CRIU restores the sockets, and parses nothing again (the annotations,
           the spec and the snapshot were judged by rewarm-runc). rewarm-runc adds it only where runc
           makes the namespace: a named one (a pod's) it prepares itself, before the restore, and the
-          host's (hostNetwork) is never touched.
+          host's (hostNetwork) is never touched. Run by CRI-O's or Podman's hooks.d (no rewarm-runc),
+          it validates the rewarm annotations instead.
 poststop  removes rewarm's per-container work files, records how the container had started
           (restored or cold) in the event log, and rewrites the Prometheus metrics file (the same
           metrics as `rewarm agent`'s /metrics). Both read only a bounded part of the log: its start
@@ -48,9 +49,14 @@ def read_state(stream: IO[str]) -> dict[str, Any]:
 
 
 def prestart(state: dict[str, Any], settings: Settings) -> None:
-    """During a restore, what rewarm-runc decided (restore.tell_prestart): the snapshot's bound
-    addresses added to the namespace runc made. Nothing is parsed again: not the annotations, the
-    spec, nor the snapshot's manifest."""
+    """Under rewarm-runc (which names its runtime root in the hook's environment), during a restore,
+    what rewarm-runc decided (restore.tell_prestart): the snapshot's bound addresses added to the
+    namespace runc made; nothing is parsed again, not the annotations, the spec nor the snapshot's
+    manifest. Run by CRI-O's or Podman's hooks.d, without rewarm-runc: the annotations validated,
+    so that a bad value fails the container with the annotation's name."""
+    if RUNTIME_ROOT_ENV not in os.environ:
+        _validate(state)
+        return
     try:
         told = read_json(os.path.join(_work_dir(state), layout.PRESTART))
     except FileNotFoundError:
@@ -63,6 +69,16 @@ def prestart(state: dict[str, Any], settings: Settings) -> None:
     added = netns_setup.prepare(f"/proc/{state['pid']}/ns/net", told.get("bound_addresses") or [])
     logs.event(settings.event_log, EventKind.PRESTART, container=state["id"], namespace=told.get("namespace", ""),
                snapshot=told.get("snapshot", ""), addresses_added=added)
+
+
+def _validate(state: dict[str, Any]) -> None:
+    from runtime.container import spec_file
+    from runtime.model import oci_spec
+    try:
+        process = oci_spec.process(spec_file.read(state.get("bundle") or "."))
+    except (OSError, ValueError):
+        process = {}   # the presets' flags are then judged without the command line
+    ann.parse(state.get("annotations") or {}, process)
 
 
 def _work_dir(state: dict[str, Any]) -> str:

@@ -157,10 +157,14 @@ def cmd_install(cfg: Settings, a: argparse.Namespace) -> int:
                    "already installed; nothing to change", "load")
     if not a.dry_run:   # the store root-only before any snapshot lands there, whoever made the directory
         node_store = store.Store(cfg.store)
-        repaired = node_store.repair_mode()
-        node_store.ensure()
-        if repaired:
-            print(repaired)
+        try:
+            repaired = node_store.repair_mode()
+            node_store.ensure()
+        except OSError as e:   # doctor, which runs next, says what is wrong with it
+            print(f"rewarm install: the store {cfg.store} could not be set up: {e}", file=sys.stderr)
+        else:
+            if repaired:
+                print(repaired)
     return 0
 
 

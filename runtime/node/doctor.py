@@ -59,6 +59,8 @@ def _config(cfg: Settings) -> list[Check]:
 
 
 def _store(cfg: Settings) -> list[Check]:
+    if os.path.lexists(cfg.store) and not os.path.isdir(cfg.store):
+        return [("FAIL", "store", f"{cfg.store} is there but not a directory")]
     if not os.path.isdir(cfg.store):
         return [("OK", "store", f"{cfg.store} (created on first capture)")]
     mode = os.stat(cfg.store).st_mode & 0o777

@@ -30,6 +30,18 @@ def test_bad_state_on_stdin_gives_a_clear_error_and_exit_code():
     assert out.returncode != 0 and "lacks 'ociVersion' or 'id'" in out.stderr
 
 
+def test_prestart_run_by_hooks_d_rejects_a_bad_or_missing_annotation_value():
+    """CRI-O's or Podman's hooks.d (no rewarm-runc: no runtime root in the hook's environment)."""
+    state = {"ociVersion": "1.0.2", "id": "c1", "annotations": {"rewarm.dev/snapshot": "ok", "rewarm.dev/fallback": "maybe"}}
+    out = run_hook("prestart", json.dumps(state))
+    assert out.returncode != 0 and "invalid rewarm.dev/fallback: 'maybe'" in out.stderr
+    state["annotations"] = {"rewarm.dev/capture": "on-ready"}
+    out = run_hook("prestart", json.dumps(state))
+    assert out.returncode != 0 and "rewarm.dev/snapshot is required" in out.stderr
+    state["annotations"] = {"rewarm.dev/snapshot": "ok"}
+    assert run_hook("prestart", json.dumps(state)).returncode == 0
+
+
 def test_hooks_do_nothing_for_unannotated_containers():
     assert run_hook("poststop", json.dumps({"ociVersion": "1.0.2", "id": "c1"})).returncode == 0
     assert run_hook("bogus", "{}").returncode != 0

@@ -199,3 +199,22 @@ def test_with_cdi_on_runc_there_is_nothing_to_chain(tmp_path):
     assert out.returncode == 0 and not rewarm_config.exists()       # rewarm-runc runs its default: runc
     assert "enable_cdi = true" in path.read_text()
     assert cri_runtimes(path.read_text())["rewarm"]["options"]["BinaryName"] == "/x/rewarm-runc"
+
+
+def test_install_makes_a_store_others_could_read_root_only_and_doctor_then_passes_it(tmp_path):
+    """A store directory someone made readable by others (an admin's mkdir, an old tool) is rewarm's:
+    install makes it root-only and says so, before doctor judges it."""
+    from helpers import config_named
+    from runtime.lab.private_node import write_config
+    store = tmp_path / "store"
+    store.mkdir(mode=0o755)
+    os.chmod(store, 0o755)
+    with config_named(write_config(str(tmp_path), store=str(store))):
+        out = rewarm_cli("install", "--runtime", "containerd", "--config", str(tmp_path / "config.toml"),
+                         "--binary", "/x/rewarm-runc")
+        assert out.returncode == 0, out.stderr
+        assert f"store {store} was mode 0o755" in out.stdout and "repaired to 0700" in out.stdout
+        assert os.stat(store).st_mode & 0o777 == 0o700
+        doctor = rewarm_cli("doctor", "--json")
+    (check,) = [c for c in json.loads(doctor.stdout) if c["check"] == "store"]
+    assert check["status"] == "OK", check

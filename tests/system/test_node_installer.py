@@ -296,13 +296,14 @@ def failed(pod: InstallerPod, name: str) -> str:
 @pytest.mark.parametrize("installed_node", ["debian-11"], indirect=True)
 def test_a_failed_install_takes_the_ready_label_off_before_the_pod_fails(installed_node):
     """A node set up and labelled ready; a later start of the installer fails (here `rewarm doctor`:
-    the snapshot store is readable by others): the label comes off before the pod fails, so that no
-    rewarm pod is scheduled to a node whose rewarm is not known to work."""
+    a file stands where the snapshot store should be): the label comes off before the pod fails, so
+    that no rewarm pod is scheduled to a node whose rewarm is not known to work."""
     api, pod = installed_node["api"], installed_node["pod"]
     installed(pod, api)
     pod.remove()
-    os.makedirs(installed_node["store"])
-    os.chmod(installed_node["store"], 0o755)
+    shutil.rmtree(installed_node["store"])   # (the first install made it)
+    with open(installed_node["store"], "w") as f:
+        f.write("not a store")
     name = pod.run()
     assert failed(pod, name) == "rewarm node-install: rewarm doctor found a failing check (above)"
     assert api.labels() == [{"rewarm.dev/runtime": "ready"}, {"rewarm.dev/runtime": None}]
