@@ -12,7 +12,7 @@ An import is soft inside a `try` whose handler catches ImportError/Exception and
 again, in an except handler (a fallback), under `with suppress(...)`, and under an `if` that checks
 for a package or an environment switch (is_x_available(), X_AVAILABLE, get_bool_env_var(...)).
 A module is hard when a chain of hard imports reaches it from a root. Each top-level package reached outside the kit is classed as
-stdlib / node (KINDS.md's list) / dropped (resolved.json) / missing. Native modules of the kit
+stdlib / node (node-packages.txt) / dropped (resolved.json) / missing. Native modules of the kit
 that are reached are listed, and so are modules whose files were trimmed after install.
 Dynamic imports (importlib, __import__, lazy module attributes) are not seen: sgl_kernel loads
 sm90/common_ops through importlib (see README.md), the model registry imports every module of
@@ -241,14 +241,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--site", default=".sgkit/site")
     ap.add_argument("--resolved", default=".sgkit/resolved.json")
-    ap.add_argument("--kinds", default="/work/.library/device/KINDS.md")
+    ap.add_argument("--node-packages", default=str(Path(__file__).with_name("node-packages.txt")),
+                    help="what the node's image brings")
     ap.add_argument("--roots", default=",".join(ROOTS))
     ap.add_argument("--json")
     a = ap.parse_args()
     site = Site(Path(a.site))
     res = json.loads(Path(a.resolved).read_text())
-    line = next(l for l in Path(a.kinds).read_text().splitlines() if "Packages:" in l)
-    node_dists = [n.strip().lower() for n in line.split("Packages:", 1)[1].rstrip(" .").split(",")]
+    node_dists = [l.split("#", 1)[0].strip().lower() for l in Path(a.node_packages).read_text().splitlines()
+                  if l.split("#", 1)[0].strip()]
     node = {m: d for d in node_dists + list(res["node"]) for m in import_names(d)}
     dropped = {m: d for d in res["dropped"] for m in import_names(d)}
     stdlib = (set(sys.stdlib_module_names) - REMOVED_IN_312) | set(sys.builtin_module_names) | {"__future__", "__main__"}

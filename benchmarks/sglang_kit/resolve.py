@@ -8,7 +8,7 @@ descended into (a node package is carried when its known version misses the pin)
 DROP is neither carried nor descended into; everything else is downloaded as a wheel with
 `pip download --no-deps --only-binary=:all:` for cp312 manylinux_2_5..2_39 and walked in turn.
 
-Usage: python3 benchmarks/sglang_kit/resolve.py [--out .sgkit] [--kinds /work/.library/device/KINDS.md]
+Usage: python3 benchmarks/sglang_kit/resolve.py [--out .sgkit] [--node-packages benchmarks/sglang_kit/node-packages.txt]
 Writes OUT/whl/*.whl (kept wheels only; a wheel already there that meets the specs is reused) and
 OUT/resolved.json: carried / node / dropped, each with the specs asked, who asked, and why.
 """
@@ -42,7 +42,7 @@ MARKER_ENV = {
 PLATFORMS = ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64"] + [
     f"manylinux_2_{n}_x86_64" for n in range(5, 40)]
 
-# Versions known on the node; its other packages (KINDS.md's list) have unknown versions and are
+# Versions known on the node; its other packages (node-packages.txt) have unknown versions and are
 # assumed to meet the specs (resolved.json lists each spec so the node can check them).
 NODE_VERSIONS = {
     "torch": "2.11.0", "torchvision": "0.26.0", "torchaudio": "2.11.0", "transformers": "5.17.0",
@@ -131,10 +131,16 @@ def fetch(req: Requirement, whl: Path, have: dict) -> Path:
     return dest
 
 
-def node_packages(kinds: Path) -> dict[str, str | None]:
-    line = next(l for l in kinds.read_text().splitlines() if "Packages:" in l)
-    names = line.split("Packages:", 1)[1].strip().rstrip(".").split(",")
-    node = {canonicalize_name(n.strip()): None for n in names if n.strip()}
+NODE_PACKAGES = Path(__file__).with_name("node-packages.txt")
+
+
+def listed(path: Path) -> list[str]:
+    """The distribution names of a list file (one a line, # comments)."""
+    return [l.split("#", 1)[0].strip() for l in path.read_text().splitlines() if l.split("#", 1)[0].strip()]
+
+
+def node_packages(path: Path) -> dict[str, str | None]:
+    node = {canonicalize_name(n): None for n in listed(path)}
     node.update({canonicalize_name(k): v for k, v in NODE_VERSIONS.items()})
     return node
 
@@ -190,10 +196,10 @@ def walk(out: Path, node: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=".sgkit")
-    ap.add_argument("--kinds", default="/work/.library/device/KINDS.md")
+    ap.add_argument("--node-packages", default=str(NODE_PACKAGES), help="what the node's image brings")
     a = ap.parse_args()
     out = Path(a.out)
-    res = walk(out, node_packages(Path(a.kinds)))
+    res = walk(out, node_packages(Path(a.node_packages)))
     keep = {c["wheel"] for c in res["carried"].values()}
     for p in (out / "whl").glob("*.whl"):  # a wheel left from an earlier walk
         if p.name not in keep:
