@@ -112,10 +112,11 @@ def _pull(t: Transfer, name: str, namespace: str, fmt: str | None) -> Pulled:
 
 
 # --- pull on miss (rewarm-runc's create) -------------------------------------------------------
-def fits_locally(settings: Settings, request: ann.Request, namespace: str, here: Fingerprint) -> bool:
-    """Whether the store has an entry this container (fingerprint `here`) could restore (the restore's own lookup)."""
-    candidates, _ = store.Store(settings.store).candidates([namespace, *settings.shared_namespaces], request.snapshot)
-    return bool(candidates) and bool(store.fitting(candidates, here))
+def fits_locally(settings: Settings, want: Wanted) -> bool:
+    """Whether the store has an entry this container could restore (the restore's own lookup)."""
+    candidates, _ = store.Store(settings.store).candidates([want.namespace, *settings.shared_namespaces],
+                                                           want.request.snapshot)
+    return bool(candidates) and bool(store.fitting(candidates, want.fingerprint))
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def on_miss(settings: Settings, want: Wanted, pod: Pod, deadline: float) -> None
     The wait ends at pull_timeout_s or at the create's `deadline`, whichever comes first."""
     request, namespace, here = want.request, want.namespace, want.fingerprint
     assert request.snapshot_ref is not None
-    if fits_locally(settings, request, namespace, here):
+    if fits_locally(settings, want):
         return
     ref = registry_ref.parse(request.snapshot_ref, ann.SNAPSHOT_REF)
     refused = registry_ref.refused_for(ref, namespace, settings.allowed_registries, settings.namespace_registries)

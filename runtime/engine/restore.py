@@ -63,9 +63,7 @@ class Restore:
     call: RuncCall
     settings: Settings
     spec_file: SpecFile        # the container's config.json, written once before runc restores it
-    request: Request
-    namespace: str
-    want: Wanted               # the create's: its fingerprint is worked out once
+    want: Wanted               # the create's request, namespace and fingerprint (worked out once)
     store: Store
     runc: Runc
     held: contextlib.ExitStack
@@ -88,6 +86,14 @@ class Restore:
     @property
     def spec(self) -> Spec:
         return self.spec_file.spec
+
+    @property
+    def request(self) -> Request:
+        return self.want.request
+
+    @property
+    def namespace(self) -> str:
+        return self.want.namespace
 
     @property
     def detach(self) -> bool:
@@ -286,8 +292,7 @@ STEPS: tuple[tuple[str | None, Step], ...] = (
 def restore(call: RuncCall, settings: Settings, spec_file: SpecFile, want: Wanted,
             deadline: float = float("inf")) -> Result:
     with contextlib.ExitStack() as held, contextlib.ExitStack() as on_failure:
-        r = Restore(call=call, settings=settings, spec_file=spec_file, request=want.request, namespace=want.namespace,
-                    want=want,
+        r = Restore(call=call, settings=settings, spec_file=spec_file, want=want,
                     store=Store(settings.store), runc=Runc(settings.runtime, call.root), held=held,
                     on_failure=on_failure, deadline=deadline)
         for stage, step in STEPS:

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from runtime.container import cgroups
 from runtime.observe import logs
@@ -19,6 +19,15 @@ from runtime.front.names import CONFIG_ENV
 from runtime.model import layout
 from runtime.lab.runc_lab import Container
 from runtime.model.settings import Settings
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    """predicate()'s first true value, asked every 50 ms for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return found
 
 
 def captured_source(node: Settings, directory: str, snapshot: str, env: dict[str, str] | None = None,

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from api_server_stand_in import StandInApiServer
-from helpers import events
+from helpers import events, wait_for
 from registry_fixtures import free_port
 from runtime.observe import logs
 from runtime.snapshot import store
@@ -37,14 +37,6 @@ HOOKS = {"rewarm.dev/quiesce-http": "http://127.0.0.1:8080/sleep", "rewarm.dev/r
 GATE = "rewarm.dev/ready"
 REWARM = os.path.join(os.path.dirname(sys.executable), "rewarm")
 CONTAINERDS = [pytest.param(None, id="containerd-distro"), pytest.param(CONTAINERD_2_BIN, id="containerd-2")]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return found
 
 
 @pytest.fixture(scope="module", params=CONTAINERDS)

@@ -92,6 +92,13 @@ def entry_on(n: Node, name: str, pages: bytes, created: str | None = None) -> st
         store.Store(n.settings.store).remove(made.namespace, made.name)
 
 
+def pushed_from_each(nodes: tuple[Node, ...], name: str, ref: str, size: int = 1 << 20, *push: str) -> None:
+    """A synthetic entry `name` of its own on each node (its fingerprint), each pushed to `ref`."""
+    for n in nodes:
+        entry_on(n, name, os.urandom(size))
+        assert cli(n, "push", name, ref, *push).returncode == 0
+
+
 def cli(n: Node, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([os.path.join(os.path.dirname(sys.executable), "rewarm"), *args], capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, **{CONFIG_ENV: n.config}))
@@ -165,9 +172,7 @@ def test_the_index_a_race_left_short_is_filled_again_by_the_next_push(nodes, reg
     next push rebuilds it from the per-fingerprint tags, which no other push touches."""
     a, b = nodes
     ref = f"{registry.address}/rewarm/healed:v1"
-    for n in (a, b):
-        entry_on(n, "healed", os.urandom(1 << 20))
-        assert cli(n, "push", "healed", ref).returncode == 0
+    pushed_from_each((a, b), "healed", ref)
     truth = {fp.ident(): tags(a, ref)[f"v1-fp-{fp.ident()}"] for fp in (a.fingerprint(), b.fingerprint())}
     assert listed(a, ref) == truth
     c = client(a, ref)
@@ -184,9 +189,7 @@ def test_pushing_the_same_snapshot_again_changes_nothing(nodes, registry, tmp_pa
     key = str(tmp_path / "sign.key")
     subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key],
                    check=True, capture_output=True)
-    for n in (a, b):
-        entry_on(n, "same", os.urandom(PAGES))
-        assert cli(n, "push", "same", ref, "--sign-key", key).returncode == 0
+    pushed_from_each((a, b), "same", ref, PAGES, "--sign-key", key)
     before = tags(a, ref)
     assert len([t for t in before if t.endswith(".sig")]) == 2 and len(before) == 5   # v1, 2 fingerprints, signed
     out = cli(a, "push", "same", ref, "--sign-key", key)
@@ -217,9 +220,7 @@ def test_a_push_publishes_the_entry_it_is_given_not_the_names_newest(nodes, regi
 def test_a_node_whose_fingerprint_none_fits_is_refused_naming_each_on_offer_and_how_it_differs(nodes, registry):
     a, b = nodes
     ref = f"{registry.address}/rewarm/mixed:v1"
-    for n in (a, b):
-        entry_on(n, "mixed", os.urandom(1 << 20))
-        assert cli(n, "push", "mixed", ref).returncode == 0
+    pushed_from_each((a, b), "mixed", ref)
     stranger = dataclasses.replace(a, kernel="5.10.0-stranger")
     with pytest.raises(PullRefused) as refused:
         pull.pull(stranger.settings, ref, "mixed-copy", caller=stranger.caller())
@@ -315,9 +316,7 @@ def test_signed_and_encrypted_snapshots_of_two_fingerprints_each_pull_verified_a
 def test_an_index_line_says_which_node_facts_its_snapshot_has(nodes, registry):
     a, b = nodes
     ref = f"{registry.address}/rewarm/facts:v1"
-    for n in (a, b):
-        entry_on(n, "facts", os.urandom(1 << 20))
-        assert cli(n, "push", "facts", ref).returncode == 0
+    pushed_from_each((a, b), "facts", ref)
     _, top = client(a, ref).get_manifest()
     lines = {d["annotations"][index.FINGERPRINT_KEY]: d["annotations"] for d in top["manifests"]}
     assert json.loads(lines[b.fingerprint().ident()][index.FACTS_KEY])["kernel"] == OTHER_KERNEL

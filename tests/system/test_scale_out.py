@@ -16,14 +16,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 
 from api_server_stand_in import StandInApiServer
+from helpers import wait_for
 from private_registry import private_registry
 from registry_fixtures import free_port
 from runtime.host import settings_file
@@ -41,14 +41,6 @@ ENV = {"WARM_SECONDS": "2", "PORT": "8080", "BALLAST_MB": "200"}
 HOOKS = {"rewarm.dev/quiesce-http": "http://127.0.0.1:8080/sleep", "rewarm.dev/resume-http": "http://127.0.0.1:8080/wake_up"}
 REWARM = os.path.join(os.path.dirname(sys.executable), "rewarm")
 OTHER_RUNC_VERSION = "runc version 1.1.99-test-knob"   # node C's runtime, as its fingerprint records it
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return found
 
 
 @dataclass
