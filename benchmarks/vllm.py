@@ -20,7 +20,8 @@ restore's (store checks, rootfs, CRIU, CUDA driver wait / queries / restore / un
 hook, which is vLLM's wake_up, and each of its calls) from rewarm's event; create, first answer and
 first token from here.
 Bytes read from the disk during each run come from /proc/diskstats; the disk's read bandwidth is
-measured in the same run (the largest page image, page cache dropped).
+measured in the same run, first (the largest model file, page cache dropped), so that no drop comes
+between the warm cold start and the warm restores. CRIU's log of each restore is kept in --work.
 
 Phases, so that a run fits into the GPU node's time slices: `cold` (model, cold start, captures) and
 `restores` (the warm cold start, yardsticks, restores, results). State lives in --work.
@@ -34,17 +35,21 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 
 import common
 from runtime.host import files, settings_file
 from runtime.netns import netns_http
 from runtime.observe import logs
+from runtime.model import layout
 from runtime.snapshot import store
 from runtime.engine import capture, warm
+from runtime.engine.restore import RESTORE_LOG_COPY
 from runtime.front.names import CONFIG_ENV
 from runtime.lab.private_node import write_config
 from runtime.lab.runc_lab import Container, Lab
@@ -67,6 +72,13 @@ def disk_of(path: str) -> str:
     if os.path.exists(os.path.join(sys_dir, "partition")):
         sys_dir = os.path.dirname(sys_dir)
     return os.path.basename(sys_dir)
+
+
+def diff_summary(tar_path: str) -> dict:
+    """What the captured container wrote into its rootfs (vLLM's compile caches): a restore lays it."""
+    with tarfile.open(tar_path) as tar:
+        members = tar.getmembers()
+    return {"bytes": os.path.getsize(tar_path), "files": sum(m.isreg() for m in members), "entries": len(members)}
 
 
 def bytes_read(disk: str) -> int:
@@ -116,9 +128,13 @@ class Bench:
     def run_to_first_token(self, name: str, level: str, cold: bool = False,
                            timeout: float = 900) -> tuple[Container, dict]:
         """create + start as containerd's shim does, then time: the first /health answer, the first
-        token (a one-token completion), and the greedy text of a 16-token one."""
-        read0, t0 = bytes_read(self.disk), time.monotonic()
+        token (a one-token completion), and the greedy text of a 16-token one. The clock starts at
+        the runtime's create, as for a pod's container: the pod's network namespace and its rootfs
+        mount, made before it (by the CNI plugin and containerd), are left out of cold starts and
+        restores alike."""
+        read0 = bytes_read(self.disk)
         c = self.lab.create(name, self.worker(level, cold), start=False)
+        t0 = c.started_at
         if c.create_rc != 0:
             raise RuntimeError(f"{name}: create failed: {c.runtime_log()[-3000:]}")
         t_created = time.monotonic()
@@ -146,6 +162,12 @@ class Bench:
         with open(os.path.join(self.a.work, f"{c.cid}.out"), "w") as f:
             f.write(c.text())
 
+    def keep_restore_log(self, c: Container) -> None:
+        """CRIU's log of the restore (runc asks it for every step, timestamped): where its time went."""
+        kept = os.path.join(self.lab.runc_root, c.cid, RESTORE_LOG_COPY)
+        if os.path.exists(kept):
+            shutil.copy(kept, os.path.join(self.a.work, f"{c.cid}.criu-restore.log"))
+
     def events(self, container_id: str) -> list[dict]:
         return [e for e in logs.read_events(self.cfg.event_log) if e.get("container") == container_id]
 
@@ -161,6 +183,7 @@ class Bench:
         """The cold start that is captured: page cache dropped (a node's first start reads vLLM and the
         weights from disk), or with --caches warm alone, the model files read in first."""
         first = "dropped" if "dropped" in self.caches else "warm"
+        yardsticks = self.yardsticks()   # first: the drop it needs must not come between the warm runs
         if first == "dropped":
             common.drop_page_cache()
         else:
@@ -171,7 +194,7 @@ class Bench:
         state = {"machine": common.machine(), "size": self.size, "gpu_mem": self.a.gpu_mem, "flags": self.a.flags,
                  "vllm_args": self.a.vllm_arg, "env": self.a.env, "levels": self.levels,
                  "model_bytes": sum(os.path.getsize(os.path.join(self.a.model, f)) for f in os.listdir(self.a.model)),
-                 "cold": {first: run}, "captures": {}}
+                 "cold": {first: run}, "captures": {}, "yardsticks": yardsticks}
         from runtime.gpu import nvml
         state["gpu"] = [g.model for g in nvml.inventory().gpus][:1]
         spec_path = os.path.join(c.bundle.path, "config.json")
@@ -185,6 +208,7 @@ class Bench:
             state["captures"][level] = {"seconds": time.monotonic() - t, "bytes": entry.size(),
                                              "checkpoint_bytes": entry.manifest.capture.checkpoint_bytes,
                                              "reload_bytes": sum(f.size for f in entry.manifest.reload_files),
+                                             "rootfs_diff": diff_summary(entry.file(layout.ROOTFS_DIFF)),
                                              "largest_file": max((entry.file(f) for f in entry.manifest.files
                                                                   if "pages-" in f), key=os.path.getsize)}
             print(f"captured sleep level {level}: {entry.size() / 1e9:.2f} GB in {time.monotonic() - t:.1f}s", flush=True)
@@ -196,8 +220,10 @@ class Bench:
         c.bundle.remove()
         self.save(state)
 
-    def yardsticks(self, state: dict) -> dict:
-        path = max((c["largest_file"] for c in state["captures"].values()), key=os.path.getsize)
+    def yardsticks(self) -> dict:
+        """The disk's and the page cache's read speed, on the largest model file (the same disk as
+        the store)."""
+        path = max((os.path.join(self.a.model, n) for n in os.listdir(self.a.model)), key=os.path.getsize)
         common.drop_page_cache()
         return {"file": os.path.basename(path), "file_bytes": os.path.getsize(path),
                 "disk_read_gbps": common.read_gbps(path), "page_cache_read_gbps": common.read_gbps(path)}
@@ -215,7 +241,6 @@ class Bench:
             c.destroy()
             self.lab.containers.remove(c)
             print(f"cold start, page cache warm: first token {run['first_token_s']:.1f}s", flush=True)
-        state["yardsticks"] = self.yardsticks(state)
         state["restores"], state["thp"] = [], common.thp()
         common.thp("madvise")   # a node's usual setting; rewarm's CRIU faults huge pages where it fills
         try:
@@ -242,6 +267,7 @@ class Bench:
                 run.update(level=level, page_cache=cache, stages=restored[-1]["stages"],
                            engine_s=restored[-1]["seconds"])
                 state["restores"].append(run)
+                self.keep_restore_log(c)
                 c.destroy()
                 self.lab.containers.remove(c)
                 print(f"restore, sleep level {level}, page cache {cache}: first token {run['first_token_s']:.2f}s, "
@@ -249,7 +275,7 @@ class Bench:
                 self.save(state)
 
 
-STAGE_COLUMNS = [("store checks", ("find", "fingerprint", "verify")), ("rootfs", ("rootfs",)),
+STAGE_COLUMNS = [("engine start", ("startup", "prepare")), ("store checks", ("find", "fingerprint", "verify")), ("rootfs", ("rootfs",)),
                  ("CRIU", ("criu",)), ("CUDA driver wait", ("cuda_driver_init",)), ("CUDA queries", ("cuda_query",)),
                  ("CUDA restore", ("cuda_restore",)), ("CUDA unlock", ("cuda_unlock",)), ("wake_up (resume hook)", ("resume",))]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from runtime.container import criu
-from runtime.host import settings_file
+from runtime.host import procfs, settings_file
 from runtime.observe import logs
 from runtime.container.spec_file import SpecFile
 from runtime.container.runc import wait_forwarding
@@ -152,6 +152,8 @@ class Attempt:
     settings: Settings
     annotations: dict[str, str]
     started: float = field(default_factory=time.monotonic)
+    # From the runtime's process start to here: the interpreter, the imports, the config file.
+    startup: float = field(default_factory=lambda: procfs.seconds_alive(os.getpid()) or 0.0)
     namespace: str = "default"
     request: ann.Request | None = None
     prepared: SpecFile | None = None    # config.json with rewarm's changes made, in memory
@@ -165,6 +167,11 @@ class Attempt:
         """When the pull on miss, the restore and its resume hook must be done (create_timeout_s),
         leaving the cold start its time inside kubelet's runtime-request-timeout."""
         return self.started + self.settings.create_timeout_s
+
+    def stages_so_far(self) -> dict[str, float]:
+        """The create's own stages before the restore: its process start, and what it worked out
+        since (the image's digest, the annotations, config.json's changes)."""
+        return {"startup": round(self.startup, 3), "prepare": round(time.monotonic() - self.started, 3)}
 
     @property
     def fail(self) -> bool:
@@ -197,6 +204,9 @@ def create(call: RuncCall) -> NoReturn:
     a = Attempt(call, settings, annotations)
     logs.about(container=str(call.container_id), **ann.pod_fields(annotations))   # its pull's events name the pod too
     digest = ImageDigest(call)
+    if oci_spec.uses_gpu(f.spec):   # (after the fork above: a child must not inherit NVML half begun)
+        from runtime.gpu import nvml
+        nvml.read_ahead()
     try:
         if config_error:
             raise SettingsError(config_error)
@@ -206,10 +216,13 @@ def create(call: RuncCall) -> NoReturn:
         prepare_spec(call, settings, f, digest.result())
         a.prepared = f
         want = wanted.of(f.spec, settings, a.request, a.namespace)
+        before = a.stages_so_far()
         if a.request.snapshot_ref:   # rewarm.dev/snapshot-ref: pull on a miss, within pull_timeout_s
             from runtime.engine import pull
+            t = time.monotonic()
             pull.on_miss(settings, want, pull.Pod(str(call.container_id), call.root), a.deadline)
-        result = restore.restore(call, settings, f, want, a.deadline)
+            before["pull"] = round(time.monotonic() - t, 3)
+        result = restore.restore(call, settings, f, want, a.deadline, before)
     except (RewarmError, OSError, ValueError) as e:
         digest.close()
         _cold_start(a, str(e), code_of(e))

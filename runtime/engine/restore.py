@@ -44,8 +44,8 @@ RESTORE_LOG_COPY = "rewarm-restore.log"   # CRIU's restore log, kept beside runc
 class Stages:
     """Seconds per named stage, for the event log and the benchmarks."""
 
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
+    def __init__(self, before: dict[str, float] | None = None) -> None:
+        self.times: dict[str, float] = dict(before or {})   # the create's own, before the restore began
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -290,11 +290,12 @@ STEPS: tuple[tuple[str | None, Step], ...] = (
 
 
 def restore(call: RuncCall, settings: Settings, spec_file: SpecFile, want: Wanted,
-            deadline: float = float("inf")) -> Result:
+            deadline: float = float("inf"), before: dict[str, float] | None = None) -> Result:
+    """`before`: stages the create timed before it called this (its process start, its preparation)."""
     with contextlib.ExitStack() as held, contextlib.ExitStack() as on_failure:
         r = Restore(call=call, settings=settings, spec_file=spec_file, want=want,
                     store=Store(settings.store), runc=Runc(settings.runtime, call.root), held=held,
-                    on_failure=on_failure, deadline=deadline)
+                    on_failure=on_failure, deadline=deadline, stages=Stages(before))
         for stage, step in STEPS:
             with r.stages(stage) if stage else contextlib.nullcontext(), _not_here():
                 step(r)

@@ -2,8 +2,10 @@
 pairs for restoring a snapshot onto other GPUs of the same model."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +39,30 @@ class Inventory:
         raise GpuMismatch(f"the container asks for GPU {key!r}, which this node does not have")
 
 
-@functools.cache
+_reading = threading.Lock()   # one reader at a time: a read begun ahead is waited for, not repeated
+
+
 def inventory() -> Inventory:
     """The node's GPUs, read once per process: a create, a capture or a doctor run asks for them
     several times (fingerprint, device map), and they do not change within one."""
+    with _reading:
+        return _read_inventory()
+
+
+def read_ahead() -> None:
+    """Begin reading the inventory on another thread: NVML's start takes ~0.1 s, which then overlaps
+    a restore's own checks instead of preceding its fingerprint. A failure there is not kept: the
+    caller's own inventory() reads again and raises it."""
+    threading.Thread(target=_quietly_read, daemon=True, name="rewarm-nvml").start()
+
+
+def _quietly_read() -> None:
+    with contextlib.suppress(Exception):
+        inventory()
+
+
+@functools.cache
+def _read_inventory() -> Inventory:
     import pynvml
     pynvml.nvmlInit()
     try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -31,6 +32,14 @@ def stat(pid: int) -> Stat | None:
         return Stat(pid, head.split("(", 1)[1], fields[0], int(fields[1]), int(fields[2]), int(fields[22 - 3]))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def seconds_alive(pid: int) -> float | None:
+    """How long ago `pid` was started (to the kernel's clock tick, 10 ms on most nodes)."""
+    found = stat(pid)
+    if found is None:
+        return None
+    return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - found.start / os.sysconf("SC_CLK_TCK"))
 
 
 def every() -> Iterator[Stat]:

@@ -224,8 +224,9 @@ def apply(rootfs: str, tar_path: str, deleted_path: str, backup_dir: str) -> Pat
                 path = secure_join(rootfs, rel)
                 if os.path.lexists(path):
                     patch._set_aside(path)
+            paths = _Paths(rootfs)
             for m in members:
-                _lay(tar, m, rootfs, patch)
+                _lay(tar, m, paths, patch)
     except BaseException as e:
         patch.undo()
         if isinstance(e, (OSError, tarfile.TarError, EOFError)):
@@ -234,22 +235,49 @@ def apply(rootfs: str, tar_path: str, deleted_path: str, backup_dir: str) -> Pat
     return patch
 
 
-def _lay(tar: tarfile.TarFile, m: tarfile.TarInfo, rootfs: str, patch: Patch) -> None:
-    path = secure_join(rootfs, m.name.rstrip("/"))
-    _make_parents(path, patch)
+class _Paths:
+    """secure_join for the members of one diff, which remembers the real directories it laid: a
+    deep tree (vLLM's torch.compile cache) would otherwise cost an lstat per component per file.
+    A member's parent is taken from here only where the diff itself laid (or kept) it as a
+    directory; anything else is resolved in full."""
+
+    def __init__(self, rootfs: str):
+        self.rootfs = rootfs
+        self.dirs: dict[str, str] = {}   # member name -> host path, of directories laid so far
+
+    def join(self, rel: str) -> tuple[str, bool]:
+        """(host path, whether its parent is known to exist as a real directory)."""
+        parent, _, final = rel.rpartition("/")
+        known = self.dirs.get(parent) if parent else None
+        return (os.path.join(known, final), True) if known else (secure_join(self.rootfs, rel), False)
+
+    def laid(self, rel: str, path: str, is_dir: bool, replaced: bool) -> None:
+        if replaced:   # what was there (and any directory remembered under it) is gone
+            self.dirs = {k: v for k, v in self.dirs.items() if k != rel and not k.startswith(rel + "/")}
+        if is_dir:
+            self.dirs[rel] = path
+
+
+def _lay(tar: tarfile.TarFile, m: tarfile.TarInfo, paths: _Paths, patch: Patch) -> None:
+    rel = _check_rel(m.name, "member")
+    path, parent_known = paths.join(rel)
+    if not parent_known:
+        _make_parents(path, patch)
     exists = os.path.lexists(path)
     if m.isdir() and exists and os.path.isdir(path) and not os.path.islink(path):
         patch._chmod(path, m.mode & 0o7777)
+        paths.laid(rel, path, is_dir=True, replaced=False)
         return
     if exists:
         patch._set_aside(path)
+    paths.laid(rel, path, is_dir=m.isdir(), replaced=exists)
     patch.created.append(path)
     if m.isdir():
         os.mkdir(path, m.mode & 0o7777)
     elif m.issym():
         os.symlink(m.linkname, path)
     elif m.islnk():
-        os.link(secure_join(rootfs, m.linkname), path)
+        os.link(secure_join(paths.rootfs, m.linkname), path)
         return
     else:
         src = tar.extractfile(m)

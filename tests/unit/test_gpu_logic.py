@@ -99,3 +99,37 @@ def test_another_gpu_model_is_a_fingerprint_difference():
     here = fingerprint.Fingerprint(**base, gpu={"model": H100, "count": 1, "driver": "580.159.04", "cuda_driver": "13.0"})
     (reason,) = fingerprint.differences(recorded, here)
     assert reason.startswith("gpu: snapshot has") and "A100" in reason and "H100" in reason
+
+
+def test_the_inventory_read_ahead_is_waited_for_not_repeated(monkeypatch):
+    """A create begins NVML's slow start on another thread; the fingerprint then waits for that read
+    instead of making its own."""
+    import functools
+    import threading
+    reads: list[str] = []
+    gate = threading.Event()
+
+    @functools.cache   # as the real reader
+    def slow_read() -> nvml.Inventory:
+        assert gate.wait(5)
+        reads.append("NVML read")
+        return TWO_H100
+
+    monkeypatch.setattr(nvml, "_read_inventory", slow_read)
+    nvml.read_ahead()
+    answer: list[nvml.Inventory] = []
+    reader = threading.Thread(target=lambda: answer.append(nvml.inventory()))
+    reader.start()
+    gate.set()
+    reader.join(5)
+    assert answer == [TWO_H100] and reads == ["NVML read"]
+
+
+def test_a_failed_read_ahead_leaves_the_failure_to_the_reader(monkeypatch):
+    def failing() -> nvml.Inventory:
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setattr(nvml, "_read_inventory", failing)
+    nvml.read_ahead()
+    with pytest.raises(RuntimeError, match="Not Found"):
+        nvml.inventory()

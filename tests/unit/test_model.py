@@ -311,7 +311,9 @@ def test_namespace_registries_narrow_each_namespace_to_its_own_repositories():
 
 @pytest.mark.parametrize("extra_args, env, level, says", [
     ([], [], None, "--load-format instanttensor with INSTANTTENSOR_BACKEND=MMAP"),    # vLLM's default loader
-    (["--load-format", "safetensors"], [], "2", "2.47 s instead of 4.35 s"),
+    (["--load-format", "safetensors"], [], "2", "1.88 s instead of 3.44 s"),
+    (["--load-format=fastsafetensors"], [], None, "KV cache then did not fit"),    # measured: a cold start
+    (["--load-format=runai_streamer"], [], None, ""),                               # not measured: no word
     (["--load-format=instanttensor"], [], None, "reads with Direct I/O"),             # its default backend
     (["--load-format=instanttensor"], ["INSTANTTENSOR_BACKEND=AIO"], None, "reads with Direct I/O"),
     (["--load-format=instanttensor"], ["INSTANTTENSOR_BACKEND=MMAP"], None, ""),      # the fast one

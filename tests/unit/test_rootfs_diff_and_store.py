@@ -64,6 +64,33 @@ def test_apply_lays_files_and_deletions_then_undo_restores_the_rootfs(tmp_path):
     assert not (root / "etc" / "new").exists() and not (root / "var").exists()
 
 
+def test_a_deep_diff_lands_where_a_full_resolution_would_put_it(tmp_path):
+    """apply() remembers the directories it laid (a compile cache is deep); what it did not lay as a
+    directory, a link of the image or one the diff replaces, is resolved in full each time."""
+    root = tmp_path / "rootfs"
+    (root / "usr" / "lib").mkdir(parents=True)
+    (root / "opt").mkdir()
+    os.symlink("/usr/lib", root / "lib")           # the image's link: written through, inside the rootfs
+    os.symlink("/usr/lib", root / "opt" / "cache")  # replaced by a directory of the diff
+    tar_path = tmp_path / "diff.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, kind in [("root", tarfile.DIRTYPE), ("root/.cache", tarfile.DIRTYPE), ("root/.cache/a", tarfile.DIRTYPE),
+                           ("root/.cache/a/k.py", tarfile.REGTYPE), ("lib/x.so", tarfile.REGTYPE),
+                           ("opt/cache", tarfile.DIRTYPE), ("opt/cache/y", tarfile.REGTYPE)]:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = kind, 0o755 if kind == tarfile.DIRTYPE else 0o644
+            info.size = 0 if kind == tarfile.DIRTYPE else len(name)
+            tar.addfile(info, io.BytesIO(name.encode()) if kind == tarfile.REGTYPE else None)
+    patch = rootfs_diff.apply(str(root), str(tar_path), str(tmp_path / "none"), str(tmp_path / "backup"))
+    assert (root / "root" / ".cache" / "a" / "k.py").read_text() == "root/.cache/a/k.py"
+    assert (root / "usr" / "lib" / "x.so").read_text() == "lib/x.so"
+    assert (root / "opt" / "cache").is_dir() and not (root / "opt" / "cache").is_symlink()
+    assert (root / "opt" / "cache" / "y").read_text() == "opt/cache/y" and not (root / "usr" / "lib" / "y").exists()
+    patch.undo()
+    assert os.readlink(root / "opt" / "cache") == "/usr/lib" and not (root / "root").exists()
+    assert sorted(os.listdir(root / "usr" / "lib")) == []
+
+
 def test_deleted_files_may_not_climb_out(tmp_path):
     (tmp_path / "deleted.files").write_text('["../../etc/passwd"]')
     with pytest.raises(UnsafeRootfsDiff, match="climbs out"):
