@@ -2,7 +2,7 @@
 stages, cold start vs each restore; a memory-restore benchmark (memory_restore.py) as fill GB/s by
 readers beside its yardsticks.
 Usage: .venv/bin/python benchmarks/chart.py benchmarks/results/restore_cuda_8b_h200.json [...]
-A stock-vLLM benchmark (vllm.py) as two panels: the cold starts by vLLM's stages, the median
+A stock-vLLM benchmark (serving.py --engine vllm) as two panels: the cold starts by vLLM's stages, the median
 restore of each sleep level and page-cache state by rewarm's.
 (needs matplotlib: pip install '.[bench]')"""
 from __future__ import annotations
@@ -112,7 +112,7 @@ def draw_vllm(path: str, state: dict) -> str:
     caches = list(state["cold"])
     cold_parts: dict[str, list[float]] = {}
     for i, cache in enumerate(caches):
-        for name, seconds in state["cold"][cache]["vllm_stages"].items():
+        for name, seconds in (state["cold"][cache].get("engine_stages") or state["cold"][cache].get("vllm_stages", {})).items():
             if name != "engine_init":   # it holds torch.compile and the graphs
                 cold_parts.setdefault(name, [0.0] * len(caches))[i] = seconds
     _stack(cold_ax, [f"cold start\ncache {c}" for c in caches], cold_parts,

@@ -2,10 +2,12 @@
 # The GPU measurements of BENCHMARKS.md and the GPU tests, on a GPU node where rewarm is installed
 # (packaging/install-node.sh, or packaging/offline/install.sh where no package archive is reachable)
 # and REWARM_CONFIG names its config. Results go to benchmarks/results/ (suffix LABEL).
-#   benchmarks/gpu-suite.sh LABEL [tests] [memory] [llm] [loaders] [vllm-cold] [vllm-restores]   (default: the first three)
+#   benchmarks/gpu-suite.sh LABEL [tests] [memory] [llm] [loaders] [vllm-cold] [vllm-restores]
+#                                 [sglang-cold] [sglang-restores]   (default: the first three)
 # The vLLM steps need vLLM's packages in $VLLM_SITE (default /opt/vsite) and a model in $VLLM_MODEL;
-# $VLLM_BENCH_ARGS adds vllm.py's options (--levels, --vllm-arg=FLAG, --env K=V, --flags, --gpu-mem;
-# each option one word: --vllm-arg=--load-format=instanttensor).
+# $VLLM_BENCH_ARGS adds serving.py's options (--levels, --engine-arg=FLAG, --env K=V, --flags, --gpu-mem;
+# each option one word: --engine-arg=--load-format=instanttensor). The SGLang steps take SGLang's kit
+# in $SGLANG_SITE (default /opt/sgsite, benchmarks/sglang_kit) and the same model, $SGLANG_BENCH_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 label=${1:?usage: gpu-suite.sh LABEL [tests] [memory] [llm]}
@@ -30,9 +32,13 @@ for step in $steps; do
     loaders) # vLLM's weight loaders from the page cache (warm, dropped) onto the GPU, no server
       PYTHONPATH="${VLLM_SITE:-/opt/vsite}${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/weight_loaders.py \
         --model "${VLLM_MODEL:?}" --label "$label" 2>&1 | tee "$results/weight_loaders_$label.log" ;;
-    vllm-cold|vllm-restores)   # stock vLLM: cold start vs restore to first token, both sleep levels
-      python3 benchmarks/vllm.py --phase "${step#vllm-}" --model "${VLLM_MODEL:?}" --site "${VLLM_SITE:-/opt/vsite}" \
-        --label "$label" ${VLLM_BENCH_ARGS:-} 2>&1 | tee -a "$results/vllm_$label.log" ;;
+    vllm-cold|vllm-restores)   # stock vLLM: cold start vs restore to first token, its preset's levels
+      python3 benchmarks/serving.py --engine vllm --phase "${step#vllm-}" --model "${VLLM_MODEL:?}" \
+        --site "${VLLM_SITE:-/opt/vsite}" --label "$label" ${VLLM_BENCH_ARGS:-} 2>&1 | tee -a "$results/vllm_$label.log" ;;
+    sglang-cold|sglang-restores)   # stock SGLang: the same, its preset's one mode
+      python3 benchmarks/serving.py --engine sglang --phase "${step#sglang-}" --model "${VLLM_MODEL:?}" \
+        --site "${SGLANG_SITE:-/opt/sgsite}" --label "$label" ${SGLANG_BENCH_ARGS:-} 2>&1 \
+        | tee -a "$results/sglang_$label.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -12,8 +12,12 @@ vLLM (`--enable-sleep-mode`, VLLM_SERVER_DEV_MODE=1 for its dev endpoints):
                  the weights are back on the GPU and only the KV cache is freed, so they travel in the
                  snapshot as GPU memory; resume /wake_up?tags=kv_cache. Nothing is read back.
   ready          GET /health
-SGLang (`--enable-memory-saver`): quiesce /release_memory_occupation, resume
-/resume_memory_occupation, ready /health (its model files are read back).
+SGLang (`--enable-memory-saver`): quiesce /release_memory_occupation (weights, KV cache and CUDA
+graph memory given back through torch_memory_saver); resume /resume_memory_occupation, then
+/update_weights_from_disk {"model_path": MODEL}, since the weights' memory comes back without its
+content (its model files are read back); with `--enable-weights-cpu-backup` the weights wait in host
+memory instead (they travel in the snapshot) and /resume_memory_occupation alone brings them back.
+ready /health.
 
 The port and host come from `--port` / `--host` (vLLM 8000, SGLang 30000), the model from `--model`
 / `--model-path` or `vllm serve MODEL`: a path in the container, or a Hugging Face name found under
@@ -22,9 +26,10 @@ $HF_HOME (default /root/.cache/huggingface) in the container's environment.
 from __future__ import annotations
 
 import ipaddress
+import json
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Mapping, Sequence
 
@@ -48,9 +53,11 @@ SGLANG_NEEDS = "SGLang answers it when started with --enable-memory-saver"
 
 @dataclass(frozen=True)
 class Call:
-    """One hook call, relative to where the engine listens."""
+    """One hook call, relative to where the engine listens; `model_key`: its body is
+    {model_key: the model its command line names}."""
     path: str
     body: bytes = b"{}"
+    model_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class Engine:
     default_mode: SleepLevel | None
     ready_path: str = "/health"
     advice: Callable[[Sequence[str], Sequence[str]], str] = lambda args, env: ""   # for its reads_model mode
+    flag_modes: Mapping[str, Mode] = field(default_factory=dict)   # a switch of its own that changes the mode
 
     def mode(self, level: SleepLevel | None) -> Mode:
         """The mode a sleep level asks for (None: this engine's default); an engine without levels refuses one."""
@@ -204,8 +212,11 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
     }, default_mode=DEFAULT_SLEEP_LEVEL, advice=_loader_advice),
     Engine(name="sglang", default_port=30000, model_flags=("--model-path", "--model"),
            needs_flag="--enable-memory-saver", needs_env=None, hint=SGLANG_NEEDS, modes={
-        None: Mode((Call("/release_memory_occupation"),), (Call("/resume_memory_occupation"),), reads_model=True),
-    }, default_mode=None),
+        None: Mode((Call("/release_memory_occupation"),), (Call("/resume_memory_occupation"),
+                   Call("/update_weights_from_disk", model_key="model_path")), reads_model=True),
+    }, default_mode=None, flag_modes={
+        "--enable-weights-cpu-backup": Mode((Call("/release_memory_occupation"),), (Call("/resume_memory_occupation"),)),
+    }),
 )}
 
 
@@ -216,11 +227,23 @@ def preset(name: str, args: Sequence[str], env: Sequence[str], level: SleepLevel
     if engine is None:
         raise InvalidInput(f"unknown engine {name[:40]!r} (known: {', '.join(ENGINES)})")
     mode = engine.mode(level)
+    for switch, switched in engine.flag_modes.items():
+        if switch in args:
+            mode = switched
     needs(engine, args, env)
     base = _base(args, engine.default_port)
+    model = model_of(engine, args)
+
+    def body(c: Call) -> bytes:
+        if not c.model_key:
+            return c.body
+        if model is None:
+            raise InvalidInput(f"rewarm.dev/engine: {engine.name} needs {engine.model_flags[0]} on the engine's "
+                               f"command line ({c.path} reads the weights back from it)")
+        return json.dumps({c.model_key: model}).encode()
 
     def calls(these: tuple[Call, ...]) -> tuple[HookCall, ...]:
-        return tuple(HookCall(base + c.path, body=c.body, hint=engine.hint) for c in these)
-    found = model_dir(model_of(engine, args), env) if mode.reads_model else None
+        return tuple(HookCall(base + c.path, body=body(c), hint=engine.hint) for c in these)
+    found = model_dir(model, env) if mode.reads_model else None
     return Preset(calls(mode.quiesce), calls(mode.resume), base + engine.ready_path, (found,) if found else (),
                   engine.advice(args, env) if mode.reads_model else "")

@@ -2,7 +2,7 @@
 vllm`: the stand-in of tests/system/workers/engine_tree has vLLM's shape (an API server on uvloop,
 an engine core started with `spawn`, multiprocessing's resource tracker, ZMQ over ipc://, POSIX
 shared memory, a thread of the engine's own) and vLLM's dev endpoints for its sleep mode. The real
-vLLM runs on the GPU node (benchmarks/vllm.py); CI has no GPU.
+vLLM runs on the GPU node (benchmarks/serving.py); CI has no GPU.
 
 Every process of the tree comes back, answering with the captured warm state, twice from one
 snapshot; sleep level 2 reads the weights back from the model files; a broken engine, or one that

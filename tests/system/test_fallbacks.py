@@ -103,6 +103,18 @@ def test_an_unknown_annotation_value_is_refused_and_cold_started(lab, good):
     assert_cold_start(c, good, "invalid rewarm.dev/capture: 'sometimes'")
 
 
+@pytest.mark.parametrize("asks, extra_args, reason", [
+    ({}, [], "rewarm.dev/engine: sglang needs --enable-memory-saver on the engine's command line"),
+    ({"rewarm.dev/sleep-level": "2"}, ["--enable-memory-saver"], "rewarm.dev/engine: sglang takes no rewarm.dev/sleep-level"),
+])
+def test_what_the_sglang_preset_cannot_do_is_a_cold_start_that_says_why(lab, good, node, asks, extra_args, reason):
+    w = lab.worker({"rewarm.dev/snapshot": "good", "rewarm.dev/engine": "sglang", **asks},
+                   args=["/usr/bin/python3", "/app/worker.py", "--model-path", "/models/m", *extra_args])
+    c = lab.create("sglang-preset", w)
+    assert_cold_start(c, good, reason)
+    assert reason in events(node, "cold-start")[-1]["reason"]
+
+
 @pytest.mark.parametrize("case, members, reason", [
     ("absolute", [file_member("/tmp/rewarm-escape", b"x")], "is not a relative path"),
     ("dotdot", [file_member("../../../../tmp/rewarm-escape", b"x")], "climbs out with '..'"),

@@ -101,9 +101,15 @@ SGLANG_PROCESS = {"args": ["python3", "-m", "sglang.launch_server", "--model-pat
 def test_the_sglang_preset_releases_and_resumes_its_memory_and_reads_its_model_back():
     hooks = ann.parse({"rewarm.dev/snapshot": "s", "rewarm.dev/engine": "sglang"}, SGLANG_PROCESS).hooks
     assert [str(c) for c in hooks.quiesce] == ["POST http://127.0.0.1:30001/release_memory_occupation"]
-    assert [str(c) for c in hooks.resume] == ["POST http://127.0.0.1:30001/resume_memory_occupation"]
+    # the weights' memory comes back without its content: read again from the model the server was started with
+    assert [str(c) for c in hooks.resume] == ["POST http://127.0.0.1:30001/resume_memory_occupation",
+                                              "POST http://127.0.0.1:30001/update_weights_from_disk"]
+    assert json.loads(hooks.resume[1].body) == {"model_path": "/models/qwen"}
     assert hooks.ready_http == "http://127.0.0.1:30001/health" and hooks.reads_back == ("/models/qwen",)
     assert "--enable-memory-saver" in hooks.resume[0].hint
+    backed_up = ann.parse({"rewarm.dev/snapshot": "s", "rewarm.dev/engine": "sglang"},
+                          {"args": [*SGLANG_PROCESS["args"], "--enable-weights-cpu-backup"], "env": []}).hooks
+    assert [c.path for c in backed_up.resume] == ["/resume_memory_occupation"] and backed_up.reads_back == ()
     default_port = ann.parse({"rewarm.dev/snapshot": "s", "rewarm.dev/engine": "sglang"},
                              {"args": ["python3", "-m", "sglang.launch_server", "--model", "/m", "--enable-memory-saver"]})
     assert default_port.hooks.ready_http == "http://127.0.0.1:30000/health"

@@ -1,37 +1,42 @@
-"""Stock vLLM through rewarm-runc on a GPU node: cold start against restore to the first token, with
-the page cache warm and dropped, for the levels of the vLLM preset (`rewarm.dev/sleep-level`: vLLM's
-sleep levels 1 and 2, and weights-resident) and the vLLM flags given (a weight loader, say).
+"""A stock serving engine (vLLM or SGLang) through rewarm-runc on a GPU node: cold start against
+restore to the first token, with the page cache warm and dropped, in each mode of its rewarm preset
+(vLLM: `rewarm.dev/sleep-level` 1, 2 and weights-resident; SGLang: its one mode) and with the engine
+flags given (a weight loader, say).
 
-The server is vLLM's own OpenAI server as pip installs it (`python -m vllm.entrypoints.openai.
-api_server`, vLLM's defaults: multiprocess engine, torch.compile, CUDA graphs), with
-`--enable-sleep-mode`, VLLM_SERVER_DEV_MODE=1, the flags of --vllm-arg and one annotation,
-`rewarm.dev/engine: vllm`; no worker code of ours. One cold start (page cache dropped) is captured
-once per level of --levels while it keeps serving: level 1 (weights to host memory: they travel in the
-snapshot), level 2 (weights dropped, read back from the model files by `reload_weights`, through the
-loader the flags choose), weights-resident (weights reloaded onto the GPU before the capture: they
-travel as GPU memory). Each snapshot is taken with its level's annotation written into the running
-container's spec, as a pod asking for that level would have it; level 1 goes last, for it leaves its
-15 GB weight backup in torch's pinned-memory cache. Cold starts name a snapshot that never exists.
-A second cold start has the model files in the page cache. Then, per level, --repeats restores
-after `rewarm warm` and one after a page-cache drop; each must answer the cold start's greedy text.
+The server is the engine's own, as pip installs it, with its defaults: vLLM's OpenAI server
+(`python -m vllm.entrypoints.openai.api_server`: multiprocess engine, torch.compile, CUDA graphs)
+with `--enable-sleep-mode` and VLLM_SERVER_DEV_MODE=1; SGLang's `python -m sglang.launch_server`
+(tokenizer manager, scheduler and detokenizer processes, CUDA graphs) with `--enable-memory-saver`,
+`--attention-backend triton` and `--sampling-backend pytorch` (the offline kit leaves FlashAttention 3
+and FlashInfer's sampler out); plus the flags of --engine-arg and one annotation, `rewarm.dev/engine`;
+no worker code of ours. One cold start is captured once per mode of --levels while it keeps serving
+(vLLM: level 1 weights to host memory, level 2 weights dropped and read back by `reload_weights`
+through the loader the flags choose, weights-resident weights reloaded onto the GPU before the
+capture; each snapshot taken with its level's annotation written into the running container's spec,
+as a pod asking for that level would have it; level 1 goes last, for it leaves its 15 GB weight
+backup in torch's pinned-memory cache). Cold starts name a snapshot that never exists. A second cold
+start has the model files in the page cache. Then, per mode, --repeats restores after `rewarm warm`
+and one after a page-cache drop; each must answer the cold start's greedy text.
 
-Every stage: vLLM's own start (weights, torch.compile, CUDA graphs, engine init) from its log; the
-restore's (store checks, rootfs, CRIU, CUDA driver wait / queries / restore / unlock, the resume
-hook, which is vLLM's wake_up, and each of its calls) from rewarm's event; create, first answer and
-first token from here.
+Every stage: the engine's own start (weights, compile, CUDA graphs, engine init) from its log; the
+restore's (engine start, store checks, rootfs, CRIU, CUDA driver wait / queries / restore / unlock,
+the resume hook and each of its calls) from rewarm's event; create, first answer and first token
+from here, the clock starting at the runtime's create.
 Bytes read from the disk during each run come from /proc/diskstats; the disk's read bandwidth is
 measured in the same run, first (the largest model file, page cache dropped), so that no drop comes
 between the warm cold start and the warm restores. CRIU's log of each restore is kept in --work.
 
-Phases, so that a run fits into the GPU node's time slices: `cold` (model, cold start, captures) and
-`restores` (the warm cold start, yardsticks, restores, results). State lives in --work.
-Usage: python3 benchmarks/vllm.py --model /opt/vmodel-8b --site /opt/vsite --label h200 \
-          [--levels 2,weights-resident] [--vllm-arg=--load-format=instanttensor ...] [--env K=V ...] [--flags NAME]
-Writes benchmarks/results/vllm_<size>[_FLAGS][_LABEL].{json,md}; benchmarks/chart.py vllm ... draws it.
+Phases, so that a run fits into the GPU node's time slices: `cold` (yardsticks, cold start,
+captures) and `restores` (the warm cold start, restores, results). State lives in --work.
+Usage: python3 benchmarks/serving.py --engine vllm --model /opt/vmodel-8b --site /opt/vsite --label h100 \
+          [--levels 2,weights-resident] [--engine-arg=--load-format=instanttensor ...] [--env K=V ...] [--flags NAME]
+       python3 benchmarks/serving.py --engine sglang --model /opt/vmodel-8b --site /opt/sgsite --label h100
+Writes benchmarks/results/ENGINE_<size>[_FLAGS][_LABEL].{json,md}; benchmarks/chart.py draws a vLLM one.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -53,16 +58,85 @@ from runtime.engine.restore import RESTORE_LOG_COPY
 from runtime.front.names import CONFIG_ENV
 from runtime.lab.private_node import write_config
 from runtime.lab.runc_lab import Container, Lab
+from runtime.model.engines import ENGINES
 
-PORT = 8000
 PROMPT = {"model": "/models/llm", "prompt": "The fastest way to start an inference worker is", "temperature": 0}
-VLLM_STAGES = {   # vLLM's own log lines of its start, and the stage each names
-    "weights": re.compile(r"Loading weights took ([\d.]+) ?s"),
-    "model_load": re.compile(r"Model loading took [\d.]+ ?GiB (?:memory )?and ([\d.]+) ?s"),
-    "torch_compile": re.compile(r"torch\.compile takes ([\d.]+) ?s in total"),
-    "cuda_graphs": re.compile(r"Graph capturing finished in ([\d.]+) ?sec"),
-    "engine_init": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) ?s"),
-}
+NO_LEVEL = "-"   # the mode of an engine without sleep levels (SGLang)
+
+
+def libcudart_dirs() -> list[str]:
+    """Where pip's NVIDIA wheels of this node keep libcudart.so.13: torch_memory_saver's LD_PRELOADed
+    hook needs it on the library path."""
+    import nvidia   # the node's CUDA wheels (torch's)
+    return sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(d + "/**/libcudart.so.13",
+                                                                                 recursive=True)})
+
+
+class Server:
+    """What differs between engines: their server's command line and environment, the log lines of
+    their own start, and the preset's modes."""
+    title = ""
+    module = ""
+    levels = ""
+    stages: dict[str, re.Pattern[str]] = {}
+
+    def args(self, gpu_mem: float | None, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def annotations(self, level: str) -> dict[str, str]:
+        return {}
+
+
+class Vllm(Server):
+    title = "vLLM 0.24.0 (OpenAI server, its defaults: multiprocess engine, torch.compile, CUDA graphs"
+    module = "vllm.entrypoints.openai.api_server"
+    levels = "2,weights-resident"
+    stages = {
+        "weights": re.compile(r"Loading weights took ([\d.]+) ?s"),
+        "model_load": re.compile(r"Model loading took [\d.]+ ?GiB (?:memory )?and ([\d.]+) ?s"),
+        "torch_compile": re.compile(r"torch\.compile takes ([\d.]+) ?s in total"),
+        "cuda_graphs": re.compile(r"Graph capturing finished in ([\d.]+) ?sec"),
+        "engine_init": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) ?s"),
+    }
+
+    def args(self, gpu_mem: float | None, port: int) -> list[str]:
+        return ["--model", "/models/llm", "--dtype", "bfloat16", "--max-model-len", "2048", "--port", str(port),
+                "--enable-sleep-mode", *(["--gpu-memory-utilization", str(gpu_mem)] if gpu_mem else [])]
+
+    def env(self) -> dict[str, str]:
+        return {"VLLM_SERVER_DEV_MODE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_NO_USAGE_STATS": "1",
+                "NCCL_NVLS_ENABLE": "0"}
+
+    def annotations(self, level: str) -> dict[str, str]:
+        return {"rewarm.dev/sleep-level": level}
+
+
+class Sglang(Server):
+    title = "SGLang 0.5.17 (launch_server, its defaults: tokenizer manager, scheduler and detokenizer processes, CUDA graphs"
+    module = "sglang.launch_server"
+    levels = NO_LEVEL
+    stages = {
+        "distributed": re.compile(r"Init torch distributed ends\. elapsed=([\d.]+) s"),
+        "weights": re.compile(r"Load weight end\. elapsed=([\d.]+) s"),
+        "cuda_graphs_prefill": re.compile(r"Capture target prefill CUDA graph end\. elapsed=([\d.]+) s"),
+        "cuda_graphs_decode": re.compile(r"Capture target decode CUDA graph end\. elapsed=([\d.]+) s"),
+        "scheduler": re.compile(r"Engine startup timings \(s\):.*scheduler_e2e=([\d.]+)"),
+    }
+
+    def args(self, gpu_mem: float | None, port: int) -> list[str]:
+        return ["--model-path", "/models/llm", "--host", "127.0.0.1", "--port", str(port), "--enable-memory-saver",
+                "--attention-backend", "triton", "--sampling-backend", "pytorch",
+                *(["--mem-fraction-static", str(gpu_mem)] if gpu_mem else [])]
+
+    def env(self) -> dict[str, str]:
+        from runtime.gpu import nvml
+        return {"LD_LIBRARY_PATH": ":".join([*libcudart_dirs(), nvml.libcuda_dir()])}
+
+
+SERVERS: dict[str, Server] = {"vllm": Vllm(), "sglang": Sglang()}
 
 
 def disk_of(path: str) -> str:
@@ -97,31 +171,31 @@ class Bench:
         self.config = write_config(a.work)
         os.environ[CONFIG_ENV] = self.config
         self.cfg = settings_file.load(self.config)
-        self.lab = Lab(os.path.join(a.work, "lab"), port=PORT)
+        self.server = SERVERS[a.engine]
+        self.port = ENGINES[a.engine].default_port
+        self.lab = Lab(os.path.join(a.work, "lab"), port=self.port)
         self.size = a.size
         self.name = a.size + (f"-{a.flags}" if a.flags else "")
         self.caches = a.caches.split(",")
-        self.levels = a.levels.split(",")   # level 1 leaves its weight backup in torch's pinned-memory cache:
+        self.levels = (a.levels or self.server.levels).split(",")   # level 1 leaves its weight backup in torch's pinned-memory cache:
         self.capture_order = sorted(self.levels, key=lambda lv: lv == "1")   # it is captured last
         self.state_file = os.path.join(a.work, f"state-{self.name}.json")
         self.disk = disk_of(a.work)
 
     def snapshot(self, level: str) -> str:
-        return f"vllm-{self.name}-sleep-{level}"
+        return f"{self.a.engine}-{self.name}" + (f"-sleep-{level}" if level != NO_LEVEL else "")
 
     def annotations(self, level: str, cold: bool = False) -> dict[str, str]:
-        """A restore's pod names the snapshot of its level; a cold start's names one that never exists."""
-        return {"rewarm.dev/snapshot": f"vllm-{self.name}-cold" if cold else self.snapshot(level),
-                "rewarm.dev/engine": "vllm", "rewarm.dev/sleep-level": level}
+        """A restore's pod names the snapshot of its mode; a cold start's names one that never exists."""
+        return {"rewarm.dev/snapshot": f"{self.a.engine}-{self.name}-cold" if cold else self.snapshot(level),
+                "rewarm.dev/engine": self.a.engine, **(self.server.annotations(level) if level != NO_LEVEL else {})}
 
     def worker(self, level: str, cold: bool = False):  # type: ignore[no-untyped-def]
-        env = {"PYTHONPATH": self.a.site, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "VLLM_SERVER_DEV_MODE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_NO_USAGE_STATS": "1",
-               "NCCL_NVLS_ENABLE": "0", "HOME": "/root", **dict(e.split("=", 1) for e in self.a.env)}
+        env = {"PYTHONPATH": self.a.site, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HOME": "/root",
+               **self.server.env(), **dict(e.split("=", 1) for e in self.a.env)}
         w = self.lab.gpu_worker(self.annotations(level, cold), env, os.path.dirname(os.path.abspath(__file__)))
-        w.args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/llm",
-                  "--dtype", "bfloat16", "--max-model-len", "2048", "--gpu-memory-utilization", str(self.a.gpu_mem),
-                  "--port", str(PORT), "--enable-sleep-mode", *self.a.vllm_arg]
+        w.args = [sys.executable, "-m", self.server.module, *self.server.args(self.a.gpu_mem, self.port),
+                  *self.a.engine_arg]
         w.binds["/models/llm"] = self.a.model
         return w
 
@@ -140,7 +214,7 @@ class Bench:
         t_created = time.monotonic()
         c.runtime_cmd("start", c.cid, check=True)
         deadline = time.monotonic() + timeout
-        while netns_http.request(c.netns, f"http://127.0.0.1:{PORT}/health", timeout=2)[0] != 200:   # an empty 200
+        while netns_http.request(c.netns, f"http://127.0.0.1:{self.port}/health", timeout=2)[0] != 200:
             if time.monotonic() > deadline or c.state().get("status") == "stopped":
                 raise RuntimeError(f"{name}: vLLM did not become healthy; its output:\n{c.text()[-4000:]}")
             time.sleep(0.005)
@@ -155,7 +229,8 @@ class Bench:
         return c, {"first_token_s": t_token - t0, "text": text, "disk_bytes": read1 - read0,
                    "timeline": {"create": t_created - t0, "first_answer": t_health - t_created,
                                 "first_token": t_token - t_health},
-                   "vllm_stages": {k: float(m.group(1)) for k, r in VLLM_STAGES.items() if (m := r.search(c.text()))}}
+                   "engine_stages": {k: float(m.group(1)) for k, r in self.server.stages.items()
+                                     if (m := r.search(c.text()))}}
 
     def keep_output(self, c: Container) -> None:
         """The server's own log (vLLM says what its sleep freed and what stays on the GPU)."""
@@ -189,10 +264,10 @@ class Bench:
         else:
             self.read_in_model()
         c, run = self.run_to_first_token(f"cold-{first}", self.levels[0], cold=True)
-        print(f"cold start, page cache {first}: first token {run['first_token_s']:.1f}s, vLLM {run['vllm_stages']}",
+        print(f"cold start, page cache {first}: first token {run['first_token_s']:.1f}s, {run['engine_stages']}",
               flush=True)
-        state = {"machine": common.machine(), "size": self.size, "gpu_mem": self.a.gpu_mem, "flags": self.a.flags,
-                 "vllm_args": self.a.vllm_arg, "env": self.a.env, "levels": self.levels,
+        state = {"machine": common.machine(), "engine": self.a.engine, "size": self.size, "gpu_mem": self.a.gpu_mem,
+                 "flags": self.a.flags, "engine_args": self.a.engine_arg, "env": self.a.env, "levels": self.levels,
                  "model_bytes": sum(os.path.getsize(os.path.join(self.a.model, f)) for f in os.listdir(self.a.model)),
                  "cold": {first: run}, "captures": {}, "yardsticks": yardsticks}
         from runtime.gpu import nvml
@@ -211,7 +286,8 @@ class Bench:
                                              "rootfs_diff": diff_summary(entry.file(layout.ROOTFS_DIFF)),
                                              "largest_file": max((entry.file(f) for f in entry.manifest.files
                                                                   if "pages-" in f), key=os.path.getsize)}
-            print(f"captured sleep level {level}: {entry.size() / 1e9:.2f} GB in {time.monotonic() - t:.1f}s", flush=True)
+            print(f"captured {self.snapshot(level)}: {entry.size() / 1e9:.2f} GB in {time.monotonic() - t:.1f}s",
+                  flush=True)
             self.keep_output(c)
             if level != self.capture_order[-1]:
                 after = c.post("/v1/completions", {**PROMPT, "max_tokens": 16})["choices"][0]["text"]
@@ -270,19 +346,21 @@ class Bench:
                 self.keep_restore_log(c)
                 c.destroy()
                 self.lab.containers.remove(c)
-                print(f"restore, sleep level {level}, page cache {cache}: first token {run['first_token_s']:.2f}s, "
+                print(f"restore {self.snapshot(level)}, page cache {cache}: first token {run['first_token_s']:.2f}s, "
                       f"stages {run['stages']}, read {run['disk_bytes'] / 1e9:.2f} GB from disk", flush=True)
                 self.save(state)
 
 
 STAGE_COLUMNS = [("engine start", ("startup", "prepare")), ("store checks", ("find", "fingerprint", "verify")), ("rootfs", ("rootfs",)),
                  ("CRIU", ("criu",)), ("CUDA driver wait", ("cuda_driver_init",)), ("CUDA queries", ("cuda_query",)),
-                 ("CUDA restore", ("cuda_restore",)), ("CUDA unlock", ("cuda_unlock",)), ("wake_up (resume hook)", ("resume",))]
+                 ("CUDA restore", ("cuda_restore",)), ("CUDA unlock", ("cuda_unlock",)), ("resume hook", ("resume",))]
 
 
 def report(state: dict, label: str) -> None:
     y = state["yardsticks"]
-    headers = ["sleep level", "page cache", "first token (s)", "vs cold, same cache", *(c for c, _ in STAGE_COLUMNS),
+    engine = state.get("engine", "vllm")   # (results from before SGLang name none)
+    mode = "sleep level" if engine == "vllm" else "mode"
+    headers = [mode, "page cache", "first token (s)", "vs cold, same cache", *(c for c, _ in STAGE_COLUMNS),
                "its calls (s)", "engine, other", "start to /health", "one-token completion", "read from disk (GB)",
                "vs disk bound"]
     rows, medians = [], {}
@@ -303,48 +381,58 @@ def report(state: dict, label: str) -> None:
                              f"{t['first_token']:.3f}", f"{r['disk_bytes'] / 1e9:.2f}",
                              f"{r['first_token_s'] / bound:.2f}x" if cache == "dropped" and bound else "-"])
     cold_rows = [[cache, f"{run['first_token_s']:.1f}", f"{run['disk_bytes'] / 1e9:.2f}",
-                  ", ".join(f"{k} {v:.1f}" for k, v in run["vllm_stages"].items())]
+                  ", ".join(f"{k} {v:.1f}" for k, v in cold_stages(run).items())]
                  for cache, run in state["cold"].items()]
     caps = state["captures"]
+    server = SERVERS[engine]
+    flags = [*server.args(state["gpu_mem"], ENGINES[engine].default_port)[2:],   # (not the model's path)
+             *state.get("engine_args", state.get("vllm_args", []))]
     lines = [
-        f"Stock vLLM 0.24.0 (OpenAI server, its defaults: multiprocess engine, torch.compile, CUDA graphs; "
-        f"--gpu-memory-utilization {state['gpu_mem']}{''.join(' ' + f for f in state.get('vllm_args', []))}"
-        f"{', env ' + ' '.join(state['env']) if state.get('env') else ''}), {state['size']} random-weight Llama "
-        f"({state['model_bytes'] / 1e9:.1f} GB), on {state['gpu'][0]}, {state['machine']['cores']} cores, "
-        f"{state['machine']['date']}; annotations rewarm.dev/engine: vllm and rewarm.dev/sleep-level.",
-        "Snapshots: " + "; ".join(f"sleep level {lv}: {c['bytes'] / 1e9:.2f} GB (+{c['reload_bytes'] / 1e9:.2f} GB of "
+        f"Stock {server.title}; {' '.join(flags)}{', env ' + ' '.join(state['env']) if state.get('env') else ''}), "
+        f"{state['size']} random-weight Llama ({state['model_bytes'] / 1e9:.1f} GB), on {state['gpu'][0]}, "
+        f"{state['machine']['cores']} cores, {state['machine']['date']}; annotation rewarm.dev/engine: {engine}"
+        + (" and rewarm.dev/sleep-level." if engine == "vllm" else "."),
+        "Snapshots: " + "; ".join(f"{mode} {lv}: {c['bytes'] / 1e9:.2f} GB (+{c['reload_bytes'] / 1e9:.2f} GB of "
                                   f"model files read back), captured in {c['seconds']:.1f}s" for lv, c in caps.items()) + ".",
         f"Disk read {y['disk_read_gbps']:.2f} GB/s, page-cache read {y['page_cache_read_gbps']:.2f} GB/s ({y['file']}).",
         "Median first token: " + "; ".join(
-            f"sleep level {lv}, page cache {cache}: {m:.2f}s" + (f" ({state['cold'][cache]['first_token_s'] / m:.1f}x "
+            f"{mode} {lv}, page cache {cache}: {m:.2f}s" + (f" ({state['cold'][cache]['first_token_s'] / m:.1f}x "
                                                                  "the cold start)" if cache in state["cold"] else "")
             for (lv, cache), m in medians.items()) + ".",
         *state.get("notes", []),
-        "", "Cold starts (vLLM's own stages, s):", "",
-        common.table(["page cache", "first token (s)", "read from disk (GB)", "vLLM's stages"], cold_rows),
+        "", "Cold starts (the engine's own stages, s):", "",
+        common.table(["page cache", "first token (s)", "read from disk (GB)", "its stages"], cold_rows),
         "", "Restores (every text identical to the cold start's greedy 16 tokens):", "",
         common.table(headers, rows)]
     name = state["size"] + (f"_{state['flags']}" if state.get("flags") else "")
-    common.write(f"vllm_{name}" + (f"_{label}" if label else ""), {**state, "label": label}, "\n".join(lines))
+    common.write(f"{engine}_{name}" + (f"_{label}" if label else ""), {**state, "label": label}, "\n".join(lines))
+
+
+def cold_stages(run: dict) -> dict[str, float]:
+    return run.get("engine_stages", run.get("vllm_stages", {}))
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--engine", default="vllm", choices=sorted(SERVERS))
     p.add_argument("--model", required=True, help="the model directory (make_model.py of the vLLM kit)")
     p.add_argument("--size", default="8b", help="its name in the results")
-    p.add_argument("--site", default="/opt/vsite", help="vLLM's packages, bound into the container under /opt")
-    p.add_argument("--work", default="/var/tmp/rewarm-bench/vllm")
+    p.add_argument("--site", default="/opt/vsite", help="the engine's packages, bound into the container under /opt")
+    p.add_argument("--work", default="", help="default /var/tmp/rewarm-bench/ENGINE")
     p.add_argument("--phase", default="all", choices=["all", "cold", "restores"])
-    p.add_argument("--gpu-mem", type=float, default=0.3, help="vLLM's --gpu-memory-utilization")
+    p.add_argument("--gpu-mem", type=float, default=None,
+                   help="vLLM's --gpu-memory-utilization, SGLang's --mem-fraction-static (default: the engine's own)")
     p.add_argument("--repeats", type=int, default=3, help="restores with the page cache warm, per sleep level")
-    p.add_argument("--levels", default="2,weights-resident", help="the preset's levels to capture and restore")
-    p.add_argument("--vllm-arg", action="append", default=[], help="a flag for vLLM (a weight loader, say; repeatable)")
-    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for vLLM's environment (repeatable)")
+    p.add_argument("--levels", default="", help="the preset's levels to capture and restore (vLLM: 2,weights-resident)")
+    p.add_argument("--engine-arg", action="append", default=[],
+                   help="a flag for the engine (a weight loader, say; repeatable)")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the engine's environment (repeatable)")
     p.add_argument("--flags", default="", help="a name for these flags in the snapshot and result names")
     p.add_argument("--caches", default="dropped,warm",
                    help="page-cache states to measure; `warm` alone: one cold start, warm, and warm restores")
     p.add_argument("--label", default="")
     a = p.parse_args()
+    a.work = a.work or f"/var/tmp/rewarm-bench/{a.engine}"
     bench = Bench(a)
     try:
         if a.phase in ("all", "cold"):
