@@ -216,7 +216,7 @@ class Bench:
         deadline = time.monotonic() + timeout
         while netns_http.request(c.netns, f"http://127.0.0.1:{self.port}/health", timeout=2)[0] != 200:
             if time.monotonic() > deadline or c.state().get("status") == "stopped":
-                raise RuntimeError(f"{name}: vLLM did not become healthy; its output:\n{c.text()[-4000:]}")
+                raise RuntimeError(f"{name}: the engine did not become healthy; its output:\n{c.text()[-4000:]}")
             time.sleep(0.005)
         t_health = time.monotonic()
         first = c.post("/v1/completions", {**PROMPT, "max_tokens": 1})

@@ -204,8 +204,8 @@ def create(call: RuncCall) -> NoReturn:
     a = Attempt(call, settings, annotations)
     logs.about(container=str(call.container_id), **ann.pod_fields(annotations))   # its pull's events name the pod too
     digest = ImageDigest(call)
-    if oci_spec.uses_gpu(f.spec):   # (after the fork above: a child must not inherit NVML half begun)
-        from runtime.gpu import nvml
+    if oci_spec.uses_gpu(f.spec):   # (after the fork above: a child must not inherit NVML half begun;
+        from runtime.gpu import nvml  # a later fork or exec waits for it: _cold_start, pull's fingerprint)
         nvml.read_ahead()
     try:
         if config_error:
@@ -254,6 +254,8 @@ def _cold_start(a: Attempt, reason: str, code: ReasonCode) -> NoReturn:
             **({"capture": watched.capture.value} if watched else {}))
     if a.settings.pod_log_notice:
         logs.pod_notice(f"{verdict}: {reason}")
+    if "runtime.gpu.nvml" in sys.modules:   # an NVML read begun ahead ends before a fork or an exec
+        sys.modules["runtime.gpu.nvml"].settle()
     if a.fail:
         sys.exit(1)
     if watched is not None:

@@ -49,11 +49,23 @@ def inventory() -> Inventory:
         return _read_inventory()
 
 
+_ahead: list[threading.Thread] = []
+
+
 def read_ahead() -> None:
     """Begin reading the inventory on another thread: NVML's start takes ~0.1 s, which then overlaps
     a restore's own checks instead of preceding its fingerprint. A failure there is not kept: the
     caller's own inventory() reads again and raises it."""
-    threading.Thread(target=_quietly_read, daemon=True, name="rewarm-nvml").start()
+    thread = threading.Thread(target=_quietly_read, daemon=True, name="rewarm-nvml")
+    _ahead.append(thread)
+    thread.start()
+
+
+def settle(timeout: float = 5.0) -> None:
+    """Let a read begun ahead end (at most `timeout` s): a process about to exec another program or
+    to fork must not do so with NVML half started on another thread."""
+    for thread in _ahead:
+        thread.join(timeout)
 
 
 def _quietly_read() -> None:

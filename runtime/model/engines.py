@@ -105,8 +105,8 @@ class Preset:
 # weight_loaders_h200.md), and what that made of a level-2 restore to the first token at vLLM's default
 # memory share (vllm_8b_*_h100-mem09.md).
 FAST_LOADER = ("--load-format instanttensor with INSTANTTENSOR_BACKEND=MMAP (pip install instanttensor) reloads "
-               "from the page cache at 42.6 GB/s against 7.9 GB/s for the default loader: an 8B restore to its "
-               "first token took 1.88 s instead of 3.44 s on an H100")
+               "from the page cache at 42.6 GB/s against 7.9 GB/s for the default loader on an H200, and an 8B "
+               "restore to its first token took 1.88 s instead of 3.44 s on an H100")
 FASTSAFETENSORS = ("fastsafetensors keeps GPU memory of its own after vLLM's reload_weights: at "
                    "--gpu-memory-utilization 0.9 an 8B server's KV cache then did not fit when woken (CUDA out of "
                    "memory, so the restore fell back to a cold start on an H100); " + FAST_LOADER)
@@ -239,7 +239,8 @@ def preset(name: str, args: Sequence[str], env: Sequence[str], level: SleepLevel
             return c.body
         if model is None:
             raise InvalidInput(f"rewarm.dev/engine: {engine.name} needs {engine.model_flags[0]} on the engine's "
-                               f"command line ({c.path} reads the weights back from it)")
+                               f"command line ({c.path} reads the weights back from it; rewarm does not read "
+                               "--config files)")
         return json.dumps({c.model_key: model}).encode()
 
     def calls(these: tuple[Call, ...]) -> tuple[HookCall, ...]:

@@ -239,7 +239,9 @@ class _Paths:
     """secure_join for the members of one diff, which remembers the real directories it laid: a
     deep tree (vLLM's torch.compile cache) would otherwise cost an lstat per component per file.
     A member's parent is taken from here only where the diff itself laid (or kept) it as a
-    directory; anything else is resolved in full."""
+    directory; anything else is resolved in full. A member that replaces what was there forgets
+    all of it: a directory remembered under one name may have been reached through a link of the
+    image under another (/lib -> usr/lib), so no name prefix tells what the replacement moved."""
 
     def __init__(self, rootfs: str):
         self.rootfs = rootfs
@@ -252,8 +254,8 @@ class _Paths:
         return (os.path.join(known, final), True) if known else (secure_join(self.rootfs, rel), False)
 
     def laid(self, rel: str, path: str, is_dir: bool, replaced: bool) -> None:
-        if replaced:   # what was there (and any directory remembered under it) is gone
-            self.dirs = {k: v for k, v in self.dirs.items() if k != rel and not k.startswith(rel + "/")}
+        if replaced:
+            self.dirs.clear()
         if is_dir:
             self.dirs[rel] = path
 

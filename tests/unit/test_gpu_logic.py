@@ -133,3 +133,21 @@ def test_a_failed_read_ahead_leaves_the_failure_to_the_reader(monkeypatch):
     nvml.read_ahead()
     with pytest.raises(RuntimeError, match="Not Found"):
         nvml.inventory()
+
+
+def test_a_create_about_to_exec_waits_for_the_read_begun_ahead(monkeypatch):
+    """A cold start execs the real runtime: NVML must not be left half started on another thread."""
+    import functools
+    import time
+    done: list[str] = []
+
+    @functools.cache
+    def slow_read() -> nvml.Inventory:
+        time.sleep(0.2)
+        done.append("NVML read")
+        return TWO_H100
+
+    monkeypatch.setattr(nvml, "_read_inventory", slow_read)
+    nvml.read_ahead()
+    nvml.settle()
+    assert done == ["NVML read"]

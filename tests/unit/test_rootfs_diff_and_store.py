@@ -91,6 +91,30 @@ def test_a_deep_diff_lands_where_a_full_resolution_would_put_it(tmp_path):
     assert sorted(os.listdir(root / "usr" / "lib")) == []
 
 
+def test_a_directory_remembered_through_an_image_link_is_not_reused_once_the_diff_replaces_its_target(tmp_path):
+    """lib/etc is laid through the image's /lib -> usr/lib; the diff then replaces usr/lib with a
+    link to the outside: lib/etc/evil must be resolved again (inside the rootfs), not written
+    below the directory remembered from before."""
+    root, outside = tmp_path / "rootfs", tmp_path / "outside"
+    (outside / "etc").mkdir(parents=True)
+    (root / "usr" / "lib").mkdir(parents=True)
+    os.symlink("usr/lib", root / "lib")
+    tar_path = tmp_path / "diff.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, kind, data in [("lib/etc", tarfile.DIRTYPE, b""), ("usr/lib", tarfile.SYMTYPE, b""),
+                                 ("lib/etc/evil", tarfile.REGTYPE, b"written\n")]:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.size = kind, 0o755, len(data)
+            info.linkname = str(outside) if kind == tarfile.SYMTYPE else ""
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    try:
+        rootfs_diff.apply(str(root), str(tar_path), str(tmp_path / "none"), str(tmp_path / "backup"))
+    except UnsafeRootfsDiff:
+        pass   # refusing is as good as laying it inside
+    assert not (outside / "etc" / "evil").exists()
+    assert sorted(os.listdir(outside / "etc")) == []
+
+
 def test_deleted_files_may_not_climb_out(tmp_path):
     (tmp_path / "deleted.files").write_text('["../../etc/passwd"]')
     with pytest.raises(UnsafeRootfsDiff, match="climbs out"):
