@@ -1,8 +1,8 @@
 """The node deployment (packaging/kubernetes): every manifest valid against Kubernetes' own schemas
 (kubernetes-validate's bundled OpenAPI schemas, offline), the kustomization complete, the
 RuntimeClass the same as config/'s, the installer image built from files that exist, and the agent
-allowed what it does and no more. The vLLM example (examples/vllm): valid, complete, and such that
-rewarm accepts it as written and no serving pod is ever captured."""
+allowed what it does and no more. The serving examples (examples/vllm, examples/sglang): valid, complete, and such that
+rewarm accepts them as written and no serving pod is ever captured."""
 from __future__ import annotations
 
 import os
@@ -81,80 +81,89 @@ def test_the_containerfile_copies_files_that_exist():
                 assert os.path.exists(os.path.join(TOP, source)) or source == ".installer-bundle/", source
 
 
-EXAMPLE = os.path.join(TOP, "examples", "vllm")
+# The serving examples (examples/ENGINE): the engine's port and what its preset calls before a capture.
+EXAMPLES = {"vllm": ("8000", ["POST http://127.0.0.1:8000/sleep?level=2"]),
+            "sglang": ("30000", ["POST http://127.0.0.1:30000/release_memory_occupation"])}
 
 
-def example(name: str) -> list[dict]:
-    with open(os.path.join(EXAMPLE, name)) as f:
+def example(engine: str, name: str) -> list[dict]:
+    with open(os.path.join(TOP, "examples", engine, name)) as f:
         return [d for d in yaml.safe_load_all(f) if d]
 
 
-def example_kinds() -> dict[str, dict]:
-    with open(os.path.join(EXAMPLE, "kustomization.yaml")) as f:
+def example_kinds(engine: str) -> dict[str, dict]:
+    with open(os.path.join(TOP, "examples", engine, "kustomization.yaml")) as f:
         listed = yaml.safe_load(f)["resources"]
-    return {d["kind"]: d for name in listed for d in example(name)}
+    return {d["kind"]: d for name in listed for d in example(engine, name)}
 
 
-def vllm_container(pod: dict) -> dict:
+def engine_container(pod: dict) -> dict:
     return next(c for c in pod["spec"]["containers"] if c["name"] == pod["metadata"]["annotations"]["rewarm.dev/container"])
 
 
 def request_of(pod: dict):
     from runtime.model import annotations as ann
-    container = vllm_container(pod)
+    container = engine_container(pod)
     process = {"args": container["command"], "env": [f"{e['name']}={e['value']}" for e in container["env"]]}
     return ann.parse(pod["metadata"]["annotations"], process)
 
 
-def test_the_vllm_example_is_valid_and_its_kustomization_lists_every_file():
-    with open(os.path.join(EXAMPLE, "kustomization.yaml")) as f:
+@pytest.mark.parametrize("engine", sorted(EXAMPLES))
+def test_the_serving_example_is_valid_and_its_kustomization_lists_every_file(engine):
+    directory = os.path.join(TOP, "examples", engine)
+    with open(os.path.join(directory, "kustomization.yaml")) as f:
         listed = yaml.safe_load(f)["resources"]
-    assert set(listed) == {n for n in os.listdir(EXAMPLE) if n.endswith(".yaml") and n != "kustomization.yaml"}
+    assert set(listed) == {n for n in os.listdir(directory) if n.endswith(".yaml") and n != "kustomization.yaml"}
     for name in listed:
-        for doc in example(name):
+        for doc in example(engine, name):
             kubernetes_validate.validate(doc, VERSION, strict=True)
 
 
-def test_the_vllm_deployment_only_restores_behind_the_readiness_gate_and_pulls_on_a_miss():
+@pytest.mark.parametrize("engine", sorted(EXAMPLES))
+def test_the_deployment_only_restores_behind_the_readiness_gate_and_pulls_on_a_miss(engine):
     """Its pods are never captured (the Job is), list the gate, pull the Job's snapshot, and rewarm
-    accepts their annotations with vLLM's command line as written (the preset's hooks and readiness)."""
+    accepts their annotations with the engine's command line as written (the preset's hooks and readiness)."""
     from runtime.model import annotations as ann
-    pod = example_kinds()["Deployment"]["spec"]["template"]
+    port, quiesce = EXAMPLES[engine]
+    pod = example_kinds(engine)["Deployment"]["spec"]["template"]
     request = request_of(pod)
     assert pod["spec"]["runtimeClassName"] == "rewarm" and request.capture is ann.Capture.NEVER
     assert {"conditionType": ann.READY_CONDITION} in pod["spec"]["readinessGates"]
     assert request.snapshot_ref and request.push is ann.Push.NEVER
-    assert request.hooks.ready_http == "http://127.0.0.1:8000/health"
-    assert [str(c) for c in request.hooks.quiesce] == ["POST http://127.0.0.1:8000/sleep?level=2"]
-    resources = vllm_container(pod)["resources"]
+    assert request.hooks.ready_http == f"http://127.0.0.1:{port}/health"
+    assert [str(c) for c in request.hooks.quiesce] == quiesce
+    resources = engine_container(pod)["resources"]
     assert resources["requests"] == resources["limits"] and resources["limits"]["memory"]   # sized, Guaranteed
 
 
-def test_the_capture_job_captures_the_deployments_container_pushes_it_and_exits():
-    """The Job's vLLM container is the Deployment's field for field (what a snapshot must fit, and
+@pytest.mark.parametrize("engine", sorted(EXAMPLES))
+def test_the_capture_job_captures_the_deployments_container_pushes_it_and_exits(engine):
+    """The Job's engine container is the Deployment's field for field (what a snapshot must fit, and
     the mounts a restore binds again); its pod is captured once ready, pushed where the Deployment
     pulls from, in the same snapshot name, and then ends."""
     from runtime.model import annotations as ann
-    kinds = example_kinds()
+    kinds = example_kinds(engine)
     job, serving = kinds["Job"]["spec"]["template"], kinds["Deployment"]["spec"]["template"]
     request, restoring = request_of(job), request_of(serving)
     assert request.capture is ann.Capture.ON_READY_THEN_EXIT and request.push is ann.Push.ON_CAPTURE
     assert (request.snapshot, request.snapshot_ref) == (restoring.snapshot, restoring.snapshot_ref)
     assert job["spec"]["restartPolicy"] == "Never" and job["spec"]["runtimeClassName"] == "rewarm"
-    assert vllm_container(job) == vllm_container(serving)
+    assert engine_container(job) == engine_container(serving)
     volumes = {v["name"]: v for v in serving["spec"]["volumes"]}
     assert all(volumes[v["name"]] == v for v in job["spec"]["volumes"])
 
 
-def test_only_the_proxy_is_reachable_and_vllm_listens_on_loopback():
-    """vLLM's dev mode opens /sleep, /wake_up and /collective_rpc on its port; a NetworkPolicy filters
-    ports, not paths: the Service and the policy reach the proxy's port alone, vLLM binds 127.0.0.1,
-    and the proxy's config is the ConfigMap the pod mounts (tests/system/test_vllm_proxy.py runs it)."""
-    kinds = example_kinds()
+@pytest.mark.parametrize("engine", sorted(EXAMPLES))
+def test_only_the_proxy_is_reachable_and_the_engine_listens_on_loopback(engine):
+    """The engines' hook endpoints (vLLM's dev-mode /sleep, /wake_up, /collective_rpc; SGLang's memory
+    and weight endpoints) are on their serving port; a NetworkPolicy filters ports, not paths: the
+    Service and the policy reach the proxy's port alone, the engine binds 127.0.0.1, and the proxy's
+    config is the ConfigMap the pod mounts (tests/system/test_engine_proxies.py runs it)."""
+    kinds = example_kinds(engine)
     pod = kinds["Deployment"]["spec"]["template"]
-    vllm = vllm_container(pod)
-    (proxy,) = [c for c in pod["spec"]["containers"] if c is not vllm and c["name"] != vllm["name"]]
-    assert vllm["command"][vllm["command"].index("--host") + 1] == "127.0.0.1" and "ports" not in vllm
+    server = engine_container(pod)
+    (proxy,) = [c for c in pod["spec"]["containers"] if c is not server and c["name"] != server["name"]]
+    assert server["command"][server["command"].index("--host") + 1] == "127.0.0.1" and "ports" not in server
     (port,) = proxy["ports"]
     assert kinds["Service"]["spec"]["ports"][0]["targetPort"] == port["name"]
     assert kinds["Service"]["spec"]["selector"] == pod["metadata"]["labels"]
@@ -164,3 +173,4 @@ def test_only_the_proxy_is_reachable_and_vllm_listens_on_loopback():
     config = next(v for v in pod["spec"]["volumes"] if v.get("configMap"))
     assert config["configMap"]["name"] == kinds["ConfigMap"]["metadata"]["name"]
     assert f"listen {port['containerPort']};" in kinds["ConfigMap"]["data"]["nginx.conf"]
+    assert f"server 127.0.0.1:{EXAMPLES[engine][0]};" in kinds["ConfigMap"]["data"]["nginx.conf"]
