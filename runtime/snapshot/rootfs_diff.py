@@ -147,37 +147,61 @@ def secure_join(root: str, rel: str) -> str:
 
 
 # --- apply with undo -------------------------------------------------------------------------
+MADE, SET_ASIDE, MODE = "made", "set aside", "mode"
+
+
 @dataclass
 class Patch:
-    """What `apply` changed in a rootfs, so that `undo` can put it back: files set aside, files and
-    directories created, and the modes of directories that were changed in place."""
+    """What `apply` changed in a rootfs, one step at a time, so that `undo` can take the steps back
+    strictly in reverse: each one then meets the very state it left (a path set aside, laid again,
+    replaced by a link and so on). Undo never acts through a link: the restored container may have
+    run before a restore failed, and a step whose parent directory is no longer the real one it was
+    (a link now, or outside the rootfs) is left as it is."""
     backup_dir: str
-    created: list[str] = field(default_factory=list)
-    moved: list[tuple[str, str]] = field(default_factory=list)  # (rootfs path, backup path)
-    modes: list[tuple[str, int]] = field(default_factory=list)  # (rootfs dir, its mode before)
+    steps: list[tuple[str, str, int | str]] = field(default_factory=list)   # (MADE|SET_ASIDE|MODE, path, what)
 
-    def _chmod(self, path: str, mode: int) -> None:
-        self.modes.append((path, os.lstat(path).st_mode & 0o7777))
+    def made(self, path: str) -> None:
+        """Record before making `path` (a partly written one is taken away too)."""
+        self.steps.append((MADE, path, ""))
+
+    def chmod_dir(self, path: str, mode: int) -> None:
+        self.steps.append((MODE, path, os.lstat(path).st_mode & 0o7777))
         os.chmod(path, mode)
 
-    def _set_aside(self, path: str) -> None:
-        backup = os.path.join(self.backup_dir, str(len(self.moved)))
+    def set_aside(self, path: str) -> None:
+        backup = os.path.join(self.backup_dir, str(len(self.steps)))
         shutil.move(path, backup)
-        self.moved.append((path, backup))
+        self.steps.append((SET_ASIDE, path, backup))
 
     def undo(self) -> None:
-        for path, mode in reversed(self.modes):
+        for kind, path, what in reversed(self.steps):
             with contextlib.suppress(OSError):
-                os.chmod(path, mode)
-        for path in reversed(self.created):
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.lexists(path):
-                os.unlink(path)
-        for path, backup in reversed(self.moved):
-            if not os.path.lexists(path):
-                shutil.move(backup, path)
+                if not _parent_is_real(path):
+                    continue
+                if kind == MADE and os.path.lexists(path):
+                    _remove(path)
+                elif kind == SET_ASIDE and not os.path.lexists(path):
+                    shutil.move(str(what), path)
+                elif kind == MODE and _is_real_dir(path):
+                    os.chmod(path, int(what))
         shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def _parent_is_real(path: str) -> bool:
+    """The directory holding `path` is reached without a link (apply's paths are fully resolved)."""
+    parent = os.path.dirname(path)
+    return os.path.realpath(parent) == parent
+
+
+def _is_real_dir(path: str) -> bool:
+    return stat.S_ISDIR(os.lstat(path).st_mode)
+
+
+def _remove(path: str) -> None:
+    if _is_real_dir(path):
+        shutil.rmtree(path)   # which never follows a link below it
+    else:
+        os.unlink(path)
 
 
 def read_deleted(path: str) -> list[str]:
@@ -216,6 +240,7 @@ def check(tar_path: str, deleted_path: str) -> None:
 def apply(rootfs: str, tar_path: str, deleted_path: str, backup_dir: str) -> Patch:
     """Lay deletions then the diff into rootfs. On any error, what was laid is undone first."""
     deleted, tar, members = _open_checked(tar_path, deleted_path)
+    rootfs = os.path.realpath(rootfs)   # every path laid is then free of links, which undo checks
     os.makedirs(backup_dir, mode=0o700, exist_ok=True)
     patch = Patch(backup_dir)
     try:
@@ -223,7 +248,7 @@ def apply(rootfs: str, tar_path: str, deleted_path: str, backup_dir: str) -> Pat
             for rel in deleted:
                 path = secure_join(rootfs, rel)
                 if os.path.lexists(path):
-                    patch._set_aside(path)
+                    patch.set_aside(path)
             paths = _Paths(rootfs)
             for m in members:
                 _lay(tar, m, paths, patch)
@@ -267,13 +292,13 @@ def _lay(tar: tarfile.TarFile, m: tarfile.TarInfo, paths: _Paths, patch: Patch) 
         _make_parents(path, patch)
     exists = os.path.lexists(path)
     if m.isdir() and exists and os.path.isdir(path) and not os.path.islink(path):
-        patch._chmod(path, m.mode & 0o7777)
+        patch.chmod_dir(path, m.mode & 0o7777)
         paths.laid(rel, path, is_dir=True, replaced=False)
         return
     if exists:
-        patch._set_aside(path)
+        patch.set_aside(path)
     paths.laid(rel, path, is_dir=m.isdir(), replaced=exists)
-    patch.created.append(path)
+    patch.made(path)
     if m.isdir():
         os.mkdir(path, m.mode & 0o7777)
     elif m.issym():
@@ -303,5 +328,5 @@ def _make_parents(path: str, patch: Patch) -> None:
         missing.append(parent)
         parent = os.path.dirname(parent)
     for directory in reversed(missing):
+        patch.made(directory)
         os.mkdir(directory, 0o755)
-        patch.created.append(directory)

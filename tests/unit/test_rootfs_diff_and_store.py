@@ -7,6 +7,7 @@ import io
 import json
 import os
 import subprocess
+import stat
 import sys
 import tarfile
 from typing import Iterator
@@ -113,6 +114,121 @@ def test_a_directory_remembered_through_an_image_link_is_not_reused_once_the_dif
         pass   # refusing is as good as laying it inside
     assert not (outside / "etc" / "evil").exists()
     assert sorted(os.listdir(outside / "etc")) == []
+
+
+def diff_of(path, members) -> str:
+    """A tar of (name, type, data or link target, mode) members, written as given (any order, repeats)."""
+    with tarfile.open(path, "w") as tar:
+        for name, kind, arg, mode in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = kind, mode
+            data = arg if kind == tarfile.REGTYPE else b""
+            info.linkname = arg if kind == tarfile.SYMTYPE else ""
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return str(path)
+
+
+def tree(top) -> dict:
+    """Every entry below top: mode, link target, content."""
+    out = {}
+    for parent, dirs, names in os.walk(top):
+        for name in dirs + names:
+            p = os.path.join(parent, name)
+            st = os.lstat(p)
+            out[os.path.relpath(p, top)] = (st.st_mode, os.readlink(p) if os.path.islink(p) else None,
+                                            open(p, "rb").read() if stat.S_ISREG(st.st_mode) else None)
+    return out
+
+
+FAILS = [("x", tarfile.REGTYPE, b"x", 0o644), ("x/y", tarfile.REGTYPE, b"y", 0o644)]   # laying x/y fails: undo
+
+
+@pytest.mark.parametrize("case", ["a mode put back through a link", "a file put back through the diff's own link"])
+def test_undo_takes_each_step_back_in_reverse_and_never_through_a_link(tmp_path, case):
+    root, outside = tmp_path / "rootfs", tmp_path / "outside"
+    (outside / "etc").mkdir(parents=True)
+    (root / "tmp").mkdir(parents=True)
+    os.chmod(root / "tmp", 0o1777)
+    os.chmod(outside / "etc", 0o755)
+    members = {
+        # tmp chmodded, then replaced by a link out: undoing the mode first would chmod the host's /etc
+        "a mode put back through a link": [("tmp", tarfile.DIRTYPE, b"", 0o755),
+                                           ("tmp", tarfile.SYMTYPE, str(outside / "etc"), 0o777)],
+        # d/f set aside, d replaced by a link out, the link replaced by a directory: undoing the moves
+        # newest first but after every removal would move d/f back through the link
+        "a file put back through the diff's own link": [("d", tarfile.DIRTYPE, b"", 0o755),
+                                                        ("d/f", tarfile.REGTYPE, b"first", 0o644),
+                                                        ("d/f", tarfile.REGTYPE, b"second", 0o644),
+                                                        ("d", tarfile.SYMTYPE, str(outside), 0o777),
+                                                        ("d", tarfile.DIRTYPE, b"", 0o755)],
+    }[case]
+    before, outside_before = tree(root), tree(outside)
+    with pytest.raises(UnsafeRootfsDiff):
+        rootfs_diff.apply(str(root), diff_of(tmp_path / "diff.tar", members + FAILS), str(tmp_path / "none"),
+                          str(tmp_path / "backup"))
+    assert tree(outside) == outside_before and tree(root) == before
+
+
+def test_undo_after_the_restored_container_ran_leaves_what_it_linked_to_alone(tmp_path):
+    """A restore that fails after CRIU undoes the diff in a rootfs its processes may have changed: a
+    directory of the diff swapped for a link to the host is not followed."""
+    root, victim = tmp_path / "rootfs", tmp_path / "outside" / "victim"
+    (victim / "data").mkdir(parents=True)
+    (victim / "data" / "keep").write_text("host file")
+    root.mkdir()
+    patch = rootfs_diff.apply(str(root), diff_of(tmp_path / "diff.tar", [("a", tarfile.DIRTYPE, b"", 0o755),
+                                                                        ("a/data", tarfile.DIRTYPE, b"", 0o755)]),
+                              str(tmp_path / "none"), str(tmp_path / "backup"))
+    os.rename(root / "a", root / "a.old")   # what the restored container did
+    os.symlink(victim, root / "a")
+    patch.undo()
+    assert (victim / "data" / "keep").read_text() == "host file"
+
+
+def test_apply_then_undo_gives_back_every_rootfs_exactly(tmp_path):
+    """Random images (directories of odd modes, files, links inward, outward and dangling) and random
+    diffs (any order, repeats, replacements, deletions, failures midway): after undo the rootfs is
+    what it was, byte for byte and mode for mode, and nothing outside it changed."""
+    import random
+    rng = random.Random(20261206)
+    names = ["a", "b", "l", "a/b", "a/c", "b/c", "l/c", "a/b/c", "l/c/d", "usr", "usr/lib", "usr/lib/e", "lib",
+             "lib/e", "lib/e/f", "tmp"]
+    for trial in range(150):
+        top = tmp_path / str(trial)
+        root, outside = top / "rootfs", top / "outside"
+        (outside / "c").mkdir(parents=True)
+        root.mkdir()
+        for _ in range(rng.randint(0, 5)):
+            kind, name = rng.choice("dfl"), rng.choice(names)
+            path = root / name
+            if os.path.lexists(path) or os.path.realpath(path.parent) != str(path.parent):
+                continue   # an image made without following its own links
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                continue   # a file where a parent would go
+            if kind == "d":
+                path.mkdir()
+                os.chmod(path, rng.choice([0o755, 0o1777, 0o700]))
+            elif kind == "f":
+                path.write_text("image")
+            else:
+                os.symlink(rng.choice(["usr/lib", "a", "/a", str(outside), "../..", "/usr/lib"]), path)
+        members = []
+        for _ in range(rng.randint(1, 7)):
+            kind = rng.choice([tarfile.DIRTYPE, tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.SYMTYPE])
+            arg = (rng.choice([str(outside), "usr/lib", "/a", "../..", "a"]) if kind == tarfile.SYMTYPE
+                   else b"diff" if kind == tarfile.REGTYPE else b"")
+            members.append((rng.choice(names), kind, arg, rng.choice([0o755, 0o700])))
+        deleted = top / "deleted.files"
+        deleted.write_text(json.dumps(rng.sample(names, rng.randint(0, 2))))
+        before, outside_before = tree(root), tree(outside)
+        try:
+            rootfs_diff.apply(str(root), diff_of(top / "diff.tar", members), str(deleted), str(top / "backup")).undo()
+        except UnsafeRootfsDiff:
+            pass   # refused or failed midway: undone by apply itself
+        assert (tree(root), tree(outside)) == (before, outside_before), (trial, members, deleted.read_text())
 
 
 def test_deleted_files_may_not_climb_out(tmp_path):
