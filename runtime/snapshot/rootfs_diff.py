@@ -304,7 +304,7 @@ def _lay(tar: tarfile.TarFile, m: tarfile.TarInfo, paths: _Paths, patch: Patch) 
     elif m.issym():
         os.symlink(m.linkname, path)
     elif m.islnk():
-        os.link(secure_join(paths.rootfs, m.linkname), path)
+        os.link(secure_join(paths.rootfs, m.linkname), path, follow_symlinks=False)   # a link to a link stays one
         return
     else:
         src = tar.extractfile(m)
