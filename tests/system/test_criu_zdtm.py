@@ -8,6 +8,10 @@ import os
 import re
 import shutil
 import subprocess
+import time
+from typing import Iterator
+
+import pytest
 
 from runtime.container import criu
 from runtime.lab.runc_lab import CHECKOUT
@@ -15,7 +19,39 @@ from runtime.lab.runc_lab import CHECKOUT
 TREE = "/opt/rewarm/criu-src"        # kept by packaging/install-node.sh --keep-source (setup.sh)
 SUBSET = os.path.join(CHECKOUT, "packaging", "criu", "zdtm-subset.txt")
 
-def test_zdtm_memory_tests_pass_with_sixteen_readers_and_huge_pages(node, tmp_path):
+ZDTM_HIERARCHIES = "name=zdtmtst"   # the named cgroup v1 hierarchies zdtm.py mounts (zdtmtst, zdtmtst.defaultroot)
+
+
+def listed() -> list[str]:
+    """zdtm's hierarchies that this process's /proc/self/cgroup lists."""
+    with open("/proc/self/cgroup") as f:
+        return [name for line in f if line.count(":") >= 2 and (name := line.split(":")[1]).startswith(ZDTM_HIERARCHIES)]
+
+
+@pytest.fixture
+def no_zdtm_hierarchy_left(tmp_path) -> Iterator[None]:
+    """zdtm leaves its named hierarchies behind, unmounted and on their way out: while one is still
+    listed in /proc/PID/cgroup, a later CRIU dump (of any test) that mounts it by name alone fails with
+    "No subsys list or none specified" once it is gone. Ended here: each mounted again (which keeps or
+    makes it), emptied, unmounted, and waited for until no process lists it."""
+    yield
+    for i, name in enumerate(listed()):
+        mnt = tmp_path / f"zdtm-cgroup-{i}"
+        mnt.mkdir()
+        subprocess.run(["mount", "-t", "cgroup", "-o", f"none,{name}", "none", str(mnt)], check=True)
+        try:
+            for parent, dirs, _ in os.walk(mnt, topdown=False):
+                for d in dirs:
+                    os.rmdir(os.path.join(parent, d))
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+    deadline = time.monotonic() + 60
+    while listed():
+        assert time.monotonic() < deadline, f"zdtm's cgroup hierarchies did not go away: {listed()}"
+        time.sleep(0.1)
+
+
+def test_zdtm_memory_tests_pass_with_sixteen_readers_and_huge_pages(node, tmp_path, no_zdtm_hierarchy_left):
     assert os.path.exists(os.path.join(TREE, ".zdtm-ready")), "packaging/setup.sh prepares zdtm"
     binary = os.path.realpath(node.criu if os.path.isabs(node.criu) else "/usr/local/sbin/criu")
     assert criu.has_parallel_fill(binary)
