@@ -283,9 +283,7 @@ class Bench:
             state["captures"][level] = {"seconds": time.monotonic() - t, "bytes": entry.size(),
                                              "checkpoint_bytes": entry.manifest.capture.checkpoint_bytes,
                                              "reload_bytes": sum(f.size for f in entry.manifest.reload_files),
-                                             "rootfs_diff": diff_summary(entry.file(layout.ROOTFS_DIFF)),
-                                             "largest_file": max((entry.file(f) for f in entry.manifest.files
-                                                                  if "pages-" in f), key=os.path.getsize)}
+                                             "rootfs_diff": diff_summary(entry.file(layout.ROOTFS_DIFF))}
             print(f"captured {self.snapshot(level)}: {entry.size() / 1e9:.2f} GB in {time.monotonic() - t:.1f}s",
                   flush=True)
             self.keep_output(c)

@@ -157,6 +157,7 @@ class Attempt:
     namespace: str = "default"
     request: ann.Request | None = None
     prepared: SpecFile | None = None    # config.json with rewarm's changes made, in memory
+    reads_gpus_ahead: bool = False      # NVML's inventory is being read on another thread
 
     @property
     def name(self) -> str:
@@ -204,9 +205,12 @@ def create(call: RuncCall) -> NoReturn:
     a = Attempt(call, settings, annotations)
     logs.about(container=str(call.container_id), **ann.pod_fields(annotations))   # its pull's events name the pod too
     digest = ImageDigest(call)
-    if oci_spec.uses_gpu(f.spec):   # (after the fork above: a child must not inherit NVML half begun;
-        from runtime.gpu import nvml  # a later fork or exec waits for it: _cold_start, pull's fingerprint)
+    # After the fork above (a child must not inherit NVML half begun); a later fork or exec waits for
+    # it: _cold_start through nvml.settle, pull on miss through its fingerprint.
+    if oci_spec.uses_gpu(f.spec):
+        from runtime.gpu import nvml
         nvml.read_ahead()
+        a.reads_gpus_ahead = True
     try:
         if config_error:
             raise SettingsError(config_error)
@@ -254,8 +258,9 @@ def _cold_start(a: Attempt, reason: str, code: ReasonCode) -> NoReturn:
             **({"capture": watched.capture.value} if watched else {}))
     if a.settings.pod_log_notice:
         logs.pod_notice(f"{verdict}: {reason}")
-    if "runtime.gpu.nvml" in sys.modules:   # an NVML read begun ahead ends before a fork or an exec
-        sys.modules["runtime.gpu.nvml"].settle()
+    if a.reads_gpus_ahead:   # an NVML read begun ahead ends before a fork or an exec
+        from runtime.gpu import nvml
+        nvml.settle()
     if a.fail:
         sys.exit(1)
     if watched is not None:
