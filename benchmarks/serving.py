@@ -45,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import common
@@ -79,6 +80,7 @@ class Server:
     module = ""
     levels = ""
     stages: dict[str, re.Pattern[str]] = {}
+    flush_before_text = ""   # the call that empties its prefix cache before the greedy text is asked for
 
     def args(self, gpu_mem: float | None, port: int) -> list[str]:
         raise NotImplementedError
@@ -118,6 +120,10 @@ class Sglang(Server):
     title = "SGLang 0.5.17 (launch_server, its defaults: tokenizer manager, scheduler and detokenizer processes, CUDA graphs"
     module = "sglang.launch_server"
     levels = NO_LEVEL
+    # Its /health generates a token: the cold server's first request found that prefix cached, a restored
+    # one's did not (the capture flushed it), and a prefill split differently rounds differently, which
+    # flips near-ties of a random-weight model's greedy text. Both sides prefill the text's prompt whole.
+    flush_before_text = "/flush_cache"
     stages = {
         "distributed": re.compile(r"Init torch distributed ends\. elapsed=([\d.]+) s"),
         "weights": re.compile(r"Load weight end\. elapsed=([\d.]+) s"),
@@ -132,8 +138,14 @@ class Sglang(Server):
                 *(["--mem-fraction-static", str(gpu_mem)] if gpu_mem else [])]
 
     def env(self) -> dict[str, str]:
+        """flashinfer, which SGLang's kernels call for norms, compiles its kernels on first use (the kit
+        carries none built): it needs the node's nvcc and ninja on the PATH."""
         from runtime.gpu import nvml
-        return {"LD_LIBRARY_PATH": ":".join([*libcudart_dirs(), nvml.libcuda_dir()])}
+        tools = [os.path.dirname(t) for t in map(shutil.which, ("ninja", "nvcc")) if t]
+        nvcc = shutil.which("nvcc")
+        return {"LD_LIBRARY_PATH": ":".join([*libcudart_dirs(), nvml.libcuda_dir()]),
+                "PATH": ":".join(dict.fromkeys([*tools, "/usr/local/bin", "/usr/bin", "/bin"])),
+                **({"CUDA_HOME": os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))} if nvcc else {})}
 
 
 SERVERS: dict[str, Server] = {"vllm": Vllm(), "sglang": Sglang()}
@@ -162,6 +174,27 @@ def bytes_read(disk: str) -> int:
             if parts[2] == disk:
                 return int(parts[5]) * 512
     return 0
+
+
+class DiskTimeline:
+    """The disk's bytes read every 50 ms while a run goes on: where it worked and where it idled."""
+
+    def __init__(self, disk: str) -> None:
+        self.disk, self.samples, self.t0 = disk, [], time.monotonic()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> None:
+        first = bytes_read(self.disk)
+        while not self.done.wait(0.05):
+            self.samples.append((round(time.monotonic() - self.t0, 3), bytes_read(self.disk) - first))
+
+    def stop(self, since: float) -> list[list[float]]:
+        """[seconds from `since`, GB read] pairs."""
+        self.done.set()
+        self.thread.join()
+        return [[round(self.t0 + t - since, 3), round(n / 1e9, 3)] for t, n in self.samples]
 
 
 class Bench:
@@ -206,7 +239,7 @@ class Bench:
         the runtime's create, as for a pod's container: the pod's network namespace and its rootfs
         mount, made before it (by the CNI plugin and containerd), are left out of cold starts and
         restores alike."""
-        read0 = bytes_read(self.disk)
+        read0, timeline = bytes_read(self.disk), DiskTimeline(self.disk)
         c = self.lab.create(name, self.worker(level, cold), start=False)
         t0 = c.started_at
         if c.create_rc != 0:
@@ -224,9 +257,14 @@ class Bench:
         if first is None:
             raise RuntimeError(f"{name}: no completion; output:\n{c.text()[-4000:]}")
         read1 = bytes_read(self.disk)
+        disk = timeline.stop(t0)
+        if self.server.flush_before_text:
+            status, _ = netns_http.request(c.netns, f"http://127.0.0.1:{self.port}{self.server.flush_before_text}", b"", 30)
+            if status != 200:
+                raise RuntimeError(f"{name}: {self.server.flush_before_text} answered {status}")
         text = c.post("/v1/completions", {**PROMPT, "max_tokens": 16})["choices"][0]["text"]
         self.keep_output(c)
-        return c, {"first_token_s": t_token - t0, "text": text, "disk_bytes": read1 - read0,
+        return c, {"first_token_s": t_token - t0, "text": text, "disk_bytes": read1 - read0, "disk_timeline": disk,
                    "timeline": {"create": t_created - t0, "first_answer": t_health - t_created,
                                 "first_token": t_token - t_health},
                    "engine_stages": {k: float(m.group(1)) for k, r in self.server.stages.items()
@@ -346,7 +384,20 @@ class Bench:
                 self.lab.containers.remove(c)
                 print(f"restore {self.snapshot(level)}, page cache {cache}: first token {run['first_token_s']:.2f}s, "
                       f"stages {run['stages']}, read {run['disk_bytes'] / 1e9:.2f} GB from disk", flush=True)
+                if cache == "dropped":
+                    print("  disk GB/s each 0.5 s from the create: "
+                          + " ".join(f"{g:.1f}" for g in rates(run["disk_timeline"], 0.5)), flush=True)
                 self.save(state)
+
+
+def rates(timeline: list[list[float]], step: float) -> list[float]:
+    """GB/s over each `step` seconds of a disk timeline, from its clock's zero."""
+    out, t_next, last = [], step, 0.0
+    for t, gb in timeline:
+        if t >= t_next:
+            out.append((gb - last) / step)
+            last, t_next = gb, t_next + step
+    return out
 
 
 STAGE_COLUMNS = [("engine start", ("startup", "prepare")), ("store checks", ("find", "fingerprint", "verify")), ("rootfs", ("rootfs",)),

@@ -180,7 +180,7 @@ def pick_fitting_entry(r: Restore) -> None:
         raise NotRestorable(f"snapshot {r.what} was replaced or removed while this restore began",
                             ReasonCode.SNAPSHOT_CHANGED)
     r.entry = entry
-    prefetch_pages(entry, r.spec, r.settings.prefetch_threads)
+    prefetch_pages(entry, r.settings.prefetch_threads)
 
 
 def verify_files(r: Restore) -> None:
@@ -233,6 +233,7 @@ def restore_process(r: Restore) -> None:
     env = plugin_env.restore_env(r.settings, entry.manifest.gpu_uuids, r.spec, r.work)
     log = r.call.log
     offset = os.path.getsize(log) if log and os.path.exists(log) else 0
+    read_ahead_reload_files(r)
     with r.stages("runtime_restore"):
         if r.detach:
             returncode, _ = run_bounded(argv, env, r.seconds_left(r.settings.restore_timeout_s),
@@ -320,16 +321,26 @@ def _not_here() -> Iterator[None]:
 
 
 # --- helpers of the steps -----------------------------------------------------------------------
-def prefetch_pages(entry: Entry, spec: Spec, threads: int) -> None:
+def prefetch_pages(entry: Entry, threads: int) -> None:
     """Have the kernel read CRIU's page images ahead of CRIU, several ranges at once, in the
-    background, and then the files the worker will read back in its resume hook (as this
-    container mounts them). CRIU reads its images one after another, so with a cold page cache a
-    restore would run at one reader's disk bandwidth."""
+    background: CRIU reads its images one after another."""
     if threads > 0:
-        images = os.path.realpath(entry.file(layout.CHECKPOINT_DIR))   # warm's opener refuses links on the way
+        images = os.path.realpath(entry.file(layout.CHECKPOINT_DIR))   # the opener refuses links on the way
         page_cache.prefetch_in_background(
-            [os.path.join(images, n) for n in sorted(os.listdir(images)) if n.startswith("pages-")]
-            + reload_files.on_this_node(entry.manifest.reload_files, spec), threads)
+            [os.path.join(images, n) for n in sorted(os.listdir(images)) if n.startswith("pages-")], threads)
+
+
+def read_ahead_reload_files(r: Restore) -> None:
+    """From CRIU's start, read the files the worker will read back in its resume hook (as this
+    container mounts them, in name order: a model's shards are loaded in that order) into the
+    page cache, at most half of the memory available. With a cold page cache the disk otherwise
+    idles while CRIU reads slower than the disk can and while the CUDA restore runs; started any
+    earlier it would take the disk from the rootfs diff."""
+    if r.settings.read_ahead_threads > 0 and r.chosen().manifest.reload_files:
+        files = sorted(reload_files.on_this_node(r.chosen().manifest.reload_files, r.spec))
+        stop = page_cache.read_ahead_in_background(files, r.settings.read_ahead_threads,
+                                                   page_cache.memory_available() // 2)
+        r.held.callback(stop.set)   # the restore's end, whichever way: the worker reads the rest itself
 
 
 def image_view(entry: Entry, work: str) -> str:

@@ -81,7 +81,8 @@ def spec(worker: Worker, netns: str, cgroup: str, hostname: str = "worker") -> d
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False, "user": {"uid": 0, "gid": 0}, "args": worker.args, "cwd": worker.cwd,
-            "env": ["PATH=/usr/local/bin:/usr/bin:/bin", "PYTHONUNBUFFERED=1", *worker.env],
+            "env": [*([] if any(e.startswith("PATH=") for e in worker.env) else ["PATH=/usr/local/bin:/usr/bin:/bin"]),
+                    "PYTHONUNBUFFERED=1", *worker.env],
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
             "noNewPrivileges": True,
         },

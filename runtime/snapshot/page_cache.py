@@ -174,30 +174,76 @@ def prefetch_in_background(paths: Iterable[str], threads: int) -> None:
         threading.Thread(target=run, daemon=True, name="rewarm-prefetch").start()
 
 
+def read_ahead_in_background(paths: Iterable[str], threads: int, budget: int) -> threading.Event:
+    """Read these files into the page cache from now on, in the order given, `threads` ranges at
+    once: for a reader that will read them soon (a restored worker reading its weights back), so
+    that the disk works while CRIU and the CUDA restore leave it idle. Ranges already there are
+    skipped (a warm page cache costs a mincore per range, no copy); it stops after `budget` bytes
+    or once the returned event is set. Real reads, not posix_fadvise: advice queues every range at
+    once, and a flood of it starved the rootfs diff and CRIU of the disk."""
+    stop, todo = threading.Event(), list(paths)
+    left = [budget]
+    lock, mine = threading.Lock(), threading.local()
+
+    def read(fd: int, offset: int) -> int:
+        try:
+            length = min(CHUNK, os.fstat(fd).st_size - offset)   # (a file cut short since: nothing left)
+            if stop.is_set() or length <= 0 or _resident_pages(fd, offset, length).count(0) == 0:
+                return 0
+            with lock:
+                left[0] -= length
+                if left[0] < 0:
+                    stop.set()
+                    return 0
+            if not hasattr(mine, "buffer"):
+                mine.buffer = bytearray(CHUNK)
+            return os.preadv(fd, [memoryview(mine.buffer)[:length]], offset)
+        except OSError:   # only a help: the worker reads the file itself and meets the error there
+            return 0
+
+    def run() -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            _by_range(todo, CHUNK, pool, read)
+    if todo and budget > 0:
+        threading.Thread(target=run, daemon=True, name="rewarm-read-ahead").start()
+    return stop
+
+
+def memory_available() -> int:
+    """What the kernel says it can give without swapping (MemAvailable): the page cache that a
+    read-ahead may fill without pushing out what it has just read."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _resident_pages(fd: int, offset: int, length: int) -> bytes:
+    """mincore's answer for a range of the file: one byte per page, 0 where it is not cached."""
+    addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
+    if addr in (None, MAP_FAILED):
+        raise OSError(ctypes.get_errno(), f"mmap: {os.strerror(ctypes.get_errno())}")
+    try:
+        vec = ctypes.create_string_buffer((length + PAGE - 1) // PAGE)
+        if _libc.mincore(addr, length, vec) != 0:
+            raise OSError(ctypes.get_errno(), f"mincore: {os.strerror(ctypes.get_errno())}")
+        return vec.raw
+    finally:
+        _libc.munmap(addr, length)
+
+
 def resident_bytes(path: str, size: int | None = None) -> int:
     """Bytes of the file that are in the page cache now (0 for one open_regular refuses)."""
     try:
         fd = open_regular(path, size)
     except NotReadable:
         return 0
-    file_size = os.fstat(fd).st_size
-    if file_size == 0:
-        os.close(fd)
-        return 0
     try:
-        resident = 0
-        for offset in range(0, file_size, WINDOW):
-            length = min(WINDOW, file_size - offset)
-            addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
-            if addr in (None, MAP_FAILED):
-                raise OSError(ctypes.get_errno(), f"mmap {path}: {os.strerror(ctypes.get_errno())}")
-            try:
-                vec = ctypes.create_string_buffer((length + PAGE - 1) // PAGE)
-                if _libc.mincore(addr, length, vec) != 0:
-                    raise OSError(ctypes.get_errno(), f"mincore {path}: {os.strerror(ctypes.get_errno())}")
-                resident += (len(vec.raw) - vec.raw.count(0)) * PAGE
-            finally:
-                _libc.munmap(addr, length)
+        file_size = os.fstat(fd).st_size
+        resident = sum(PAGE * (len(vec) - vec.count(0)) for vec in (
+            _resident_pages(fd, offset, min(WINDOW, file_size - offset)) for offset in range(0, file_size, WINDOW)))
         return min(resident, file_size)
     finally:
         os.close(fd)

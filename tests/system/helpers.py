@@ -21,6 +21,16 @@ from runtime.lab.runc_lab import Container
 from runtime.model.settings import Settings
 
 
+def evict(path: str) -> None:
+    """Push a file out of the page cache (written back first: dirty pages stay)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
     """predicate()'s first true value, asked every 50 ms for at most `timeout` seconds."""
     deadline = time.monotonic() + timeout

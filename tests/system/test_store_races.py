@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers import events, rewarm_cli
+from helpers import events, evict, rewarm_cli
 from opens import FifoTrap, Opens
 from runtime.snapshot import page_cache, store
 from runtime.engine import capture, warm
@@ -104,14 +104,6 @@ def read_back(lab: Lab, node: Settings, tmp_path) -> ReadBack:
     return ReadBack(entry, str(data), str(data / "ballast.bin"), str(outside_dir), str(outside_dir / "ballast.bin"))
 
 
-def evict(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def swap_in_link(rb: ReadBack, where: str) -> None:
     """Put a link to the outside in place of the file, or of the directory above it."""
     if where == "file":
@@ -191,8 +183,8 @@ def test_nothing_but_a_regular_file_is_ever_opened(tmp_path, trap):
                         (device, "not a regular file (mode crw-------)"),
                         (str(small), "10 bytes, not the 11 it had when captured")]
     page_cache.prefetch_in_background([trap.path, device], 2)
-    prefetch = [t for t in threading.enumerate() if t.name == "rewarm-prefetch"]
-    for t in prefetch:
+    page_cache.read_ahead_in_background([trap.path, device], 2, 1 << 30)
+    for t in [t for t in threading.enumerate() if t.name in ("rewarm-prefetch", "rewarm-read-ahead")]:
         t.join(10)
     assert page_cache.resident_bytes(trap.path) == 0 and page_cache.resident_bytes(device) == 0
     assert not trap.sprung                                    # no open of the FIFO for reading, ever

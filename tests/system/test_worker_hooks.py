@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import config_named, events, rewarm_cli
+from helpers import config_named, events, evict, rewarm_cli
 from runtime.host import settings_file
 from runtime.snapshot import page_cache
 from runtime.lab.private_node import write_config
@@ -84,11 +84,12 @@ def test_files_the_worker_reads_back_are_recorded_and_warmed_with_the_snapshot(l
     assert events(node, "captured")[-1]["reload_bytes"] == 8 << 20
 
     evict(str(ballast))
-    assert page_cache.resident_bytes(str(ballast)) < 8 << 20
+    assert page_cache.resident_bytes(str(ballast)) < 1 << 20
     warmed = rewarm_cli("warm", "reads-back")     # $REWARM_CONFIG names the node fixture's config
     doctor = rewarm_cli("doctor")
     assert warmed.returncode == 0, warmed.stderr
-    assert page_cache.resident_bytes(str(ballast)) == 8 << 20
+    # all of it read in; under the suite's memory pressure the kernel may take a page or two back at once
+    assert page_cache.resident_bytes(str(ballast)) >= (8 << 20) - (64 << 10)
     assert "0.01 GB its worker reads back, 100% in the page cache" in doctor.stdout, doctor.stdout
 
     w2 = lab.worker(annotations("reads-back", **HOOKS), env={"BALLAST_FILE": "/data/ballast.bin"})
@@ -121,15 +122,6 @@ def test_a_quiesce_answer_naming_a_file_that_escapes_its_mount_records_none_and_
     assert entry.manifest.reload_files == ()
     left_out = events(node, "captured")[-1]["reload_files_left_out"]
     assert left_out == ["/data/link is not a regular file under a bind mount of the container"]
-
-
-def evict(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 # --- hooks that trickle: deadlines by the wall clock ---------------------------------------------
