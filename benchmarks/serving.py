@@ -392,9 +392,10 @@ class Bench:
 
 def rates(timeline: list[list[float]], step: float) -> list[float]:
     """GB/s over each `step` seconds of a disk timeline, from its clock's zero."""
-    out, t_next, last = [], step, 0.0
+    out, t_next = [], step
+    last = max((gb for t, gb in timeline if t <= 0), default=0.0)   # (sampling began before the create)
     for t, gb in timeline:
-        if t >= t_next:
+        if t > 0 and t >= t_next:
             out.append((gb - last) / step)
             last, t_next = gb, t_next + step
     return out

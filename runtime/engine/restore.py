@@ -332,14 +332,13 @@ def prefetch_pages(entry: Entry, threads: int) -> None:
 
 def read_ahead_reload_files(r: Restore) -> None:
     """From CRIU's start, read the files the worker will read back in its resume hook (as this
-    container mounts them, in name order: a model's shards are loaded in that order) into the
-    page cache, at most half of the memory available. With a cold page cache the disk otherwise
-    idles while CRIU reads slower than the disk can and while the CUDA restore runs; started any
-    earlier it would take the disk from the rootfs diff."""
-    if r.settings.read_ahead_threads > 0 and r.chosen().manifest.reload_files:
+    container mounts them, of the size the capture saw, in name order: a model's shards are loaded
+    in that order) into the page cache, at most half of the memory available. With a cold page
+    cache the disk otherwise idles while CRIU reads slower than it can and while the CUDA restore
+    runs; started any earlier it would take the disk from the rootfs diff."""
+    if r.settings.read_ahead and r.chosen().manifest.reload_files:
         files = sorted(reload_files.on_this_node(r.chosen().manifest.reload_files, r.spec))
-        stop = page_cache.read_ahead_in_background(files, r.settings.read_ahead_threads,
-                                                   page_cache.memory_available() // 2)
+        stop = page_cache.read_ahead_in_background(files, page_cache.memory_available() // 2)
         r.held.callback(stop.set)   # the restore's end, whichever way: the worker reads the rest itself
 
 

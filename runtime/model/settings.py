@@ -56,8 +56,8 @@ class Settings:
     inject_hooks: bool = True                   # rewarm-runc adds rewarm-hook prestart/poststop to annotated containers
     metrics_file: str = "/var/lib/node_exporter/textfile_collector/rewarm.prom"  # Prometheus text file ("" = none)
     prefetch_threads: int = 0                   # readers that pull page images into the page cache ahead of CRIU
-    read_ahead_threads: int = 1                 # readers that pull the files a worker reads back into the page cache
-                                                # from CRIU's start (0: none; the worker reads them itself)
+    read_ahead: bool = True                     # a reader pulls the files a worker reads back into the page cache
+                                                # from CRIU's start (false: the worker reads them itself)
     import_max_ratio: int = 100                 # an imported archive may unpack to this many times its size
     restore_threads: int = field(default_factory=_default_restore_threads)  # CRIU's readers filling memory (1: stock)
     restore_huge_pages: bool = True             # CRIU faults huge pages while it fills (NOHUGEPAGE is kept)

@@ -13,7 +13,7 @@ import os
 import stat
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:   # imported where readers run, not on every restore
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -174,38 +174,37 @@ def prefetch_in_background(paths: Iterable[str], threads: int) -> None:
         threading.Thread(target=run, daemon=True, name="rewarm-prefetch").start()
 
 
-def read_ahead_in_background(paths: Iterable[str], threads: int, budget: int) -> threading.Event:
-    """Read these files into the page cache from now on, in the order given, `threads` ranges at
-    once: for a reader that will read them soon (a restored worker reading its weights back), so
-    that the disk works while CRIU and the CUDA restore leave it idle. Ranges already there are
-    skipped (a warm page cache costs a mincore per range, no copy); it stops after `budget` bytes
-    or once the returned event is set. Real reads, not posix_fadvise: advice queues every range at
-    once, and a flood of it starved the rootfs diff and CRIU of the disk."""
-    stop, todo = threading.Event(), list(paths)
-    left = [budget]
-    lock, mine = threading.Lock(), threading.local()
-
-    def read(fd: int, offset: int) -> int:
-        try:
-            length = min(CHUNK, os.fstat(fd).st_size - offset)   # (a file cut short since: nothing left)
-            if stop.is_set() or length <= 0 or _resident_pages(fd, offset, length).count(0) == 0:
-                return 0
-            with lock:
-                left[0] -= length
-                if left[0] < 0:
-                    stop.set()
-                    return 0
-            if not hasattr(mine, "buffer"):
-                mine.buffer = bytearray(CHUNK)
-            return os.preadv(fd, [memoryview(mine.buffer)[:length]], offset)
-        except OSError:   # only a help: the worker reads the file itself and meets the error there
-            return 0
+def read_ahead_in_background(files: Sequence[tuple[str, int]], budget: int) -> threading.Event:
+    """Read these files (path, size) into the page cache from now on, one after another, with one
+    reader: for a worker that will read them soon (a restored worker reading its weights back), so
+    that the disk works while CRIU and the CUDA restore leave it idle. Each file is read only if it
+    still has that size and only up to it (a worker's files are its to grow); ranges already cached
+    are skipped (a mincore per range, no copy); it stops after `budget` bytes or once the returned
+    event is set. Real reads, not posix_fadvise: advice queues every range at once, and a flood of
+    it starved the rootfs diff and CRIU of the disk. One reader kept the disk as busy as two."""
+    stop = threading.Event()
 
     def run() -> None:
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            _by_range(todo, CHUNK, pool, read)
-    if todo and budget > 0:
+        buffer, left = bytearray(CHUNK), budget
+        for path, size in files:
+            try:
+                fd = open_regular(path, size)
+            except (NotReadable, OSError):
+                continue
+            try:
+                for offset in range(0, size, CHUNK):
+                    length = min(CHUNK, size - offset)
+                    if stop.is_set() or length > left:
+                        return
+                    if _resident_pages(fd, offset, length).count(0):
+                        left -= length
+                        if os.preadv(fd, [memoryview(buffer)[:length]], offset) < length:
+                            break   # cut short since it was opened
+            except OSError:   # only a help: the worker reads the file itself and meets the error there
+                continue
+            finally:
+                os.close(fd)
+    if files and budget > 0:
         threading.Thread(target=run, daemon=True, name="rewarm-read-ahead").start()
     return stop
 

@@ -110,9 +110,9 @@ def resolve(spec: Spec, answers: list[str],
     return tuple(found.values()), problems
 
 
-def on_this_node(files: tuple[ReloadFile, ...], spec: Spec | None = None) -> list[str]:
-    """Host paths of the files as they are here and now: through a restoring container's mounts
-    when there is one, else where the capture found them (and no link leads there now); only
+def on_this_node(files: tuple[ReloadFile, ...], spec: Spec | None = None) -> list[tuple[str, int]]:
+    """Host paths and sizes of the files as they are here and now: through a restoring container's
+    mounts when there is one, else where the capture found them (and no link leads there now); only
     regular files of the recorded size (a manifest may come from another node)."""
     out = []
     for f in files:
@@ -121,7 +121,7 @@ def on_this_node(files: tuple[ReloadFile, ...], spec: Spec | None = None) -> lis
         else:
             found = _regular(f.host) if os.path.realpath(f.host) == f.host else None
         if found is not None and found[1] == f.size:
-            out.append(found[0])
+            out.append(found)
     return out
 
 

@@ -183,9 +183,10 @@ def test_nothing_but_a_regular_file_is_ever_opened(tmp_path, trap):
                         (device, "not a regular file (mode crw-------)"),
                         (str(small), "10 bytes, not the 11 it had when captured")]
     page_cache.prefetch_in_background([trap.path, device], 2)
-    page_cache.read_ahead_in_background([trap.path, device], 2, 1 << 30)
+    page_cache.read_ahead_in_background([(trap.path, 0), (device, 0)], 1 << 30)
     for t in [t for t in threading.enumerate() if t.name in ("rewarm-prefetch", "rewarm-read-ahead")]:
         t.join(10)
+        assert not t.is_alive()
     assert page_cache.resident_bytes(trap.path) == 0 and page_cache.resident_bytes(device) == 0
     assert not trap.sprung                                    # no open of the FIFO for reading, ever
 

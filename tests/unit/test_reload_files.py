@@ -61,8 +61,8 @@ def test_files_count_on_a_node_only_as_regular_files_of_the_recorded_size(tmp_pa
     files = (ReloadFile("/m/w.bin", str(data), 10), ReloadFile("/m/gone", str(tmp_path / "gone"), 1),
              ReloadFile("/m/dev", "/dev/zero", 0))
     spec = spec_with(("/m", str(tmp_path)))
-    assert reload_files.on_this_node(files) == [str(data)]
-    assert reload_files.on_this_node(files, spec) == [str(data)]
+    assert reload_files.on_this_node(files) == [(str(data), os.path.getsize(data))]
+    assert reload_files.on_this_node(files, spec) == [(str(data), os.path.getsize(data))]
     assert reload_files.missing(files, spec) == ["/m/gone", "/m/dev"]
     data.write_bytes(b"x" * 11)                       # changed since the capture: not warmed
     assert reload_files.on_this_node(files) == [] and "/m/w.bin" in reload_files.missing(files, spec)
