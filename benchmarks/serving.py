@@ -141,8 +141,8 @@ class Sglang(Server):
         """flashinfer, which SGLang's kernels call for norms, compiles its kernels on first use (the kit
         carries none built): it needs the node's nvcc and ninja on the PATH."""
         from runtime.gpu import nvml
-        tools = [os.path.dirname(t) for t in map(shutil.which, ("ninja", "nvcc")) if t]
-        nvcc = shutil.which("nvcc")
+        ninja, nvcc = shutil.which("ninja"), shutil.which("nvcc")
+        tools = [os.path.dirname(t) for t in (ninja, nvcc) if t]
         return {"LD_LIBRARY_PATH": ":".join([*libcudart_dirs(), nvml.libcuda_dir()]),
                 "PATH": ":".join(dict.fromkeys([*tools, "/usr/local/bin", "/usr/bin", "/bin"])),
                 **({"CUDA_HOME": os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))} if nvcc else {})}
@@ -395,7 +395,7 @@ def rates(timeline: list[list[float]], step: float) -> list[float]:
     out, t_next = [], step
     last = max((gb for t, gb in timeline if t <= 0), default=0.0)   # (sampling began before the create)
     for t, gb in timeline:
-        if t > 0 and t >= t_next:
+        if t >= t_next:
             out.append((gb - last) / step)
             last, t_next = gb, t_next + step
     return out

@@ -336,8 +336,9 @@ def read_ahead_reload_files(r: Restore) -> None:
     in that order) into the page cache, at most half of the memory available. With a cold page
     cache the disk otherwise idles while CRIU reads slower than it can and while the CUDA restore
     runs; started any earlier it would take the disk from the rootfs diff."""
-    if r.settings.read_ahead and r.chosen().manifest.reload_files:
-        files = sorted(reload_files.on_this_node(r.chosen().manifest.reload_files, r.spec))
+    captured = r.chosen().manifest.reload_files
+    if r.settings.read_ahead and captured:
+        files = sorted(reload_files.on_this_node(captured, r.spec))
         stop = page_cache.read_ahead_in_background(files, page_cache.memory_available() // 2)
         r.held.callback(stop.set)   # the restore's end, whichever way: the worker reads the rest itself
 
